@@ -1,0 +1,207 @@
+"""controller.toml: loading, validation (pydantic) and path resolution.
+
+Every error is raised as ConfigError with one line that names the file and
+the key, so the CLI can print it and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+SEARCH_PATHS = (Path("controller.toml"), Path("/etc/ftctl/controller.toml"))
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """A one-line, user-facing configuration problem."""
+
+
+def parse_duration(value: Any) -> float:
+    """'15s', '30m', '1h30m', '500ms' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '15s', '30m' or '1h'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration like '15s', '30m' or '1h'")
+    text = value.strip().lower()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{value!r} is not a duration like '15s', '30m' or '1h30m'")
+    return total
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ControllerSection(_Section):
+    database: str = "sqlite:///ftctl.db"
+    poll_interval: Duration = Field(default=15.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RetrySection(_Section):
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_initial: Duration = Field(default=30.0, gt=0)
+    backoff_max: Duration = Field(default=1800.0, gt=0)
+    # how long a concurrency limit learned from a capacity rejection holds
+    # before the configured concurrency is tried again
+    capacity_hold: Duration = Field(default=3600.0, gt=0)
+
+
+class SimulatedProviderConfig(_Section):
+    kind: Literal["simulated"]
+    concurrency: int = Field(default=2, ge=1)
+    # what the simulated service itself allows; by default what we use
+    max_concurrent: int | None = Field(default=None, ge=1)
+    state_file: str | None = None
+    queue_time: Duration = 2.0
+    validate_time: Duration = 2.0
+    train_time: Duration = 10.0
+    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int = 0
+
+    @property
+    def service_limit(self) -> int:
+        return self.max_concurrent or self.concurrency
+
+
+ProviderConfig = Annotated[Union[SimulatedProviderConfig], Field(discriminator="kind")]
+
+
+class AgentConfig(_Section):
+    provider: str
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    hyperparameters: dict[str, float | int] = Field(default_factory=dict)
+
+
+class Config(_Section):
+    controller: ControllerSection = ControllerSection()
+    retry: RetrySection = RetrySection()
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    # where the file lives; relative paths inside it are relative to this
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        for name, agent in self.agents.items():
+            if agent.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ValueError(
+                    f"agents.{name}.provider: unknown provider {agent.provider!r} (configured: {known})"
+                )
+        if self.retry.backoff_max < self.retry.backoff_initial:
+            raise ValueError("retry.backoff_max: must not be shorter than retry.backoff_initial")
+        return self
+
+    # -- paths -------------------------------------------------------------
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def database_url(self) -> str:
+        url = self.controller.database
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            rest = url[len(prefix):]
+            return prefix + str(self.resolve(rest).resolve())
+        return url
+
+    def provider_state_file(self, name: str) -> Path:
+        conf = self.providers[name]
+        if getattr(conf, "state_file", None):
+            return self.resolve(conf.state_file)
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite:///"):]).parent / f"sim-{name}.db"
+        return self.base_dir / f"sim-{name}.db"
+
+
+def find_config(explicit: str | Path | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("FTCTL_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in SEARCH_PATHS:
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        "no config file: pass --config PATH, set FTCTL_CONFIG, or create ./controller.toml"
+    )
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    # drop the discriminator tag pydantic inserts into the location
+    if len(loc) >= 3 and loc[0] == "providers" and loc[2] in {"simulated", "mistral", "openai"}:
+        loc.pop(2)
+    key = ".".join(loc)
+    kind = first["type"]
+    msg = first["msg"]
+    if kind == "extra_forbidden":
+        return f"{path}: {key}: unknown key"
+    if kind == "missing":
+        return f"{path}: {key}: required key is missing"
+    if kind == "union_tag_invalid":
+        tag = first.get("input", {}).get("kind") if isinstance(first.get("input"), dict) else None
+        return f"{path}: {key}.kind: unknown provider kind {tag!r} (known: simulated)"
+    if kind == "union_tag_not_found":
+        return f"{path}: {key}.kind: required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        if not key:
+            return f"{path}: {msg}"
+    return f"{path}: {key}: {msg}" if key else f"{path}: {msg}"
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    base_dir = path.resolve().parent
+    for internal in ("base_dir", "path"):
+        if internal in data:
+            raise ConfigError(f"{path}: {internal}: unknown key")
+    try:
+        return Config.model_validate({**data, "base_dir": base_dir, "path": path})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from None
+
+
+def load_config(explicit: str | Path | None = None) -> Config:
+    path = find_config(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.__class__.__name__}") from None
+    return parse_config(text, path)

@@ -1,0 +1,139 @@
+"""Writing jobs: a transition and its history row in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+
+from controller.lifecycle import PREPARED, InvalidTransition, next_state
+from models import Attempt, Job, JobEvent, Store, utcnow
+
+
+class JobNotFound(Exception):
+    def __init__(self, job_id: Any):
+        super().__init__(f"no job {job_id}")
+
+
+class StaleState(Exception):
+    """The job changed under us (e.g. cancelled from the CLI mid-tick)."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def new_client_token(agent: str) -> str:
+    """A token the provider echoes back (Mistral's suffix allows 18 chars)."""
+    slug = re.sub(r"[^a-z0-9]", "", agent.lower())[:9] or "job"
+    return f"{slug}-{secrets.token_hex(4)}"
+
+
+def create_job(store: Store, *, agent: str, provider: str, model: str, training_file: Path,
+               content_hash: str, hyperparameters: dict[str, Any], now: datetime | None = None,
+               estimated_cost: float | None = None) -> Job:
+    now = now or utcnow()
+    with store.write() as s:
+        job = Job(agent=agent, provider=provider, model=model, training_file=str(training_file),
+                  content_hash=content_hash, hyperparameters=dict(hyperparameters), state=PREPARED,
+                  estimated_cost=estimated_cost, reason="waiting for the daemon", created_at=now, updated_at=now)
+        s.add(job)
+        s.flush()
+        s.add(JobEvent(job_id=job.id, at=now, from_state=None, to_state=PREPARED, trigger="create",
+                       reason="submitted"))
+    return job
+
+
+def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None, reason: str | None = None,
+         expect: str | None = None, updates: dict[str, Any] | None = None, provider_status: str | None = None,
+         attempt_outcome: tuple[str, bool] | None = None) -> tuple[str, Job]:
+    """Move a job by `trigger`; returns (previous state, job).
+
+    The state check, the row update and the history row happen in one
+    transaction, so a refused or stale transition changes nothing.
+    """
+    now = now or utcnow()
+    with store.write() as s:
+        job = store.lock_job(s, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if expect is not None and job.state != expect:
+            raise StaleState(f"job {job_id} is {job.state}, not {expect}")
+        before = job.state
+        after = next_state(before, trigger)
+        token_before = job.client_token
+        for key, value in (updates or {}).items():
+            setattr(job, key, value)
+        job.state = after
+        job.reason = reason
+        job.updated_at = now
+        if provider_status is not None:
+            job.provider_status = provider_status
+        s.add(job)
+        s.add(JobEvent(job_id=job.id, at=now, from_state=before, to_state=after, trigger=trigger,
+                       reason=reason, provider_status=provider_status))
+        if trigger == "submit":
+            s.add(Attempt(job_id=job.id, number=job.attempt, client_token=job.client_token, submitted_at=now))
+        elif attempt_outcome is not None and token_before:
+            row = s.exec(select(Attempt).where(Attempt.client_token == token_before)).first()
+            if row is not None:
+                row.outcome, row.counted = attempt_outcome
+                row.ended_at = now
+                row.provider_job_id = row.provider_job_id or job.provider_job_id or (updates or {}).get(
+                    "provider_job_id")
+                s.add(row)
+    return before, job
+
+
+def note(store: Store, job_id: int, updates: dict[str, Any], *, expect: str | None = None,
+         expect_token: str | None = None, event: tuple[str, str] | None = None,
+         now: datetime | None = None) -> Job | None:
+    """Record facts about a job without moving it; None if it moved meanwhile."""
+    now = now or utcnow()
+    with store.write() as s:
+        job = store.lock_job(s, job_id)
+        if job is None or (expect is not None and job.state != expect):
+            return None
+        if expect_token is not None and job.client_token != expect_token:
+            return None
+        for key, value in updates.items():
+            setattr(job, key, value)
+        job.updated_at = now
+        s.add(job)
+        if event is not None:
+            trigger, reason = event
+            s.add(JobEvent(job_id=job.id, at=now, from_state=job.state, to_state=job.state, trigger=trigger,
+                           reason=reason, provider_status=job.provider_status))
+        if "provider_job_id" in updates and job.client_token:
+            row = s.exec(select(Attempt).where(Attempt.client_token == job.client_token)).first()
+            if row is not None and row.provider_job_id is None:
+                row.provider_job_id = updates["provider_job_id"]
+                s.add(row)
+    return job
+
+
+def user_transition(store: Store, job_id: int, trigger: str, reason: str) -> tuple[str, Job]:
+    """A transition asked for from the CLI (cancel, retry)."""
+    updates: dict[str, Any] = {}
+    job = store.get_job(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    if trigger == "cancel" and (job.provider_job_id or job.client_token):
+        updates["cancel_pending"] = True
+    if trigger == "retry":
+        updates.update(attempt=0, client_token=None, provider_job_id=None, intent_at=None, not_before=None,
+                       fine_tuned_model=None, last_error=None, cancel_pending=False, provider_status=None)
+    return fire(store, job_id, trigger, reason=reason, expect=job.state, updates=updates)
+
+
+__all__ = ["InvalidTransition", "JobNotFound", "StaleState", "create_job", "file_sha256", "fire",
+           "new_client_token", "note", "user_transition"]

@@ -1,0 +1,36 @@
+"""structlog set-up: JSON lines off a terminal, readable colour on one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import IO
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure(level: str = "info", stream: IO[str] | None = None, json: bool | None = None) -> None:
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    processors: list = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+    if not os.environ.get("JOURNAL_STREAM"):
+        # journald stamps each line itself
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+    processors.append(structlog.processors.format_exc_info)
+    if json:
+        processors.append(structlog.processors.JSONRenderer(sort_keys=False))
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    # libraries that log through the standard library (APScheduler)
+    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

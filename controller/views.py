@@ -1,0 +1,112 @@
+"""How jobs are shown: the status table, the JSON shapes, `models` output."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+from models import Job, JobEvent, utcnow
+
+STATE_STYLE = {
+    "prepared": "yellow",
+    "queued": "cyan",
+    "running": "blue",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def iso(at: datetime | None) -> str | None:
+    return at.isoformat(timespec="seconds") + "Z" if at else None
+
+
+def age_text(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
+
+
+def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    return {
+        "id": job.id,
+        "agent": job.agent,
+        "provider": job.provider,
+        "model": job.model,
+        "state": job.state,
+        "attempt": job.attempt,
+        "age_seconds": int((now - job.created_at).total_seconds()),
+        "reason": job.reason,
+        "fine_tuned_model": job.fine_tuned_model,
+        "provider_job_id": job.provider_job_id,
+        "provider_status": job.provider_status,
+        "training_file": job.training_file,
+        "content_hash": job.content_hash,
+        "hyperparameters": job.hyperparameters,
+        "estimated_cost": job.estimated_cost,
+        "actual_cost": job.actual_cost,
+        "last_error": job.last_error,
+        "not_before": iso(job.not_before),
+        "cancel_pending": job.cancel_pending,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+    }
+
+
+def event_dict(ev: JobEvent) -> dict[str, Any]:
+    return {
+        "at": iso(ev.at),
+        "from": ev.from_state,
+        "to": ev.to_state,
+        "trigger": ev.trigger,
+        "reason": ev.reason,
+        "provider_status": ev.provider_status,
+    }
+
+
+def status_table(jobs: list[Job], now: datetime | None = None, title: str | None = None) -> Table:
+    now = now or utcnow()
+    table = Table(title=title, title_justify="left", expand=False)
+    for col in ("ID", "AGENT", "PROVIDER", "MODEL", "STATE", "ATT", "AGE", "REASON / FINE-TUNED MODEL"):
+        table.add_column(col, no_wrap=col != "REASON / FINE-TUNED MODEL")
+    for job in jobs:
+        style = STATE_STYLE.get(job.state, "")
+        detail = job.fine_tuned_model if job.state == "succeeded" else (job.reason or "")
+        table.add_row(str(job.id), job.agent, job.provider, job.model, f"[{style}]{job.state}[/]",
+                      str(job.attempt), age_text((now - job.created_at).total_seconds()), detail)
+    return table
+
+
+def latest_models(jobs: list[Job]) -> dict[str, str]:
+    """Each agent's newest succeeded job's fine-tuned model id."""
+    best: dict[str, Job] = {}
+    for job in jobs:
+        if job.state == "succeeded" and job.fine_tuned_model:
+            if job.agent not in best or (job.updated_at, job.id) > (best[job.agent].updated_at, best[job.agent].id):
+                best[job.agent] = job
+    return {agent: best[agent].fine_tuned_model for agent in sorted(best)}
+
+
+def models_text(models: dict[str, str], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(models, indent=2)
+    if fmt == "toml":
+        lines = ["[models]"] + [f"{json.dumps(a) if not a.replace('_', '').replace('-', '').isalnum() else a} = "
+                                f"{json.dumps(m)}" for a, m in models.items()]
+        return "\n".join(lines)
+    if fmt == "env":
+        out = []
+        for agent, model in models.items():
+            key = "FTCTL_MODEL_" + "".join(c if c.isalnum() else "_" for c in agent.upper())
+            out.append(f"{key}={model}")
+        return "\n".join(out)
+    raise ValueError(fmt)

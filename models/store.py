@@ -1,0 +1,233 @@
+"""The store: engine set-up (SQLite WAL or PostgreSQL), sessions, queries
+and the lock that lets only one daemon drive a database."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from models.tables import SCHEMA_VERSION, Attempt, Job, JobEvent, Meta, ProviderState, UploadedFile
+
+# one fixed advisory-lock key for "the daemon of this database" on PostgreSQL
+_PG_LOCK_KEY = 0x66746374  # "ftct"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class StoreError(Exception):
+    """The database cannot be used (one line, no secrets)."""
+
+
+class LockHeld(StoreError):
+    pass
+
+
+def _redact_url(url: str) -> str:
+    # never print a password that may sit in a database URL
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+class Store:
+    def __init__(self, url: str, *, create: bool = True):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.sqlite_path: Path | None = None
+        if self.is_sqlite:
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if path and path != ":memory:":
+                self.sqlite_path = Path(path)
+                if create:
+                    self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+                elif not self.sqlite_path.exists():
+                    raise StoreError(f"database {self.sqlite_path} does not exist yet (run `ftctl submit` first)")
+            self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            self._sqlite_setup(self.engine)
+        else:
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._lock_file = None
+        self._lock_conn = None
+        try:
+            self._init_schema()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open database {_redact_url(self.url)}: {exc.__class__.__name__}: "
+                             f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}") from None
+
+    @staticmethod
+    def _sqlite_setup(engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            # let SQLAlchemy's "begin" event below emit BEGIN itself
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            # writers take the write lock up front: a deferred transaction that
+            # read first cannot upgrade once another writer committed (WAL)
+            if conn.get_execution_options().get("ftctl_write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
+
+    def _init_schema(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+        with self.write() as s:
+            meta = s.get(Meta, "schema_version")
+            if meta is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(meta.value) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema version {meta.value} is newer than this ftctl ({SCHEMA_VERSION}); upgrade ftctl"
+                )
+
+    # -- sessions ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction: committed on success, rolled back on error."""
+        bind = self.engine.execution_options(ftctl_write=True) if self.is_sqlite else self.engine
+        with Session(bind, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    def lock_job(self, session: Session, job_id: int) -> Job | None:
+        """Read a job for update inside a write transaction."""
+        stmt = select(Job).where(Job.id == job_id)
+        if not self.is_sqlite:
+            stmt = stmt.with_for_update()
+        return session.exec(stmt).first()
+
+    # -- queries ---------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self.read() as s:
+            return s.get(Job, job_id)
+
+    def list_jobs(self, states: Sequence[str] | None = None, agent: str | None = None) -> list[Job]:
+        with self.read() as s:
+            stmt = select(Job)
+            if states is not None:
+                stmt = stmt.where(Job.state.in_(list(states)))
+            if agent is not None:
+                stmt = stmt.where(Job.agent == agent)
+            return list(s.exec(stmt.order_by(Job.id)))
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        with self.read() as s:
+            return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        with self.read() as s:
+            return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)))
+
+    def provider_states(self) -> dict[str, ProviderState]:
+        with self.read() as s:
+            return {p.name: p for p in s.exec(select(ProviderState))}
+
+    def save_provider_state(self, state: ProviderState) -> None:
+        with self.write() as s:
+            s.merge(state)
+
+    def uploaded_file(self, provider: str, content_hash: str) -> str | None:
+        with self.read() as s:
+            row = s.exec(
+                select(UploadedFile).where(UploadedFile.provider == provider, UploadedFile.content_hash == content_hash)
+            ).first()
+            return row.file_id if row else None
+
+    def remember_upload(self, provider: str, content_hash: str, file_id: str) -> None:
+        with self.write() as s:
+            row = s.exec(
+                select(UploadedFile).where(UploadedFile.provider == provider, UploadedFile.content_hash == content_hash)
+            ).first()
+            if row is None:
+                s.add(UploadedFile(provider=provider, content_hash=content_hash, file_id=file_id, uploaded_at=utcnow()))
+            else:
+                row.file_id = file_id
+                row.uploaded_at = utcnow()
+                s.add(row)
+
+    def forget_upload(self, provider: str, content_hash: str) -> None:
+        with self.write() as s:
+            for row in s.exec(select(UploadedFile).where(UploadedFile.provider == provider,
+                                                         UploadedFile.content_hash == content_hash)):
+                s.delete(row)
+
+    # -- the daemon lock ---------------------------------------------------------
+
+    def acquire_daemon_lock(self) -> None:
+        """Only one daemon (or `ftctl tick`) drives a database at a time.
+
+        SQLite: an flock on a file beside the database; PostgreSQL: a session
+        advisory lock on a held connection. Both vanish with the process, so a
+        SIGKILLed daemon never leaves a stale lock behind.
+        """
+        if self.is_sqlite:
+            if self.sqlite_path is None:
+                return
+            lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".lock")
+            fh = open(lock_path, "a+")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                fh.close()
+                raise LockHeld(f"another ftctl daemon is driving {self.sqlite_path} (pid {holder})") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            self._lock_file = fh
+        else:
+            conn = self.engine.connect()
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar()
+            conn.commit()
+            if not got:
+                conn.close()
+                raise LockHeld(f"another ftctl daemon is driving {_redact_url(self.url)}")
+            self._lock_conn = conn
+
+    def release_daemon_lock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+        if self._lock_conn is not None:
+            with contextlib.suppress(OperationalError):
+                self._lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                self._lock_conn.commit()
+            self._lock_conn.close()
+            self._lock_conn = None
+
+    def close(self) -> None:
+        self.release_daemon_lock()
+        self.engine.dispose()

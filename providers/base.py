@@ -1,0 +1,147 @@
+"""The one interface every provider implements, and the error classes the
+failure policy is written against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+# normalised provider states
+P_QUEUED = "queued"
+P_RUNNING = "running"
+P_SUCCEEDED = "succeeded"
+P_FAILED = "failed"
+P_CANCELLED = "cancelled"
+ACTIVE = frozenset({P_QUEUED, P_RUNNING})
+
+# why a provider job failed
+FAIL_CAPACITY = "capacity"  # over the provider's concurrency limit
+FAIL_DATA = "data"  # the data was rejected: permanent
+FAIL_TRAINING = "training"  # training itself failed: retry, limited
+
+CONCURRENCY_LIMIT_MESSAGE = "You have reached the maximum number of jobs you can run concurrently."
+
+
+def is_concurrency_limit_message(message: str | None) -> bool:
+    if not message:
+        return False
+    lowered = message.lower()
+    return "maximum number of" in lowered and "concurrent" in lowered
+
+
+# Mistral's statuses (the simulated engine speaks them too)
+MISTRAL_STATUS = {
+    "QUEUED": P_QUEUED,
+    "STARTED": P_QUEUED,
+    "VALIDATING": P_QUEUED,
+    "VALIDATED": P_QUEUED,
+    "RUNNING": P_RUNNING,
+    "FAILED_VALIDATION": P_FAILED,
+    "FAILED": P_FAILED,
+    "SUCCESS": P_SUCCEEDED,
+    "CANCELLATION_REQUESTED": P_RUNNING,
+    "CANCELLED": P_CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class ProviderJob:
+    """What a provider says about one of its jobs, normalised."""
+
+    id: str
+    status: str  # one of P_*
+    raw_status: str
+    client_token: str | None = None
+    model: str | None = None
+    fine_tuned_model: str | None = None
+    failure: str | None = None  # FAIL_* when status is failed
+    message: str | None = None
+    created_at: datetime | None = None
+    trained_tokens: int | None = None
+    cost: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the controller asks a provider to train."""
+
+    agent: str
+    model: str
+    training_file_id: str
+    hyperparameters: dict[str, Any]
+    client_token: str
+    auto_start: bool = True
+
+
+class ProviderError(Exception):
+    """An error from a provider call, classified for the failure policy."""
+
+    kind = "transient"
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class TransientError(ProviderError):
+    """429, 5xx, timeouts, refused connections: retry after a while."""
+
+    kind = "transient"
+
+
+class AuthError(ProviderError):
+    """401/403: pause the whole provider."""
+
+    kind = "auth"
+
+
+class QuotaError(ProviderError):
+    """Quota or billing exhausted: pause the provider, never a retry storm."""
+
+    kind = "quota"
+
+
+class PermanentError(ProviderError):
+    """400/422, data rejected: the job fails with the provider's message."""
+
+    kind = "permanent"
+
+
+class CapacityError(ProviderError):
+    """The provider refused because its concurrency limit is reached."""
+
+    kind = "capacity"
+
+
+class NotFoundError(ProviderError):
+    kind = "not_found"
+
+
+class Provider(Protocol):
+    name: str
+
+    def upload_file(self, path: Path, content_hash: str) -> str:
+        """Upload a training file; return the provider's file id."""
+
+    def create_job(self, spec: JobSpec) -> ProviderJob:
+        """Create a fine-tuning job that carries spec.client_token."""
+
+    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+        """Jobs created after the given time (all pages), newest first."""
+
+    def get_job(self, job_id: str) -> ProviderJob:
+        """One job; NotFoundError if the provider does not know it."""
+
+    def cancel_job(self, job_id: str) -> ProviderJob:
+        """Ask the provider to cancel a job."""
+
+    def close(self) -> None:
+        """Release connections."""

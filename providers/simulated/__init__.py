@@ -1,0 +1,1 @@
+"""The simulated provider: a local service with its own state file."""

@@ -1,0 +1,112 @@
+"""The `simulated` provider: the interface over an in-process SimEngine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from providers.base import (
+    FAIL_CAPACITY,
+    FAIL_DATA,
+    FAIL_TRAINING,
+    MISTRAL_STATUS,
+    AuthError,
+    JobSpec,
+    NotFoundError,
+    PermanentError,
+    ProviderError,
+    ProviderJob,
+    QuotaError,
+    TransientError,
+    is_concurrency_limit_message,
+)
+from providers.simulated.engine import EngineSettings, ServiceError, SimEngine
+
+PAGE_SIZE = 100
+
+
+def error_from_status(status_code: int, message: str, retry_after: float | None = None) -> ProviderError:
+    """Classify an HTTP-shaped error by the failure policy."""
+    if status_code == 429 and "quota" in message.lower():
+        return QuotaError(message, status_code=status_code)
+    if status_code == 429 or status_code >= 500:
+        return TransientError(message, status_code=status_code, retry_after=retry_after)
+    if status_code in (401, 403):
+        return AuthError(message, status_code=status_code)
+    if status_code == 402:
+        return QuotaError(message, status_code=status_code)
+    if status_code == 404:
+        return NotFoundError(message, status_code=status_code)
+    return PermanentError(message, status_code=status_code)
+
+
+def job_from_engine(raw: dict) -> ProviderJob:
+    status = MISTRAL_STATUS.get(raw["status"], "queued")
+    failure = None
+    if raw["status"] == "FAILED_VALIDATION":
+        failure = FAIL_CAPACITY if is_concurrency_limit_message(raw.get("message")) else FAIL_DATA
+    elif raw["status"] == "FAILED":
+        failure = FAIL_TRAINING
+    return ProviderJob(
+        id=raw["id"],
+        status=status,
+        raw_status=raw["status"],
+        client_token=raw.get("suffix"),
+        model=raw["model"],
+        fine_tuned_model=raw.get("fine_tuned_model"),
+        failure=failure,
+        message=raw.get("message"),
+        created_at=datetime.fromtimestamp(raw["created_at"], timezone.utc).replace(tzinfo=None),
+        trained_tokens=raw.get("trained_tokens"),
+        cost=raw.get("cost"),
+    )
+
+
+class SimulatedProvider:
+    def __init__(self, name: str, state_file: Path, settings: EngineSettings,
+                 clock: Callable[[], float] = time.time):
+        self.name = name
+        self.engine = SimEngine(state_file, settings, clock=clock)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ServiceError as exc:
+            raise error_from_status(exc.status_code, exc.message, exc.retry_after) from None
+
+    def upload_file(self, path: Path, content_hash: str) -> str:
+        content = Path(path).read_bytes()
+        return self._call(self.engine.upload_file, Path(path).name, content)["id"]
+
+    def create_job(self, spec: JobSpec) -> ProviderJob:
+        raw = self._call(
+            self.engine.create_job,
+            model=spec.model,
+            training_files=[spec.training_file_id],
+            hyperparameters=spec.hyperparameters,
+            suffix=spec.client_token,
+            auto_start=spec.auto_start,
+        )
+        return job_from_engine(raw)
+
+    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+        after = created_after.replace(tzinfo=timezone.utc).timestamp() if created_after else None
+        out: list[ProviderJob] = []
+        page = 0
+        while True:
+            rows, total = self._call(self.engine.list_jobs, page=page, page_size=PAGE_SIZE, created_after=after)
+            out.extend(job_from_engine(r) for r in rows)
+            page += 1
+            if not rows or page * PAGE_SIZE >= total:
+                return out
+
+    def get_job(self, job_id: str) -> ProviderJob:
+        return job_from_engine(self._call(self.engine.get_job, job_id))
+
+    def cancel_job(self, job_id: str) -> ProviderJob:
+        return job_from_engine(self._call(self.engine.cancel_job, job_id))
+
+    def close(self) -> None:
+        self.engine.close()
