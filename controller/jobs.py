@@ -81,7 +81,7 @@ def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None
         s.add(job)
         s.add(JobEvent(job_id=job.id, at=now, from_state=before, to_state=after, trigger=trigger,
                        reason=reason, provider_status=provider_status))
-        if trigger == "submit":
+        if trigger == "submit" and job.client_token:
             s.add(Attempt(job_id=job.id, number=job.attempt, client_token=job.client_token, submitted_at=now))
         elif attempt_outcome is not None and token_before:
             row = s.exec(select(Attempt).where(Attempt.client_token == token_before)).first()

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AGENTS = ("content", "legal", "qa", "support", "analyst")
+
+
+class VirtualClock:
+    """A clock the reconcile step and the simulated service share."""
+
+    def __init__(self, start: datetime | None = None):
+        self.now = start or datetime(2026, 1, 5, 9, 0, 0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def epoch(self) -> float:
+        return self.now.replace(tzinfo=timezone.utc).timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+def write_training_file(path: Path, examples: int = 5) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for i in range(examples):
+            fh.write(json.dumps({"messages": [
+                {"role": "user", "content": f"question {i} for {path.stem}"},
+                {"role": "assistant", "content": f"answer {i}"},
+            ]}) + "\n")
+    return path
+
+
+def write_config(directory: Path, *, agents=AGENTS, concurrency: int = 2, max_concurrent: int | None = None,
+                 queue_time: str = "1s", validate_time: str = "1s", train_time: str = "5s",
+                 fail_rate: float = 0.0, error_rate: float = 0.0, seed: int = 0, max_attempts: int = 5,
+                 backoff_initial: str = "10s", backoff_max: str = "60s", poll: str = "1s",
+                 database: str = "sqlite:///ftctl.db", extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for a in agents:
+        write_training_file(directory / "data" / f"{a}.jsonl")
+    text = textwrap.dedent(f"""\
+        [controller]
+        database = "{database}"
+        poll_interval = "{poll}"
+
+        [retry]
+        max_attempts = {max_attempts}
+        backoff_initial = "{backoff_initial}"
+        backoff_max = "{backoff_max}"
+
+        [providers.sim]
+        kind = "simulated"
+        concurrency = {concurrency}
+        {f"max_concurrent = {max_concurrent}" if max_concurrent else ""}
+        queue_time = "{queue_time}"
+        validate_time = "{validate_time}"
+        train_time = "{train_time}"
+        fail_rate = {fail_rate}
+        error_rate = {error_rate}
+        seed = {seed}
+        """)
+    for a in agents:
+        text += textwrap.dedent(f"""
+            [agents.{a}]
+            provider = "sim"
+            model = "open-mistral-7b"
+            training_file = "data/{a}.jsonl"
+            hyperparameters = {{ training_steps = 10, learning_rate = 0.0001 }}
+            """)
+    path = directory / "controller.toml"
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def _make(**kw) -> Path:
+        return write_config(tmp_path / "site", **kw)
+    return _make
+
+
+def ftctl_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_ftctl(*args: str, config: Path | None = None, cwd: Path | None = None, timeout: float = 60,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "controller"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd or REPO, env=env or ftctl_env())
+
+
+# -- a real PostgreSQL server, started from the Debian binaries as a non-root user ----------
+
+PG_BIN = Path(os.environ.get("FTCTL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    return ["runuser", "-u", "postgres", "--"] + cmd
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="ftctl-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+    port = 55432 + os.getpid() % 1000
+    subprocess.run(_as_postgres_user([str(PG_BIN / "initdb"), "-D", str(data), "-U", "ftctl", "-A", "trust",
+                                      "--no-sync"]), check=True, capture_output=True)
+    log = base / "pg.log"
+    subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+                                      f"-p {port} -k {sock} -c listen_addresses='' -c fsync=off", "start"]),
+                   check=True, capture_output=True)
+    subprocess.run(_as_postgres_user([str(PG_BIN / "createdb"), "-h", str(sock), "-p", str(port), "-U", "ftctl",
+                                      "ftctl_test"]), check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://ftctl@/ftctl_test?host={sock}&port={port}"
+    finally:
+        subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

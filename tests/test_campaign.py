@@ -1,0 +1,253 @@
+"""Whole campaigns in process: the real store, the real simulated service,
+a virtual clock shared by both. Crashes are injected around the create call."""
+
+from collections import Counter
+
+import pytest
+
+from controller.config import load_config
+from controller.reconciler import Reconciler
+from controller.submit import plan_submissions, store_submissions
+from models import Store
+from providers import build_provider
+from providers.base import AuthError, PermanentError, TransientError
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing after it runs."""
+
+
+class Faulty:
+    """Wraps a provider to fail or 'die' at chosen moments."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.plan: list[str] = []  # one entry consumed per create call
+        self.list_error = None
+        self.creates = 0
+
+    def upload_file(self, path, h):
+        return self.inner.upload_file(path, h)
+
+    def create_job(self, spec):
+        self.creates += 1
+        step = self.plan.pop(0) if self.plan else "ok"
+        if step == "crash-before":
+            raise Crash()
+        if step == "reject-422":
+            raise PermanentError("model 'open-mistral-7b' cannot be fine-tuned with these hyperparameters",
+                                 status_code=422)
+        job = self.inner.create_job(spec)
+        if step == "crash-after":
+            raise Crash()
+        if step == "timeout-after":
+            raise TransientError("read timeout")
+        return job
+
+    def list_jobs(self, created_after=None):
+        if self.list_error:
+            raise self.list_error
+        return self.inner.list_jobs(created_after)
+
+    def get_job(self, i):
+        return self.inner.get_job(i)
+
+    def cancel_job(self, i):
+        return self.inner.cancel_job(i)
+
+    def close(self):
+        self.inner.close()
+
+
+def setup(make_config, clock, **kw):
+    cfg = load_config(make_config(**kw))
+    store = Store(cfg.database_url)
+    store_submissions(store, plan_submissions(cfg, [], all_agents=True))
+    return cfg, store
+
+
+def reconciler(cfg, store, clock, seed=0):
+    import random
+    sim = build_provider(cfg, "sim", clock=clock.epoch)
+    faulty = Faulty(sim)
+    return Reconciler(cfg, store, {"sim": faulty}, clock=clock, rng=random.Random(seed)), faulty
+
+
+def run_until_done(rec, clock, store, limit_ticks=2000, step=1.0, on_tick=None):
+    for _ in range(limit_ticks):
+        result = rec.tick()
+        if on_tick:
+            on_tick(result)
+        if result.all_terminal:
+            return result
+        clock.advance(step)
+    raise AssertionError(f"campaign did not finish: {Counter(j.state for j in store.list_jobs())}")
+
+
+def sim_jobs(rec):
+    return rec.providers["sim"].inner.engine.all_jobs()
+
+
+def max_concurrent_running(jobs):
+    """The most jobs RUNNING at one moment at the provider, from its events."""
+    points = []
+    for j in jobs:
+        start = None
+        for e in j["events"]:
+            if e["data"]["status"] == "RUNNING":
+                start = e["created_at"]
+            elif start is not None:
+                points += [(start, 1), (e["created_at"], -1)]
+                start = None
+        if start is not None:
+            points.append((start, 1))
+    cur = peak = 0
+    for _, d in sorted(points, key=lambda p: (p[0], p[1])):
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def test_five_agents_two_slots_all_succeed(make_config, clock):
+    cfg, store = setup(make_config, clock, concurrency=2)
+    rec, faulty = reconciler(cfg, store, clock)
+    peak_ours = 0
+
+    def watch(_):
+        nonlocal peak_ours
+        peak_ours = max(peak_ours, sum(1 for j in store.list_jobs() if j.state in ("queued", "running")))
+
+    run_until_done(rec, clock, store, on_tick=watch)
+    jobs = store.list_jobs()
+    assert [j.state for j in jobs] == ["succeeded"] * 5
+    assert all(j.fine_tuned_model.startswith("ft:open-mistral-7b:") for j in jobs)
+    assert all(j.attempt == 1 for j in jobs)
+    assert peak_ours == 2
+    at_sim = sim_jobs(rec)
+    assert len(at_sim) == 5 and faulty.creates == 5
+    assert max_concurrent_running(at_sim) <= 2
+    # the model id recorded is the one the provider produced for that job
+    by_id = {j["id"]: j for j in at_sim}
+    assert all(by_id[j.provider_job_id]["fine_tuned_model"] == j.fine_tuned_model for j in jobs)
+
+
+def test_capacity_rejections_are_absorbed_and_the_limit_learned(make_config, clock):
+    cfg, store = setup(make_config, clock, concurrency=5, max_concurrent=2)
+    rec, _ = reconciler(cfg, store, clock)
+    run_until_done(rec, clock, store)
+    jobs = store.list_jobs()
+    assert [j.state for j in jobs] == ["succeeded"] * 5
+    assert all(j.attempt == 1 for j in jobs)  # capacity rejections are not attempts
+    rejected = [a for j in jobs for a in store.attempts(j.id) if a.outcome == "capacity"]
+    assert len(rejected) == 3 and not any(a.counted for a in rejected)
+    assert store.provider_states()["sim"].learned_limit == 2
+    at_sim = sim_jobs(rec)
+    assert Counter(j["status"] for j in at_sim) == {"SUCCESS": 5, "FAILED_VALIDATION": 3}
+    # after learning, no further rejections: exactly 3, all in the first wave
+    assert max_concurrent_running(at_sim) <= 2
+
+
+def test_training_failures_retry_with_backoff_then_succeed(make_config, clock):
+    cfg, store = setup(make_config, clock, fail_rate=0.4, seed=11, max_attempts=8)
+    rec, _ = reconciler(cfg, store, clock)
+    run_until_done(rec, clock, store)
+    jobs = store.list_jobs()
+    assert [j.state for j in jobs] == ["succeeded"] * 5
+    retried = [j for j in jobs if j.attempt > 1]
+    assert retried, "seed 11 fails some jobs in training"
+    for j in retried:
+        backoffs = [e for e in store.events(j.id) if e.trigger == "requeue"]
+        assert len(backoffs) == j.attempt - 1
+        assert all(e.reason.startswith("backoff until") and "training failed" in e.reason for e in backoffs)
+
+
+def test_max_attempts_exhausted_ends_failed(make_config, clock):
+    cfg, store = setup(make_config, clock, agents=("qa",), fail_rate=1.0, max_attempts=3)
+    rec, faulty = reconciler(cfg, store, clock)
+    run_until_done(rec, clock, store)
+    (job,) = store.list_jobs()
+    assert job.state == "failed" and job.attempt == 3
+    assert job.reason.startswith("failed after 3 attempts: training failed")
+    assert faulty.creates == 3
+
+
+@pytest.mark.parametrize("fault", ["crash-before", "crash-after", "timeout-after"])
+def test_a_crash_around_the_create_call_never_creates_twice(make_config, clock, fault):
+    cfg, store = setup(make_config, clock, concurrency=2)
+    rec, faulty = reconciler(cfg, store, clock)
+    faulty.plan = ["ok", fault]
+    try:
+        rec.tick()
+    except Crash:
+        pass  # the process "died" mid-tick
+    (intent,) = [j for j in store.list_jobs() if j.state == "queued" and j.provider_job_id is None]
+    assert intent.client_token
+    # a new process: new reconciler, same database and same service
+    rec2, faulty2 = reconciler(cfg, store, clock, seed=1)
+    clock.advance(60)
+    run_until_done(rec2, clock, store)
+    jobs = store.list_jobs()
+    assert [j.state for j in jobs] == ["succeeded"] * 5
+    suffixes = Counter(j["suffix"] for j in sim_jobs(rec2))
+    assert len(sim_jobs(rec2)) == 5 and set(suffixes.values()) == {1}
+    recovered = store.get_job(intent.id)
+    assert recovered.client_token == intent.client_token  # found or created under its own token
+
+
+def test_auth_failure_pauses_then_resumes_by_itself(make_config, clock):
+    cfg, store = setup(make_config, clock, agents=("qa", "legal"))
+    rec, faulty = reconciler(cfg, store, clock)
+    rec.tick()
+    faulty.list_error = AuthError("401 Unauthorized: invalid api key", status_code=401)
+    for _ in range(3):
+        clock.advance(5)
+        rec.tick()
+    jobs = store.list_jobs()
+    assert all(j.state in ("queued", "running") for j in jobs)
+    assert all(j.reason == "provider auth failing: 401 Unauthorized: invalid api key" for j in jobs)
+    assert store.provider_states()["sim"].paused_reason.startswith("provider auth failing")
+    faulty.list_error = None
+    run_until_done(rec, clock, store)
+    assert [j.state for j in store.list_jobs()] == ["succeeded"] * 2
+    assert store.provider_states()["sim"].paused_reason is None
+
+
+def test_a_422_on_create_fails_that_job_only(make_config, clock):
+    cfg, store = setup(make_config, clock, agents=("qa", "legal", "support"))
+    rec, faulty = reconciler(cfg, store, clock)
+    faulty.plan = ["reject-422"]
+    run_until_done(rec, clock, store)
+    states = {j.agent: j for j in store.list_jobs()}
+    assert states["qa"].state == "failed"
+    assert "cannot be fine-tuned with these hyperparameters" in states["qa"].reason
+    assert states["legal"].state == states["support"].state == "succeeded"
+
+
+def test_transient_service_errors_do_not_stop_the_campaign(make_config, clock):
+    cfg, store = setup(make_config, clock, error_rate=0.3, seed=5, concurrency=5, max_concurrent=2)
+    rec, _ = reconciler(cfg, store, clock)
+    run_until_done(rec, clock, store)
+    assert [j.state for j in store.list_jobs()] == ["succeeded"] * 5
+    assert set(Counter(j["suffix"] for j in sim_jobs(rec)).values()) == {1}
+
+
+def test_training_file_changed_after_submit_fails_clearly(make_config, clock, tmp_path):
+    cfg, store = setup(make_config, clock, agents=("qa",))
+    (tmp_path / "site" / "data" / "qa.jsonl").write_text('{"messages": [{"role": "user", "content": "new"}]}\n')
+    rec, faulty = reconciler(cfg, store, clock)
+    rec.tick()
+    (job,) = store.list_jobs()
+    assert job.state == "failed" and job.reason.startswith("training file changed since submit")
+    assert faulty.creates == 0
+
+
+def test_upload_is_reused_for_unchanged_content(make_config, clock):
+    cfg, store = setup(make_config, clock, agents=("qa",))
+    rec, _ = reconciler(cfg, store, clock)
+    run_until_done(rec, clock, store)
+    store_submissions(store, plan_submissions(cfg, ["qa"]), force=True)
+    run_until_done(rec, clock, store)
+    jobs = store.list_jobs()
+    assert len(jobs) == 2 and jobs[0].provider_file_id == jobs[1].provider_file_id
+    assert len(rec.providers["sim"].inner.engine.list_files()) == 1
