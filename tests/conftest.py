@@ -117,10 +117,23 @@ def run_ftctl(*args: str, config: Path | None = None, cwd: Path | None = None, t
 PG_BIN = Path(os.environ.get("FTCTL_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+def _pg_user() -> str:
+    """PostgreSQL refuses to run as root: use the postgres account (or nobody)."""
+    import pwd
+
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise RuntimeError("no non-root account to run PostgreSQL as")
+
+
 def _as_postgres_user(cmd: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return cmd
-    return ["runuser", "-u", "postgres", "--"] + cmd
+    return ["runuser", "-u", _pg_user(), "--"] + cmd
 
 
 @pytest.fixture(scope="session")
@@ -133,8 +146,8 @@ def postgres_url():
     data, sock = base / "data", base / "sock"
     sock.mkdir()
     if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
+        shutil.chown(base, _pg_user())
+        shutil.chown(sock, _pg_user())
     port = 55432 + os.getpid() % 1000
     subprocess.run(_as_postgres_user([str(PG_BIN / "initdb"), "-D", str(data), "-U", "ftctl", "-A", "trust",
                                       "--no-sync"]), check=True, capture_output=True)

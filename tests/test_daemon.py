@@ -1,0 +1,126 @@
+"""The daemon as systemd runs it: a real process, real signals, SIGKILL."""
+
+import json
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from tests.conftest import REPO, ftctl_env, run_ftctl
+
+pytestmark = pytest.mark.slow
+
+
+def start_daemon(config, *args):
+    return subprocess.Popen([sys.executable, "-m", "controller", "--config", str(config), "daemon", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=ftctl_env())
+
+
+def states(db):
+    with sqlite3.connect(db) as c:
+        return [r[0] for r in c.execute("SELECT state FROM jobs ORDER BY id")]
+
+
+def wait_until(pred, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def shipped(tmp_path):
+    """The shipped controller.toml with its demo data, in a scratch folder."""
+    shutil.copy(REPO / "controller.toml", tmp_path / "controller.toml")
+    shutil.copytree(REPO / "controller" / "demo_data", tmp_path / "controller" / "demo_data")
+    return tmp_path / "controller.toml"
+
+
+def test_shipped_config_campaign_then_sigterm(shipped):
+    assert run_ftctl("submit", "--all", config=shipped).returncode == 0
+    daemon = start_daemon(shipped)
+    try:
+        db = shipped.parent / "ftctl.db"
+        done = wait_until(lambda: states(db) == ["succeeded"] * 5, timeout=90)
+        status = json.loads(run_ftctl("status", "--json", config=shipped).stdout)
+        assert done, status
+        assert all(j["fine_tuned_model"].startswith("ft:open-mistral-7b:") for j in status)
+        models = json.loads(run_ftctl("models", "--format", "json", config=shipped).stdout)
+        assert sorted(models) == ["analyst", "content", "legal", "qa", "support"]
+        assert models["qa"] == next(j["fine_tuned_model"] for j in status if j["agent"] == "qa")
+        # a second daemon on the same database is refused
+        second = subprocess.run([sys.executable, "-m", "controller", "--config", str(shipped), "daemon"],
+                                capture_output=True, text=True, timeout=30, cwd=REPO, env=ftctl_env())
+        assert second.returncode == 3
+        assert "another ftctl daemon is driving" in second.stderr and len(second.stderr.splitlines()) == 1
+        tick = run_ftctl("tick", config=shipped)
+        assert tick.returncode == 3 and "another ftctl daemon" in tick.stderr
+        started = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    err = daemon.stderr.read()
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    moves = [line for line in lines if line["event"] == "transition"]
+    assert {m["state"] for m in moves} >= {"queued", "running", "succeeded"}
+    assert all({"job_id", "agent", "provider", "state"} <= set(m) for m in moves)
+    assert lines[-1]["event"] == "daemon stopped"
+
+
+def test_sigint_mid_campaign_exits_zero_and_a_restart_finishes(make_config):
+    cfg = make_config(queue_time="0.3s", validate_time="0.3s", train_time="3s", poll="0.2s")
+    run_ftctl("submit", "--all", config=cfg)
+    daemon = start_daemon(cfg)
+    db = cfg.parent / "ftctl.db"
+    assert wait_until(lambda: "running" in states(db), timeout=30)
+    daemon.send_signal(signal.SIGINT)
+    assert daemon.wait(timeout=10) == 0
+    assert "running" in states(db)  # nothing was lost or cancelled by stopping
+    again = start_daemon(cfg, "--until-done")
+    assert again.wait(timeout=90) == 0, again.stderr.read()
+    assert states(db) == ["succeeded"] * 5
+
+
+def test_sigkill_at_random_moments_never_creates_a_job_twice(make_config):
+    agents = ("content", "legal", "qa", "support", "analyst", "triage", "sales")
+    cfg = make_config(agents=agents, concurrency=4, max_concurrent=2, queue_time="0.2s", validate_time="0.3s",
+                      train_time="1s", poll="0.1s", fail_rate=0.2, seed=9, backoff_initial="0.2s",
+                      backoff_max="1s", max_attempts=10)
+    run_ftctl("submit", "--all", config=cfg)
+    db = cfg.parent / "ftctl.db"
+    rng = random.Random(2026)
+    kills = 0
+    for _ in range(40):
+        if all(s == "succeeded" for s in states(db)):
+            break
+        daemon = start_daemon(cfg)
+        time.sleep(rng.uniform(0.2, 1.6))
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+        kills += 1
+    final = start_daemon(cfg, "--until-done")
+    assert final.wait(timeout=120) == 0, final.stderr.read()
+    assert kills >= 5
+    assert states(db) == ["succeeded"] * len(agents)
+    with sqlite3.connect(cfg.parent / "sim-sim.db") as sim, sqlite3.connect(db) as ours:
+        at_sim = sim.execute("SELECT id, suffix, status FROM jobs").fetchall()
+        tokens = [r[0] for r in ours.execute("SELECT client_token FROM attempts")]
+        final_ids = [r[0] for r in ours.execute("SELECT provider_job_id FROM jobs")]
+    per_suffix = Counter(s for _, s, _ in at_sim)
+    assert set(per_suffix.values()) == {1}, per_suffix.most_common(3)  # one provider job per submission
+    assert sorted(per_suffix) == sorted(tokens)  # and every submission is accounted for
+    status = {i: st for i, _, st in at_sim}
+    assert all(status[i] == "SUCCESS" for i in final_ids)
+    assert Counter(st for _, _, st in at_sim)["SUCCESS"] == len(agents)  # nothing trained twice
