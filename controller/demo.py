@@ -101,7 +101,7 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
         models = latest_models(jobs)
         console.print(f"\n{len(models)}/{len(AGENTS)} agents succeeded in {time.monotonic() - started:.1f}s; "
                       f"{capacity} capacity rejections absorbed (not counted as attempts), "
-                      f"{retries} training failures retried\n")
+                      f"{retries} training failure{'s' if retries != 1 else ''} retried\n")
         for agent, model in models.items():
             console.print(f"  {agent:<8} {model}")
         console.print(f"\ntry: ftctl --config {config_path} status | show 1 | models --format toml")

@@ -15,7 +15,7 @@ import structlog
 from controller import reconcile as rc
 from controller.config import Config
 from controller.jobs import StaleState, file_sha256, fire, new_client_token, note
-from controller.lifecycle import CANCELLED, IN_FLIGHT, PREPARED, QUEUED, STATES, TERMINAL, InvalidTransition
+from controller.lifecycle import IN_FLIGHT, PREPARED, QUEUED, STATES, TERMINAL, InvalidTransition
 from models import Job, ProviderState, Store, utcnow
 from providers.base import JobSpec, NotFoundError, Provider, ProviderError
 
@@ -77,8 +77,7 @@ class Reconciler:
 
     def tick(self) -> TickResult:
         now = self.clock()
-        rows = self.store.list_jobs(states=[PREPARED, *IN_FLIGHT]) + [
-            j for j in self.store.list_jobs(states=[CANCELLED]) if j.cancel_pending]
+        rows = self.store.jobs_to_reconcile([PREPARED, *IN_FLIGHT])
         views = [rc.JobView.of(j) for j in rows]
         states = self.store.provider_states()
         observed: dict[str, rc.ProviderView] = {}
@@ -93,10 +92,8 @@ class Reconciler:
                 self._apply(decision, by_id, now)
             except StaleState:
                 continue
-        final = self.store.list_jobs()
-        result.states = Counter(j.state for j in final)
-        result.waiting_for_slot = sum(1 for j in final if j.state == PREPARED and (j.reason or "").startswith(
-            "waiting for a slot"))
+        result.states = Counter(self.store.count_by_state())
+        result.waiting_for_slot = self.store.count_waiting("waiting for a slot")
         return result
 
     def _observe(self, name: str, mine: list[rc.JobView], state: ProviderState | None,

@@ -10,15 +10,18 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, or_, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, create_engine, func, select
 
-from models.tables import SCHEMA_VERSION, Attempt, Job, JobEvent, Meta, ProviderState, UploadedFile
+from models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, UploadedFile
 
-# one fixed advisory-lock key for "the daemon of this database" on PostgreSQL
+# fixed advisory-lock keys on PostgreSQL: "the daemon of this database", and
+# "a schema migration is running"
 _PG_LOCK_KEY = 0x66746374  # "ftct"
+_PG_MIGRATE_KEY = 0x6674636D  # "ftcm"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def utcnow() -> datetime:
@@ -92,16 +95,36 @@ class Store:
             else:
                 conn.exec_driver_sql("BEGIN")
 
+    def _schema_version(self) -> str | None:
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
     def _init_schema(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
-        with self.write() as s:
-            meta = s.get(Meta, "schema_version")
-            if meta is None:
-                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(meta.value) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database schema version {meta.value} is newer than this ftctl ({SCHEMA_VERSION}); upgrade ftctl"
-                )
+        """Bring the schema to this code's head with Alembic.
+
+        Checking the version needs no Alembic import, so read commands stay
+        fast when the schema is current (the common case).
+        """
+        version = self._schema_version()
+        if version == SCHEMA_HEAD:
+            return
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+        if version is not None and version not in known:
+            raise StoreError(f"database schema {version} is newer than this ftctl knows; upgrade ftctl")
+        bind = self.engine.execution_options(ftctl_write=True) if self.is_sqlite else self.engine
+        with bind.begin() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_KEY})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
 
     # -- sessions ------------------------------------------------------------
 
@@ -139,6 +162,22 @@ class Store:
             if agent is not None:
                 stmt = stmt.where(Job.agent == agent)
             return list(s.exec(stmt.order_by(Job.id)))
+
+    def jobs_to_reconcile(self, active_states: Sequence[str]) -> list[Job]:
+        """Jobs not finished, and finished ones with a cancel still owed to the provider."""
+        with self.read() as s:
+            stmt = select(Job).where(or_(Job.state.in_(list(active_states)), Job.cancel_pending == True))  # noqa: E712
+            return list(s.exec(stmt.order_by(Job.id)))
+
+    def count_by_state(self) -> dict[str, int]:
+        with self.read() as s:
+            rows = s.exec(select(Job.state, func.count()).group_by(Job.state))
+            return {state: n for state, n in rows}
+
+    def count_waiting(self, reason_prefix: str) -> int:
+        with self.read() as s:
+            stmt = select(func.count()).where(Job.state == "prepared", Job.reason.startswith(reason_prefix))
+            return s.exec(stmt).one()
 
     def events(self, job_id: int) -> list[JobEvent]:
         with self.read() as s:

@@ -8,7 +8,8 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+# the Alembic revision this code expects (models/migrations/versions)
+SCHEMA_HEAD = "0001"
 
 
 class Job(SQLModel, table=True):
@@ -91,10 +92,3 @@ class ProviderState(SQLModel, table=True):
     learned_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
     paused_reason: Optional[str] = None
     paused_until: Optional[datetime] = Field(default=None, sa_type=DateTime)
-
-
-class Meta(SQLModel, table=True):
-    __tablename__ = "ftctl_meta"
-
-    key: str = Field(primary_key=True)
-    value: str

@@ -1,0 +1,77 @@
+"""The SQLite store: WAL, migrations, the daemon lock."""
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from models import LockHeld, Store, StoreError
+from models.tables import SCHEMA_HEAD
+from tests.conftest import REPO
+
+
+def test_wal_mode_and_schema_head(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.close()
+    with sqlite3.connect(tmp_path / "a.db") as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+
+
+def test_migrations_build_exactly_the_models(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    store.close()
+    assert diff == []
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    Store(f"sqlite:///{tmp_path / 'a.db'}").close()
+    with sqlite3.connect(tmp_path / "a.db") as c:
+        c.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(StoreError, match="newer than this ftctl"):
+        Store(f"sqlite:///{tmp_path / 'a.db'}")
+
+
+def test_readers_are_not_blocked_by_an_open_write(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    with store.write() as s:
+        s.connection().exec_driver_sql("UPDATE alembic_version SET version_num = version_num")
+        # a writer holds the lock; a reader in another process still answers at once
+        p = subprocess.run([sys.executable, "-c",
+                            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=0.5);"
+                            "print(c.execute('select count(*) from jobs').fetchone()[0])",
+                            str(tmp_path / "a.db")], capture_output=True, text=True, timeout=20, cwd=REPO)
+        assert p.returncode == 0 and p.stdout.strip() == "0", p.stderr
+    store.close()
+
+
+def test_daemon_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys,time; from models import Store; s=Store(sys.argv[1]);"
+                               "s.acquire_daemon_lock(); print('held', flush=True); time.sleep(60)", url],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        other = Store(url)
+        with pytest.raises(LockHeld, match=f"pid {holder.pid}"):
+            other.acquire_daemon_lock()
+        holder.kill()
+        holder.wait()
+        other.acquire_daemon_lock()  # no stale lock after SIGKILL
+        other.close()
+    finally:
+        holder.kill()
+
+
+def test_password_in_url_never_shown(tmp_path):
+    with pytest.raises(StoreError) as err:
+        Store("postgresql://ftctl:s3cret-pw@127.0.0.1:1/nodb")
+    assert "s3cret-pw" not in str(err.value)
+    assert "ftctl:***@127.0.0.1:1/nodb" in str(err.value)
