@@ -56,7 +56,7 @@ class Daemon:
         self.store = Store(self.config.database_url)
         try:
             self.store.acquire_daemon_lock()
-            self.reconciler = Reconciler(self.config, self.store)
+            self.reconciler = Reconciler(self.config, self.store, should_stop=self.stop_event.is_set)
             previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
             scheduler = BackgroundScheduler(timezone=timezone.utc)
             scheduler.add_job(

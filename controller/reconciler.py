@@ -47,8 +47,11 @@ class TickResult:
 class Reconciler:
     def __init__(self, config: Config, store: Store, providers: dict[str, Provider] | None = None, *,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
-                 logger: Any = None):
+                 logger: Any = None, should_stop: Callable[[], bool] = lambda: False):
         self.config = config
+        # checked between decisions: a stop request ends the tick early. Every
+        # decision is complete on its own, and the next tick decides afresh.
+        self.should_stop = should_stop
         self.store = store
         self.providers: dict[str, Provider] = dict(providers or {})
         self.clock = clock
@@ -88,6 +91,9 @@ class Reconciler:
         by_id = {r.id: r for r in rows}
         result = TickResult(at=now, decisions=len(decisions))
         for decision in decisions:
+            if self.should_stop():
+                self.log.info("tick cut short by a stop request")
+                break
             try:
                 self._apply(decision, by_id, now)
             except StaleState:

@@ -16,6 +16,7 @@ the HTTP emulators.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import random
 import sqlite3
@@ -269,12 +270,15 @@ class SimEngine:
                 where.append("suffix = ?")
                 args.append(suffix)
             clause = (" WHERE " + " AND ".join(where)) if where else ""
-            rows = [self._decode(r) for r in db.execute(f"SELECT * FROM jobs{clause} ORDER BY seq DESC", args)]
-        if metadata:
-            rows = [r for r in rows if all(str(r["metadata"].get(k)) == str(v) for k, v in metadata.items())]
-        total = len(rows)
+            query = f"SELECT * FROM jobs{clause} ORDER BY seq DESC"
+            if not metadata:  # page in SQL: decode only the page asked for
+                total = db.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
+                rows = db.execute(query + " LIMIT ? OFFSET ?", [*args, page_size, max(0, page) * page_size])
+                return [self._decode(r) for r in rows], total
+            rows = [self._decode(r) for r in db.execute(query, args)]
+        rows = [r for r in rows if all(str(r["metadata"].get(k)) == str(v) for k, v in metadata.items())]
         start = max(0, page) * page_size
-        return rows[start:start + page_size], total
+        return rows[start:start + page_size], len(rows)
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         self.maybe_fail()
@@ -353,20 +357,24 @@ class SimEngine:
         return random.Random(f"{self.settings.seed}:{seq}").random() < self.settings.fail_rate
 
     def _advance(self, db: sqlite3.Connection, now: float) -> None:
-        """Play every state change due up to `now`, in time order."""
+        """Play every state change due up to `now`, in time order.
+
+        Only jobs with a change due are read (one indexed query); a job that
+        changes state goes back on the heap if its next change is due too.
+        """
         s = self.settings
-        while True:
-            jobs = [self._decode(r) for r in db.execute(
-                "SELECT * FROM jobs WHERE status IN ('QUEUED', 'VALIDATING', 'RUNNING') ORDER BY seq")]
-            due: list[tuple[float, int, dict[str, Any]]] = []
-            for job in jobs:
-                wait = {"QUEUED": s.queue_time, "VALIDATING": s.validate_time, "RUNNING": s.train_time}[job["status"]]
-                at = job["phase_at"] + wait
-                if at <= now:
-                    due.append((at, job["seq"], job))
-            if not due:
-                return
-            at, _, job = min(due, key=lambda d: (d[0], d[1]))
+        waits = {"QUEUED": s.queue_time, "VALIDATING": s.validate_time, "RUNNING": s.train_time}
+        rows = db.execute(
+            "SELECT * FROM jobs WHERE (status = 'QUEUED' AND phase_at <= ?) OR (status = 'VALIDATING' AND "
+            "phase_at <= ?) OR (status = 'RUNNING' AND phase_at <= ?)",
+            (now - waits["QUEUED"], now - waits["VALIDATING"], now - waits["RUNNING"]),
+        ).fetchall()
+        heap = []
+        for row in rows:
+            job = self._decode(row)
+            heapq.heappush(heap, (job["phase_at"] + waits[job["status"]], job["seq"], job))
+        while heap:
+            at, _, job = heapq.heappop(heap)
             if job["status"] == "QUEUED":
                 self._set_status(db, job, "VALIDATING", at)
             elif job["status"] == "VALIDATING":
@@ -386,6 +394,9 @@ class SimEngine:
                 name = f"ft:{job['model']}:{job['suffix'] or 'model'}:{stamp}:{tail}"
                 self._set_status(db, job, "SUCCESS", at, fine_tuned_model=name,
                                  trained_tokens=job["metadata"].get("train_tokens"))
+            wait = waits.get(job["status"])
+            if wait is not None and job["phase_at"] + wait <= now:
+                heapq.heappush(heap, (job["phase_at"] + wait, job["seq"], job))
 
     @staticmethod
     def _file_problem(db: sqlite3.Connection, job: dict[str, Any]) -> str | None:
