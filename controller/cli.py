@@ -46,7 +46,10 @@ state = State()
 
 
 def die(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "error"
+    from controller.secrets import redact
+
+    text = redact(str(message)).strip()
+    first_line = text.splitlines()[0] if text else "error"
     print(f"ftctl: error: {first_line}", file=sys.stderr)
     raise typer.Exit(code)
 
@@ -384,6 +387,66 @@ def demo(
     from controller.demo import run_demo
 
     raise typer.Exit(run_demo(out, directory, train_time=train_time))
+
+
+class EmulatorKind(str, Enum):
+    mistral = "mistral"
+    openai = "openai"
+
+
+@app.command()
+def emulator(
+    kind: Annotated[EmulatorKind, typer.Option("--kind", help="which provider's API to speak")],
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one)")] = 8089,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    state_file: Annotated[Optional[Path], typer.Option("--state-file", help="the service's own SQLite file")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="jobs it runs at once; more fail like Mistral's")] = 2,
+    queue_time: Annotated[str, typer.Option("--queue-time")] = "2s",
+    validate_time: Annotated[str, typer.Option("--validate-time")] = "2s",
+    train_time: Annotated[str, typer.Option("--train-time")] = "10s",
+    fail_rate: Annotated[float, typer.Option("--fail-rate", help="seeded share of jobs failing in training")] = 0.0,
+    error_rate: Annotated[float, typer.Option("--error-rate", help="seeded share of calls answered 503")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="accept only the key in this "
+                                                       "environment variable (default: any non-empty key)")] = None,
+) -> None:
+    """Serve a local HTTP emulator of Mistral's or OpenAI's fine-tuning API."""
+    import os
+    import signal
+    import tempfile
+    import threading
+
+    from controller.config import parse_duration
+    from providers.emulator import make_emulator
+    from providers.simulated.engine import EngineSettings
+
+    try:
+        settings = EngineSettings(limit=limit, queue_time=parse_duration(queue_time),
+                                  validate_time=parse_duration(validate_time), train_time=parse_duration(train_time),
+                                  fail_rate=fail_rate, error_rate=error_rate, seed=seed)
+    except ValueError as exc:
+        die(f"emulator: {exc}")
+    if not 0 <= fail_rate <= 1 or not 0 <= error_rate <= 1:
+        die("emulator: --fail-rate and --error-rate are shares between 0 and 1")
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            die(f"emulator: --api-key-env: ${api_key_env} is not set")
+    path = state_file or Path(tempfile.mkdtemp(prefix=f"ftctl-{kind.value}-emulator-")) / "state.db"
+    try:
+        server = make_emulator(kind.value, path, settings, api_key=key).serve(host, port)
+    except OSError as exc:
+        die(f"emulator: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    base = server.url if kind is EmulatorKind.mistral else server.url + "/v1"
+    out.print(f"{kind.value} emulator on {server.url} (state {path}); Ctrl-C stops it")
+    out.print(f'in controller.toml: [providers.{kind.value}] kind = "{kind.value}", base_url = "{base}"',
+              markup=False)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
 
 
 def main() -> None:

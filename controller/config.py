@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -86,7 +86,41 @@ class SimulatedProviderConfig(_Section):
         return self.max_concurrent or self.concurrency
 
 
-ProviderConfig = Annotated[Union[SimulatedProviderConfig], Field(discriminator="kind")]
+class _RemoteProviderConfig(_Section):
+    concurrency: int = Field(default=2, ge=1)
+    base_url: str | None = None
+    # where the key comes from, tried in this order: a systemd credential,
+    # a file only its owner can read, an environment variable
+    api_key_credential: str | None = None
+    api_key_file: str | None = None
+    api_key_env: str | None = None
+    timeout: Duration = Field(default=30.0, gt=0)
+
+    @property
+    def key_env(self) -> str | None:
+        if self.api_key_env:
+            return self.api_key_env
+        if self.api_key_file or self.api_key_credential:
+            return None
+        return self.default_key_env
+
+    default_key_env: ClassVar[str] = ""
+
+
+class MistralProviderConfig(_RemoteProviderConfig):
+    kind: Literal["mistral"]
+    default_key_env: ClassVar[str] = "MISTRAL_API_KEY"
+
+
+class OpenAIProviderConfig(_RemoteProviderConfig):
+    kind: Literal["openai"]
+    default_key_env: ClassVar[str] = "OPENAI_API_KEY"
+
+
+PROVIDER_KINDS = ("simulated", "mistral", "openai")
+ProviderConfig = Annotated[
+    Union[SimulatedProviderConfig, MistralProviderConfig, OpenAIProviderConfig], Field(discriminator="kind")
+]
 
 
 class AgentConfig(_Section):
@@ -171,7 +205,7 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         return f"{path}: {key}: required key is missing"
     if kind == "union_tag_invalid":
         tag = first.get("input", {}).get("kind") if isinstance(first.get("input"), dict) else None
-        return f"{path}: {key}.kind: unknown provider kind {tag!r} (known: simulated)"
+        return f"{path}: {key}.kind: unknown provider kind {tag!r} (known: {', '.join(PROVIDER_KINDS)})"
     if kind == "union_tag_not_found":
         return f"{path}: {key}.kind: required key is missing"
     if msg.startswith("Value error, "):

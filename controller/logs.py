@@ -9,7 +9,14 @@ from typing import IO
 
 import structlog
 
+from controller.secrets import redact_value
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _redact(_logger, _name, event_dict):
+    """No registered secret leaves in a log line, whatever the format."""
+    return redact_value(event_dict)
 
 
 def configure(level: str = "info", stream: IO[str] | None = None, json: bool | None = None) -> None:
@@ -21,6 +28,7 @@ def configure(level: str = "info", stream: IO[str] | None = None, json: bool | N
         # journald stamps each line itself
         processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
     processors.append(structlog.processors.format_exc_info)
+    processors.append(_redact)
     if json:
         processors.append(structlog.processors.JSONRenderer(sort_keys=False))
     else:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from providers.base import ProviderUnavailable
+
 if TYPE_CHECKING:  # pragma: no cover
     from controller.config import Config
     from providers.base import Provider
@@ -31,4 +33,24 @@ def build_provider(config: "Config", name: str, clock: Callable[[], float] = tim
             seed=conf.seed,
         )
         return SimulatedProvider(name, config.provider_state_file(name), settings, clock=clock)
+    if conf.kind in ("mistral", "openai"):
+        from controller.secrets import SecretError, resolve_api_key
+
+        key_file = config.resolve(conf.api_key_file) if conf.api_key_file else None
+        try:
+            key = resolve_api_key(name, api_key_env=conf.key_env, api_key_file=key_file,
+                                  api_key_credential=conf.api_key_credential)
+        except SecretError as exc:
+            raise ProviderUnavailable(str(exc)) from None
+        if conf.kind == "mistral":
+            from providers.mistral import MistralProvider
+
+            return MistralProvider(name, key, base_url=conf.base_url, timeout=conf.timeout)
+        try:
+            from providers.openai import OpenAIProvider
+        except ImportError:  # the optional extra
+            raise ProviderUnavailable(f"providers.{name}: the openai SDK is not installed "
+                                      f"(pip install 'ftctl[openai]')") from None
+        return OpenAIProvider(name, key, base_url=conf.base_url, timeout=conf.timeout)
     raise ValueError(f"providers.{name}.kind: unknown provider kind {conf.kind!r}")
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+import json
 from typing import Any, Protocol
 
 # normalised provider states
@@ -103,6 +104,10 @@ class AuthError(ProviderError):
     kind = "auth"
 
 
+class ProviderUnavailable(AuthError):
+    """The provider cannot be set up here: its key or its SDK is missing."""
+
+
 class QuotaError(ProviderError):
     """Quota or billing exhausted: pause the provider, never a retry storm."""
 
@@ -145,3 +150,53 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def error_from_status(status_code: int, message: str, retry_after: float | None = None) -> ProviderError:
+    """Classify an HTTP-shaped error by the failure policy."""
+    lowered = message.lower()
+    if status_code in (402, 429) and ("quota" in lowered or "billing" in lowered or "credit" in lowered):
+        return QuotaError(message, status_code=status_code)
+    if status_code in (409, 429) and is_concurrency_limit_message(message):
+        return CapacityError(message, status_code=status_code)
+    if status_code == 429 or status_code >= 500:
+        return TransientError(message, status_code=status_code, retry_after=retry_after)
+    if status_code in (401, 403):
+        return AuthError(message, status_code=status_code)
+    if status_code == 402:
+        return QuotaError(message, status_code=status_code)
+    if status_code == 404:
+        return NotFoundError(message, status_code=status_code)
+    return PermanentError(message, status_code=status_code)
+
+
+def message_from_body(body: str | bytes | None, limit: int = 300) -> str:
+    """The human part of an HTTP error body (Mistral, OpenAI or FastAPI shapes)."""
+    if body is None:
+        return ""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return " ".join(body.split())[:limit]
+    found: Any = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            found = err.get("message") or err.get("code")
+        found = found or (err if isinstance(err, str) else None) or data.get("message") or data.get("detail")
+    if isinstance(found, list):  # FastAPI-style validation details
+        found = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in found)
+    if found is None:
+        found = body
+    return " ".join(str(found).split())[:limit]
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -163,3 +163,54 @@ def postgres_url():
         subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- provider emulators (real HTTP on 127.0.0.1) -----------------------------------------------
+
+# an obviously fake key: tests look for it everywhere it must not be
+FAKE_KEY = "fake-key-FOR-TESTS-0123456789"
+KEY_ENV = "FTCTL_TEST_API_KEY"
+
+
+def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.2, train_time=0.4, **kw):
+    from providers.emulator import make_emulator
+    from providers.simulated.engine import EngineSettings
+
+    settings = EngineSettings(limit=limit, queue_time=queue_time, validate_time=validate_time,
+                              train_time=train_time, **kw)
+    return make_emulator(kind, directory / f"{kind}-emulator.db", settings, api_key=FAKE_KEY).serve()
+
+
+def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, concurrency: int = 2,
+                        timeout: str = "2s", max_attempts: int = 5, backoff_initial: str = "0.2s",
+                        backoff_max: str = "1s", hyperparameters: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for a in agents:
+        write_training_file(directory / "data" / f"{a}.jsonl")
+    base = url if kind == "mistral" else url + "/v1"
+    hp = hyperparameters or ("{ training_steps = 10, learning_rate = 0.0001 }" if kind == "mistral"
+                             else "{ epochs = 3 }")
+    model = "open-mistral-7b" if kind == "mistral" else "gpt-4o-mini-2024-07-18"
+    text = textwrap.dedent(f"""\
+        [controller]
+        database = "sqlite:///ftctl.db"
+        poll_interval = "0.2s"
+
+        [retry]
+        max_attempts = {max_attempts}
+        backoff_initial = "{backoff_initial}"
+        backoff_max = "{backoff_max}"
+
+        [providers.{kind}]
+        kind = "{kind}"
+        concurrency = {concurrency}
+        base_url = "{base}"
+        api_key_env = "{KEY_ENV}"
+        timeout = "{timeout}"
+        """)
+    for a in agents:
+        text += f'\n[agents.{a}]\nprovider = "{kind}"\nmodel = "{model}"\ntraining_file = "data/{a}.jsonl"\n' \
+                f"hyperparameters = {hp}\n"
+    path = directory / "controller.toml"
+    path.write_text(text)
+    return path

@@ -124,3 +124,34 @@ def test_sigkill_at_random_moments_never_creates_a_job_twice(make_config):
     status = {i: st for i, _, st in at_sim}
     assert all(status[i] == "SUCCESS" for i in final_ids)
     assert Counter(st for _, _, st in at_sim)["SUCCESS"] == len(agents)  # nothing trained twice
+
+
+@pytest.mark.parametrize("kind", ["mistral", "openai"])
+def test_daemon_against_an_emulator_process(tmp_path, kind):
+    import re
+
+    import httpx
+
+    from tests.conftest import FAKE_KEY, KEY_ENV, write_remote_config
+
+    env = ftctl_env(**{KEY_ENV: FAKE_KEY})
+    emu = subprocess.Popen([sys.executable, "-m", "controller", "emulator", "--kind", kind, "--port", "0",
+                            "--queue-time", "0.2s", "--validate-time", "0.2s", "--train-time", "0.5s",
+                            "--state-file", str(tmp_path / "emu.db"), "--api-key-env", KEY_ENV],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        url = re.search(r"on (http://127\.0\.0\.1:\d+)", emu.stdout.readline()).group(1)
+        cfg = write_remote_config(tmp_path / "site", kind, url, concurrency=2)
+        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+        daemon = subprocess.run([sys.executable, "-m", "controller", "--config", str(cfg), "daemon", "--until-done"],
+                                capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+        assert daemon.returncode == 0, daemon.stderr[-2000:]
+        assert FAKE_KEY not in daemon.stderr + daemon.stdout
+        models = json.loads(run_ftctl("models", "--format", "json", config=cfg, env=env).stdout)
+        assert len(models) == 5 and all(m.startswith("ft:") for m in models.values())
+        state = httpx.get(url + "/_emulator/state").json()
+        assert state["calls"]["POST /v1/fine_tuning/jobs"] == 5
+        assert sorted(j["fine_tuned_model"] for j in state["jobs"]) == sorted(models.values())
+    finally:
+        emu.send_signal(signal.SIGTERM)
+        assert emu.wait(timeout=10) == 0

@@ -12,34 +12,14 @@ from providers.base import (
     FAIL_DATA,
     FAIL_TRAINING,
     MISTRAL_STATUS,
-    AuthError,
     JobSpec,
-    NotFoundError,
-    PermanentError,
-    ProviderError,
     ProviderJob,
-    QuotaError,
-    TransientError,
+    error_from_status,
     is_concurrency_limit_message,
 )
 from providers.simulated.engine import EngineSettings, ServiceError, SimEngine
 
 PAGE_SIZE = 100
-
-
-def error_from_status(status_code: int, message: str, retry_after: float | None = None) -> ProviderError:
-    """Classify an HTTP-shaped error by the failure policy."""
-    if status_code == 429 and "quota" in message.lower():
-        return QuotaError(message, status_code=status_code)
-    if status_code == 429 or status_code >= 500:
-        return TransientError(message, status_code=status_code, retry_after=retry_after)
-    if status_code in (401, 403):
-        return AuthError(message, status_code=status_code)
-    if status_code == 402:
-        return QuotaError(message, status_code=status_code)
-    if status_code == 404:
-        return NotFoundError(message, status_code=status_code)
-    return PermanentError(message, status_code=status_code)
 
 
 def job_from_engine(raw: dict) -> ProviderJob:

@@ -1,0 +1,178 @@
+"""The Mistral wire format over the simulated engine (mistralai 2.5.1's models
+are the contract: every answer here must parse with them)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from providers.emulator.server import Emulator, Request
+from providers.simulated.engine import ServiceError
+
+_HYPERPARAMETERS = ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs", "seq_len",
+                    "fim_ratio")
+
+
+def _file(row: dict[str, Any], *, deleted: bool | None = None) -> dict[str, Any]:
+    out = {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": int(row["created_at"]),
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "sample_type": "instruct",
+        "source": "upload",
+        "num_lines": row["lines"],
+        "mimetype": "application/jsonl",
+    }
+    if deleted is not None:
+        out["deleted"] = deleted
+    return out
+
+
+def job_json(job: dict[str, Any], *, details: bool = False) -> dict[str, Any]:
+    hp = {k: job["hyperparameters"][k] for k in _HYPERPARAMETERS if k in job["hyperparameters"]}
+    hp.setdefault("learning_rate", 0.0001)
+    meta = job["metadata"]
+    out = {
+        "id": job["id"],
+        "object": "job",
+        "job_type": "completion",
+        "auto_start": job["auto_start"],
+        "model": job["model"],
+        "status": job["status"],
+        "created_at": int(job["created_at"]),
+        "modified_at": int(job["modified_at"]),
+        "training_files": job["training_files"],
+        "validation_files": [],
+        "hyperparameters": hp,
+        "fine_tuned_model": job["fine_tuned_model"],
+        "suffix": job["suffix"],
+        "integrations": [],
+        "trained_tokens": job["trained_tokens"],
+        "metadata": {k: meta.get(k) for k in ("expected_duration_seconds", "cost", "cost_currency",
+                                              "train_tokens_per_step", "train_tokens", "data_tokens",
+                                              "estimated_start_time")},
+        "repositories": [],
+    }
+    if details:
+        out["events"] = job["events"]
+        out["checkpoints"] = []
+    return out
+
+
+class MistralEmulator(Emulator):
+    kind = "mistral"
+
+    def routes(self) -> None:
+        self.route("POST", "/v1/files", self.upload_file)
+        self.route("GET", "/v1/files", self.list_files)
+        self.route("GET", "/v1/files/{file_id}", self.get_file)
+        self.route("DELETE", "/v1/files/{file_id}", self.delete_file)
+        self.route("POST", "/v1/fine_tuning/jobs", self.create_job)
+        self.route("GET", "/v1/fine_tuning/jobs", self.list_jobs)
+        self.route("GET", "/v1/fine_tuning/jobs/{job_id}", self.get_job)
+        self.route("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job)
+        self.route("POST", "/v1/fine_tuning/jobs/{job_id}/start", self.start_job)
+        self.route("GET", "/v1/models/{model_id}", self.get_model)
+        self.route("POST", "/v1/chat/completions", self.chat)
+
+    def error_body(self, status: int, message: str) -> Any:
+        if status == 422:
+            return {"object": "error", "message": {"detail": [{"msg": message, "type": "value_error"}]},
+                    "type": "invalid_request_error", "param": None, "code": None}
+        return {"object": "error", "message": message, "type": "invalid_request_error", "param": None,
+                "code": str(status)}
+
+    # files
+    def upload_file(self, req: Request) -> Any:
+        parts = req.multipart()
+        if "file" not in parts:
+            raise ServiceError(422, "file is required")
+        filename, content = parts["file"]
+        purpose = parts.get("purpose", (None, b"fine-tune"))[1].decode() or "fine-tune"
+        return _file(self.engine.upload_file(filename or "upload.jsonl", content, purpose))
+
+    def list_files(self, req: Request) -> Any:
+        rows = self.engine.list_files()
+        return {"data": [_file(r) for r in rows], "object": "list", "total": len(rows)}
+
+    def get_file(self, req: Request) -> Any:
+        return _file(self.engine.get_file(req.params["file_id"]), deleted=False)
+
+    def delete_file(self, req: Request) -> Any:
+        self.engine.delete_file(req.params["file_id"])
+        return {"id": req.params["file_id"], "object": "file", "deleted": True}
+
+    # jobs
+    def create_job(self, req: Request) -> Any:
+        body = req.json()
+        files = [f["file_id"] if isinstance(f, dict) else f for f in body.get("training_files") or []]
+        hp = body.get("hyperparameters") or {}
+        if not isinstance(hp, dict) or (hp.get("learning_rate") is not None and hp["learning_rate"] <= 0):
+            raise ServiceError(422, "hyperparameters.learning_rate must be greater than 0")
+        auto_start = body.get("auto_start")
+        job = self.engine.create_job(model=body.get("model", ""), training_files=files, hyperparameters=hp,
+                                     suffix=body.get("suffix"), auto_start=True if auto_start is None else auto_start)
+        return job_json(job)
+
+    def list_jobs(self, req: Request) -> Any:
+        q = req.query
+        created_after = None
+        if q.get("created_after"):
+            try:
+                created_after = datetime.fromisoformat(q["created_after"]).replace(
+                    tzinfo=datetime.fromisoformat(q["created_after"]).tzinfo or timezone.utc).timestamp()
+            except ValueError:
+                raise ServiceError(422, "created_after must be a date-time") from None
+        rows, total = self.engine.list_jobs(page=int(q.get("page", 0)), page_size=int(q.get("page_size", 100)),
+                                            created_after=created_after, status=q.get("status"),
+                                            suffix=q.get("suffix"))
+        return {"total": total, "data": [job_json(r) for r in rows], "object": "list"}
+
+    def get_job(self, req: Request) -> Any:
+        return job_json(self.engine.get_job(req.params["job_id"]), details=True)
+
+    def cancel_job(self, req: Request) -> Any:
+        return job_json(self.engine.cancel_job(req.params["job_id"]), details=True)
+
+    def start_job(self, req: Request) -> Any:
+        return job_json(self.engine.start_job(req.params["job_id"]), details=True)
+
+    # models and a smoke test of a fine-tuned model
+    def _ft_job(self, model_id: str) -> dict[str, Any] | None:
+        for job in self.engine.all_jobs():
+            if job["fine_tuned_model"] == model_id:
+                return job
+        return None
+
+    def get_model(self, req: Request) -> Any:
+        model_id = req.params["model_id"]
+        caps = {"completion_chat": True, "completion_fim": False, "function_calling": True,
+                "fine_tuning": not model_id.startswith("ft:"), "vision": False, "classification": False}
+        job = self._ft_job(model_id)
+        if job is not None:
+            return {"id": model_id, "object": "model", "created": int(job["modified_at"]), "owned_by": "emulator",
+                    "root": job["model"], "job": job["id"], "archived": False, "type": "fine-tuned",
+                    "capabilities": caps, "max_context_length": 32768}
+        if model_id.startswith("ft:"):
+            raise ServiceError(404, f"model {model_id} not found")
+        return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "mistralai",
+                "type": "base", "capabilities": caps, "max_context_length": 32768}
+
+    def chat(self, req: Request) -> Any:
+        body = req.json()
+        model = body.get("model", "")
+        if model.startswith("ft:") and self._ft_job(model) is None:
+            raise ServiceError(404, f"model {model} not found")
+        messages = body.get("messages") or []
+        last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
+        text = f"(emulated {model}) you said: {last}"
+        return {"id": f"cmpl-{int(time.time() * 1000)}", "object": "chat.completion", "model": model,
+                "created": int(time.time()),
+                "usage": {"prompt_tokens": len(str(last).split()), "completion_tokens": len(text.split()),
+                          "total_tokens": len(str(last).split()) + len(text.split())},
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}]}

@@ -1,0 +1,169 @@
+"""The OpenAI wire format over the simulated engine (the openai SDK's models
+are the contract: every answer here must validate against them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from providers.base import is_concurrency_limit_message
+from providers.emulator.server import Emulator, Request
+from providers.simulated.engine import ServiceError
+
+STATUS = {
+    "QUEUED": "validating_files",
+    "STARTED": "queued",
+    "VALIDATING": "queued",
+    "VALIDATED": "queued",
+    "RUNNING": "running",
+    "SUCCESS": "succeeded",
+    "FAILED": "failed",
+    "FAILED_VALIDATION": "failed",
+    "CANCELLATION_REQUESTED": "cancelled",
+    "CANCELLED": "cancelled",
+}
+
+
+def _file(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": int(row["created_at"]),
+            "filename": row["filename"], "purpose": row["purpose"],
+            "status": "error" if row["problem"] else "processed", "status_details": row["problem"]}
+
+
+def _error(job: dict[str, Any]) -> dict[str, Any] | None:
+    if job["status"] == "FAILED_VALIDATION":
+        message = job["message"] or "validation failed"
+        if is_concurrency_limit_message(message):
+            return {"code": "rate_limit_exceeded", "message": message, "param": None}
+        return {"code": "invalid_training_file", "message": message, "param": "training_file"}
+    if job["status"] == "FAILED":
+        return {"code": "server_error", "message": job["message"] or "training failed", "param": None}
+    return None
+
+
+def job_json(job: dict[str, Any]) -> dict[str, Any]:
+    hp = job["hyperparameters"]
+    status = STATUS.get(job["status"], "queued")
+    finished = int(job["modified_at"]) if status in ("succeeded", "failed", "cancelled") else None
+    epochs = hp.get("n_epochs", "auto")
+    return {
+        "id": job["id"],
+        "object": "fine_tuning.job",
+        "created_at": int(job["created_at"]),
+        "error": _error(job),
+        "fine_tuned_model": job["fine_tuned_model"],
+        "finished_at": finished,
+        "hyperparameters": {"batch_size": hp.get("batch_size", "auto"),
+                            "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto"),
+                            "n_epochs": epochs},
+        "model": job["model"],
+        "organization_id": "org-emulator",
+        "result_files": [],
+        "seed": int(hp.get("seed", 0)),
+        "status": status,
+        "trained_tokens": job["trained_tokens"],
+        "training_file": job["training_files"][0],
+        "validation_file": None,
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": job["metadata"].get("user") or None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {
+            "batch_size": hp.get("batch_size", "auto"), "n_epochs": epochs,
+            "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto")}}},
+        "suffix": job["suffix"],
+    }
+
+
+class OpenAIEmulator(Emulator):
+    kind = "openai"
+
+    def routes(self) -> None:
+        self.route("POST", "/v1/files", self.upload_file)
+        self.route("GET", "/v1/files", self.list_files)
+        self.route("GET", "/v1/files/{file_id}", self.get_file)
+        self.route("DELETE", "/v1/files/{file_id}", self.delete_file)
+        self.route("POST", "/v1/fine_tuning/jobs", self.create_job)
+        self.route("GET", "/v1/fine_tuning/jobs", self.list_jobs)
+        self.route("GET", "/v1/fine_tuning/jobs/{job_id}", self.get_job)
+        self.route("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job)
+        self.route("GET", "/v1/models/{model_id}", self.get_model)
+        self.route("POST", "/v1/chat/completions", self.chat)
+
+    def error_body(self, status: int, message: str) -> Any:
+        kind = {401: "invalid_request_error", 429: "rate_limit_exceeded", 404: "invalid_request_error"}.get(
+            status, "invalid_request_error" if status < 500 else "server_error")
+        code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+    def upload_file(self, req: Request) -> Any:
+        parts = req.multipart()
+        if "file" not in parts:
+            raise ServiceError(400, "file is required")
+        filename, content = parts["file"]
+        purpose = parts.get("purpose", (None, b"fine-tune"))[1].decode() or "fine-tune"
+        return _file(self.engine.upload_file(filename or "upload.jsonl", content, purpose))
+
+    def list_files(self, req: Request) -> Any:
+        return {"object": "list", "data": [_file(r) for r in self.engine.list_files()], "has_more": False}
+
+    def get_file(self, req: Request) -> Any:
+        return _file(self.engine.get_file(req.params["file_id"]))
+
+    def delete_file(self, req: Request) -> Any:
+        self.engine.delete_file(req.params["file_id"])
+        return {"id": req.params["file_id"], "object": "file", "deleted": True}
+
+    def create_job(self, req: Request) -> Any:
+        body = req.json()
+        if not body.get("training_file"):
+            raise ServiceError(400, "training_file is required")
+        hp = dict(body.get("hyperparameters") or {})
+        method = body.get("method") or {}
+        hp.update(((method.get("supervised") or {}).get("hyperparameters")) or {})
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict) or any(not isinstance(v, str) for v in metadata.values()):
+            raise ServiceError(400, "metadata values must be strings")
+        job = self.engine.create_job(model=body.get("model", ""), training_files=[body["training_file"]],
+                                     hyperparameters=hp, suffix=body.get("suffix"),
+                                     metadata={"user": metadata} if metadata else None)
+        return job_json(job)
+
+    def list_jobs(self, req: Request) -> Any:
+        q = req.query
+        limit = int(q.get("limit", 20))
+        wanted = {k[len("metadata["):-1]: v for k, v in q.items() if k.startswith("metadata[")}
+        rows, _ = self.engine.list_jobs(page=0, page_size=1_000_000)
+        if wanted:
+            rows = [r for r in rows if all((r["metadata"].get("user") or {}).get(k) == v for k, v in wanted.items())]
+        if q.get("after"):
+            ids = [r["id"] for r in rows]
+            rows = rows[ids.index(q["after"]) + 1:] if q["after"] in ids else []
+        page = rows[:limit]
+        return {"object": "list", "data": [job_json(r) for r in page], "has_more": len(rows) > limit}
+
+    def get_job(self, req: Request) -> Any:
+        return job_json(self.engine.get_job(req.params["job_id"]))
+
+    def cancel_job(self, req: Request) -> Any:
+        return job_json(self.engine.cancel_job(req.params["job_id"]))
+
+    def get_model(self, req: Request) -> Any:
+        model_id = req.params["model_id"]
+        if model_id.startswith("ft:") and not any(j["fine_tuned_model"] == model_id for j in self.engine.all_jobs()):
+            raise ServiceError(404, f"The model '{model_id}' does not exist")
+        return {"id": model_id, "object": "model", "created": 1700000000,
+                "owned_by": "user-emulator" if model_id.startswith("ft:") else "system"}
+
+    def chat(self, req: Request) -> Any:
+        body = req.json()
+        model = body.get("model", "")
+        if model.startswith("ft:") and not any(j["fine_tuned_model"] == model for j in self.engine.all_jobs()):
+            raise ServiceError(404, f"The model '{model}' does not exist")
+        last = next((m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
+        text = f"(emulated {model}) you said: {last}"
+        return {"id": f"chatcmpl-{int(time.time() * 1000)}", "object": "chat.completion", "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                             "message": {"role": "assistant", "content": text, "refusal": None}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": len(text.split()),
+                          "total_tokens": 1 + len(text.split())}}

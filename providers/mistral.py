@@ -1,0 +1,198 @@
+"""Mistral, through the official `mistralai` SDK (2.5.1: the last release
+with the fine-tuning jobs API).
+
+The client token travels as the job's `suffix` (the fine-tuned model's name
+carries it, and `jobs.list(suffix=...)` finds it again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.secrets import redact
+from providers.base import (
+    FAIL_CAPACITY,
+    FAIL_DATA,
+    FAIL_TRAINING,
+    MISTRAL_STATUS,
+    JobSpec,
+    PermanentError,
+    ProviderError,
+    ProviderJob,
+    TransientError,
+    error_from_status,
+    is_concurrency_limit_message,
+    message_from_body,
+    retry_after_seconds,
+)
+
+PAGE_SIZE = 100
+HYPERPARAMETERS = {"training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs", "seq_len",
+                   "fim_ratio"}
+_FAILED = ("FAILED", "FAILED_VALIDATION")
+_MESSAGE_KEYS = ("error", "message", "reason", "detail", "error_message", "failure_reason")
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a JSON-ish value (a message may sit at any depth)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        preferred = [value[k] for k in _MESSAGE_KEYS if k in value]
+        rest = [v for k, v in value.items() if k not in _MESSAGE_KEYS]
+        return [s for v in preferred + rest for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def failure_message(job: Any) -> str | None:
+    """Where Mistral puts a failure's message is not documented: look in the
+    events' data (newest first), then any error/message field on the job."""
+    texts: list[str] = []
+    for event in reversed(list(getattr(job, "events", None) or [])):
+        data = getattr(event, "data", None)
+        if isinstance(data, dict):
+            texts += [s for k in _MESSAGE_KEYS if k in data for s in _strings(data[k])]
+    extra = getattr(job, "model_extra", None) or {}
+    for key in _MESSAGE_KEYS:
+        for source in (extra.get(key), getattr(job, key, None)):
+            texts += _strings(source) if not callable(source) else []
+    for event in reversed(list(getattr(job, "events", None) or [])):
+        data = getattr(event, "data", None)
+        texts += [s for s in _strings(data) if s not in MISTRAL_STATUS]
+    for text in texts:
+        if is_concurrency_limit_message(text):
+            return text
+    return texts[0] if texts else None
+
+
+def _unset(value: Any) -> Any:
+    return None if value is None or type(value).__name__ == "Unset" else value
+
+
+class MistralProvider:
+    def __init__(self, name: str, api_key: str, base_url: str | None = None, timeout: float = 30.0,
+                 clock: Callable[[], float] | None = None):
+        from mistralai.client import Mistral
+
+        self.name = name
+        self.client = Mistral(api_key=api_key, server_url=base_url, timeout_ms=int(timeout * 1000))
+        # failed jobs do not change any more: their details are fetched once
+        self._details: dict[str, Any] = {}
+
+    # -- errors ------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from mistralai.client.errors import MistralError, NoResponseError, ResponseValidationError
+
+        try:
+            return fn(*args, **kwargs)
+        except ResponseValidationError as exc:
+            # answered 200, but not in the shape the SDK expects: the call may
+            # have taken effect, so it is treated as ambiguous (transient)
+            raise TransientError(redact(f"unexpected answer from Mistral: {str(exc).splitlines()[0]}")[:300]) from None
+        except MistralError as exc:
+            retry_after = retry_after_seconds(exc.headers.get("retry-after")) if exc.headers is not None else None
+            message = redact(message_from_body(exc.body) or "error")
+            raise error_from_status(exc.status_code, f"HTTP {exc.status_code}: {message}", retry_after) from None
+        except NoResponseError:
+            raise TransientError("no response from Mistral") from None
+        except httpx.TimeoutException:
+            raise TransientError("timed out waiting for Mistral") from None
+        except httpx.TransportError as exc:
+            raise TransientError(redact(f"cannot reach Mistral: {exc.__class__.__name__}: {exc}")) from None
+        except ProviderError:
+            raise
+        except Exception as exc:  # a response the SDK could not parse, and the like
+            raise TransientError(redact(f"unexpected answer from Mistral: {exc.__class__.__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}")) from None
+
+    # -- the interface ---------------------------------------------------------------
+
+    def upload_file(self, path: Path, content_hash: str) -> str:
+        with open(path, "rb") as fh:
+            res = self._call(self.client.files.upload, file={"file_name": Path(path).name, "content": fh},
+                             purpose="fine-tune")
+        return res.id
+
+    def create_job(self, spec: JobSpec) -> ProviderJob:
+        unknown = set(spec.hyperparameters) - HYPERPARAMETERS
+        if unknown:
+            raise PermanentError(f"hyperparameters not known to Mistral: {', '.join(sorted(unknown))} "
+                                 f"(known: {', '.join(sorted(HYPERPARAMETERS))})")
+        job = self._call(
+            self.client.fine_tuning.jobs.create,
+            model=spec.model,
+            training_files=[{"file_id": spec.training_file_id, "weight": 1.0}],
+            hyperparameters=dict(spec.hyperparameters),
+            suffix=spec.client_token,
+            auto_start=spec.auto_start,
+        )
+        return self._to_job(job)
+
+    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+        after = created_after.replace(tzinfo=timezone.utc) if created_after else None
+        out: list[ProviderJob] = []
+        page = 0
+        while True:
+            res = self._call(self.client.fine_tuning.jobs.list, page=page, page_size=PAGE_SIZE,
+                             created_after=after)
+            data = list(res.data or [])
+            for job in data:
+                if getattr(job, "is_unknown", False):
+                    continue
+                if job.status in _FAILED and job.id not in self._details:
+                    # a listing carries no events: read the failure's message once
+                    self._details[job.id] = self._call(self.client.fine_tuning.jobs.get, job_id=job.id)
+                out.append(self._to_job(self._details.get(job.id, job)))
+            page += 1
+            if len(data) < PAGE_SIZE or page * PAGE_SIZE >= (res.total or 0):
+                return out
+
+    def get_job(self, job_id: str) -> ProviderJob:
+        return self._to_job(self._call(self.client.fine_tuning.jobs.get, job_id=job_id))
+
+    def cancel_job(self, job_id: str) -> ProviderJob:
+        return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id=job_id))
+
+    def find_by_token(self, token: str) -> list[ProviderJob]:
+        res = self._call(self.client.fine_tuning.jobs.list, suffix=token, page_size=PAGE_SIZE)
+        return [self._to_job(j) for j in (res.data or []) if not getattr(j, "is_unknown", False)]
+
+    def close(self) -> None:
+        try:
+            self.client.__exit__(None, None, None)
+        except Exception:
+            pass
+
+    # -- mapping -------------------------------------------------------------------------
+
+    def _to_job(self, job: Any) -> ProviderJob:
+        raw = str(job.status)
+        failure, message = None, None
+        if raw in _FAILED:
+            message = failure_message(job)
+            if raw == "FAILED_VALIDATION":
+                failure = FAIL_CAPACITY if is_concurrency_limit_message(message) else FAIL_DATA
+            else:
+                failure = FAIL_CAPACITY if is_concurrency_limit_message(message) else FAIL_TRAINING
+        meta = _unset(getattr(job, "metadata", None))
+        return ProviderJob(
+            id=job.id,
+            status=MISTRAL_STATUS.get(raw, "queued"),
+            raw_status=raw,
+            client_token=_unset(job.suffix),
+            model=job.model,
+            fine_tuned_model=_unset(job.fine_tuned_model),
+            failure=failure,
+            message=redact(message) if message else None,
+            created_at=datetime.fromtimestamp(job.created_at, timezone.utc).replace(tzinfo=None),
+            trained_tokens=_unset(job.trained_tokens),
+            cost=_unset(getattr(meta, "cost", None)) if meta is not None else None,
+        )

@@ -1,0 +1,165 @@
+"""OpenAI, through the official `openai` SDK (pip install 'ftctl[openai]').
+
+The client token travels in the job's `metadata` (and as its `suffix`, so it
+shows in the model name); `jobs.list(metadata=...)` finds it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from controller.secrets import redact
+from providers.base import (
+    FAIL_CAPACITY,
+    FAIL_DATA,
+    FAIL_TRAINING,
+    P_CANCELLED,
+    P_FAILED,
+    P_QUEUED,
+    P_RUNNING,
+    P_SUCCEEDED,
+    JobSpec,
+    PermanentError,
+    ProviderError,
+    ProviderJob,
+    TransientError,
+    error_from_status,
+    is_concurrency_limit_message,
+    message_from_body,
+    retry_after_seconds,
+)
+
+TOKEN_KEY = "ftctl_token"
+PAGE_SIZE = 100
+STATUS = {
+    "validating_files": P_QUEUED,
+    "queued": P_QUEUED,
+    "running": P_RUNNING,
+    "succeeded": P_SUCCEEDED,
+    "failed": P_FAILED,
+    "cancelled": P_CANCELLED,
+}
+# our hyperparameter names -> OpenAI's supervised ones
+HYPERPARAMETERS = {"epochs": "n_epochs", "n_epochs": "n_epochs", "batch_size": "batch_size",
+                   "learning_rate_multiplier": "learning_rate_multiplier"}
+
+
+def _data_error(code: str | None, message: str | None) -> bool:
+    text = f"{code or ''} {message or ''}".lower()
+    return (code or "").startswith("invalid") or "training file" in text or "invalid file" in text
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, api_key: str, base_url: str | None = None, timeout: float = 30.0,
+                 clock: Callable[[], float] | None = None):
+        from openai import OpenAI
+
+        self.name = name
+        # retries are the controller's business (and must never create twice)
+        self.client = OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        import openai
+
+        try:
+            return fn(*args, **kwargs)
+        except openai.APIStatusError as exc:
+            retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
+            body = exc.response.text if exc.response is not None else None
+            message = redact(message_from_body(body) or exc.message)
+            code = exc.code if isinstance(getattr(exc, "code", None), str) else None
+            if code == "insufficient_quota" and "quota" not in message.lower():
+                message += " (insufficient_quota)"
+            raise error_from_status(exc.status_code, f"HTTP {exc.status_code}: {message}", retry_after) from None
+        except openai.APITimeoutError:
+            raise TransientError("timed out waiting for OpenAI") from None
+        except openai.APIConnectionError as exc:
+            raise TransientError(redact(f"cannot reach OpenAI: {exc.__class__.__name__}")) from None
+        except ProviderError:
+            raise
+        except openai.OpenAIError as exc:
+            raise TransientError(redact(f"unexpected answer from OpenAI: {exc.__class__.__name__}: "
+                                        f"{str(exc)[:200]}")) from None
+
+    def upload_file(self, path: Path, content_hash: str) -> str:
+        with open(path, "rb") as fh:
+            res = self._call(self.client.files.create, file=(Path(path).name, fh), purpose="fine-tune")
+        return res.id
+
+    def create_job(self, spec: JobSpec) -> ProviderJob:
+        unknown = set(spec.hyperparameters) - set(HYPERPARAMETERS)
+        if unknown:
+            raise PermanentError(f"hyperparameters not known to OpenAI: {', '.join(sorted(unknown))} "
+                                 f"(known: {', '.join(sorted(HYPERPARAMETERS))})")
+        hp = {HYPERPARAMETERS[k]: v for k, v in spec.hyperparameters.items()}
+        kwargs: dict[str, Any] = {}
+        if hp:
+            kwargs["method"] = {"type": "supervised", "supervised": {"hyperparameters": hp}}
+        job = self._call(self.client.fine_tuning.jobs.create, model=spec.model,
+                         training_file=spec.training_file_id, suffix=spec.client_token,
+                         metadata={TOKEN_KEY: spec.client_token}, **kwargs)
+        return self._to_job(job)
+
+    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+        floor = created_after.replace(tzinfo=timezone.utc).timestamp() if created_after else None
+        out: list[ProviderJob] = []
+        after: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE}
+            if after:
+                kwargs["after"] = after
+            page = self._call(self.client.fine_tuning.jobs.list, **kwargs)
+            data = list(page.data)
+            for job in data:
+                if floor is not None and job.created_at < floor:
+                    return out  # newest first: the rest are older still
+                out.append(self._to_job(job))
+            if not data or not page.has_more:
+                return out
+            after = data[-1].id
+
+    def get_job(self, job_id: str) -> ProviderJob:
+        return self._to_job(self._call(self.client.fine_tuning.jobs.retrieve, job_id))
+
+    def cancel_job(self, job_id: str) -> ProviderJob:
+        return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id))
+
+    def find_by_token(self, token: str) -> list[ProviderJob]:
+        page = self._call(self.client.fine_tuning.jobs.list, metadata={TOKEN_KEY: token}, limit=PAGE_SIZE)
+        return [self._to_job(j) for j in page.data]
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            pass
+
+    def _to_job(self, job: Any) -> ProviderJob:
+        status = STATUS.get(job.status, P_QUEUED)
+        failure, message = None, None
+        if status == P_FAILED:
+            err = getattr(job, "error", None)
+            code = getattr(err, "code", None) if err else None
+            message = (getattr(err, "message", None) if err else None) or code or "failed"
+            if is_concurrency_limit_message(message):
+                failure = FAIL_CAPACITY
+            elif _data_error(code, message):
+                failure = FAIL_DATA
+            else:
+                failure = FAIL_TRAINING
+        metadata = getattr(job, "metadata", None) or {}
+        return ProviderJob(
+            id=job.id,
+            status=status,
+            raw_status=job.status,
+            client_token=metadata.get(TOKEN_KEY),
+            model=job.model,
+            fine_tuned_model=job.fine_tuned_model,
+            failure=failure,
+            message=redact(message) if message else None,
+            created_at=datetime.fromtimestamp(job.created_at, timezone.utc).replace(tzinfo=None),
+            trained_tokens=job.trained_tokens,
+        )
