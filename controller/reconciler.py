@@ -57,6 +57,8 @@ class Reconciler:
         self.clock = clock
         self.rng = rng or random.Random()
         self.policy = rc.Policy.of(config.retry)
+        # a provider that answered 429/503 with Retry-After is not asked again before then
+        self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
         self.log = logger or structlog.get_logger("ftctl")
 
     # -- providers -------------------------------------------------------------
@@ -109,6 +111,9 @@ class Reconciler:
         base = dict(name=name, configured_limit=conf.concurrency, learned_limit=state.learned_limit,
                     learned_at=state.learned_at, paused_reason=state.paused_reason,
                     paused_until=state.paused_until)
+        quiet = self._quiet_until.get(name)
+        if quiet and now < quiet[0]:
+            return rc.ProviderView(jobs=None, error=quiet[1], **base)
         intents = [v.intent_at for v in mine if v.intent_at]
         since = min([now - LISTING_WINDOW, *[t - timedelta(hours=1) for t in intents]])
         try:
@@ -124,7 +129,9 @@ class Reconciler:
                         missing.add(v.provider_job_id)
         except ProviderError as exc:
             self.log.warning("provider observation failed", provider=name, error_class=exc.kind,
-                             error=exc.message)
+                             error=exc.message, retry_after=exc.retry_after)
+            if exc.retry_after:
+                self._quiet_until[name] = (now + timedelta(seconds=exc.retry_after), exc)
             return rc.ProviderView(jobs=None, error=exc, **base)
         return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), **base)
 
@@ -199,6 +206,17 @@ class Reconciler:
             job = row
         provider = self.provider(job.provider)
         try:
+            if row.client_token == token:
+                # creating again for an intent the listing did not show: ask
+                # for the token itself first, the last guard against a twin
+                found = provider.find_by_token(token)
+                if found:
+                    pj = max(found, key=lambda j: j.created_at or datetime.min)
+                    note(self.store, job.id, {"provider_job_id": pj.id, "provider_status": pj.raw_status,
+                                              "reason": f"queued at provider ({pj.raw_status})"},
+                         expect_token=token, event=("found", f"found at the provider by its token as {pj.id}"),
+                         now=now)
+                    return
             file_id = self._upload(provider, job)
             if file_id is None:
                 return

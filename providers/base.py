@@ -145,6 +145,9 @@ class Provider(Protocol):
     def get_job(self, job_id: str) -> ProviderJob:
         """One job; NotFoundError if the provider does not know it."""
 
+    def find_by_token(self, token: str) -> list[ProviderJob]:
+        """The jobs carrying a client token (asked right before creating again)."""
+
     def cancel_job(self, job_id: str) -> ProviderJob:
         """Ask the provider to cancel a job."""
 

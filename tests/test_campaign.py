@@ -25,6 +25,7 @@ class Faulty:
         self.name = inner.name
         self.plan: list[str] = []  # one entry consumed per create call
         self.list_error = None
+        self.hidden_tokens: set[str] = set()  # a listing that misses these (eventual consistency)
         self.creates = 0
 
     def upload_file(self, path, h):
@@ -48,7 +49,10 @@ class Faulty:
     def list_jobs(self, created_after=None):
         if self.list_error:
             raise self.list_error
-        return self.inner.list_jobs(created_after)
+        return [j for j in self.inner.list_jobs(created_after) if j.client_token not in self.hidden_tokens]
+
+    def find_by_token(self, token):
+        return self.inner.find_by_token(token)
 
     def get_job(self, i):
         return self.inner.get_job(i)
@@ -193,6 +197,26 @@ def test_a_crash_around_the_create_call_never_creates_twice(make_config, clock, 
     assert len(sim_jobs(rec2)) == 5 and set(suffixes.values()) == {1}
     recovered = store.get_job(intent.id)
     assert recovered.client_token == intent.client_token  # found or created under its own token
+
+
+def test_an_intent_the_listing_misses_is_found_by_its_token_before_creating_again(make_config, clock):
+    cfg, store = setup(make_config, clock, agents=("qa",))
+    rec, faulty = reconciler(cfg, store, clock)
+    faulty.plan = ["crash-after"]
+    with pytest.raises(Crash):
+        rec.tick()
+    (job,) = store.list_jobs()
+    rec2, faulty2 = reconciler(cfg, store, clock, seed=1)
+    faulty2.hidden_tokens = {job.client_token}
+    clock.advance(1)
+    rec2.tick()
+    bound = store.get_job(job.id)
+    assert bound.provider_job_id is not None and faulty2.creates == 0
+    assert store.events(job.id)[-1].trigger == "found"
+    faulty2.hidden_tokens = set()
+    run_until_done(rec2, clock, store)
+    assert store.get_job(job.id).state == "succeeded"
+    assert len(sim_jobs(rec2)) == 1
 
 
 def test_auth_failure_pauses_then_resumes_by_itself(make_config, clock):

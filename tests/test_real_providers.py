@@ -208,3 +208,19 @@ def test_missing_key_pauses_with_a_clear_reason(campaign, monkeypatch):
     (job,) = c.jobs()
     assert job.state == "prepared"
     assert job.reason == f"provider auth failing: providers.mistral.api_key_env: ${KEY_ENV} is not set"
+
+
+def test_retry_after_on_the_listing_is_honoured(campaign):
+    c = campaign("mistral", agents=("qa",))
+    c.emulator.faults.add(method="GET", path="/v1/fine_tuning/jobs", status=429, retry_after=1.5, times=1)
+    c.rec.tick()
+    (job,) = c.jobs()
+    assert job.reason.startswith("provider unreachable: HTTP 429")
+    before = c.emulator.calls["GET /v1/fine_tuning/jobs"]
+    c.rec.tick()
+    assert c.emulator.calls["GET /v1/fine_tuning/jobs"] == before  # not asked again before Retry-After
+    time.sleep(1.6)
+    c.rec.tick()
+    assert c.emulator.calls["GET /v1/fine_tuning/jobs"] > before
+    c.run()
+    assert c.jobs()[0].state == "succeeded"

@@ -85,6 +85,10 @@ class SimulatedProvider:
     def get_job(self, job_id: str) -> ProviderJob:
         return job_from_engine(self._call(self.engine.get_job, job_id))
 
+    def find_by_token(self, token: str) -> list[ProviderJob]:
+        rows, _ = self._call(self.engine.list_jobs, suffix=token)
+        return [job_from_engine(r) for r in rows]
+
     def cancel_job(self, job_id: str) -> ProviderJob:
         return job_from_engine(self._call(self.engine.cancel_job, job_id))
 
