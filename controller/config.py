@@ -68,6 +68,19 @@ class RetrySection(_Section):
     capacity_hold: Duration = Field(default=3600.0, gt=0)
 
 
+class BudgetSection(_Section):
+    per_job: float | None = Field(default=None, gt=0)  # USD: the most one job's estimate may be
+    total: float | None = Field(default=None, gt=0)  # USD: spent + committed over `period`
+    period: Duration = Field(default=30 * 86400.0, gt=0)
+
+
+class PriceOverride(_Section):
+    train_per_m: float | None = Field(default=None, ge=0)
+    min_fee: float | None = Field(default=None, ge=0)
+    context: int | None = Field(default=None, gt=0)
+    tokens_per_step: int | None = Field(default=None, gt=0)
+
+
 class SimulatedProviderConfig(_Section):
     kind: Literal["simulated"]
     concurrency: int = Field(default=2, ge=1)
@@ -133,6 +146,8 @@ class AgentConfig(_Section):
 class Config(_Section):
     controller: ControllerSection = ControllerSection()
     retry: RetrySection = RetrySection()
+    budget: BudgetSection = BudgetSection()
+    prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     # where the file lives; relative paths inside it are relative to this
@@ -147,9 +162,17 @@ class Config(_Section):
                 raise ValueError(
                     f"agents.{name}.provider: unknown provider {agent.provider!r} (configured: {known})"
                 )
+        for key in self.prices:
+            kind, sep, model = key.partition("/")
+            if not sep or not model or kind not in PROVIDER_KINDS:
+                raise ValueError(f"prices.{key}: name a price as \"kind/model\", e.g. \"mistral/open-mistral-7b\"")
         if self.retry.backoff_max < self.retry.backoff_initial:
             raise ValueError("retry.backoff_max: must not be shorter than retry.backoff_initial")
         return self
+
+    @property
+    def price_overrides(self) -> dict[str, dict]:
+        return {k: v.model_dump() for k, v in self.prices.items()}
 
     # -- paths -------------------------------------------------------------
 

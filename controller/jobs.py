@@ -40,12 +40,13 @@ def new_client_token(agent: str) -> str:
 
 def create_job(store: Store, *, agent: str, provider: str, model: str, training_file: Path,
                content_hash: str, hyperparameters: dict[str, Any], now: datetime | None = None,
-               estimated_cost: float | None = None) -> Job:
+               estimated_cost: float | None = None, data_tokens: int | None = None) -> Job:
     now = now or utcnow()
     with store.write() as s:
         job = Job(agent=agent, provider=provider, model=model, training_file=str(training_file),
                   content_hash=content_hash, hyperparameters=dict(hyperparameters), state=PREPARED,
-                  estimated_cost=estimated_cost, reason="waiting for the daemon", created_at=now, updated_at=now)
+                  estimated_cost=estimated_cost, data_tokens=data_tokens, reason="waiting for the daemon",
+                  created_at=now, updated_at=now)
         s.add(job)
         s.flush()
         s.add(JobEvent(job_id=job.id, at=now, from_state=None, to_state=PREPARED, trigger="create",

@@ -47,6 +47,7 @@ class JobView:
     cancel_pending: bool = False
     reason: str | None = None
     provider_status: str | None = None
+    estimated_cost: float | None = None
 
     @classmethod
     def of(cls, row: Any) -> "JobView":
@@ -77,6 +78,47 @@ class Policy:
     @classmethod
     def of(cls, retry: Any) -> "Policy":
         return cls(retry.max_attempts, retry.backoff_initial, retry.backoff_max, retry.capacity_hold)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The [budget] caps and what finished jobs spent in the current period."""
+
+    per_job: float | None = None
+    total: float | None = None
+    spent: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.per_job is not None or self.total is not None
+
+
+class _BudgetLeft:
+    """What is left to commit during one tick, across all providers."""
+
+    def __init__(self, budget: Budget | None, jobs: list["JobView"]):
+        self.budget = budget if budget is not None and budget.active else None
+        committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
+        self.left = None
+        if self.budget is not None and self.budget.total is not None:
+            self.left = self.budget.total - self.budget.spent - committed
+
+    def refuse(self, job: "JobView") -> str | None:
+        """Why `job` may not start now for money reasons, or None."""
+        if self.budget is None:
+            return None
+        cost = job.estimated_cost
+        if cost is None:
+            return "over budget: the job has no cost estimate (submit it again)"
+        if self.budget.per_job is not None and cost > self.budget.per_job:
+            return f"over budget: estimate ${cost:.2f} > per-job cap ${self.budget.per_job:.2f}"
+        if self.left is not None and cost > self.left:
+            return f"over budget: estimate ${cost:.2f} > ${max(self.left, 0.0):.2f} left"
+        return None
+
+    def commit(self, job: "JobView") -> None:
+        if self.left is not None:
+            self.left -= job.estimated_cost or 0.0
 
 
 # -- decisions -------------------------------------------------------------------
@@ -171,7 +213,9 @@ def error_reason(err: ProviderError | None) -> str:
 
 
 def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: datetime,
-           policy: Policy, rng: random.Random) -> list[Decision]:
+           policy: Policy, rng: random.Random, budget: Budget | None = None) -> list[Decision]:
+    jobs = list(jobs)
+    money = _BudgetLeft(budget, jobs)
     grouped: dict[str, list[JobView]] = {}
     for job in jobs:
         grouped.setdefault(job.provider, []).append(job)
@@ -183,7 +227,7 @@ def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: dat
             reason = f"provider {name!r} is not in the config"
             out.extend(_note(j, reason=reason) for j in group if j.state != CANCELLED)
             continue
-        out.extend(_ProviderStep(group, pv, now, policy, rng).run())
+        out.extend(_ProviderStep(group, pv, now, policy, rng, money).run())
     return [d for d in out if d is not None]
 
 
@@ -194,8 +238,9 @@ def _note(job: JobView, **updates: Any) -> Note | None:
 
 class _ProviderStep:
     def __init__(self, jobs: Sequence[JobView], pv: ProviderView, now: datetime, policy: Policy,
-                 rng: random.Random):
+                 rng: random.Random, money: _BudgetLeft):
         self.jobs, self.pv, self.now, self.policy, self.rng = jobs, pv, now, policy, rng
+        self.money = money
         self.out: list[Decision | None] = []
         # (provider job id, client token) of each of our jobs still holding a slot
         self.inflight: list[tuple[str | None, str | None]] = []
@@ -292,7 +337,7 @@ class _ProviderStep:
                                        provider_status=pj.raw_status))
         elif pj.status == P_SUCCEEDED:
             updates = {**bound, "fine_tuned_model": pj.fine_tuned_model, "actual_cost": pj.cost,
-                       "not_before": None, "last_error": None}
+                       "trained_tokens": pj.trained_tokens, "not_before": None, "last_error": None}
             self.out.append(Transition(job.id, job.state, "succeed", None, updates,
                                        provider_status=pj.raw_status, attempt_outcome=("succeeded", True)))
         elif pj.status == P_CANCELLED:
@@ -349,8 +394,13 @@ class _ProviderStep:
                 continue  # its reason says until when it backs off
             if paused:
                 self.out.append(_note(job, reason=self.pv.paused_reason))
+                continue
+            over = self.money.refuse(job)
+            if over:
+                self.out.append(_note(job, reason=over))
             elif used < limit:
                 used += 1
+                self.money.commit(job)
                 self.out.append(Submit(job.id))
             else:
                 self.out.append(_note(job, reason=slot_reason(used, limit, self.pv.name)))

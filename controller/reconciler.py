@@ -89,7 +89,7 @@ class Reconciler:
         for name in sorted({v.provider for v in views}):
             if name in self.config.providers:
                 observed[name] = self._observe(name, [v for v in views if v.provider == name], states.get(name), now)
-        decisions = rc.decide(views, observed, now, self.policy, self.rng)
+        decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now))
         by_id = {r.id: r for r in rows}
         result = TickResult(at=now, decisions=len(decisions))
         for decision in decisions:
@@ -103,6 +103,13 @@ class Reconciler:
         result.states = Counter(self.store.count_by_state())
         result.waiting_for_slot = self.store.count_waiting("waiting for a slot")
         return result
+
+    def _budget(self, now: datetime) -> rc.Budget | None:
+        caps = self.config.budget
+        if caps.per_job is None and caps.total is None:
+            return None
+        spent = self.store.spent_since(now - timedelta(seconds=caps.period)) if caps.total is not None else 0.0
+        return rc.Budget(per_job=caps.per_job, total=caps.total, spent=spent)
 
     def _observe(self, name: str, mine: list[rc.JobView], state: ProviderState | None,
                  now: datetime) -> rc.ProviderView:
@@ -139,6 +146,10 @@ class Reconciler:
 
     def _apply(self, d: rc.Decision, rows: dict[int, Job], now: datetime) -> None:
         if isinstance(d, rc.Transition):
+            if d.trigger == "succeed" and d.updates.get("actual_cost") is None and d.updates.get("trained_tokens"):
+                d = rc.Transition(d.job_id, d.expect, d.trigger, d.reason,
+                                  {**d.updates, "actual_cost": self._cost_of(rows[d.job_id], d.updates["trained_tokens"])},
+                                  d.provider_status, d.attempt_outcome)
             self._transition(d.job_id, d.trigger, expect=d.expect, reason=d.reason, updates=d.updates,
                              provider_status=d.provider_status, attempt_outcome=d.attempt_outcome, now=now)
         elif isinstance(d, rc.Note):
@@ -160,6 +171,16 @@ class Reconciler:
                       from_state=before, trigger=trigger, reason=job.reason,
                       provider_job_id=job.provider_job_id, fine_tuned_model=job.fine_tuned_model)
         return job
+
+    def _cost_of(self, job: Job, trained_tokens: int) -> float | None:
+        """A provider that reports trained tokens but no cost (OpenAI): price them."""
+        from controller.pricing import PriceUnknown, price_for
+
+        try:
+            price = price_for(self.config.providers[job.provider].kind, job.model, self.config.price_overrides)
+        except (PriceUnknown, KeyError):
+            return None
+        return round(max(price.min_fee, trained_tokens / 1e6 * price.train_per_m), 2)
 
     def _provider_update(self, d: rc.ProviderUpdate) -> None:
         state = self.store.provider_states().get(d.name) or ProviderState(name=d.name)

@@ -27,6 +27,9 @@ class Plan:
     training_file: Path
     content_hash: str
     hyperparameters: dict[str, Any]
+    estimated_cost: float | None = None
+    data_tokens: int | None = None
+    examples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,11 @@ class Result:
     created: bool
     note: str = ""
 
+    estimated_cost: float | None = None
+
     def as_dict(self) -> dict[str, Any]:
         return {"agent": self.agent, "provider": self.provider, "model": self.model, "job_id": self.job_id,
-                "created": self.created, "note": self.note or None}
+                "created": self.created, "estimated_cost": self.estimated_cost, "note": self.note or None}
 
 
 def _check_file(path: Path, where: str) -> str:
@@ -56,9 +61,72 @@ def _check_file(path: Path, where: str) -> str:
         raise SubmitError(f"{where}: training file {path} is not readable") from None
 
 
+def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote: bool) -> Plan:
+    """Data checked, tokens counted, cost estimated and within the per-job cap."""
+    from dataclasses import replace
+
+    from controller import preflight
+
+    from providers.base import KNOWN_HYPERPARAMETERS, unknown_hyperparameters
+
+    kind = config.providers[plan.provider].kind
+    unknown = unknown_hyperparameters(kind, plan.hyperparameters)
+    if unknown:
+        hp_where = "--hp" if where == "--file" else f"agents.{plan.agent}.hyperparameters"
+        raise SubmitError(f"{hp_where}: {', '.join(unknown)} not known to {kind} "
+                          f"(known: {', '.join(sorted(KNOWN_HYPERPARAMETERS[kind]))})")
+    epochs, steps = preflight.epochs_and_steps(plan.hyperparameters)
+    try:
+        result = preflight.run(plan.training_file, kind=kind, model=plan.model, config=config, epochs=epochs,
+                               training_steps=steps)
+    except preflight.PreflightError as exc:
+        raise SubmitError(f"{where}: {exc}") from None
+    report, est = result.report, result.estimate
+    hint = f" (see `ftctl validate {plan.training_file} --provider {plan.provider} --model {plan.model}`)"
+    if report.problem_count:
+        more = report.problem_count - 1
+        raise SubmitError(f"{where}: {plan.training_file} {report.first_problem()}"
+                          + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "") + hint)
+    if report.pii_count and not allow_pii:
+        kinds = ", ".join(f"{f.count} {k}" for k, f in report.pii.items())
+        first = min(f.lines[0] for f in report.pii.values())
+        raise SubmitError(f"{where}: {plan.training_file} holds personal data ({kinds}; first at line {first}); "
+                          f"scrub it with `ftctl prepare --scrub-pii` or pass --allow-pii")
+    if report.examples == 0:
+        raise SubmitError(f"{where}: {plan.training_file} has no examples")
+    if quote:
+        from providers.base import ProviderError
+
+        try:
+            est.quote = preflight.quote(config, plan.provider, plan.training_file, plan.model, plan.hyperparameters)
+        except ProviderError as exc:
+            raise SubmitError(f"{where}: the provider's quote failed: {exc.message}") from None
+    cost = round(est.total, 2)
+    caps = config.budget
+    if caps.per_job is not None and cost > caps.per_job:
+        raise SubmitError(f"{where}: estimate ${cost:.2f} exceeds budget.per_job ${caps.per_job:.2f} "
+                          f"({est.trained_tokens:,} trained tokens at ${est.price.train_per_m:g}/M)")
+    if caps.total is not None and cost > caps.total:
+        raise SubmitError(f"{where}: estimate ${cost:.2f} exceeds budget.total ${caps.total:.2f}")
+    return replace(plan, estimated_cost=cost, data_tokens=report.data_tokens, examples=report.examples)
+
+
 def plan_submissions(config: Config, names: list[str], *, all_agents: bool = False, adhoc: bool = False,
                      agent: str | None = None, file: Path | None = None, model: str | None = None,
-                     provider: str | None = None, hyperparameters: dict[str, Any] | None = None) -> list[Plan]:
+                     provider: str | None = None, hyperparameters: dict[str, Any] | None = None,
+                     allow_pii: bool = False, quote: bool = False) -> list[Plan]:
+    plans = _plan(config, names, all_agents=all_agents, adhoc=adhoc, agent=agent, file=file, model=model,
+                  provider=provider, hyperparameters=hyperparameters)
+    return [_preflight(config, p, _where(p, adhoc), allow_pii=allow_pii, quote=quote) for p in plans]
+
+
+def _where(plan: Plan, adhoc: bool) -> str:
+    return "--file" if adhoc else f"agents.{plan.agent}.training_file"
+
+
+def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, agent: str | None,
+          file: Path | None, model: str | None, provider: str | None,
+          hyperparameters: dict[str, Any] | None) -> list[Plan]:
     if adhoc:
         if names or all_agents:
             raise SubmitError("give either agent names / --all, or --agent --file --model --provider, not both")
@@ -111,6 +179,8 @@ def store_submissions(store: Store, plans: list[Plan], *, force: bool = False) -
                 continue
         job = create_job(store, agent=plan.agent, provider=plan.provider, model=plan.model,
                          training_file=plan.training_file, content_hash=plan.content_hash,
-                         hyperparameters=plan.hyperparameters)
-        results.append(Result(plan.agent, plan.provider, plan.model, job.id, True))
+                         hyperparameters=plan.hyperparameters, estimated_cost=plan.estimated_cost,
+                         data_tokens=plan.data_tokens)
+        results.append(Result(plan.agent, plan.provider, plan.model, job.id, True,
+                              estimated_cost=plan.estimated_cost))
     return results

@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from models import Job, JobEvent, utcnow
@@ -54,6 +55,8 @@ def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
         "hyperparameters": job.hyperparameters,
         "estimated_cost": job.estimated_cost,
         "actual_cost": job.actual_cost,
+        "data_tokens": job.data_tokens,
+        "trained_tokens": job.trained_tokens,
         "last_error": job.last_error,
         "not_before": iso(job.not_before),
         "cancel_pending": job.cancel_pending,
@@ -76,14 +79,24 @@ def event_dict(ev: JobEvent) -> dict[str, Any]:
 def status_table(jobs: list[Job], now: datetime | None = None, title: str | None = None) -> Table:
     now = now or utcnow()
     table = Table(title=title, title_justify="left", expand=False)
-    for col in ("ID", "AGENT", "PROVIDER", "MODEL", "STATE", "ATT", "AGE", "REASON / FINE-TUNED MODEL"):
-        table.add_column(col, no_wrap=col != "REASON / FINE-TUNED MODEL")
+    for col in ("ID", "AGENT", "PROVIDER", "MODEL", "STATE", "ATT", "AGE", "COST", "REASON / FINE-TUNED MODEL"):
+        table.add_column(col, no_wrap=col != "REASON / FINE-TUNED MODEL", justify="right" if col == "COST" else "left")
     for job in jobs:
         style = STATE_STYLE.get(job.state, "")
         detail = job.fine_tuned_model if job.state == "succeeded" else (job.reason or "")
         table.add_row(str(job.id), job.agent, job.provider, job.model, f"[{style}]{job.state}[/]",
-                      str(job.attempt), age_text((now - job.created_at).total_seconds()), detail)
+                      str(job.attempt), age_text((now - job.created_at).total_seconds()), cost_text(job),
+                      escape(detail))
     return table
+
+
+def cost_text(job: Job) -> str:
+    """The provider's figure once known, else our estimate (marked ~)."""
+    if job.actual_cost is not None:
+        return f"${job.actual_cost:,.2f}"
+    if job.estimated_cost is not None:
+        return f"~${job.estimated_cost:,.2f}"
+    return "-"
 
 
 def latest_models(jobs: list[Job]) -> dict[str, str]:

@@ -169,6 +169,20 @@ class Store:
             stmt = select(Job).where(or_(Job.state.in_(list(active_states)), Job.cancel_pending == True))  # noqa: E712
             return list(s.exec(stmt.order_by(Job.id)))
 
+    def spent_since(self, since: datetime) -> float:
+        """What succeeded jobs finished since `since` cost (the provider's
+        figure where it gave one, else our estimate)."""
+        with self.read() as s:
+            cost = func.coalesce(Job.actual_cost, Job.estimated_cost, 0.0)
+            stmt = select(func.coalesce(func.sum(cost), 0.0)).where(Job.state == "succeeded", Job.updated_at >= since)
+            return float(s.exec(stmt).one())
+
+    def committed(self) -> float:
+        with self.read() as s:
+            stmt = select(func.coalesce(func.sum(func.coalesce(Job.estimated_cost, 0.0)), 0.0)).where(
+                Job.state.in_(["queued", "running"]))
+            return float(s.exec(stmt).one())
+
     def count_by_state(self) -> dict[str, int]:
         with self.read() as s:
             rows = s.exec(select(Job.state, func.count()).group_by(Job.state))

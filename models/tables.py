@@ -9,7 +9,7 @@ from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 
 class Job(SQLModel, table=True):
@@ -34,6 +34,8 @@ class Job(SQLModel, table=True):
     fine_tuned_model: Optional[str] = None
     estimated_cost: Optional[float] = None
     actual_cost: Optional[float] = None
+    data_tokens: Optional[int] = None  # counted at submit with the provider's tokenizer
+    trained_tokens: Optional[int] = None  # reported by the provider
     last_error: Optional[str] = None
     reason: Optional[str] = None
     not_before: Optional[datetime] = Field(default=None, sa_type=DateTime)

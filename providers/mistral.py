@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import secrets
+
 import httpx
 
 from controller.secrets import redact
@@ -24,16 +26,16 @@ from providers.base import (
     PermanentError,
     ProviderError,
     ProviderJob,
+    KNOWN_HYPERPARAMETERS,
     TransientError,
     error_from_status,
+    unknown_hyperparameters,
     is_concurrency_limit_message,
     message_from_body,
     retry_after_seconds,
 )
 
 PAGE_SIZE = 100
-HYPERPARAMETERS = {"training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs", "seq_len",
-                   "fim_ratio"}
 _FAILED = ("FAILED", "FAILED_VALIDATION")
 _MESSAGE_KEYS = ("error", "message", "reason", "detail", "error_message", "failure_reason")
 
@@ -122,10 +124,10 @@ class MistralProvider:
         return res.id
 
     def create_job(self, spec: JobSpec) -> ProviderJob:
-        unknown = set(spec.hyperparameters) - HYPERPARAMETERS
+        unknown = unknown_hyperparameters("mistral", spec.hyperparameters)
         if unknown:
-            raise PermanentError(f"hyperparameters not known to Mistral: {', '.join(sorted(unknown))} "
-                                 f"(known: {', '.join(sorted(HYPERPARAMETERS))})")
+            raise PermanentError(f"hyperparameters not known to Mistral: {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(KNOWN_HYPERPARAMETERS['mistral']))})")
         job = self._call(
             self.client.fine_tuning.jobs.create,
             model=spec.model,
@@ -160,6 +162,21 @@ class MistralProvider:
 
     def cancel_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id=job_id))
+
+    def quote(self, path: Path, model: str, hyperparameters: dict[str, Any]) -> float | None:
+        """Mistral's own price: a job created with auto_start=False carries its
+        token count and cost; it is cancelled right after reading them."""
+        file_id = self.upload_file(path, "")
+        job = self._call(self.client.fine_tuning.jobs.create, model=model,
+                         training_files=[{"file_id": file_id, "weight": 1.0}],
+                         hyperparameters=dict(hyperparameters), suffix=f"quote-{secrets.token_hex(4)}",
+                         auto_start=False)
+        try:
+            self._call(self.client.fine_tuning.jobs.cancel, job_id=job.id)
+        except ProviderError:
+            pass  # never started: it costs nothing and expires
+        meta = _unset(job.metadata)
+        return _unset(meta.cost) if meta is not None else None
 
     def find_by_token(self, token: str) -> list[ProviderJob]:
         res = self._call(self.client.fine_tuning.jobs.list, suffix=token, page_size=PAGE_SIZE)

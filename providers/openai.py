@@ -25,6 +25,7 @@ from providers.base import (
     PermanentError,
     ProviderError,
     ProviderJob,
+    KNOWN_HYPERPARAMETERS,
     TransientError,
     error_from_status,
     is_concurrency_limit_message,
@@ -43,8 +44,7 @@ STATUS = {
     "cancelled": P_CANCELLED,
 }
 # our hyperparameter names -> OpenAI's supervised ones
-HYPERPARAMETERS = {"epochs": "n_epochs", "n_epochs": "n_epochs", "batch_size": "batch_size",
-                   "learning_rate_multiplier": "learning_rate_multiplier"}
+HYPERPARAMETERS = {k: "n_epochs" if k == "epochs" else k for k in KNOWN_HYPERPARAMETERS["openai"]}
 
 
 def _data_error(code: str | None, message: str | None) -> bool:

@@ -156,18 +156,13 @@ def test_422_on_create_fails_only_that_job(campaign, kind):
 def test_training_failures_are_retried_and_bad_data_fails(campaign, kind, tmp_path):
     c = campaign(kind, agents=("qa", "legal", "support", "analyst"), concurrency=4,
                  emulator_kw={"fail_rate": 0.5, "seed": 4}, max_attempts=8)
-    (tmp_path / "site" / "data" / "analyst.jsonl").write_text("this is not json\n")
-    c.store.close()
-    c.store = Store(c.config.database_url)
-    with c.store.write() as s:  # the file changed after submit: resubmit it as it is now
-        s.connection().exec_driver_sql("DELETE FROM job_events WHERE job_id = 4")
-        s.connection().exec_driver_sql("DELETE FROM jobs WHERE id = 4")
-    store_submissions(c.store, plan_submissions(c.config, ["analyst"]))
-    c.rec = Reconciler(c.config, c.store, rng=random.Random(1))
+    # data our checks accept but the provider refuses
+    c.emulator.engine.settings.reject_marker = "analyst"
     c.run(timeout=90)
     by_agent = {j.agent: j for j in c.jobs()}
     assert by_agent["analyst"].state == "failed"
-    assert "rejected the data" in by_agent["analyst"].reason and "line 1" in by_agent["analyst"].reason
+    assert by_agent["analyst"].reason.startswith("provider rejected the data: ")
+    assert "line 1: the provider refused this example" in by_agent["analyst"].reason
     others = [by_agent[a] for a in ("qa", "legal", "support")]
     assert all(j.state == "succeeded" for j in others)
     assert any(j.attempt > 1 for j in others)  # seed 4 fails some in training

@@ -14,6 +14,10 @@ Faults are rules matched against each request, set in process
      "after": true}                                        # done, then slow
     {"status": 422, "body": {...}, "times": 1}             # the provider's error body
 
+`POST /_emulator/auth {"fail": true}` answers 401 to everything until
+`{"fail": false}`; `POST /_emulator/reject {"marker": "TEXT"}` makes the
+service refuse (FAILED_VALIDATION) files that contain TEXT.
+
 `times` (default: forever) counts matching requests; `path` is a prefix.
 """
 
@@ -198,6 +202,9 @@ class Emulator:
             for rule in data.get("add", []):
                 self.faults.add(**rule)
             return 200, {"ok": True}, {}
+        if req.path == "/_emulator/reject" and req.method == "POST":
+            self.engine.settings.reject_marker = req.json().get("marker") or None
+            return 200, {"reject_marker": self.engine.settings.reject_marker}, {}
         if req.path == "/_emulator/auth" and req.method == "POST":
             self.auth_failing = bool(req.json().get("fail"))
             return 200, {"auth_failing": self.auth_failing}, {}

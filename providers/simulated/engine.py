@@ -91,6 +91,9 @@ class EngineSettings:
     fail_rate: float = 0.0
     error_rate: float = 0.0
     seed: int = 0
+    # a file whose content holds this text is rejected at validation, like a
+    # provider that refuses data the local checks let through
+    reject_marker: str | None = None
 
 
 def _iso(ts: float) -> str:
@@ -165,6 +168,10 @@ class SimEngine:
                     problem = f"Invalid file format: line {number} has no messages"
         if lines == 0:
             problem = "Invalid file format: the file has no examples"
+        marker = self.settings.reject_marker
+        if problem is None and marker and marker.encode() in content:
+            number = next(i for i, raw in enumerate(content.splitlines(), 1) if marker.encode() in raw)
+            problem = f"Invalid file format: line {number}: the provider refused this example"
         now = self.clock()
         row = {
             "id": str(uuid.uuid4()),

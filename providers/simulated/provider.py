@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -84,6 +85,14 @@ class SimulatedProvider:
 
     def get_job(self, job_id: str) -> ProviderJob:
         return job_from_engine(self._call(self.engine.get_job, job_id))
+
+    def quote(self, path: Path, model: str, hyperparameters: dict) -> float | None:
+        """Like Mistral: create with auto_start=False, read the cost, cancel."""
+        file_id = self.upload_file(path, "")
+        raw = self._call(self.engine.create_job, model=model, training_files=[file_id],
+                         hyperparameters=hyperparameters, suffix=f"quote-{secrets.token_hex(4)}", auto_start=False)
+        self._call(self.engine.cancel_job, raw["id"])
+        return raw["metadata"].get("cost")
 
     def find_by_token(self, token: str) -> list[ProviderJob]:
         rows, _ = self._call(self.engine.list_jobs, suffix=token)

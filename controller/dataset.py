@@ -1,0 +1,300 @@
+"""Training files: streamed checks, line by line, in bounded memory.
+
+A file is read one line at a time; what is kept per example is a few bytes
+(an 8-byte digest for exact duplicates, a histogram of token counts), never
+the example itself, so a file of hundreds of MB validates in a few tens of
+MB of memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.tokens import Counter as TokenCounter
+from controller.tokens import ExampleRejected
+
+ROLES = {
+    "mistral": {"system", "user", "assistant", "tool"},
+    "openai": {"system", "developer", "user", "assistant", "tool", "function"},
+}
+# top-level keys a provider accepts in a training example; anything else
+# (weight, source_agent, target_agent ...) is rejected by the provider
+TOP_LEVEL_KEYS = {
+    "mistral": {"messages", "tools"},
+    "openai": {"messages", "tools", "parallel_tool_calls", "functions"},
+}
+FIRST_LINES = 10
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+PHONE_CANDIDATE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().-]{7,18}\d(?![\w.])")
+DATE_LIKE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}")
+
+DESCRIPTIONS = {
+    "invalid_json": "invalid JSON",
+    "invalid_utf8": "not UTF-8",
+    "not_an_object": "not a JSON object",
+    "missing_messages": "missing or empty messages",
+    "bad_message": "malformed message",
+    "unknown_role": "unknown role",
+    "not_assistant_last": "does not end with the assistant",
+    "empty_content": "empty content",
+    "invalid_structure": "rejected by the provider's tokenizer",
+    "too_long": "longer than the model's context",
+    "duplicate": "exact duplicate of an earlier example",
+    "extra_field": "field the provider rejects",
+}
+
+
+def find_phones(text: str) -> list[str]:
+    out = []
+    for match in PHONE_CANDIDATE.finditer(text):
+        candidate = match.group(0).strip()
+        digits = sum(c.isdigit() for c in candidate)
+        if not 9 <= digits <= 15 or DATE_LIKE.search(candidate):
+            continue
+        if candidate.startswith("+") or any(c in candidate for c in " -.()"):
+            out.append(candidate)
+    return out
+
+
+def scrub(text: str) -> tuple[str, int]:
+    """Personal data replaced by placeholders; returns (text, replacements)."""
+    n = 0
+    text, k = EMAIL.subn("[EMAIL]", text)
+    n += k
+    for phone in find_phones(text):
+        text = text.replace(phone, "[PHONE]")
+        n += 1
+    return text, n
+
+
+@dataclass
+class Example:
+    """One line of a training file, checked."""
+
+    line: int
+    raw: bytes
+    record: dict[str, Any] | None
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
+    tokens: int | None = None
+    emails: int = 0
+    phones: int = 0
+    extra_keys: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Finding:
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+    first_message: str = ""
+
+    def add(self, line: int, message: str, n: int = 1) -> None:
+        self.count += n
+        if len(self.lines) < FIRST_LINES:
+            self.lines.append(line)
+        if not self.first_message:
+            self.first_message = message
+
+
+@dataclass
+class Report:
+    path: str
+    provider: str
+    model: str | None = None
+    tokenizer: str | None = None
+    context: int | None = None
+    lines: int = 0
+    examples: int = 0  # examples that passed every check
+    bytes: int = 0
+    problems: dict[str, Finding] = field(default_factory=dict)
+    pii: dict[str, Finding] = field(default_factory=dict)
+    extra_fields: Counter = field(default_factory=Counter)
+    data_tokens: int = 0
+    token_histogram: Counter = field(default_factory=Counter)
+
+    @property
+    def problem_count(self) -> int:
+        return sum(f.count for f in self.problems.values())
+
+    @property
+    def pii_count(self) -> int:
+        return sum(f.count for f in self.pii.values())
+
+    def clean(self, allow_pii: bool = False) -> bool:
+        return self.problem_count == 0 and (allow_pii or self.pii_count == 0) and self.examples > 0
+
+    def token_stats(self) -> dict[str, int] | None:
+        if not self.token_histogram:
+            return None
+        values = sorted(self.token_histogram.items())
+        total = sum(n for _, n in values)
+        mid, seen, median = (total + 1) // 2, 0, values[0][0]
+        for value, n in values:
+            seen += n
+            if seen >= mid:
+                median = value
+                break
+        return {"min": values[0][0], "median": median, "max": values[-1][0]}
+
+    def first_problem(self) -> str | None:
+        first = None
+        for code, finding in self.problems.items():
+            if finding.lines and (first is None or finding.lines[0] < first[0]):
+                first = (finding.lines[0], code, finding.first_message)
+        if first is None:
+            return None
+        return f"line {first[0]}: {first[2]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "provider": self.provider,
+            "model": self.model,
+            "tokenizer": self.tokenizer,
+            "context": self.context,
+            "lines": self.lines,
+            "examples": self.examples,
+            "bytes": self.bytes,
+            "clean": self.clean(),
+            "problems": {code: {"count": f.count, "lines": f.lines, "description": DESCRIPTIONS.get(code, code),
+                                "first": f.first_message} for code, f in self.problems.items()},
+            "personal_data": {kind: {"count": f.count, "lines": f.lines} for kind, f in self.pii.items()},
+            "extra_fields": dict(self.extra_fields),
+            "data_tokens": self.data_tokens if self.tokenizer else None,
+            "tokens_per_example": self.token_stats(),
+        }
+
+
+def _check_messages(record: dict[str, Any], provider: str, ex: Example) -> list[dict[str, Any]] | None:
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        ex.problems.append(("missing_messages", "missing or empty \"messages\""))
+        return None
+    roles = ROLES.get(provider, ROLES["mistral"])
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            ex.problems.append(("bad_message", f"messages[{i}] has no role"))
+            return None
+        if m["role"] not in roles:
+            ex.problems.append(("unknown_role", f"messages[{i}] has unknown role {m['role']!r} "
+                                                f"(allowed: {', '.join(sorted(roles))})"))
+            return None
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if m.get("tool_calls"):
+            continue
+        if content is None or (isinstance(content, str) and not content.strip()) or content == []:
+            ex.problems.append(("empty_content", f"messages[{i}] ({m['role']}) has empty content"))
+            return None
+    if messages[-1]["role"] != "assistant":
+        ex.problems.append(("not_assistant_last", f"the conversation ends with {messages[-1]['role']!r}, "
+                                                  f"not the assistant"))
+        return None
+    return messages
+
+
+def _texts(messages: list[dict[str, Any]]) -> Iterator[str]:
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    yield part["text"]
+
+
+def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter | None, context: int | None,
+               seen: set[int] | None) -> Example:
+    ex = Example(number, raw, None)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        ex.problems.append(("invalid_utf8", f"not UTF-8 (byte {exc.start})"))
+        return ex
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        msg = exc.msg if hasattr(exc, "msg") else str(exc)
+        col = getattr(exc, "colno", None)
+        ex.problems.append(("invalid_json", f"invalid JSON: {msg}" + (f" (column {col})" if col else "")))
+        return ex
+    if not isinstance(record, dict):
+        ex.problems.append(("not_an_object", "not a JSON object"))
+        return ex
+    ex.record = record
+    allowed = TOP_LEVEL_KEYS.get(provider, TOP_LEVEL_KEYS["mistral"])
+    ex.extra_keys = tuple(sorted(k for k in record if k not in allowed))
+    if ex.extra_keys:
+        ex.problems.append(("extra_field", f"field{'s' if len(ex.extra_keys) > 1 else ''} "
+                                           f"{', '.join(ex.extra_keys)} rejected by {provider}"))
+    messages = _check_messages(record, provider, ex)
+    if messages is None:
+        return ex
+    for t in _texts(messages):
+        ex.emails += len(EMAIL.findall(t))
+        ex.phones += len(find_phones(t))
+    if counter is not None:
+        try:
+            ex.tokens = counter.count(messages)
+        except ExampleRejected as exc:
+            ex.problems.append(("invalid_structure", f"{counter.name}: {exc}"))
+            return ex
+        if context and ex.tokens > context:
+            ex.problems.append(("too_long", f"{ex.tokens:,} tokens, over the model's context of {context:,}"))
+    if seen is not None:
+        canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
+        if digest in seen:
+            ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
+        else:
+            seen.add(digest)
+    return ex
+
+
+def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
+                  context: int | None = None, dedupe: bool = True) -> Iterator[Example]:
+    """Each non-blank line of `path`, checked. Streams: one line in memory."""
+    seen: set[int] | None = set() if dedupe else None
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            yield check_line(number, raw, provider=provider, counter=counter, context=context, seen=seen)
+
+
+def validate(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
+             context: int | None = None) -> Report:
+    report = Report(str(path), provider, counter.model if counter else None,
+                    counter.name if counter else None, context)
+    report.bytes = Path(path).stat().st_size
+    for ex in iter_examples(path, provider=provider, counter=counter, context=context):
+        report.lines += 1
+        for code, message in ex.problems:
+            report.problems.setdefault(code, Finding()).add(ex.line, message)
+        for key in ex.extra_keys:
+            report.extra_fields[key] += 1
+        if ex.emails:
+            report.pii.setdefault("email", Finding()).add(ex.line, "email address", ex.emails)
+        if ex.phones:
+            report.pii.setdefault("phone", Finding()).add(ex.line, "phone number", ex.phones)
+        if ex.tokens is not None:
+            report.data_tokens += ex.tokens
+            report.token_histogram[ex.tokens] += 1
+        if ex.ok:
+            report.examples += 1
+    if report.lines == 0:
+        report.problems.setdefault("missing_messages", Finding()).add(0, "the file has no examples")
+    return report

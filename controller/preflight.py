@@ -1,0 +1,89 @@
+"""Preflight: a job reaches `prepared` only with checked data and a known cost.
+
+Used by `validate`, `estimate` and `submit`; the provider's own quote (Mistral:
+a job created with auto_start=False carries its token count and cost) is
+asked for only where a command wants it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.config import Config
+from controller.dataset import Report, validate
+from controller.pricing import Estimate, PriceUnknown, estimate, price_for
+from controller.tokens import TokenizerUnavailable, counter_for, guess_kind
+
+
+class PreflightError(Exception):
+    """One line naming the file, the line and the problem."""
+
+
+@dataclass
+class Preflight:
+    report: Report
+    estimate: Estimate | None
+
+
+def provider_kind(config: Config | None, provider: str | None, model: str | None) -> tuple[str, str | None]:
+    """(kind, configured provider name) for a --provider value: a provider
+    from the config, or a bare kind (mistral, openai) for offline use."""
+    if provider and config is not None and provider in config.providers:
+        return config.providers[provider].kind, provider
+    if provider in ("mistral", "openai", "simulated"):
+        return provider, None
+    if provider:
+        known = ", ".join(sorted(config.providers)) if config is not None else ""
+        raise PreflightError(f"--provider: unknown provider {provider!r}"
+                             + (f" (configured: {known}; or a kind: mistral, openai)" if known else
+                                " (a kind: mistral, openai)"))
+    return (guess_kind(model) if model else "mistral"), None
+
+
+def epochs_and_steps(hyperparameters: dict[str, Any]) -> tuple[float | None, int | None]:
+    epochs = hyperparameters.get("epochs", hyperparameters.get("n_epochs"))
+    steps = hyperparameters.get("training_steps")
+    return (float(epochs) if epochs is not None else None), (int(steps) if steps is not None else None)
+
+
+def run(path: Path, *, kind: str, model: str | None, config: Config | None = None,
+        epochs: float | None = None, training_steps: int | None = None, need_estimate: bool = True) -> Preflight:
+    """Validate (and count tokens of) a file, then estimate what training costs."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreflightError(f"{path}: no such file")
+    roles_kind = "mistral" if kind == "simulated" else kind
+    counter, price = None, None
+    if model:
+        overrides = config.price_overrides if config is not None else None
+        try:
+            counter = counter_for(kind, model)
+            price = price_for(kind, model, overrides)
+        except (TokenizerUnavailable, PriceUnknown) as exc:
+            if need_estimate:
+                raise PreflightError(str(exc)) from None
+    report = validate(path, provider=roles_kind, counter=counter, context=price.context if price else None)
+    est = None
+    if price is not None and need_estimate:
+        try:
+            est = estimate(price, report.data_tokens, report.examples, epochs=epochs, training_steps=training_steps)
+        except ValueError as exc:
+            raise PreflightError(f"{path}: {exc}") from None
+    return Preflight(report, est)
+
+
+def quote(config: Config, provider_name: str, path: Path, model: str, hyperparameters: dict[str, Any]) -> float | None:
+    """The provider's own price for this job, where it gives one (Mistral and
+    the simulated provider: create with auto_start=False, read, cancel)."""
+    from providers import build_provider
+
+    provider = build_provider(config, provider_name)
+    try:
+        get_quote = getattr(provider, "quote", None)
+        if get_quote is None:
+            return None
+        return get_quote(path, model, hyperparameters)
+    finally:
+        provider.close()

@@ -1,0 +1,183 @@
+"""`ftctl prepare`: a provider-ready file from a raw one.
+
+Two streamed passes. The first checks every line and files the usable ones
+by stratum (their `weight` and `source_agent`); the second writes the chosen
+lines, stripped of fields the provider rejects and scrubbed of personal data
+if asked. With a cap (examples or dollars), a stratified sample keeps each
+stratum's share, reproducibly for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.dataset import TOP_LEVEL_KEYS, iter_examples, scrub
+from controller.pricing import Price, estimate
+from controller.tokens import Counter as TokenCounter
+
+# problems prepare can fix (by stripping); every other problem drops the line
+FIXABLE = {"extra_field"}
+
+
+class PrepareError(Exception):
+    pass
+
+
+def _key(value: Any) -> str:
+    return "-" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+
+@dataclass
+class Stratum:
+    lines: array = field(default_factory=lambda: array("I"))
+    tokens: array = field(default_factory=lambda: array("I"))
+
+
+@dataclass
+class PrepareResult:
+    source: str
+    output: str
+    lines: int = 0
+    kept: int = 0
+    removed: Counter = field(default_factory=Counter)
+    stripped: Counter = field(default_factory=Counter)
+    pii_replaced: int = 0
+    unstripped_extra: int = 0
+    weights_in: Counter = field(default_factory=Counter)
+    weights_out: Counter = field(default_factory=Counter)
+    agents_in: Counter = field(default_factory=Counter)
+    agents_out: Counter = field(default_factory=Counter)
+    data_tokens: int = 0
+    cost: float | None = None
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        def shares(c: Counter) -> dict[str, float]:
+            total = sum(c.values()) or 1
+            return {k: round(100 * v / total, 2) for k, v in sorted(c.items())}
+
+        return {"source": self.source, "output": self.output, "lines": self.lines, "kept": self.kept,
+                "removed": dict(self.removed), "stripped_fields": dict(self.stripped),
+                "pii_replaced": self.pii_replaced, "seed": self.seed,
+                "weight_share_in": shares(self.weights_in), "weight_share_out": shares(self.weights_out),
+                "source_agent_share_in": shares(self.agents_in), "source_agent_share_out": shares(self.agents_out),
+                "data_tokens": self.data_tokens, "estimated_cost": self.cost}
+
+
+def allocate(sizes: dict[tuple, int], n: int) -> dict[tuple, int]:
+    """Largest-remainder allocation of n across strata, by their sizes."""
+    total = sum(sizes.values())
+    if n >= total:
+        return dict(sizes)
+    quotas = {k: n * size / total for k, size in sizes.items()}
+    take = {k: math.floor(q) for k, q in quotas.items()}
+    rest = n - sum(take.values())
+    for k in sorted(quotas, key=lambda k: (-(quotas[k] - take[k]), k))[:rest]:
+        take[k] += 1
+    return take
+
+
+def _choose(strata: dict[tuple, Stratum], take: dict[tuple, int], seed: int) -> dict[tuple, list[int]]:
+    rng = random.Random(seed)
+    return {k: sorted(rng.sample(range(len(strata[k].lines)), take[k])) for k in sorted(strata)}
+
+
+def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
+            price: Price | None = None, epochs: float | None = None, training_steps: int | None = None,
+            max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
+            scrub_pii: bool = False, seed: int = 0) -> PrepareResult:
+    if max_examples is not None and max_cost is not None:
+        raise PrepareError("give --max-examples or --max-cost, not both")
+    if max_cost is not None and (price is None or counter is None):
+        raise PrepareError("--max-cost needs a model with a known price (--model, --provider)")
+    if max_cost is not None and training_steps is not None:
+        raise PrepareError("with training steps the cost does not depend on the data: use --max-examples")
+    if Path(source).resolve() == Path(output).resolve():
+        raise PrepareError("the output must be another file than the input")
+    roles_kind = "mistral" if provider == "simulated" else provider
+    result = PrepareResult(str(source), str(output), seed=seed)
+    strata: dict[tuple, Stratum] = {}
+    for ex in iter_examples(source, provider=roles_kind, counter=counter):
+        result.lines += 1
+        blocking = [code for code, _ in ex.problems if code not in FIXABLE]
+        if blocking:
+            result.removed[blocking[0]] += 1
+            continue
+        key = (_key(ex.record.get("weight")), _key(ex.record.get("source_agent")))
+        stratum = strata.setdefault(key, Stratum())
+        stratum.lines.append(ex.line)
+        stratum.tokens.append(ex.tokens or 0)
+        result.weights_in[key[0]] += 1
+        result.agents_in[key[1]] += 1
+    eligible = sum(len(s.lines) for s in strata.values())
+    if eligible == 0:
+        raise PrepareError(f"{source}: no usable example (removed: {dict(result.removed)})")
+
+    sizes = {k: len(s.lines) for k, s in strata.items()}
+    n = eligible if max_examples is None else min(max_examples, eligible)
+    take = allocate(sizes, n)
+    chosen = _choose(strata, take, seed)
+    if max_cost is not None:
+        if price.min_fee > max_cost:
+            raise PrepareError(f"--max-cost ${max_cost:.2f} is below the minimum fee ${price.min_fee:.2f} per job")
+
+        def cost_of(picked: dict[tuple, list[int]]) -> float:
+            tokens = sum(strata[k].tokens[i] for k, idx in picked.items() for i in idx)
+            return estimate(price, tokens, 0, epochs=epochs).cost
+
+        avg = sum(sum(s.tokens) for s in strata.values()) / eligible
+        per_example = estimate(price, math.ceil(avg * 1000), 0, epochs=epochs).cost / 1000 if avg else 0
+        if per_example > 0:
+            n = min(eligible, max(1, int(max_cost / per_example)))
+        while True:
+            take = allocate(sizes, n)
+            chosen = _choose(strata, take, seed)
+            if cost_of(chosen) <= max_cost or n <= 1:
+                break
+            n = max(1, n - max(1, n // 100))
+        if cost_of(chosen) > max_cost:
+            raise PrepareError(f"--max-cost ${max_cost:.2f}: even one example costs more")
+
+    selected = bytearray(max(s.lines[-1] for s in strata.values() if s.lines) + 1)
+    for k, idx in chosen.items():
+        for i in idx:
+            selected[strata[k].lines[i]] = 1
+    allowed = TOP_LEVEL_KEYS.get(roles_kind, TOP_LEVEL_KEYS["mistral"])
+    with open(source, "rb") as src, open(output, "w", encoding="utf-8") as dst:
+        for number, raw in enumerate(src, start=1):
+            if number >= len(selected) or not selected[number]:
+                continue
+            record = json.loads(raw)
+            key = (_key(record.get("weight")), _key(record.get("source_agent")))
+            result.weights_out[key[0]] += 1
+            result.agents_out[key[1]] += 1
+            extra = [k for k in record if k not in allowed]
+            if strip_extra:
+                for k in extra:
+                    result.stripped[k] += 1
+                    del record[k]
+            elif extra:
+                result.unstripped_extra += 1
+            if scrub_pii:
+                for m in record.get("messages", []):
+                    if isinstance(m.get("content"), str):
+                        m["content"], replaced = scrub(m["content"])
+                        result.pii_replaced += replaced
+            if counter is not None:
+                result.data_tokens += counter.count(record["messages"])
+            dst.write(json.dumps(record, ensure_ascii=False) + "\n")
+            result.kept += 1
+    result.removed["not sampled"] = eligible - result.kept
+    if not result.removed["not sampled"]:
+        del result.removed["not sampled"]
+    if price is not None and counter is not None:
+        result.cost = estimate(price, result.data_tokens, result.kept, epochs=epochs,
+                               training_steps=training_steps).cost
+    return result

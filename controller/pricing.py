@@ -1,0 +1,116 @@
+"""Prices and cost estimates: trained tokens = data tokens x epochs (or
+training steps x tokens per step), never data tokens alone."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+
+class PriceUnknown(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Price:
+    provider: str
+    model: str  # the table entry that matched
+    train_per_m: float
+    min_fee: float = 0.0
+    context: int | None = None
+    tokens_per_step: int | None = None
+    source: str = ""
+
+
+@lru_cache(maxsize=1)
+def price_table() -> dict[str, Any]:
+    text = (resources.files("controller") / "prices.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def _match(entries: dict[str, Any], model: str) -> str | None:
+    if model in entries:
+        return model
+    for name in sorted(entries, key=len, reverse=True):
+        if model.startswith(name):
+            return name
+    return None
+
+
+def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None) -> Price:
+    """The price of training `model` on a provider of `kind`; the simulated
+    provider charges like Mistral. controller.toml's [prices."kind/model"]
+    entries win over the shipped table, field by field."""
+    table_kind = "mistral" if kind == "simulated" else kind
+    table = price_table()
+    entries = {k: v for k, v in table.get(table_kind, {}).items() if isinstance(v, dict)}
+    name = _match(entries, model)
+    base: dict[str, Any] = dict(entries[name]) if name else {}
+    source = f"price table {table.get('version', '?')}" if name else ""
+    for key in (f"{kind}/{model}", f"{table_kind}/{model}"):
+        if overrides and key in overrides:
+            base.update({k: v for k, v in overrides[key].items() if v is not None})
+            source = "controller.toml" if not source else f"{source} + controller.toml"
+            name = name or model
+            break
+    if not base or base.get("train_per_m") is None:
+        raise PriceUnknown(f"no price for {table_kind}/{model}: add [prices.\"{table_kind}/{model}\"] "
+                           f"train_per_m = ... to controller.toml")
+    return Price(table_kind, name, float(base["train_per_m"]), float(base.get("min_fee") or 0.0),
+                 base.get("context"), base.get("tokens_per_step"), source)
+
+
+@dataclass
+class Estimate:
+    price: Price
+    data_tokens: int
+    examples: int
+    trained_tokens: int
+    cost: float
+    epochs: float | None = None
+    training_steps: int | None = None
+    notes: list[str] = field(default_factory=list)
+    quote: float | None = None  # the provider's own figure, when it gives one
+
+    @property
+    def total(self) -> float:
+        """What the budget counts: the higher of ours and the provider's."""
+        return max(self.cost, self.quote or 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"provider": self.price.provider, "model": self.price.model, "price_source": self.price.source,
+                "train_per_m": self.price.train_per_m, "min_fee": self.price.min_fee,
+                "examples": self.examples, "data_tokens": self.data_tokens, "epochs": self.epochs,
+                "training_steps": self.training_steps, "trained_tokens": self.trained_tokens,
+                "estimate": round(self.cost, 2), "provider_quote": self.quote, "total": round(self.total, 2),
+                "notes": self.notes}
+
+
+def estimate(price: Price, data_tokens: int, examples: int, *, epochs: float | None = None,
+             training_steps: int | None = None) -> Estimate:
+    notes = []
+    if epochs is not None and training_steps is not None:
+        raise ValueError("give epochs or training steps, not both")
+    if training_steps is not None:
+        if not price.tokens_per_step:
+            raise ValueError(f"{price.provider} bills by epochs, not training steps")
+        trained = int(training_steps) * int(price.tokens_per_step)
+        notes.append(f"{training_steps} steps x {price.tokens_per_step:,} tokens per step")
+        if data_tokens:
+            notes.append(f"= {trained / data_tokens:.2f} epochs of {data_tokens:,} data tokens")
+    else:
+        if epochs is None:
+            epochs = 3.0 if price.provider == "openai" else 1.0
+            notes.append(f"epochs not given: {epochs:g} assumed"
+                         + (" (OpenAI's auto)" if price.provider == "openai" else ""))
+        trained = math.ceil(data_tokens * float(epochs))
+        notes.append(f"{data_tokens:,} data tokens x {epochs:g} epochs")
+    cost = trained / 1e6 * price.train_per_m
+    if cost < price.min_fee:
+        notes.append(f"minimum fee ${price.min_fee:.2f} per job applies")
+        cost = price.min_fee
+    return Estimate(price, data_tokens, examples, trained, round(cost, 4), epochs, training_steps, notes)
