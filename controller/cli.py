@@ -19,10 +19,11 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from controller.config import Config, ConfigError, load_config
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_REFUSED, EXIT_DATABASE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_REFUSED, EXIT_DATABASE, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
 
 app = typer.Typer(
     name="ftctl",
@@ -185,10 +186,10 @@ def _kind(config: Config | None, provider: Optional[str], model: Optional[str]) 
         die(str(exc))
 
 
-def _lines_text(lines: list[int], count: int) -> str:
+def _lines_text(lines: list[int], line_count: int) -> str:
     shown = ", ".join(str(n) for n in lines)
-    more = f" and {count - len(lines)} more" if count > len(lines) else ""
-    return f"line{'s' if count > 1 else ''} {shown}{more}"
+    more = f" and {line_count - len(lines)} more" if line_count > len(lines) else ""
+    return f"line{'s' if line_count > 1 else ''} {shown}{more}"
 
 
 @app.command()
@@ -197,6 +198,8 @@ def validate(
     provider: Annotated[Optional[str], typer.Option("--provider", help="a provider from the config, or a kind")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="count tokens with this model's tokenizer")] = None,
     allow_pii: Annotated[bool, typer.Option("--allow-pii", help="personal data is not a failure")] = False,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="processes counting tokens "
+                                                "(default: all CPUs for files over 8 MB)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the full report")] = False,
 ) -> None:
     """Check a training file line by line (streamed); exit 0 only when clean."""
@@ -206,7 +209,7 @@ def validate(
     config = maybe_config()
     kind, _ = _kind(config, provider, model)
     try:
-        result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False)
+        result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False, jobs=jobs)
     except preflight.PreflightError as exc:
         die(str(exc))
     report = result.report
@@ -217,11 +220,11 @@ def validate(
     out.print(f"{file}: {report.lines:,} lines, {report.examples:,} examples pass, "
               f"{report.problem_count:,} problem{'s' if report.problem_count != 1 else ''}", markup=False)
     for code, finding in sorted(report.problems.items(), key=lambda kv: kv[1].lines[:1]):
-        out.print(f"  {DESCRIPTIONS.get(code, code):<40} {finding.count:>7,}  {_lines_text(finding.lines, finding.count)}"
+        out.print(f"  {DESCRIPTIONS.get(code, code):<40} {finding.count:>7,}  {_lines_text(finding.lines, finding.line_count)}"
                   f"  (first: {finding.first_message})", markup=False)
     if report.pii:
         parts = [f"{f.count:,} {'email address' if k == 'email' else 'phone number'}{'es' if k == 'email' and f.count > 1 else ('s' if f.count > 1 else '')} "
-                 f"({_lines_text(f.lines, f.count)})" for k, f in report.pii.items()]
+                 f"({_lines_text(f.lines, f.line_count)})" for k, f in report.pii.items()]
         out.print("personal data: " + "; ".join(parts), markup=False)
     stats = report.token_stats()
     if stats:
@@ -300,9 +303,11 @@ def prepare(
     provider: Annotated[Optional[str], typer.Option("--provider")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="count tokens and cost for this model")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="processes counting tokens")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample."""
+    from controller.preflight import default_jobs
     from controller.prepare import PrepareError
     from controller.prepare import prepare as run_prepare
     from controller.pricing import PriceUnknown, price_for
@@ -322,7 +327,8 @@ def prepare(
     try:
         result = run_prepare(source, output, provider=kind, counter=counter, price=price, epochs=epochs,
                              max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
-                             scrub_pii=scrub_pii, seed=seed)
+                             scrub_pii=scrub_pii, seed=seed,
+                             jobs=jobs or (default_jobs() if source.stat().st_size > 8 * 2**20 else 1))
     except PrepareError as exc:
         die(str(exc))
     if as_json:
@@ -395,6 +401,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     agent: Annotated[Optional[str], typer.Option("--agent", help="only this agent's jobs")] = None,
     active: Annotated[bool, typer.Option("--active", help="only jobs that are not finished")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="refresh in place until Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.2)] = 2.0,
 ) -> None:
     """One line a job: state, attempt, age, and why it waits (or its model)."""
     from controller.lifecycle import TERMINAL
@@ -402,10 +410,29 @@ def status(
     from models import utcnow
 
     config = get_config()
-    store = read_store(config)
-    jobs = [] if store is None else store.list_jobs(agent=agent)
-    if active:
-        jobs = [j for j in jobs if j.state not in TERMINAL]
+
+    def load():
+        store = read_store(config)
+        rows = [] if store is None else store.list_jobs(agent=agent)
+        if store is not None:
+            store.close()
+        return [j for j in rows if j.state not in TERMINAL] if active else rows
+
+    if watch:
+        if as_json:
+            die("--watch and --json do not go together")
+        import time
+
+        from rich.live import Live
+
+        with Live(status_table(load(), title="ftctl status"), console=out, auto_refresh=False) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    live.update(status_table(load(), title=f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
+            except KeyboardInterrupt:
+                return
+    jobs = load()
     now = utcnow()
     if as_json:
         emit_json([job_dict(j, now) for j in jobs])
@@ -676,6 +703,89 @@ def emulator(
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop()
+
+
+# -- operating it ---------------------------------------------------------------------
+
+
+def _unit_text(config_path: Path, watchdog: str) -> str:
+    from importlib import resources
+
+    script = Path(sys.executable).parent / "ftctl"
+    exec_start = str(script) if script.exists() else f"{sys.executable} -m controller"
+    template = (resources.files("controller") / "systemd" / "ftctl.service").read_text(encoding="utf-8")
+    return (template.replace("{exec_start}", exec_start).replace("{config}", str(config_path))
+            .replace("{watchdog}", watchdog))
+
+
+@app.command("service-unit")
+def service_unit(
+    watchdog: Annotated[str, typer.Option("--watchdog", help="WatchdogSec= (longer than the slowest tick)")] = "120s",
+) -> None:
+    """Print the hardened systemd unit, with this interpreter and config filled in."""
+    from controller.config import find_config, parse_duration
+
+    try:
+        parse_duration(watchdog)
+    except ValueError as exc:
+        die(f"--watchdog: {exc}")
+    try:
+        path = find_config(state.config_path).resolve()
+    except ConfigError:
+        path = Path("/etc/ftctl/controller.toml")
+    print(_unit_text(path, watchdog), end="")
+
+
+@app.command()
+def doctor() -> None:
+    """Check config, database, keys, providers and the unit: one line each."""
+    from controller.doctor import run_checks
+
+    results = run_checks(state.config_path)
+    width = max(len(r.name) for r in results)
+    for r in results:
+        style = {"ok": "green", "warn": "yellow", "fail": "red"}[r.level]
+        out.print(f"[{style}]{r.level.upper():<4}[/] {r.name:<{width}}  {escape(r.detail)}")
+    failed = [r for r in results if r.level == "fail"]
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def wait(
+    jobs: Annotated[list[str], typer.Argument(help="job ids")],
+    timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
+) -> None:
+    """Block until the jobs are finished; exit 0 only if all succeeded (1 if not, 5 on timeout)."""
+    import time
+
+    from controller.config import parse_duration
+    from controller.lifecycle import TERMINAL
+
+    ids = [_job_id(j) for j in jobs]
+    try:
+        limit = parse_duration(timeout) if timeout else None
+    except ValueError as exc:
+        die(f"--timeout: {exc}")
+    config = get_config()
+    store = read_store(config)
+    missing = [i for i in ids if store is None or store.get_job(i) is None]
+    if missing:
+        die(f"no job {missing[0]} (see `ftctl status`)")
+    deadline = None if limit is None else time.monotonic() + limit
+    while True:
+        rows = [store.get_job(i) for i in ids]
+        if all(r.state in TERMINAL for r in rows):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            waiting = ", ".join(f"{r.id} {r.state}" for r in rows if r.state not in TERMINAL)
+            print(f"ftctl: error: timed out after {timeout} waiting for {waiting}", file=sys.stderr)
+            raise typer.Exit(EXIT_TIMEOUT)
+        time.sleep(interval)
+    for r in rows:
+        detail = r.fine_tuned_model if r.state == "succeeded" else (r.reason or "")
+        out.print(f"job {r.id} ({r.agent}): {r.state} {detail}".rstrip(), markup=False)
+    raise typer.Exit(EXIT_OK if all(r.state == "succeeded" for r in rows) else EXIT_FAILED)
 
 
 def main() -> None:

@@ -68,6 +68,19 @@ class RetrySection(_Section):
     capacity_hold: Duration = Field(default=3600.0, gt=0)
 
 
+class MetricsSection(_Section):
+    # host:port for the Prometheus endpoint; off when not set
+    listen: str | None = None
+
+    @model_validator(mode="after")
+    def _address(self) -> "MetricsSection":
+        if self.listen is not None:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"metrics.listen: {self.listen!r} is not HOST:PORT, e.g. \"127.0.0.1:9464\"")
+        return self
+
+
 class BudgetSection(_Section):
     per_job: float | None = Field(default=None, gt=0)  # USD: the most one job's estimate may be
     total: float | None = Field(default=None, gt=0)  # USD: spent + committed over `period`
@@ -147,6 +160,7 @@ class Config(_Section):
     controller: ControllerSection = ControllerSection()
     retry: RetrySection = RetrySection()
     budget: BudgetSection = BudgetSection()
+    metrics: MetricsSection = MetricsSection()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
@@ -182,7 +196,8 @@ class Config(_Section):
 
     @property
     def database_url(self) -> str:
-        url = self.controller.database
+        # $FTCTL_DATABASE wins (the systemd unit points it at its StateDirectory)
+        url = os.environ.get("FTCTL_DATABASE") or self.controller.database
         prefix = "sqlite:///"
         if url.startswith(prefix) and url != "sqlite:///:memory:":
             rest = url[len(prefix):]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,18 +76,59 @@ def scrub(text: str) -> tuple[str, int]:
     return text, n
 
 
+class DigestSet:
+    """A set of 64-bit digests in one flat array (open addressing): 8 to 16
+    bytes an example, where a Python set of ints takes about 80."""
+
+    def __init__(self, capacity: int = 1 << 16):
+        self._table = array("Q", bytes(8 * capacity))
+        self._mask = capacity - 1
+        self._count = 0
+
+    def add(self, digest: int) -> bool:
+        """Adds `digest`; False if it was there already."""
+        digest = digest or 1  # 0 marks an empty slot
+        table, mask = self._table, self._mask
+        i = digest & mask
+        while True:
+            slot = table[i]
+            if slot == 0:
+                break
+            if slot == digest:
+                return False
+            i = (i + 1) & mask
+        table[i] = digest
+        self._count += 1
+        if self._count * 2 > len(table):
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._table
+        self._table = array("Q", bytes(16 * len(old)))
+        self._mask = len(self._table) - 1
+        self._count = 0
+        for digest in old:
+            if digest:
+                self.add(digest)
+
+    def __len__(self) -> int:
+        return self._count
+
+
 @dataclass
 class Example:
-    """One line of a training file, checked."""
+    """One line of a training file, checked (small: no copy of the line)."""
 
     line: int
-    raw: bytes
-    record: dict[str, Any] | None
     problems: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
     tokens: int | None = None
     emails: int = 0
     phones: int = 0
     extra_keys: tuple[str, ...] = ()
+    digest: int | None = None  # of the conversation, for exact duplicates
+    weight: Any = None  # cross-agent sets: the example's weight and source agent
+    source_agent: Any = None
 
     @property
     def ok(self) -> bool:
@@ -95,12 +137,14 @@ class Example:
 
 @dataclass
 class Finding:
-    count: int = 0
-    lines: list[int] = field(default_factory=list)
+    count: int = 0  # occurrences (e.g. email addresses)
+    line_count: int = 0  # lines they are on
+    lines: list[int] = field(default_factory=list)  # the first of those lines
     first_message: str = ""
 
     def add(self, line: int, message: str, n: int = 1) -> None:
         self.count += n
+        self.line_count += 1
         if len(self.lines) < FIRST_LINES:
             self.lines.append(line)
         if not self.first_message:
@@ -215,9 +259,11 @@ def _texts(messages: list[dict[str, Any]]) -> Iterator[str]:
                     yield part["text"]
 
 
-def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter | None, context: int | None,
-               seen: set[int] | None) -> Example:
-    ex = Example(number, raw, None)
+def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter | None,
+               context: int | None) -> Example:
+    """Everything that can be said of one line alone (duplicates need the
+    others: `digest` lets the caller find them)."""
+    ex = Example(number)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -233,7 +279,7 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
     if not isinstance(record, dict):
         ex.problems.append(("not_an_object", "not a JSON object"))
         return ex
-    ex.record = record
+    ex.weight, ex.source_agent = record.get("weight"), record.get("source_agent")
     allowed = TOP_LEVEL_KEYS.get(provider, TOP_LEVEL_KEYS["mistral"])
     ex.extra_keys = tuple(sorted(k for k in record if k not in allowed))
     if ex.extra_keys:
@@ -253,34 +299,87 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
             return ex
         if context and ex.tokens > context:
             ex.problems.append(("too_long", f"{ex.tokens:,} tokens, over the model's context of {context:,}"))
-    if seen is not None:
-        canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        digest = int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
-        if digest in seen:
-            ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
-        else:
-            seen.add(digest)
+    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    ex.digest = int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
     return ex
 
 
-def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
-                  context: int | None = None, dedupe: bool = True) -> Iterator[Example]:
-    """Each non-blank line of `path`, checked. Streams: one line in memory."""
-    seen: set[int] | None = set() if dedupe else None
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            yield check_line(number, raw, provider=provider, counter=counter, context=context, seen=seen)
+            if raw.strip():
+                yield number, raw
+
+
+# -- checking in worker processes (token counting is the costly part) -----------
+
+CHUNK = 2000
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(provider: str, kind: str | None, model: str | None, context: int | None) -> None:
+    from controller.tokens import counter_for
+
+    _worker.update(provider=provider, context=context,
+                   counter=counter_for(kind, model) if kind and model else None)
+
+
+def _check_chunk(chunk: list[tuple[int, bytes]]) -> list[Example]:
+    w = _worker
+    return [check_line(n, raw, provider=w["provider"], counter=w["counter"], context=w["context"])
+            for n, raw in chunk]
+
+
+def _chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    for item in _lines(path):
+        chunk.append(item)
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _checked(path: Path, provider: str, counter: TokenCounter | None, context: int | None,
+             jobs: int) -> Iterator[Example]:
+    if jobs <= 1 or counter is None:
+        for number, raw in _lines(path):
+            yield check_line(number, raw, provider=provider, counter=counter, context=context)
+        return
+    import multiprocessing
+    from collections import deque
+
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    kind = "openai" if counter.provider == "openai" else "mistral"
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(provider, kind, counter.model, context)) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(path):
+            pending.append(pool.apply_async(_check_chunk, (chunk,)))
+            if len(pending) >= 2 * jobs:  # bounded: never more than a few chunks in flight
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
+                  context: int | None = None, dedupe: bool = True, jobs: int = 1) -> Iterator[Example]:
+    """Each non-blank line of `path`, checked, in order. Streams: a few
+    thousand lines in memory at most, spread over `jobs` processes."""
+    seen = DigestSet() if dedupe else None
+    for ex in _checked(path, provider, counter, context, jobs):
+        if seen is not None and ex.digest is not None and not seen.add(ex.digest):
+            ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
+        yield ex
 
 
 def validate(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
-             context: int | None = None) -> Report:
+             context: int | None = None, jobs: int = 1) -> Report:
     report = Report(str(path), provider, counter.model if counter else None,
                     counter.name if counter else None, context)
     report.bytes = Path(path).stat().st_size
-    for ex in iter_examples(path, provider=provider, counter=counter, context=context):
+    for ex in iter_examples(path, provider=provider, counter=counter, context=context, jobs=jobs):
         report.lines += 1
         for code, message in ex.problems:
             report.problems.setdefault(code, Finding()).add(ex.line, message)

@@ -42,6 +42,12 @@ def provider_kind(config: Config | None, provider: str | None, model: str | None
     return (guess_kind(model) if model else "mistral"), None
 
 
+def default_jobs() -> int:
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
 def epochs_and_steps(hyperparameters: dict[str, Any]) -> tuple[float | None, int | None]:
     epochs = hyperparameters.get("epochs", hyperparameters.get("n_epochs"))
     steps = hyperparameters.get("training_steps")
@@ -49,7 +55,8 @@ def epochs_and_steps(hyperparameters: dict[str, Any]) -> tuple[float | None, int
 
 
 def run(path: Path, *, kind: str, model: str | None, config: Config | None = None,
-        epochs: float | None = None, training_steps: int | None = None, need_estimate: bool = True) -> Preflight:
+        epochs: float | None = None, training_steps: int | None = None, need_estimate: bool = True,
+        jobs: int | None = None) -> Preflight:
     """Validate (and count tokens of) a file, then estimate what training costs."""
     path = Path(path)
     if not path.is_file():
@@ -64,7 +71,10 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
         except (TokenizerUnavailable, PriceUnknown) as exc:
             if need_estimate:
                 raise PreflightError(str(exc)) from None
-    report = validate(path, provider=roles_kind, counter=counter, context=price.context if price else None)
+    if jobs is None:  # worker processes pay off on big files only
+        jobs = default_jobs() if path.stat().st_size > 8 * 2**20 else 1
+    report = validate(path, provider=roles_kind, counter=counter, context=price.context if price else None,
+                      jobs=jobs)
     est = None
     if price is not None and need_estimate:
         try:

@@ -92,7 +92,7 @@ def _choose(strata: dict[tuple, Stratum], take: dict[tuple, int], seed: int) -> 
 def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
             price: Price | None = None, epochs: float | None = None, training_steps: int | None = None,
             max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
-            scrub_pii: bool = False, seed: int = 0) -> PrepareResult:
+            scrub_pii: bool = False, seed: int = 0, jobs: int = 1) -> PrepareResult:
     if max_examples is not None and max_cost is not None:
         raise PrepareError("give --max-examples or --max-cost, not both")
     if max_cost is not None and (price is None or counter is None):
@@ -104,13 +104,13 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     roles_kind = "mistral" if provider == "simulated" else provider
     result = PrepareResult(str(source), str(output), seed=seed)
     strata: dict[tuple, Stratum] = {}
-    for ex in iter_examples(source, provider=roles_kind, counter=counter):
+    for ex in iter_examples(source, provider=roles_kind, counter=counter, jobs=jobs):
         result.lines += 1
         blocking = [code for code, _ in ex.problems if code not in FIXABLE]
         if blocking:
             result.removed[blocking[0]] += 1
             continue
-        key = (_key(ex.record.get("weight")), _key(ex.record.get("source_agent")))
+        key = (_key(ex.weight), _key(ex.source_agent))
         stratum = strata.setdefault(key, Stratum())
         stratum.lines.append(ex.line)
         stratum.tokens.append(ex.tokens or 0)

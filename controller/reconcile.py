@@ -173,7 +173,17 @@ class ProviderUpdate:
         return {k: v for k, v in self.__dict__.items() if k != "name" and v is not UNCHANGED}
 
 
-Decision = Transition | Note | Submit | CancelAtProvider | ProviderUpdate
+@dataclass(frozen=True)
+class Slots:
+    """What admission saw on a provider (for status lines and metrics)."""
+
+    name: str
+    used: int
+    limit: int
+    waiting: int  # prepared jobs told to wait for a slot
+
+
+Decision = Transition | Note | Submit | CancelAtProvider | ProviderUpdate | Slots
 
 
 # -- policy helpers --------------------------------------------------------------
@@ -384,6 +394,7 @@ class _ProviderStep:
         used = len(self.inflight) + foreign
         waiting = [j for j in self.jobs if j.state == PREPARED]
         waiting.sort(key=lambda j: (j.created_at or self.now, j.id))
+        told_to_wait = 0
         for job in waiting:
             if job.attempt >= self.policy.max_attempts:
                 self.out.append(Transition(job.id, job.state, "fail",
@@ -403,4 +414,6 @@ class _ProviderStep:
                 self.money.commit(job)
                 self.out.append(Submit(job.id))
             else:
+                told_to_wait += 1
                 self.out.append(_note(job, reason=slot_reason(used, limit, self.pv.name)))
+        self.out.append(Slots(self.pv.name, used, limit, told_to_wait))

@@ -29,11 +29,20 @@ class TickResult:
     states: Counter = field(default_factory=Counter)
     waiting_for_slot: int = 0
     decisions: int = 0
-    errors: list[str] = field(default_factory=list)
+    # (provider, error class) of every provider call that failed this tick
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    slots: dict[str, rc.Slots] = field(default_factory=dict)
 
     @property
     def all_terminal(self) -> bool:
         return all(self.states[s] == 0 for s in STATES if s not in TERMINAL)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        s = self.states
+        other = max(0, s["prepared"] - self.waiting_for_slot)
+        return (f"{s['running']} running, {s['queued']} queued, {self.waiting_for_slot} waiting for a slot, "
+                f"{other} waiting otherwise, {s['failed']} failed, {s['succeeded']} succeeded")
 
     def summary(self) -> str:
         running = self.states["running"]
@@ -59,6 +68,7 @@ class Reconciler:
         self.policy = rc.Policy.of(config.retry)
         # a provider that answered 429/503 with Retry-After is not asked again before then
         self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
+        self._result: TickResult | None = None
         self.log = logger or structlog.get_logger("ftctl")
 
     # -- providers -------------------------------------------------------------
@@ -72,6 +82,28 @@ class Reconciler:
 
             self.providers[name] = build_provider(self.config, name, clock=epoch)
         return self.providers[name]
+
+    def reload(self, config: Config) -> list[str]:
+        """Take a new config between ticks; returns what changed, in words."""
+        changes = []
+        for name in sorted(set(self.config.providers) | set(config.providers)):
+            old, new = self.config.providers.get(name), config.providers.get(name)
+            if old == new:
+                continue
+            changes.append(f"providers.{name}")
+            provider = self.providers.pop(name, None)
+            if provider is not None:
+                provider.close()
+            if old is not None and new is not None and old.concurrency != new.concurrency:
+                # a limit learned under the old concurrency no longer applies
+                self._provider_update(rc.ProviderUpdate(name, learned_limit=None, learned_at=None))
+        for section in ("controller", "retry", "budget", "prices", "agents"):
+            if getattr(self.config, section) != getattr(config, section):
+                changes.append(section)
+        self.config = config
+        self.policy = rc.Policy.of(config.retry)
+        self._quiet_until.clear()
+        return changes
 
     def close(self) -> None:
         for p in self.providers.values():
@@ -92,7 +124,13 @@ class Reconciler:
         decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now))
         by_id = {r.id: r for r in rows}
         result = TickResult(at=now, decisions=len(decisions))
+        self._result = result
+        result.errors.extend((name, pv.error.kind) for name, pv in observed.items()
+                             if pv.error is not None and pv.jobs is None)
         for decision in decisions:
+            if isinstance(decision, rc.Slots):
+                result.slots[decision.name] = decision
+                continue
             if self.should_stop():
                 self.log.info("tick cut short by a stop request")
                 break
@@ -275,6 +313,8 @@ class Reconciler:
         return file_id
 
     def _submit_failed(self, job: Job, token: str, exc: ProviderError, now: datetime) -> None:
+        if self._result is not None:
+            self._result.errors.append((job.provider, exc.kind))
         log = self.log.bind(job_id=job.id, agent=job.agent, provider=job.provider, state=job.state)
         log.warning("create at provider failed", error_class=exc.kind, error=exc.message)
         uncounted = {"attempt": max(0, job.attempt - 1), "client_token": None, "intent_at": None,

@@ -183,6 +183,13 @@ class Store:
                 Job.state.in_(["queued", "running"]))
             return float(s.exec(stmt).one())
 
+    def totals_by_provider_state(self) -> list[tuple[str, str, int, float, float]]:
+        """(provider, state, jobs, estimated cost, actual cost), for metrics."""
+        with self.read() as s:
+            stmt = select(Job.provider, Job.state, func.count(), func.sum(Job.estimated_cost),
+                          func.sum(Job.actual_cost)).group_by(Job.provider, Job.state)
+            return [(p, st, n, float(e or 0), float(a or 0)) for p, st, n, e, a in s.exec(stmt)]
+
     def count_by_state(self) -> dict[str, int]:
         with self.read() as s:
             rows = s.exec(select(Job.state, func.count()).group_by(Job.state))

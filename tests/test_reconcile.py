@@ -232,4 +232,11 @@ def test_unknown_provider_is_explained():
 
 def test_no_note_when_nothing_changed():
     jobs = [job(1, "queued", provider_job_id="p1", reason="queued at provider (QUEUED)", provider_status="QUEUED")]
-    assert decide(jobs, view([pj("p1", "queued")])) == []
+    out = decide(jobs, view([pj("p1", "queued")]))
+    assert [d for d in out if not isinstance(d, rc.Slots)] == []
+
+
+def test_admission_reports_slots_in_use_and_allowed():
+    jobs = [job(1, "running", provider_job_id="p1")] + [job(i) for i in range(2, 6)]
+    (slots,) = of(rc.Slots, decide(jobs, view([pj("p1", "running"), pj("x", "running", "other")], limit=3)))
+    assert (slots.used, slots.limit, slots.waiting) == (3, 3, 3)

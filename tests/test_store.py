@@ -75,3 +75,29 @@ def test_password_in_url_never_shown(tmp_path):
         Store("postgresql://ftctl:s3cret-pw@127.0.0.1:1/nodb")
     assert "s3cret-pw" not in str(err.value)
     assert "ftctl:***@127.0.0.1:1/nodb" in str(err.value)
+
+
+def test_an_older_database_is_migrated_in_place(tmp_path):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from models.store import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    from sqlalchemy import create_engine
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with create_engine(f"sqlite:///{db}").begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (agent, provider, model, training_file, content_hash, hyperparameters, state, attempt,"
+            " cancel_pending, created_at, updated_at) VALUES ('qa', 'sim', 'm', 'f', 'h', '{}', 'succeeded', 1, 0,"
+            " '2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+    store = Store(f"sqlite:///{db}")
+    (job,) = store.list_jobs()
+    assert (job.agent, job.state, job.data_tokens, job.trained_tokens) == ("qa", "succeeded", None, None)
+    store.close()
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD

@@ -1,0 +1,121 @@
+"""`ftctl doctor`: what is wrong with this installation, one line each.
+
+It never prints a key: for credentials it says where a key was found, and
+for providers it makes one harmless listing call.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.config import Config, ConfigError, find_config, load_config
+from controller.secrets import SecretError, redact, resolve_api_key
+
+UNIT_PATHS = (Path("/etc/systemd/system/ftctl.service"), Path("/lib/systemd/system/ftctl.service"),
+              Path("/usr/lib/systemd/system/ftctl.service"))
+
+
+@dataclass
+class Check:
+    level: str  # ok, warn, fail
+    name: str
+    detail: str
+
+
+def _config(explicit: str | None) -> tuple[Config | None, Check]:
+    try:
+        path = find_config(explicit)
+        config = load_config(path)
+    except ConfigError as exc:
+        return None, Check("fail", "config", str(exc))
+    return config, Check("ok", "config", f"{path} ({len(config.providers)} providers, {len(config.agents)} agents)")
+
+
+def _database(config: Config) -> Check:
+    from models import Store, StoreError
+
+    url = config.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return Check("warn", "database", f"{url[len('sqlite:///'):]} does not exist yet (the first submit creates it)")
+    try:
+        store = Store(url, create=False)
+    except StoreError as exc:
+        return Check("fail", "database", str(exc))
+    try:
+        counts = store.count_by_state()
+        where = str(store.sqlite_path) if store.sqlite_path else url.split("@")[-1]
+        return Check("ok", "database", f"{where}: schema current, {sum(counts.values())} jobs")
+    finally:
+        store.close()
+
+
+def _credentials(config: Config) -> list[Check]:
+    out = []
+    for name, conf in sorted(config.providers.items()):
+        if conf.kind == "simulated":
+            continue
+        key_file = config.resolve(conf.api_key_file) if conf.api_key_file else None
+        try:
+            resolve_api_key(name, api_key_env=conf.key_env, api_key_file=key_file,
+                            api_key_credential=conf.api_key_credential)
+        except SecretError as exc:
+            out.append(Check("fail", f"key {name}", str(exc)))
+            continue
+        source = (f"credential {conf.api_key_credential}" if conf.api_key_credential else
+                  f"file {key_file}" if key_file else f"${conf.key_env}")
+        out.append(Check("ok", f"key {name}", f"present ({source}); not shown"))
+    return out
+
+
+def _providers(config: Config) -> list[Check]:
+    from providers import build_provider
+    from providers.base import ProviderError
+
+    out = []
+    for name, conf in sorted(config.providers.items()):
+        try:
+            provider = build_provider(config, name)
+        except ProviderError as exc:
+            out.append(Check("fail", f"provider {name}", redact(exc.message)))
+            continue
+        try:
+            jobs = provider.list_jobs()
+            active = sum(1 for j in jobs if j.active)
+            where = getattr(conf, "base_url", None) or ("local state file" if conf.kind == "simulated" else "default")
+            out.append(Check("ok", f"provider {name}", f"{conf.kind} at {where}: reachable, "
+                                                         f"{active} active job(s) on the key"))
+        except ProviderError as exc:
+            out.append(Check("fail", f"provider {name}", f"{exc.kind} error: {redact(exc.message)}"))
+        finally:
+            provider.close()
+    return out
+
+
+def _unit() -> Check:
+    installed = next((p for p in UNIT_PATHS if p.exists()), None)
+    if installed is None:
+        return Check("warn", "systemd unit", "not installed (ftctl service-unit > /etc/systemd/system/ftctl.service)")
+    detail = f"installed at {installed}"
+    if shutil.which("systemctl"):
+        try:
+            state = subprocess.run(["systemctl", "is-active", "ftctl"], capture_output=True, text=True,
+                                   timeout=5).stdout.strip()
+            detail += f", {state or 'unknown'}"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return Check("ok", "systemd unit", detail)
+
+
+def run_checks(explicit_config: str | None) -> list[Check]:
+    config, check = _config(explicit_config)
+    results = [check]
+    if config is None:
+        return results
+    results.append(_database(config))
+    results.extend(_credentials(config))
+    results.extend(_providers(config))
+    results.append(_unit())
+    return results
