@@ -317,3 +317,29 @@ def test_digest_set_finds_every_repeat_across_growth():
     assert all(seen.add(v) for v in values)
     assert not any(seen.add(v) for v in values[::7])
     assert len(seen) == len(values)
+
+
+def test_20000_examples_x_3_epochs_over_the_total_budget_stay_out_of_the_provider(tmp_path):
+    from tests.conftest import write_config
+
+    site = tmp_path / "site"
+    cfg = write_config(site, agents=("qa",), extra='\n[budget]\ntotal = 5.0\n')
+    cfg.write_text(cfg.read_text().replace("{ training_steps = 10, learning_rate = 0.0001 }", "{ epochs = 3 }"))
+    rows = [{"messages": [{"role": "user", "content": f"question {i}: " + "please explain the refund policy " * 20},
+                          {"role": "assistant", "content": f"answer {i}: " + "refunds take five days " * 20}]}
+            for i in range(20_000)]
+    write_lines(site / "data" / "qa.jsonl", rows)
+    est = json.loads(run_ftctl("estimate", str(site / "data" / "qa.jsonl"), "--provider", "sim", "--model",
+                               "open-mistral-7b", "--epochs", "3", "--no-quote", "--json", config=cfg,
+                               timeout=120).stdout)
+    assert est["examples"] == 20_000 and est["trained_tokens"] == 3 * est["data_tokens"]
+    assert est["total"] > 5.0
+    sub = run_ftctl("submit", "qa", "--json", config=cfg, timeout=120)
+    assert sub.returncode == 0, sub.stderr
+    assert json.loads(sub.stdout)[0]["estimated_cost"] == pytest.approx(est["total"], abs=0.01)
+    assert run_ftctl("tick", config=cfg).returncode == 0
+    (job,) = json.loads(run_ftctl("status", "--json", config=cfg).stdout)
+    assert job["state"] == "prepared"
+    assert job["reason"] == f"over budget: estimate ${est['total']:.2f} > $5.00 left"
+    assert not (site / "sim-sim.db").exists() or not sqlite3.connect(site / "sim-sim.db").execute(
+        "SELECT COUNT(*) FROM jobs").fetchone()[0]

@@ -66,18 +66,14 @@ def job_json(job: dict[str, Any], *, details: bool = False) -> dict[str, Any]:
 class MistralEmulator(Emulator):
     kind = "mistral"
 
+    missing_file_status = 422
+
     def routes(self) -> None:
-        self.route("POST", "/v1/files", self.upload_file)
-        self.route("GET", "/v1/files", self.list_files)
-        self.route("GET", "/v1/files/{file_id}", self.get_file)
-        self.route("DELETE", "/v1/files/{file_id}", self.delete_file)
-        self.route("POST", "/v1/fine_tuning/jobs", self.create_job)
-        self.route("GET", "/v1/fine_tuning/jobs", self.list_jobs)
-        self.route("GET", "/v1/fine_tuning/jobs/{job_id}", self.get_job)
-        self.route("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job)
+        super().routes()
         self.route("POST", "/v1/fine_tuning/jobs/{job_id}/start", self.start_job)
-        self.route("GET", "/v1/models/{model_id}", self.get_model)
-        self.route("POST", "/v1/chat/completions", self.chat)
+
+    def file_json(self, row: dict[str, Any]) -> Any:
+        return _file(row)
 
     def error_body(self, status: int, message: str) -> Any:
         if status == 422:
@@ -87,24 +83,12 @@ class MistralEmulator(Emulator):
                 "code": str(status)}
 
     # files
-    def upload_file(self, req: Request) -> Any:
-        parts = req.multipart()
-        if "file" not in parts:
-            raise ServiceError(422, "file is required")
-        filename, content = parts["file"]
-        purpose = parts.get("purpose", (None, b"fine-tune"))[1].decode() or "fine-tune"
-        return _file(self.engine.upload_file(filename or "upload.jsonl", content, purpose))
-
     def list_files(self, req: Request) -> Any:
         rows = self.engine.list_files()
         return {"data": [_file(r) for r in rows], "object": "list", "total": len(rows)}
 
     def get_file(self, req: Request) -> Any:
         return _file(self.engine.get_file(req.params["file_id"]), deleted=False)
-
-    def delete_file(self, req: Request) -> Any:
-        self.engine.delete_file(req.params["file_id"])
-        return {"id": req.params["file_id"], "object": "file", "deleted": True}
 
     # jobs
     def create_job(self, req: Request) -> Any:
@@ -142,17 +126,11 @@ class MistralEmulator(Emulator):
         return job_json(self.engine.start_job(req.params["job_id"]), details=True)
 
     # models and a smoke test of a fine-tuned model
-    def _ft_job(self, model_id: str) -> dict[str, Any] | None:
-        for job in self.engine.all_jobs():
-            if job["fine_tuned_model"] == model_id:
-                return job
-        return None
-
     def get_model(self, req: Request) -> Any:
         model_id = req.params["model_id"]
         caps = {"completion_chat": True, "completion_fim": False, "function_calling": True,
                 "fine_tuning": not model_id.startswith("ft:"), "vision": False, "classification": False}
-        job = self._ft_job(model_id)
+        job = self.fine_tuned_job(model_id)
         if job is not None:
             return {"id": model_id, "object": "model", "created": int(job["modified_at"]), "owned_by": "emulator",
                     "root": job["model"], "job": job["id"], "archived": False, "type": "fine-tuned",
@@ -165,7 +143,7 @@ class MistralEmulator(Emulator):
     def chat(self, req: Request) -> Any:
         body = req.json()
         model = body.get("model", "")
-        if model.startswith("ft:") and self._ft_job(model) is None:
+        if model.startswith("ft:") and self.fine_tuned_job(model) is None:
             raise ServiceError(404, f"model {model} not found")
         messages = body.get("messages") or []
         last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")

@@ -77,17 +77,8 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
 class OpenAIEmulator(Emulator):
     kind = "openai"
 
-    def routes(self) -> None:
-        self.route("POST", "/v1/files", self.upload_file)
-        self.route("GET", "/v1/files", self.list_files)
-        self.route("GET", "/v1/files/{file_id}", self.get_file)
-        self.route("DELETE", "/v1/files/{file_id}", self.delete_file)
-        self.route("POST", "/v1/fine_tuning/jobs", self.create_job)
-        self.route("GET", "/v1/fine_tuning/jobs", self.list_jobs)
-        self.route("GET", "/v1/fine_tuning/jobs/{job_id}", self.get_job)
-        self.route("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job)
-        self.route("GET", "/v1/models/{model_id}", self.get_model)
-        self.route("POST", "/v1/chat/completions", self.chat)
+    def file_json(self, row: dict[str, Any]) -> Any:
+        return _file(row)
 
     def error_body(self, status: int, message: str) -> Any:
         kind = {401: "invalid_request_error", 429: "rate_limit_exceeded", 404: "invalid_request_error"}.get(
@@ -95,23 +86,11 @@ class OpenAIEmulator(Emulator):
         code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
-    def upload_file(self, req: Request) -> Any:
-        parts = req.multipart()
-        if "file" not in parts:
-            raise ServiceError(400, "file is required")
-        filename, content = parts["file"]
-        purpose = parts.get("purpose", (None, b"fine-tune"))[1].decode() or "fine-tune"
-        return _file(self.engine.upload_file(filename or "upload.jsonl", content, purpose))
-
     def list_files(self, req: Request) -> Any:
         return {"object": "list", "data": [_file(r) for r in self.engine.list_files()], "has_more": False}
 
     def get_file(self, req: Request) -> Any:
         return _file(self.engine.get_file(req.params["file_id"]))
-
-    def delete_file(self, req: Request) -> Any:
-        self.engine.delete_file(req.params["file_id"])
-        return {"id": req.params["file_id"], "object": "file", "deleted": True}
 
     def create_job(self, req: Request) -> Any:
         body = req.json()
@@ -149,7 +128,7 @@ class OpenAIEmulator(Emulator):
 
     def get_model(self, req: Request) -> Any:
         model_id = req.params["model_id"]
-        if model_id.startswith("ft:") and not any(j["fine_tuned_model"] == model_id for j in self.engine.all_jobs()):
+        if model_id.startswith("ft:") and self.fine_tuned_job(model_id) is None:
             raise ServiceError(404, f"The model '{model_id}' does not exist")
         return {"id": model_id, "object": "model", "created": 1700000000,
                 "owned_by": "user-emulator" if model_id.startswith("ft:") else "system"}
@@ -157,7 +136,7 @@ class OpenAIEmulator(Emulator):
     def chat(self, req: Request) -> Any:
         body = req.json()
         model = body.get("model", "")
-        if model.startswith("ft:") and not any(j["fine_tuned_model"] == model for j in self.engine.all_jobs()):
+        if model.startswith("ft:") and self.fine_tuned_job(model) is None:
             raise ServiceError(404, f"The model '{model}' does not exist")
         last = next((m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
         text = f"(emulated {model}) you said: {last}"

@@ -138,8 +138,43 @@ class Emulator:
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
         self._routes.append((method, regex, handler))
 
-    def routes(self) -> None:  # pragma: no cover - overridden
-        pass
+    # both providers' fine-tuning APIs share these paths; the facades give
+    # the handlers and the JSON shapes
+    missing_file_status = 400
+
+    def routes(self) -> None:
+        self.route("POST", "/v1/files", self.upload_file)
+        self.route("GET", "/v1/files", self.list_files)
+        self.route("GET", "/v1/files/{file_id}", self.get_file)
+        self.route("DELETE", "/v1/files/{file_id}", self.delete_file)
+        self.route("POST", "/v1/fine_tuning/jobs", self.create_job)
+        self.route("GET", "/v1/fine_tuning/jobs", self.list_jobs)
+        self.route("GET", "/v1/fine_tuning/jobs/{job_id}", self.get_job)
+        self.route("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job)
+        self.route("GET", "/v1/models/{model_id}", self.get_model)
+        self.route("POST", "/v1/chat/completions", self.chat)
+
+    def file_json(self, row: dict[str, Any]) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def upload_file(self, req: Request) -> Any:
+        parts = req.multipart()
+        if "file" not in parts:
+            raise ServiceError(self.missing_file_status, "file is required")
+        filename, content = parts["file"]
+        purpose = parts.get("purpose", (None, b"fine-tune"))[1].decode() or "fine-tune"
+        return self.file_json(self.engine.upload_file(filename or "upload.jsonl", content, purpose))
+
+    def delete_file(self, req: Request) -> Any:
+        self.engine.delete_file(req.params["file_id"])
+        return {"id": req.params["file_id"], "object": "file", "deleted": True}
+
+    def fine_tuned_job(self, model_id: str) -> dict[str, Any] | None:
+        """The job that produced a fine-tuned model, if this service made it."""
+        for job in self.engine.all_jobs():
+            if job["fine_tuned_model"] == model_id:
+                return job
+        return None
 
     def error_body(self, status: int, message: str) -> Any:
         return {"object": "error", "message": message, "type": "invalid_request_error", "code": str(status)}
