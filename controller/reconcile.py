@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from controller.lifecycle import CANCELLED, IN_FLIGHT, PREPARED, QUEUED, RUNNING
+from controller.lifecycle import CANCELLED, IN_FLIGHT, PREPARED, RUNNING
 from providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,

@@ -143,7 +143,7 @@ def test_malformed_config_is_one_line_naming_the_key(site, text, needle):
     run_ftctl("submit", "qa", config=site)
     before = db_snapshot(site.parent)
     bad = site.parent / "bad.toml"
-    bad.write_text(f"[controller]\ndatabase = 'sqlite:///ftctl.db'\n" if "[controller" not in text else "")
+    bad.write_text("[controller]\ndatabase = 'sqlite:///ftctl.db'\n" if "[controller" not in text else "")
     bad.write_text(bad.read_text() + text)
     for cmd in (["status"], ["submit", "--all"]):
         assert_one_line_error(run_ftctl(*cmd, config=bad), str(bad), needle, code=2)

@@ -2,7 +2,6 @@
 the controller, the real provider classes, real HTTP, a real clock."""
 
 import io
-import json
 import random
 import time
 from collections import Counter

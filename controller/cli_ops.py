@@ -1,0 +1,154 @@
+"""`ftctl emulator | service-unit | doctor | wait`: operating ftctl."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from controller.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, _job_id, app, die, get_config, out, read_store,
+                            state)
+from controller.config import ConfigError
+
+class EmulatorKind(str, Enum):
+    mistral = "mistral"
+    openai = "openai"
+
+
+@app.command()
+def emulator(
+    kind: Annotated[EmulatorKind, typer.Option("--kind", help="which provider's API to speak")],
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one)")] = 8089,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    state_file: Annotated[Optional[Path], typer.Option("--state-file", help="the service's own SQLite file")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="jobs it runs at once; more fail like Mistral's")] = 2,
+    queue_time: Annotated[str, typer.Option("--queue-time")] = "2s",
+    validate_time: Annotated[str, typer.Option("--validate-time")] = "2s",
+    train_time: Annotated[str, typer.Option("--train-time")] = "10s",
+    fail_rate: Annotated[float, typer.Option("--fail-rate", help="seeded share of jobs failing in training")] = 0.0,
+    error_rate: Annotated[float, typer.Option("--error-rate", help="seeded share of calls answered 503")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="accept only the key in this "
+                                                       "environment variable (default: any non-empty key)")] = None,
+) -> None:
+    """Serve a local HTTP emulator of Mistral's or OpenAI's fine-tuning API."""
+    import os
+    import signal
+    import tempfile
+    import threading
+
+    from controller.config import parse_duration
+    from providers.emulator import make_emulator
+    from providers.simulated.engine import EngineSettings
+
+    try:
+        settings = EngineSettings(limit=limit, queue_time=parse_duration(queue_time),
+                                  validate_time=parse_duration(validate_time), train_time=parse_duration(train_time),
+                                  fail_rate=fail_rate, error_rate=error_rate, seed=seed)
+    except ValueError as exc:
+        die(f"emulator: {exc}")
+    if not 0 <= fail_rate <= 1 or not 0 <= error_rate <= 1:
+        die("emulator: --fail-rate and --error-rate are shares between 0 and 1")
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            die(f"emulator: --api-key-env: ${api_key_env} is not set")
+    path = state_file or Path(tempfile.mkdtemp(prefix=f"ftctl-{kind.value}-emulator-")) / "state.db"
+    try:
+        server = make_emulator(kind.value, path, settings, api_key=key).serve(host, port)
+    except OSError as exc:
+        die(f"emulator: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    base = server.url if kind is EmulatorKind.mistral else server.url + "/v1"
+    out.print(f"{kind.value} emulator on {server.url} (state {path}); Ctrl-C stops it")
+    out.print(f'in controller.toml: [providers.{kind.value}] kind = "{kind.value}", base_url = "{base}"',
+              markup=False)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+
+
+def _unit_text(config_path: Path, watchdog: str) -> str:
+    from importlib import resources
+
+    script = Path(sys.executable).parent / "ftctl"
+    exec_start = str(script) if script.exists() else f"{sys.executable} -m controller"
+    template = (resources.files("controller") / "systemd" / "ftctl.service").read_text(encoding="utf-8")
+    return (template.replace("{exec_start}", exec_start).replace("{config}", str(config_path))
+            .replace("{watchdog}", watchdog))
+
+
+@app.command("service-unit")
+def service_unit(
+    watchdog: Annotated[str, typer.Option("--watchdog", help="WatchdogSec= (longer than the slowest tick)")] = "120s",
+) -> None:
+    """Print the hardened systemd unit, with this interpreter and config filled in."""
+    from controller.config import find_config, parse_duration
+
+    try:
+        parse_duration(watchdog)
+    except ValueError as exc:
+        die(f"--watchdog: {exc}")
+    try:
+        path = find_config(state.config_path).resolve()
+    except ConfigError:
+        path = Path("/etc/ftctl/controller.toml")
+    print(_unit_text(path, watchdog), end="")
+
+
+@app.command()
+def doctor() -> None:
+    """Check config, database, keys, providers and the unit: one line each."""
+    from controller.doctor import run_checks
+
+    results = run_checks(state.config_path)
+    width = max(len(r.name) for r in results)
+    for r in results:
+        style = {"ok": "green", "warn": "yellow", "fail": "red"}[r.level]
+        out.print(f"[{style}]{r.level.upper():<4}[/] {r.name:<{width}}  {escape(r.detail)}")
+    failed = [r for r in results if r.level == "fail"]
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def wait(
+    jobs: Annotated[list[str], typer.Argument(help="job ids")],
+    timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
+) -> None:
+    """Block until the jobs are finished; exit 0 only if all succeeded (1 if not, 5 on timeout)."""
+    import time
+
+    from controller.config import parse_duration
+    from controller.lifecycle import TERMINAL
+
+    ids = [_job_id(j) for j in jobs]
+    try:
+        limit = parse_duration(timeout) if timeout else None
+    except ValueError as exc:
+        die(f"--timeout: {exc}")
+    config = get_config()
+    store = read_store(config)
+    missing = [i for i in ids if store is None or store.get_job(i) is None]
+    if missing:
+        die(f"no job {missing[0]} (see `ftctl status`)")
+    deadline = None if limit is None else time.monotonic() + limit
+    while True:
+        rows = [store.get_job(i) for i in ids]
+        if all(r.state in TERMINAL for r in rows):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            waiting = ", ".join(f"{r.id} {r.state}" for r in rows if r.state not in TERMINAL)
+            print(f"ftctl: error: timed out after {timeout} waiting for {waiting}", file=sys.stderr)
+            raise typer.Exit(EXIT_TIMEOUT)
+        time.sleep(interval)
+    for r in rows:
+        detail = r.fine_tuned_model if r.state == "succeeded" else (r.reason or "")
+        out.print(f"job {r.id} ({r.agent}): {r.state} {detail}".rstrip(), markup=False)
+    raise typer.Exit(EXIT_OK if all(r.state == "succeeded" for r in rows) else EXIT_FAILED)

@@ -1,0 +1,237 @@
+"""`ftctl validate | estimate | prepare | budget`: before any money is spent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from controller.cli import EXIT_FAILED, EXIT_OK, app, die, emit_json, get_config, out, read_store, state
+from controller.config import Config, ConfigError
+
+def maybe_config() -> Config | None:
+    """The config when one is given or found; these commands also work without."""
+    from controller.config import find_config
+
+    try:
+        find_config(state.config_path)
+    except ConfigError:
+        return None
+    return get_config()
+
+
+def _kind(config: Config | None, provider: Optional[str], model: Optional[str]) -> tuple[str, Optional[str]]:
+    from controller.preflight import PreflightError, provider_kind
+
+    try:
+        return provider_kind(config, provider, model)
+    except PreflightError as exc:
+        die(str(exc))
+
+
+def _lines_text(lines: list[int], line_count: int) -> str:
+    shown = ", ".join(str(n) for n in lines)
+    more = f" and {line_count - len(lines)} more" if line_count > len(lines) else ""
+    return f"line{'s' if line_count > 1 else ''} {shown}{more}"
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="a JSONL training file")],
+    provider: Annotated[Optional[str], typer.Option("--provider", help="a provider from the config, or a kind")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="count tokens with this model's tokenizer")] = None,
+    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="personal data is not a failure")] = False,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="processes counting tokens "
+                                                "(default: all CPUs for files over 8 MB)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the full report")] = False,
+) -> None:
+    """Check a training file line by line (streamed); exit 0 only when clean."""
+    from controller import preflight
+    from controller.dataset import DESCRIPTIONS
+
+    config = maybe_config()
+    kind, _ = _kind(config, provider, model)
+    try:
+        result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False, jobs=jobs)
+    except preflight.PreflightError as exc:
+        die(str(exc))
+    report = result.report
+    clean = report.clean(allow_pii)
+    if as_json:
+        emit_json({**report.as_dict(), "clean": clean})
+        raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
+    out.print(f"{file}: {report.lines:,} lines, {report.examples:,} examples pass, "
+              f"{report.problem_count:,} problem{'s' if report.problem_count != 1 else ''}", markup=False)
+    for code, finding in sorted(report.problems.items(), key=lambda kv: kv[1].lines[:1]):
+        out.print(f"  {DESCRIPTIONS.get(code, code):<40} {finding.count:>7,}  {_lines_text(finding.lines, finding.line_count)}"
+                  f"  (first: {finding.first_message})", markup=False)
+    if report.pii:
+        parts = [f"{f.count:,} {'email address' if k == 'email' else 'phone number'}{'es' if k == 'email' and f.count > 1 else ('s' if f.count > 1 else '')} "
+                 f"({_lines_text(f.lines, f.line_count)})" for k, f in report.pii.items()]
+        out.print("personal data: " + "; ".join(parts), markup=False)
+    stats = report.token_stats()
+    if stats:
+        out.print(f"tokens ({report.tokenizer}, {report.model}): {report.data_tokens:,} data tokens in "
+                  f"{sum(report.token_histogram.values()):,} examples; per example min {stats['min']:,}, "
+                  f"median {stats['median']:,}, max {stats['max']:,}", markup=False)
+    elif not model:
+        out.print("tokens: pass --model (and --provider) to count them with the provider's tokenizer")
+    out.print("OK" if clean else "NOT OK: fix the lines above, or `ftctl prepare` a cleaned copy")
+    raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
+
+
+@app.command()
+def estimate(
+    file: Annotated[Path, typer.Argument(help="a JSONL training file")],
+    provider: Annotated[str, typer.Option("--provider", help="a provider from the config, or a kind")],
+    model: Annotated[str, typer.Option("--model")],
+    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+    training_steps: Annotated[Optional[int], typer.Option("--training-steps")] = None,
+    no_quote: Annotated[bool, typer.Option("--no-quote", help="do not ask the provider for its own quote")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What training on FILE costs: tokens x epochs x price, and the provider's own quote."""
+    from controller import preflight
+
+    if epochs is not None and training_steps is not None:
+        die("give --epochs or --training-steps, not both")
+    config = maybe_config()
+    kind, configured = _kind(config, provider, model)
+    try:
+        result = preflight.run(file, kind=kind, model=model, config=config, epochs=epochs,
+                               training_steps=training_steps)
+    except preflight.PreflightError as exc:
+        die(str(exc))
+    est, report = result.estimate, result.report
+    quote_note = None
+    if configured and not no_quote and kind in ("mistral", "simulated"):
+        from providers.base import ProviderError
+
+        hp = {"training_steps": training_steps} if training_steps else ({"epochs": epochs} if epochs else {})
+        try:
+            est.quote = preflight.quote(config, configured, file, model, hp)
+        except ProviderError as exc:
+            quote_note = f"the provider's quote failed ({exc.kind}: {exc.message}); using ours"
+    if as_json:
+        emit_json({**est.as_dict(), "file_problems": report.problem_count, "quote_error": quote_note})
+        return
+    lines = [
+        f"{file}: {est.examples:,} examples, {est.data_tokens:,} data tokens ({report.tokenizer})",
+        *[f"  {n}" for n in est.notes],
+        f"  trained tokens: {est.trained_tokens:,}",
+        f"  price: ${est.price.train_per_m:g} per million trained tokens, minimum ${est.price.min_fee:.2f} a job "
+        f"({est.price.source})",
+        f"  estimate: ${est.cost:,.2f}",
+    ]
+    if est.quote is not None:
+        lines.append(f"  provider's quote: ${est.quote:,.2f}")
+    if quote_note:
+        lines.append(f"  {quote_note}")
+    lines.append(f"total (the higher): ${est.total:,.2f}")
+    if report.problem_count:
+        lines.append(f"warning: the file has {report.problem_count:,} problems; see `ftctl validate {file}`")
+    for line in lines:
+        out.print(line, markup=False)
+
+
+@app.command()
+def prepare(
+    source: Annotated[Path, typer.Argument(help="the raw JSONL file")],
+    output: Annotated[Path, typer.Argument(help="where to write the provider-ready file")],
+    max_examples: Annotated[Optional[int], typer.Option("--max-examples", min=1)] = None,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="USD", min=0.01)] = None,
+    strip_extra: Annotated[bool, typer.Option("--strip-extra", help="drop fields the provider rejects")] = False,
+    scrub_pii: Annotated[bool, typer.Option("--scrub-pii", help="replace emails and phone numbers")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="the sample's seed")] = 0,
+    provider: Annotated[Optional[str], typer.Option("--provider")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="count tokens and cost for this model")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="processes counting tokens")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample."""
+    from controller.preflight import default_jobs
+    from controller.prepare import PrepareError
+    from controller.prepare import prepare as run_prepare
+    from controller.pricing import PriceUnknown, price_for
+    from controller.tokens import TokenizerUnavailable, counter_for
+
+    if not source.is_file():
+        die(f"{source}: no such file")
+    config = maybe_config()
+    kind, _ = _kind(config, provider, model)
+    counter = price = None
+    if model:
+        try:
+            counter = counter_for(kind, model)
+            price = price_for(kind, model, config.price_overrides if config else None)
+        except (TokenizerUnavailable, PriceUnknown) as exc:
+            die(str(exc))
+    try:
+        result = run_prepare(source, output, provider=kind, counter=counter, price=price, epochs=epochs,
+                             max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
+                             scrub_pii=scrub_pii, seed=seed,
+                             jobs=jobs or (default_jobs() if source.stat().st_size > 8 * 2**20 else 1))
+    except PrepareError as exc:
+        die(str(exc))
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    d = result.as_dict()
+    out.print(f"wrote {output}: kept {result.kept:,} of {result.lines:,} lines (seed {seed})", markup=False)
+    for reason, n in sorted(result.removed.items()):
+        out.print(f"  removed {n:,}: {reason}", markup=False)
+    if result.stripped:
+        out.print("  stripped fields: " + ", ".join(f"{k} ({n:,})" for k, n in result.stripped.items()), markup=False)
+    if result.unstripped_extra:
+        out.print(f"  warning: {result.unstripped_extra:,} examples keep fields the provider rejects "
+                  f"(--strip-extra removes them)", markup=False)
+    if scrub_pii:
+        out.print(f"  personal data replaced: {result.pii_replaced:,}", markup=False)
+    if len(d["weight_share_in"]) > 1 or list(d["weight_share_in"]) != ["-"]:
+        out.print("  weight share in -> out: " + ", ".join(
+            f"{k}: {v:.1f}% -> {d['weight_share_out'].get(k, 0.0):.1f}%" for k, v in d["weight_share_in"].items()),
+            markup=False)
+    if len(d["source_agent_share_in"]) > 1 or list(d["source_agent_share_in"]) != ["-"]:
+        out.print("  source agent share in -> out: " + ", ".join(
+            f"{k}: {v:.1f}% -> {d['source_agent_share_out'].get(k, 0.0):.1f}%"
+            for k, v in d["source_agent_share_in"].items()), markup=False)
+    if result.cost is not None:
+        out.print(f"  {result.data_tokens:,} data tokens; estimate ${result.cost:,.2f}", markup=False)
+
+
+@app.command()
+def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Committed, spent and remaining against [budget] in controller.toml."""
+    from datetime import timedelta
+
+    from models import utcnow
+
+    config = get_config()
+    caps = config.budget
+    store = read_store(config)
+    now = utcnow()
+    spent = store.spent_since(now - timedelta(seconds=caps.period)) if store else 0.0
+    committed = store.committed() if store else 0.0
+    waiting = [j for j in store.list_jobs(states=["prepared"])] if store else []
+    over = [j for j in waiting if (j.reason or "").startswith("over budget")]
+    remaining = None if caps.total is None else round(caps.total - spent - committed, 2)
+    data = {"per_job_cap": caps.per_job, "total_cap": caps.total, "period_days": round(caps.period / 86400, 2),
+            "spent": round(spent, 2), "committed": round(committed, 2), "remaining": remaining,
+            "waiting_estimates": round(sum(j.estimated_cost or 0 for j in waiting), 2),
+            "jobs_over_budget": [j.id for j in over]}
+    if as_json:
+        emit_json(data)
+        return
+    out.print(f"period: the last {data['period_days']:g} days", markup=False)
+    out.print(f"spent: ${spent:,.2f} (succeeded jobs)   committed: ${committed:,.2f} (queued and running)",
+              markup=False)
+    if caps.total is not None:
+        out.print(f"total cap: ${caps.total:,.2f}   remaining: ${remaining:,.2f}", markup=False)
+    else:
+        out.print("total cap: none", markup=False)
+    out.print(f"per-job cap: {'$%.2f' % caps.per_job if caps.per_job is not None else 'none'}", markup=False)
+    out.print(f"waiting: {len(waiting)} job(s), ${data['waiting_estimates']:,.2f} estimated; "
+              f"{len(over)} held over budget" + (f" (jobs {', '.join(str(j.id) for j in over)})" if over else ""),
+              markup=False)
