@@ -52,8 +52,8 @@ def full_tick(n: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         (d / "data").mkdir()
-        (d / "data" / "x.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-        agents = "".join(f'[agents.a{i}]\nprovider = "sim"\nmodel = "m"\ntraining_file = "data/x.jsonl"\n'
+        (d / "data" / "x.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+        agents = "".join(f'[agents.a{i}]\nprovider = "sim"\nmodel = "open-mistral-7b"\ntraining_file = "data/x.jsonl"\n'
                          for i in range(n))
         (d / "c.toml").write_text(f'[providers.sim]\nkind = "simulated"\nconcurrency = {n}\n'
                                   f'queue_time = "0s"\nvalidate_time = "0s"\ntrain_time = "1h"\n' + agents)
