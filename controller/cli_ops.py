@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from controller.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, _job_id, app, die, get_config, out, read_store,
-                            state)
+from controller.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, _job_id, app, die, emit_json, get_config, out,
+                            read_store, state)
 from controller.config import ConfigError
 
 class EmulatorKind(str, Enum):
@@ -103,16 +103,19 @@ def service_unit(
 
 
 @app.command()
-def doctor() -> None:
+def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check config, database, keys, providers and the unit: one line each."""
     from controller.doctor import run_checks
 
     results = run_checks(state.config_path)
+    failed = [r for r in results if r.level == "fail"]
+    if as_json:
+        emit_json([{"level": r.level, "check": r.name, "detail": r.detail} for r in results])
+        raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
     width = max(len(r.name) for r in results)
     for r in results:
         style = {"ok": "green", "warn": "yellow", "fail": "red"}[r.level]
         out.print(f"[{style}]{r.level.upper():<4}[/] {r.name:<{width}}  {escape(r.detail)}")
-    failed = [r for r in results if r.level == "fail"]
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 

@@ -9,7 +9,7 @@ from typing import IO
 
 import structlog
 
-from controller.secrets import redact_value
+from controller.secrets import redact, redact_value
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -39,6 +39,23 @@ def configure(level: str = "info", stream: IO[str] | None = None, json: bool | N
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # libraries that log through the standard library (APScheduler)
-    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s: %(message)s")
+    # libraries that log through the standard library (APScheduler, httpx):
+    # warnings and up only, and never a key either
+    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactingFilter())
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            import traceback
+
+            record.msg += "\n" + redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_info = None
+            record.exc_text = None
+        return True

@@ -240,6 +240,8 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
         status = run_ftctl("status", "--json", config=cfg)
         assert doctor.returncode == 1
         assert "readable by group or others (mode 0644); run chmod 600" in doctor.stdout
+        checks = {c["check"]: c for c in json.loads(run_ftctl("doctor", "--json", config=cfg).stdout)}
+        assert checks["key mistral"]["level"] == "fail" and checks["config"]["level"] == "ok"
         (job,) = json.loads(status.stdout)
         assert job["state"] == "prepared" and "readable by group or others" in job["reason"]
         for p in (tick, doctor, status):
@@ -347,3 +349,26 @@ def test_status_watch_refreshes_in_place_on_a_terminal(make_config):
     assert os.waitstatus_to_exitcode(status) == 0
     assert text.count("ftctl status") >= 3  # redrawn several times
     assert "\x1b[" in text and "waiting for the daemon" in text
+
+
+def test_library_log_lines_are_redacted_too():
+    import io
+    import logging
+
+    from controller.logs import configure
+    from controller.secrets import register_secret
+
+    register_secret(FAKE_KEY)
+    stream = io.StringIO()
+    configure("info", stream=stream, json=True)
+    try:
+        logging.getLogger("httpx").warning("sent Authorization: Bearer %s", FAKE_KEY)
+        try:
+            raise RuntimeError(f"boom {FAKE_KEY}")
+        except RuntimeError:
+            logging.getLogger("apscheduler.executors").error("job raised", exc_info=True)
+    finally:
+        configure("warning")
+    text = stream.getvalue()
+    assert "Bearer ***" in text and "RuntimeError: boom ***" in text
+    assert FAKE_KEY not in text
