@@ -72,8 +72,7 @@ def open_store(config: Config, *, create: bool = True):
 
 def read_store(config: Config):
     """The store for a read command, or None when no database exists yet."""
-    url = config.database_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if config.sqlite_file is not None and not config.sqlite_file.exists():
         return None
     return open_store(config, create=False)
 

@@ -204,14 +204,20 @@ class Config(_Section):
             return prefix + str(self.resolve(rest).resolve())
         return url
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The database file, when the database is a SQLite file."""
+        url = self.database_url
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            return Path(url[len("sqlite:///"):])
+        return None
+
     def provider_state_file(self, name: str) -> Path:
         conf = self.providers[name]
         if getattr(conf, "state_file", None):
             return self.resolve(conf.state_file)
-        url = self.database_url
-        if url.startswith("sqlite:///"):
-            return Path(url[len("sqlite:///"):]).parent / f"sim-{name}.db"
-        return self.base_dir / f"sim-{name}.db"
+        db = self.sqlite_file
+        return (db.parent if db is not None else self.base_dir) / f"sim-{name}.db"
 
 
 def find_config(explicit: str | Path | None) -> Path:

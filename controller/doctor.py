@@ -38,8 +38,8 @@ def _database(config: Config) -> Check:
     from models import Store, StoreError
 
     url = config.database_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        return Check("warn", "database", f"{url[len('sqlite:///'):]} does not exist yet (the first submit creates it)")
+    if config.sqlite_file is not None and not config.sqlite_file.exists():
+        return Check("warn", "database", f"{config.sqlite_file} does not exist yet (the first submit creates it)")
     try:
         store = Store(url, create=False)
     except StoreError as exc:
