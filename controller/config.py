@@ -58,6 +58,12 @@ class ControllerSection(_Section):
     poll_interval: Duration = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @model_validator(mode="after")
+    def _database_kind(self) -> "ControllerSection":
+        if not self.database.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError("controller.database: expected sqlite:///PATH or postgresql://USER@HOST/DB")
+        return self
+
 
 class RetrySection(_Section):
     max_attempts: int = Field(default=5, ge=1)
@@ -254,7 +260,7 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         return f"{path}: {key}.kind: required key is missing"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-        if not key:
+        if not key or msg.startswith((f"{key}.", f"{key}:")):  # the message names its key already
             return f"{path}: {msg}"
     return f"{path}: {key}: {msg}" if key else f"{path}: {msg}"
 

@@ -64,7 +64,13 @@ class Store:
         else:
             if url.startswith("postgresql://") or url.startswith("postgres://"):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
-            self.engine = create_engine(url, pool_pre_ping=True)
+            try:
+                self.engine = create_engine(url, pool_pre_ping=True)
+            except ImportError:
+                raise StoreError(f"cannot open database {_redact_url(self.url)}: its driver is not installed "
+                                 f"(for PostgreSQL: pip install 'ftctl[postgres]')") from None
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot open database {_redact_url(self.url)}: {exc}") from None
         self._lock_file = None
         self._lock_conn = None
         try:

@@ -133,6 +133,7 @@ BAD_CONFIGS = [
     ("[providers.x]\nkind = 'azure'\n", "providers.x.kind: unknown provider kind 'azure'"),
     ("[controller]\npoll_interval = 'soon'\n", "controller.poll_interval"),
     ("[controller\n", "invalid TOML"),
+    ("[controller]\ndatabase = 'mysql://db'\n", "controller.database: expected sqlite:///PATH or postgresql://"),
     ("[agents.qa]\nprovider = 'ghost'\nmodel = 'm'\ntraining_file = 'x'\n", "agents.qa.provider: unknown provider"),
     ("[agents.qa]\nprovider = 'sim'\n[providers.sim]\nkind = 'simulated'\n", "agents.qa.model: required key"),
 ]
