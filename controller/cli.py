@@ -209,6 +209,12 @@ def status(
         out.print("no jobs")
         return
     out.print(status_table(jobs, now))
+    if any(j.state not in TERMINAL for j in jobs):
+        store = read_store(config)
+        holder = store.daemon_holder() if store is not None else None
+        out.print(f"daemon: running ({holder})" if holder else
+                  "daemon: not running: nothing moves until `ftctl daemon` (or the systemd unit) runs",
+                  markup=False)
 
 
 class ModelFormat(str, Enum):

@@ -282,6 +282,31 @@ class Store:
                 raise LockHeld(f"another ftctl daemon is driving {_redact_url(self.url)}")
             self._lock_conn = conn
 
+    def daemon_holder(self) -> str | None:
+        """Who drives this database now ("pid 123"), or None: a probe that
+        takes nothing and writes nothing."""
+        if self.is_sqlite:
+            if self.sqlite_path is None:
+                return None
+            lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".lock")
+            try:
+                fh = open(lock_path)
+            except OSError:
+                return None  # no daemon ever ran here
+            with fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return f"pid {fh.read().strip() or '?'}"
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                return None
+        with self.engine.connect() as conn:
+            pid = conn.execute(text(
+                "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+                " AND l.objid = :k AND l.granted AND l.database = (SELECT oid FROM pg_database"
+                " WHERE datname = current_database())"), {"k": _PG_LOCK_KEY}).scalar()
+            return f"backend pid {pid}" if pid else None
+
     def release_daemon_lock(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)

@@ -67,3 +67,15 @@ def test_campaign_on_postgres(postgres_url, pg_store, make_config, clock):
     assert [j.state for j in jobs] == ["succeeded"] * 5
     assert all(j.attempt == 1 for j in jobs)
     assert pg_store.provider_states()["sim"].learned_limit == 2
+
+
+def test_daemon_probe_on_postgres(postgres_url, pg_store):
+    other = Store(postgres_url)
+    try:
+        assert other.daemon_holder() is None
+        pg_store.acquire_daemon_lock()
+        assert other.daemon_holder().startswith("backend pid ")
+        pg_store.release_daemon_lock()
+        assert other.daemon_holder() is None
+    finally:
+        other.close()

@@ -1,5 +1,6 @@
 """The SQLite store: WAL, migrations, the daemon lock."""
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -101,3 +102,17 @@ def test_an_older_database_is_migrated_in_place(tmp_path):
     store.close()
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+
+
+def test_the_daemon_probe_sees_a_holder_without_taking_the_lock(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    store = Store(url)
+    assert store.daemon_holder() is None  # no daemon ever ran
+    store.acquire_daemon_lock()
+    other = Store(url)
+    assert other.daemon_holder() == f"pid {os.getpid()}"
+    assert other.daemon_holder() == f"pid {os.getpid()}"  # probing took nothing
+    store.release_daemon_lock()
+    assert other.daemon_holder() is None
+    other.close()
+    store.close()
