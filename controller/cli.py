@@ -395,6 +395,7 @@ def daemon(
 ) -> None:
     """Run the reconcile loop until SIGTERM/SIGINT."""
     from controller.daemon import Daemon
+    from controller.metrics import MetricsUnavailable
     from models import LockHeld, StoreError
 
     config = get_config()
@@ -405,6 +406,8 @@ def daemon(
         die(str(exc), EXIT_REFUSED)
     except StoreError as exc:
         die(str(exc), EXIT_DATABASE)
+    except MetricsUnavailable as exc:
+        die(str(exc), EXIT_INPUT)
     raise typer.Exit(code)
 
 

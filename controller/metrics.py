@@ -12,6 +12,10 @@ from typing import Any
 from controller.lifecycle import STATES
 
 
+class MetricsUnavailable(Exception):
+    """The endpoint cannot listen (one line)."""
+
+
 class Metrics:
     def __init__(self, listen: str):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -33,7 +37,11 @@ class Metrics:
         self.actual = Gauge("ftctl_cost_actual_dollars", "Sum of costs the providers reported", ["provider"],
                             registry=self.registry)
         self.ticks = Counter("ftctl_ticks", "Reconcile passes completed", registry=self.registry)
-        self.server, self.thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        try:
+            self.server, self.thread = start_http_server(int(port), addr=host or "127.0.0.1",
+                                                         registry=self.registry)
+        except OSError as exc:
+            raise MetricsUnavailable(f"metrics.listen {listen}: {exc.strerror or exc}") from None
 
     def observe(self, result: Any, seconds: float, rows: list[tuple[str, str, int, float, float]]) -> None:
         """rows: (provider, state, jobs, estimated, actual) from the store."""

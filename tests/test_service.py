@@ -372,3 +372,16 @@ def test_library_log_lines_are_redacted_too():
     text = stream.getvalue()
     assert "Bearer ***" in text and "RuntimeError: boom ***" in text
     assert FAKE_KEY not in text
+
+
+def test_a_metrics_port_in_use_is_a_one_line_error(make_config):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = make_config(agents=("qa",), extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        p = subprocess.run([sys.executable, "-m", "controller", "--config", str(cfg), "daemon"], capture_output=True,
+                           text=True, timeout=60, cwd=REPO, env=ftctl_env())
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == f"ftctl: error: metrics.listen 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in p.stderr
