@@ -79,7 +79,7 @@ class Daemon:
             self.tick_ended = time.monotonic()
             seconds = self.tick_ended - self.tick_started
             self.ticks += 1
-            self.notifier.status(result.status_line())
+            self.notifier.status(result.summary())
             if self.metrics is not None:
                 self.metrics.observe(result, seconds, self.store.totals_by_provider_state())
             self.log.debug("tick", seconds=round(seconds, 3), summary=result.summary())

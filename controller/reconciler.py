@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -37,20 +37,12 @@ class TickResult:
     def all_terminal(self) -> bool:
         return all(self.states[s] == 0 for s in STATES if s not in TERMINAL)
 
-    def status_line(self) -> str:
-        """One line for systemd's STATUS=."""
+    def summary(self) -> str:
+        """One line: for systemd's STATUS=, `ftctl tick` and the logs."""
         s = self.states
         other = max(0, s["prepared"] - self.waiting_for_slot)
         return (f"{s['running']} running, {s['queued']} queued, {self.waiting_for_slot} waiting for a slot, "
                 f"{other} waiting otherwise, {s['failed']} failed, {s['succeeded']} succeeded")
-
-    def summary(self) -> str:
-        running = self.states["running"]
-        queued = self.states["queued"]
-        prepared = self.states["prepared"]
-        return (f"{running} running, {queued} queued, {prepared} waiting "
-                f"({self.waiting_for_slot} for a slot), {self.states['succeeded']} succeeded, "
-                f"{self.states['failed']} failed")
 
 
 class Reconciler:
@@ -185,9 +177,8 @@ class Reconciler:
     def _apply(self, d: rc.Decision, rows: dict[int, Job], now: datetime) -> None:
         if isinstance(d, rc.Transition):
             if d.trigger == "succeed" and d.updates.get("actual_cost") is None and d.updates.get("trained_tokens"):
-                d = rc.Transition(d.job_id, d.expect, d.trigger, d.reason,
-                                  {**d.updates, "actual_cost": self._cost_of(rows[d.job_id], d.updates["trained_tokens"])},
-                                  d.provider_status, d.attempt_outcome)
+                cost = self._cost_of(rows[d.job_id], d.updates["trained_tokens"])
+                d = replace(d, updates={**d.updates, "actual_cost": cost})
             self._transition(d.job_id, d.trigger, expect=d.expect, reason=d.reason, updates=d.updates,
                              provider_status=d.provider_status, attempt_outcome=d.attempt_outcome, now=now)
         elif isinstance(d, rc.Note):
