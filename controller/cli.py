@@ -331,7 +331,7 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     config, store, row = _user_move(job, "cancel", "cancelled by the user")
     message = f"job {row.id} cancelled"
     if row.cancel_pending and row.provider_job_id and row.provider in config.providers:
-        from controller.jobs import note
+        from controller.jobs import cancelled_at_provider
         from providers import build_provider
         from providers.base import ProviderError
 
@@ -341,8 +341,7 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
                 pj = provider.cancel_job(row.provider_job_id)
             finally:
                 provider.close()
-            note(store, row.id, {"cancel_pending": False, "provider_status": pj.raw_status},
-                 event=("provider-cancel", f"cancelled at the provider ({pj.raw_status})"))
+            cancelled_at_provider(store, row.id, pj.id, pj.raw_status)
             message += f"; provider job {row.provider_job_id} is {pj.raw_status}"
         except ProviderError as exc:
             message += f"; the daemon will cancel it at the provider ({exc.kind} error: {exc.message})"

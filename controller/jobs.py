@@ -122,6 +122,14 @@ def note(store: Store, job_id: int, updates: dict[str, Any], *, expect: str | No
     return job
 
 
+def cancelled_at_provider(store: Store, job_id: int, provider_job_id: str, provider_status: str,
+                          now: datetime | None = None) -> Job | None:
+    """The provider confirmed a cancel: nothing more is owed to it."""
+    return note(store, job_id, {"cancel_pending": False, "provider_job_id": provider_job_id,
+                                "provider_status": provider_status},
+                event=("provider-cancel", f"cancelled at the provider ({provider_status})"), now=now)
+
+
 def user_transition(store: Store, job_id: int, trigger: str, reason: str) -> tuple[str, Job]:
     """A transition asked for from the CLI (cancel, retry)."""
     updates: dict[str, Any] = {}
@@ -136,5 +144,6 @@ def user_transition(store: Store, job_id: int, trigger: str, reason: str) -> tup
     return fire(store, job_id, trigger, reason=reason, expect=job.state, updates=updates)
 
 
-__all__ = ["InvalidTransition", "JobNotFound", "StaleState", "create_job", "file_sha256", "fire",
+__all__ = ["InvalidTransition", "JobNotFound", "StaleState", "cancelled_at_provider", "create_job", "file_sha256",
+           "fire",
            "new_client_token", "note", "user_transition"]

@@ -14,7 +14,7 @@ import structlog
 
 from controller import reconcile as rc
 from controller.config import Config
-from controller.jobs import StaleState, file_sha256, fire, new_client_token, note
+from controller.jobs import StaleState, cancelled_at_provider, file_sha256, fire, new_client_token, note
 from controller.lifecycle import IN_FLIGHT, PREPARED, QUEUED, STATES, TERMINAL, InvalidTransition
 from models import Job, ProviderState, Store, utcnow
 from providers.base import JobSpec, NotFoundError, Provider, ProviderError
@@ -228,9 +228,7 @@ class Reconciler:
             self.log.warning("cancel at provider failed", job_id=job.id, agent=job.agent, provider=job.provider,
                              state=job.state, error_class=exc.kind, error=exc.message)
             return
-        note(self.store, job.id, {"cancel_pending": False, "provider_job_id": pj.id,
-                                  "provider_status": pj.raw_status},
-             event=("provider-cancel", f"cancelled at the provider ({pj.raw_status})"), now=now)
+        cancelled_at_provider(self.store, job.id, pj.id, pj.raw_status, now=now)
         self.log.info("cancelled at provider", job_id=job.id, agent=job.agent, provider=job.provider,
                       state=job.state, provider_job_id=pj.id)
 
@@ -267,7 +265,7 @@ class Reconciler:
                          expect_token=token, event=("found", f"found at the provider by its token as {pj.id}"),
                          now=now)
                     return
-            file_id = self._upload(provider, job)
+            file_id = self._upload(provider, job, now)
             if file_id is None:
                 return
             pj = provider.create_job(JobSpec(agent=job.agent, model=job.model, training_file_id=file_id,
@@ -281,17 +279,17 @@ class Reconciler:
         self.log.info("created at provider", job_id=job.id, agent=job.agent, provider=job.provider,
                       state=bound.state if bound else job.state, provider_job_id=pj.id, client_token=token)
 
-    def _upload(self, provider: Provider, job: Job) -> str | None:
+    def _upload(self, provider: Provider, job: Job, now: datetime) -> str | None:
         path = Path(job.training_file)
         try:
             digest = file_sha256(path)
         except OSError as exc:
-            self._transition(job.id, "fail", expect=QUEUED, now=self.clock(),
+            self._transition(job.id, "fail", expect=QUEUED, now=now,
                              reason=f"training file unreadable: {path} ({exc.__class__.__name__})",
                              attempt_outcome=("rejected", True))
             return None
         if digest != job.content_hash:
-            self._transition(job.id, "fail", expect=QUEUED, now=self.clock(),
+            self._transition(job.id, "fail", expect=QUEUED, now=now,
                              reason=f"training file changed since submit: {path}",
                              attempt_outcome=("rejected", True))
             return None
@@ -300,7 +298,7 @@ class Reconciler:
             file_id = provider.upload_file(path, digest)
             self.store.remember_upload(job.provider, digest, file_id)
         if job.provider_file_id != file_id:
-            note(self.store, job.id, {"provider_file_id": file_id})
+            note(self.store, job.id, {"provider_file_id": file_id}, now=now)
         return file_id
 
     def _submit_failed(self, job: Job, token: str, exc: ProviderError, now: datetime) -> None:

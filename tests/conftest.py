@@ -47,14 +47,11 @@ def write_training_file(path: Path, examples: int = 5) -> Path:
     return path
 
 
-def write_config(directory: Path, *, agents=AGENTS, concurrency: int = 2, max_concurrent: int | None = None,
-                 queue_time: str = "1s", validate_time: str = "1s", train_time: str = "5s",
-                 fail_rate: float = 0.0, error_rate: float = 0.0, seed: int = 0, max_attempts: int = 5,
-                 backoff_initial: str = "10s", backoff_max: str = "60s", poll: str = "1s",
-                 database: str = "sqlite:///ftctl.db", extra: str = "") -> Path:
+def _site(directory: Path, agents, *, database: str, poll: str, max_attempts: int, backoff_initial: str,
+          backoff_max: str, provider_block: str, provider: str, model: str, hyperparameters: str,
+          extra: str = "") -> Path:
+    """A controller.toml and a training file per agent, in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    for a in agents:
-        write_training_file(directory / "data" / f"{a}.jsonl")
     text = textwrap.dedent(f"""\
         [controller]
         database = "{database}"
@@ -65,6 +62,22 @@ def write_config(directory: Path, *, agents=AGENTS, concurrency: int = 2, max_co
         backoff_initial = "{backoff_initial}"
         backoff_max = "{backoff_max}"
 
+        """) + textwrap.dedent(provider_block)
+    for a in agents:
+        write_training_file(directory / "data" / f"{a}.jsonl")
+        text += (f'\n[agents.{a}]\nprovider = "{provider}"\nmodel = "{model}"\ntraining_file = "data/{a}.jsonl"\n'
+                 f"hyperparameters = {hyperparameters}\n")
+    path = directory / "controller.toml"
+    path.write_text(text + extra)
+    return path
+
+
+def write_config(directory: Path, *, agents=AGENTS, concurrency: int = 2, max_concurrent: int | None = None,
+                 queue_time: str = "1s", validate_time: str = "1s", train_time: str = "5s",
+                 fail_rate: float = 0.0, error_rate: float = 0.0, seed: int = 0, max_attempts: int = 5,
+                 backoff_initial: str = "10s", backoff_max: str = "60s", poll: str = "1s",
+                 database: str = "sqlite:///ftctl.db", extra: str = "") -> Path:
+    block = f"""\
         [providers.sim]
         kind = "simulated"
         concurrency = {concurrency}
@@ -75,18 +88,11 @@ def write_config(directory: Path, *, agents=AGENTS, concurrency: int = 2, max_co
         fail_rate = {fail_rate}
         error_rate = {error_rate}
         seed = {seed}
-        """)
-    for a in agents:
-        text += textwrap.dedent(f"""
-            [agents.{a}]
-            provider = "sim"
-            model = "open-mistral-7b"
-            training_file = "data/{a}.jsonl"
-            hyperparameters = {{ training_steps = 10, learning_rate = 0.0001 }}
-            """)
-    path = directory / "controller.toml"
-    path.write_text(text + extra)
-    return path
+        """
+    return _site(directory, agents, database=database, poll=poll, max_attempts=max_attempts,
+                 backoff_initial=backoff_initial, backoff_max=backoff_max, provider_block=block, provider="sim",
+                 model="open-mistral-7b", hyperparameters="{ training_steps = 10, learning_rate = 0.0001 }",
+                 extra=extra)
 
 
 @pytest.fixture
@@ -184,33 +190,18 @@ def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.
 def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, concurrency: int = 2,
                         timeout: str = "2s", max_attempts: int = 5, backoff_initial: str = "0.2s",
                         backoff_max: str = "1s", hyperparameters: str | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for a in agents:
-        write_training_file(directory / "data" / f"{a}.jsonl")
     base = url if kind == "mistral" else url + "/v1"
     hp = hyperparameters or ("{ training_steps = 10, learning_rate = 0.0001 }" if kind == "mistral"
                              else "{ epochs = 3 }")
     model = "open-mistral-7b" if kind == "mistral" else "gpt-4o-mini-2024-07-18"
-    text = textwrap.dedent(f"""\
-        [controller]
-        database = "sqlite:///ftctl.db"
-        poll_interval = "0.2s"
-
-        [retry]
-        max_attempts = {max_attempts}
-        backoff_initial = "{backoff_initial}"
-        backoff_max = "{backoff_max}"
-
+    block = f"""\
         [providers.{kind}]
         kind = "{kind}"
         concurrency = {concurrency}
         base_url = "{base}"
         api_key_env = "{KEY_ENV}"
         timeout = "{timeout}"
-        """)
-    for a in agents:
-        text += f'\n[agents.{a}]\nprovider = "{kind}"\nmodel = "{model}"\ntraining_file = "data/{a}.jsonl"\n' \
-                f"hyperparameters = {hp}\n"
-    path = directory / "controller.toml"
-    path.write_text(text)
-    return path
+        """
+    return _site(directory, agents, database="sqlite:///ftctl.db", poll="0.2s", max_attempts=max_attempts,
+                 backoff_initial=backoff_initial, backoff_max=backoff_max, provider_block=block, provider=kind,
+                 model=model, hyperparameters=hp)
