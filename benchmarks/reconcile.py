@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller import reconcile as rc  # noqa: E402
-from controller.config import load_config  # noqa: E402
-from controller.reconciler import Reconciler  # noqa: E402
-from controller.submit import plan_submissions, store_submissions  # noqa: E402
-from models import Store  # noqa: E402
-from providers import build_provider  # noqa: E402
-from providers.base import ProviderJob  # noqa: E402
+from ftctl.controller.engine import decide as rc  # noqa: E402
+from ftctl.controller.config import load_config  # noqa: E402
+from ftctl.controller.engine.tick import Reconciler  # noqa: E402
+from ftctl.controller.preflight.submit import plan_submissions, store_submissions  # noqa: E402
+from ftctl.models import Store  # noqa: E402
+from ftctl.providers import build_provider  # noqa: E402
+from ftctl.providers.base import ProviderJob  # noqa: E402
 
 NOW = datetime(2026, 1, 5, 9, 0, 0)
 
@@ -75,7 +75,7 @@ def full_tick(n: int) -> float:
 
 
 def main(sizes: list[int]) -> None:
-    from controller.logs import configure
+    from ftctl.controller.service.logs import configure
 
     configure("error")
     base_pure, base_tick = pure_step(10), full_tick(10)

@@ -46,7 +46,7 @@ def make_file(path: Path, megabytes: int, seed: int = 1) -> int:
 def measure(path: Path) -> tuple[float, int, dict]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "controller", "validate", str(path), "--model", "open-mistral-7b",
+    proc = subprocess.run([sys.executable, "-m", "ftctl", "validate", str(path), "--model", "open-mistral-7b",
                            "--json"], capture_output=True, text=True, cwd=REPO)
     elapsed = time.perf_counter() - started
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

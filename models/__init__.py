@@ -1,6 +1,6 @@
 """The store: SQLModel tables and the database they live in."""
 
-from models.store import LockHeld, Store, StoreError, utcnow
-from models.tables import Attempt, Job, JobEvent, ProviderState, UploadedFile
+from ftctl.models.store import LockHeld, Store, StoreError, utcnow
+from ftctl.models.tables import Attempt, Job, JobEvent, ProviderState, UploadedFile
 
 __all__ = ["Attempt", "Job", "JobEvent", "LockHeld", "ProviderState", "Store", "StoreError", "UploadedFile", "utcnow"]

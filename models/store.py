@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
-from models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, UploadedFile
+from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, UploadedFile
 
 # fixed advisory-lock keys on PostgreSQL: "the daemon of this database", and
 # "a schema migration is running"

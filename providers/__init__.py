@@ -10,18 +10,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from providers.base import ProviderUnavailable
+from ftctl.providers.base import ProviderUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from controller.config import Config
-    from providers.base import Provider
+    from ftctl.controller.config import Config
+    from ftctl.providers.base import Provider
 
 
 def build_provider(config: "Config", name: str, clock: Callable[[], float] = time.time) -> "Provider":
     conf = config.providers[name]
     if conf.kind == "simulated":
-        from providers.simulated.engine import EngineSettings
-        from providers.simulated.provider import SimulatedProvider
+        from ftctl.providers.simulated.engine import EngineSettings
+        from ftctl.providers.simulated.provider import SimulatedProvider
 
         settings = EngineSettings(
             limit=conf.service_limit,
@@ -34,7 +34,7 @@ def build_provider(config: "Config", name: str, clock: Callable[[], float] = tim
         )
         return SimulatedProvider(name, config.provider_state_file(name), settings, clock=clock)
     if conf.kind in ("mistral", "openai"):
-        from controller.secrets import SecretError, resolve_api_key
+        from ftctl.providers.keys import SecretError, resolve_api_key
 
         key_file = config.resolve(conf.api_key_file) if conf.api_key_file else None
         try:
@@ -43,11 +43,11 @@ def build_provider(config: "Config", name: str, clock: Callable[[], float] = tim
         except SecretError as exc:
             raise ProviderUnavailable(str(exc)) from None
         if conf.kind == "mistral":
-            from providers.mistral import MistralProvider
+            from ftctl.providers.mistral import MistralProvider
 
             return MistralProvider(name, key, base_url=conf.base_url, timeout=conf.timeout)
         try:
-            from providers.openai import OpenAIProvider
+            from ftctl.providers.openai import OpenAIProvider
         except ImportError:  # the optional extra
             raise ProviderUnavailable(f"providers.{name}: the openai SDK is not installed "
                                       f"(pip install 'ftctl[openai]')") from None

@@ -16,8 +16,8 @@ import secrets
 
 import httpx
 
-from controller.secrets import redact
-from providers.base import (
+from ftctl.providers.keys import redact
+from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from controller.secrets import redact
-from providers.base import (
+from ftctl.providers.keys import redact
+from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 import json
 import os
 import shutil
@@ -111,11 +112,11 @@ def ftctl_env(**extra: str) -> dict[str, str]:
 
 def run_ftctl(*args: str, config: Path | None = None, cwd: Path | None = None, timeout: float = 60,
               env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "controller"]
+    cmd = [sys.executable, "-m", "ftctl"]
     if config is not None:
         cmd += ["--config", str(config)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or REPO, env=env or ftctl_env())
+                          cwd=cwd or tempfile.gettempdir(), env=env or ftctl_env())
 
 
 # -- a real PostgreSQL server, started from the Debian binaries as a non-root user ----------
@@ -179,8 +180,8 @@ KEY_ENV = "FTCTL_TEST_API_KEY"
 
 
 def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.2, train_time=0.4, **kw):
-    from providers.emulator import make_emulator
-    from providers.simulated.engine import EngineSettings
+    from ftctl.providers.emulator import make_emulator
+    from ftctl.providers.simulated.engine import EngineSettings
 
     settings = EngineSettings(limit=limit, queue_time=queue_time, validate_time=validate_time,
                               train_time=train_time, **kw)

@@ -5,12 +5,12 @@ from collections import Counter
 
 import pytest
 
-from controller.config import load_config
-from controller.reconciler import Reconciler
-from controller.submit import plan_submissions, store_submissions
-from models import Store
-from providers import build_provider
-from providers.base import AuthError, PermanentError, TransientError
+from ftctl.controller.config import load_config
+from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+from ftctl.models import Store
+from ftctl.providers import build_provider
+from ftctl.providers.base import AuthError, PermanentError, TransientError
 
 
 class Crash(BaseException):

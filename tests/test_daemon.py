@@ -1,5 +1,6 @@
 """The daemon as systemd runs it: a real process, real signals, SIGKILL."""
 
+import tempfile
 import json
 import random
 import shutil
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def start_daemon(config, *args):
-    return subprocess.Popen([sys.executable, "-m", "controller", "--config", str(config), "daemon", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(config), "daemon", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
                             env=ftctl_env())
 
 
@@ -41,7 +42,7 @@ def wait_until(pred, timeout):
 def shipped(tmp_path):
     """The shipped controller.toml with its demo data, in a scratch folder."""
     shutil.copy(REPO / "controller.toml", tmp_path / "controller.toml")
-    shutil.copytree(REPO / "controller" / "demo_data", tmp_path / "controller" / "demo_data")
+    shutil.copytree(REPO / "controller" / "demo" / "data", tmp_path / "controller" / "demo" / "data")
     return tmp_path / "controller.toml"
 
 
@@ -60,8 +61,8 @@ def test_shipped_config_campaign_then_sigterm(shipped):
         assert sorted(models) == ["analyst", "content", "legal", "qa", "support"]
         assert models["qa"] == next(j["fine_tuned_model"] for j in status if j["agent"] == "qa")
         # a second daemon on the same database is refused
-        second = subprocess.run([sys.executable, "-m", "controller", "--config", str(shipped), "daemon"],
-                                capture_output=True, text=True, timeout=30, cwd=REPO, env=ftctl_env())
+        second = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(shipped), "daemon"],
+                                capture_output=True, text=True, timeout=30, cwd=tempfile.gettempdir(), env=ftctl_env())
         assert second.returncode == 3
         assert "another ftctl daemon is driving" in second.stderr and len(second.stderr.splitlines()) == 1
         tick = run_ftctl("tick", config=shipped)
@@ -137,16 +138,16 @@ def test_daemon_against_an_emulator_process(tmp_path, kind):
     from tests.conftest import FAKE_KEY, KEY_ENV, write_remote_config
 
     env = ftctl_env(**{KEY_ENV: FAKE_KEY})
-    emu = subprocess.Popen([sys.executable, "-m", "controller", "emulator", "--kind", kind, "--port", "0",
+    emu = subprocess.Popen([sys.executable, "-m", "ftctl", "emulator", "--kind", kind, "--port", "0",
                             "--queue-time", "0.2s", "--validate-time", "0.2s", "--train-time", "0.5s",
                             "--state-file", str(tmp_path / "emu.db"), "--api-key-env", KEY_ENV],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(), env=env)
     try:
         url = re.search(r"on (http://127\.0\.0\.1:\d+)", emu.stdout.readline()).group(1)
         cfg = write_remote_config(tmp_path / "site", kind, url, concurrency=2)
         assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
-        daemon = subprocess.run([sys.executable, "-m", "controller", "--config", str(cfg), "daemon", "--until-done"],
-                                capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+        daemon = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(cfg), "daemon", "--until-done"],
+                                capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(), env=env)
         assert daemon.returncode == 0, daemon.stderr[-2000:]
         assert FAKE_KEY not in daemon.stderr + daemon.stdout
         models = json.loads(run_ftctl("models", "--format", "json", config=cfg, env=env).stdout)

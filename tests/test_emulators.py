@@ -13,7 +13,7 @@ from mistralai.client.errors import MistralError
 from openai.types import FileObject
 from openai.types.fine_tuning import FineTuningJob
 
-from providers.base import CONCURRENCY_LIMIT_MESSAGE
+from ftctl.providers.base import CONCURRENCY_LIMIT_MESSAGE
 from tests.conftest import FAKE_KEY, start_emulator, write_training_file
 
 

@@ -1,8 +1,8 @@
 import pytest
 
-from controller import lifecycle as lc
-from controller.jobs import JobNotFound, StaleState, create_job, fire, user_transition
-from models import Store
+from ftctl.controller.engine import states as lc
+from ftctl.controller.engine.jobs import JobNotFound, StaleState, create_job, fire, user_transition
+from ftctl.models import Store
 
 # the expected machine, written out independently of lifecycle.TRANSITIONS
 EXPECTED = {

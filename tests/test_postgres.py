@@ -4,13 +4,13 @@ import random
 
 import pytest
 
-from controller.config import load_config
-from controller.jobs import create_job, fire
-from controller.lifecycle import InvalidTransition
-from controller.reconciler import Reconciler
-from controller.submit import plan_submissions, store_submissions
-from models import LockHeld, Store
-from providers import build_provider
+from ftctl.controller.config import load_config
+from ftctl.controller.engine.jobs import create_job, fire
+from ftctl.controller.engine.states import InvalidTransition
+from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+from ftctl.models import LockHeld, Store
+from ftctl.providers import build_provider
 
 pytestmark = pytest.mark.postgres
 

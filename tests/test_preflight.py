@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from controller import reconcile as rc
-from controller.dataset import find_phones, validate
-from controller.pricing import estimate, price_for
-from controller.prepare import allocate, prepare
-from controller.tokens import counter_for, mistral_counter, openai_counter
+from ftctl.controller.engine import decide as rc
+from ftctl.controller.preflight.dataset import find_phones, validate
+from ftctl.controller.preflight.pricing import estimate, price_for
+from ftctl.controller.preflight.prepare import allocate, prepare
+from ftctl.providers.tokenizers import counter_for, mistral_counter, openai_counter
 from tests.conftest import run_ftctl
 
 GOOD = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
@@ -176,13 +176,13 @@ def test_estimate_cli_shows_the_providers_quote(make_config):
 
 
 def test_budget_keeps_an_expensive_job_out_of_the_provider(make_config, clock):
-    from controller.config import load_config
-    from controller.reconciler import Reconciler
-    from controller.submit import plan_submissions, store_submissions
-    from models import Store
-    from providers import build_provider
+    from ftctl.controller.config import load_config
+    from ftctl.controller.engine.tick import Reconciler
+    from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+    from ftctl.models import Store
+    from ftctl.providers import build_provider
 
-    from models import utcnow
+    from ftctl.models import utcnow
 
     clock.now = utcnow()  # `ftctl budget` below counts spending in the real current period
     extra = '\n[budget]\ntotal = 10.0\n'
@@ -296,7 +296,7 @@ def test_phone_detection_avoids_dates_and_plain_numbers():
 
 
 def test_worker_processes_give_the_same_report(malformed, tmp_path, monkeypatch):
-    import controller.dataset as dataset
+    import ftctl.controller.preflight.dataset as dataset
 
     monkeypatch.setattr(dataset, "CHUNK", 3)  # many chunks, out-of-order completion possible
     big = write_lines(tmp_path / "mix.jsonl", [ex(i % 50) for i in range(200)] + open(malformed).read().splitlines())
@@ -309,7 +309,7 @@ def test_worker_processes_give_the_same_report(malformed, tmp_path, monkeypatch)
 
 
 def test_digest_set_finds_every_repeat_across_growth():
-    from controller.dataset import DigestSet
+    from ftctl.controller.preflight.dataset import DigestSet
 
     rng = random.Random(5)
     values = [rng.getrandbits(64) for _ in range(50_000)] + [0]

@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 
-from controller.config import load_config
-from controller.logs import configure
-from controller.reconciler import Reconciler
-from controller.submit import plan_submissions, store_submissions
-from models import Store
+from ftctl.controller.config import load_config
+from ftctl.controller.service.logs import configure
+from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+from ftctl.models import Store
 from tests.conftest import FAKE_KEY, KEY_ENV, run_ftctl, ftctl_env, start_emulator, write_remote_config
 
 KINDS = ["mistral", "openai"]

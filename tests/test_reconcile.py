@@ -3,8 +3,8 @@
 import random
 from datetime import datetime, timedelta
 
-from controller import reconcile as rc
-from providers.base import AuthError, ProviderJob, TransientError
+from ftctl.controller.engine import decide as rc
+from ftctl.providers.base import AuthError, ProviderJob, TransientError
 
 NOW = datetime(2026, 1, 5, 9, 0, 0)
 POLICY = rc.Policy(max_attempts=3, backoff_initial=30, backoff_max=600, capacity_hold=3600)

@@ -1,6 +1,7 @@
 """Operating it as a service: notify and watchdog, the unit, SIGHUP reload,
 keys from every source, metrics, logs, doctor and wait. Real processes."""
 
+import tempfile
 import json
 import os
 import re
@@ -15,14 +16,14 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import FAKE_KEY, KEY_ENV, REPO, ftctl_env, run_ftctl, start_emulator, write_remote_config
+from tests.conftest import FAKE_KEY, KEY_ENV, REPO, ftctl_env, run_ftctl, start_emulator, write_config, write_remote_config
 
 pytestmark = pytest.mark.slow
 
 
 def spawn(config, *args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "controller", "--config", str(config), "daemon", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(config), "daemon", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
                             env=env or ftctl_env())
 
 
@@ -173,7 +174,8 @@ def test_sighup_applies_a_new_concurrency_and_keeps_running_on_a_broken_file(mak
         daemon.send_signal(signal.SIGHUP)
         time.sleep(1.5)
         assert daemon.poll() is None  # still running, on the previous config
-        run_ftctl("submit", "qa", "--force", config=REPO / "controller.toml")  # unrelated: must not matter
+        other = write_config(cfg.parent.parent / "other")
+        run_ftctl("submit", "qa", "--force", config=other)  # unrelated: must not matter
         cfg.write_text(good)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
@@ -211,8 +213,8 @@ def test_a_key_from_any_source_never_leaks(tmp_path, source):
         srv.emulator.faults.add(method="GET", path="/v1/fine_tuning/jobs", status=401, times=2,
                                 body={"object": "error", "message": f"key {FAKE_KEY} is not valid", "type": "auth"})
         outputs = [run_ftctl("submit", "--all", config=cfg, env=env)]
-        daemon = subprocess.run([sys.executable, "-m", "controller", "--log-level", "debug", "--config", str(cfg),
-                                 "daemon", "--until-done"], capture_output=True, text=True, timeout=120, cwd=REPO,
+        daemon = subprocess.run([sys.executable, "-m", "ftctl", "--log-level", "debug", "--config", str(cfg),
+                                 "daemon", "--until-done"], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(),
                                 env=env)
         assert daemon.returncode == 0, daemon.stderr[-2000:]
         outputs += [daemon] + [run_ftctl(*a, config=cfg, env=env) for a in
@@ -287,16 +289,16 @@ def test_metrics_show_the_state_counts_moving(make_config):
 def test_json_logs_carry_job_fields_and_no_timestamp_under_journald(make_config):
     cfg = make_config(agents=("qa",), queue_time="0.1s", validate_time="0.1s", train_time="0.3s", poll="0.2s")
     run_ftctl("submit", "--all", config=cfg)
-    p = subprocess.run([sys.executable, "-m", "controller", "--config", str(cfg), "daemon", "--until-done"],
-                       capture_output=True, text=True, timeout=60, cwd=REPO,
+    p = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(cfg), "daemon", "--until-done"],
+                       capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),
                        env=ftctl_env(JOURNAL_STREAM="8:12345"))
     assert p.returncode == 0
     lines = [json.loads(l) for l in p.stderr.splitlines()]
     assert lines and all("timestamp" not in l for l in lines)
     about_jobs = [l for l in lines if "job_id" in l]
     assert about_jobs and all({"job_id", "agent", "provider", "state"} <= set(l) for l in about_jobs)
-    p2 = subprocess.run([sys.executable, "-m", "controller", "--config", str(cfg), "--log-level", "warning",
-                         "daemon", "--until-done"], capture_output=True, text=True, timeout=60, cwd=REPO,
+    p2 = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(cfg), "--log-level", "warning",
+                         "daemon", "--until-done"], capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),
                         env=ftctl_env())
     assert p2.returncode == 0 and p2.stderr.strip() == ""  # nothing at warning level: nothing printed
 
@@ -331,7 +333,7 @@ def test_status_watch_refreshes_in_place_on_a_terminal(make_config):
     pid, fd = pty.fork()
     if pid == 0:  # the child: ftctl on a terminal
         os.chdir(REPO)
-        os.execve(sys.executable, [sys.executable, "-m", "controller", "--config", str(cfg), "status", "--watch",
+        os.execve(sys.executable, [sys.executable, "-m", "ftctl", "--config", str(cfg), "status", "--watch",
                                    "--interval", "0.2"], {**ftctl_env(), "COLUMNS": "160", "TERM": "xterm"})
     output = b""
     end = time.monotonic() + 4
@@ -355,8 +357,8 @@ def test_library_log_lines_are_redacted_too():
     import io
     import logging
 
-    from controller.logs import configure
-    from controller.secrets import register_secret
+    from ftctl.controller.service.logs import configure
+    from ftctl.providers.keys import register_secret
 
     register_secret(FAKE_KEY)
     stream = io.StringIO()
@@ -380,8 +382,8 @@ def test_a_metrics_port_in_use_is_a_one_line_error(make_config):
         busy.listen()
         port = busy.getsockname()[1]
         cfg = make_config(agents=("qa",), extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
-        p = subprocess.run([sys.executable, "-m", "controller", "--config", str(cfg), "daemon"], capture_output=True,
-                           text=True, timeout=60, cwd=REPO, env=ftctl_env())
+        p = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(cfg), "daemon"], capture_output=True,
+                           text=True, timeout=60, cwd=tempfile.gettempdir(), env=ftctl_env())
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == f"ftctl: error: metrics.listen 127.0.0.1:{port}: Address already in use"
     assert "Traceback" not in p.stderr

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from providers.base import CONCURRENCY_LIMIT_MESSAGE, JobSpec, TransientError
-from providers.simulated.engine import EngineSettings, ServiceError, SimEngine
-from providers.simulated.provider import SimulatedProvider
+from ftctl.providers.base import CONCURRENCY_LIMIT_MESSAGE, JobSpec, TransientError
+from ftctl.providers.simulated.engine import EngineSettings, ServiceError, SimEngine
+from ftctl.providers.simulated.provider import SimulatedProvider
 from tests.conftest import write_training_file
 
 

@@ -1,5 +1,6 @@
 """The SQLite store: WAL, migrations, the daemon lock."""
 
+import tempfile
 import os
 import sqlite3
 import subprocess
@@ -10,9 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from models import LockHeld, Store, StoreError
-from models.tables import SCHEMA_HEAD
-from tests.conftest import REPO
+from ftctl.models import LockHeld, Store, StoreError
+from ftctl.models.tables import SCHEMA_HEAD
 
 
 def test_wal_mode_and_schema_head(tmp_path):
@@ -47,7 +47,7 @@ def test_readers_are_not_blocked_by_an_open_write(tmp_path):
         p = subprocess.run([sys.executable, "-c",
                             "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=0.5);"
                             "print(c.execute('select count(*) from jobs').fetchone()[0])",
-                            str(tmp_path / "a.db")], capture_output=True, text=True, timeout=20, cwd=REPO)
+                            str(tmp_path / "a.db")], capture_output=True, text=True, timeout=20, cwd=tempfile.gettempdir())
         assert p.returncode == 0 and p.stdout.strip() == "0", p.stderr
     store.close()
 
@@ -55,9 +55,9 @@ def test_readers_are_not_blocked_by_an_open_write(tmp_path):
 def test_daemon_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys,time; from models import Store; s=Store(sys.argv[1]);"
+                               "import sys,time; from ftctl.models import Store; s=Store(sys.argv[1]);"
                                "s.acquire_daemon_lock(); print('held', flush=True); time.sleep(60)", url],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+                              stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
     try:
         assert holder.stdout.readline().strip() == "held"
         other = Store(url)
@@ -82,7 +82,7 @@ def test_an_older_database_is_migrated_in_place(tmp_path):
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
-    from models.store import MIGRATIONS
+    from ftctl.models.store import MIGRATIONS
 
     db = tmp_path / "old.db"
     from sqlalchemy import create_engine

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from providers.emulator.server import Emulator, RunningServer
-from providers.simulated.engine import EngineSettings, SimEngine
+from ftctl.providers.emulator.server import Emulator, RunningServer
+from ftctl.providers.simulated.engine import EngineSettings, SimEngine
 
 
 def make_emulator(kind: str, state_file: Path | str, settings: EngineSettings | None = None,
                   api_key: str | None = None) -> Emulator:
     engine = SimEngine(state_file, settings or EngineSettings())
     if kind == "mistral":
-        from providers.emulator.mistral_api import MistralEmulator
+        from ftctl.providers.emulator.mistral_api import MistralEmulator
 
         return MistralEmulator(engine, api_key=api_key)
     if kind == "openai":
-        from providers.emulator.openai_api import OpenAIEmulator
+        from ftctl.providers.emulator.openai_api import OpenAIEmulator
 
         return OpenAIEmulator(engine, api_key=api_key)
     raise ValueError(f"unknown emulator kind {kind!r} (mistral or openai)")

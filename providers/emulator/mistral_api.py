@@ -7,8 +7,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from providers.emulator.server import Emulator, Request
-from providers.simulated.engine import ServiceError
+from ftctl.providers.emulator.server import Emulator, Request
+from ftctl.providers.simulated.engine import ServiceError
 
 _HYPERPARAMETERS = ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs", "seq_len",
                     "fim_ratio")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from providers.base import is_concurrency_limit_message
-from providers.emulator.server import Emulator, Request
-from providers.simulated.engine import ServiceError
+from ftctl.providers.base import is_concurrency_limit_message
+from ftctl.providers.emulator.server import Emulator, Request
+from ftctl.providers.simulated.engine import ServiceError
 
 STATUS = {
     "QUEUED": "validating_files",

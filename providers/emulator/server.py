@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from providers.simulated.engine import ServiceError, SimEngine
+from ftctl.providers.simulated.engine import ServiceError, SimEngine
 
 
 @dataclass

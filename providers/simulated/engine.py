@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from providers.base import CONCURRENCY_LIMIT_MESSAGE
+from ftctl.providers.base import CONCURRENCY_LIMIT_MESSAGE
 
 TRAIN_TOKENS_PER_STEP = 131_072
 PRICE_PER_M_TOKENS = 1.0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from providers.base import (
+from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,
@@ -18,7 +18,7 @@ from providers.base import (
     error_from_status,
     is_concurrency_limit_message,
 )
-from providers.simulated.engine import EngineSettings, ServiceError, SimEngine
+from ftctl.providers.simulated.engine import EngineSettings, ServiceError, SimEngine
 
 PAGE_SIZE = 100
 

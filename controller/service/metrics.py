@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.lifecycle import STATES
+from ftctl.controller.engine.states import STATES
 
 
 class MetricsUnavailable(Exception):

@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from controller.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, _job_id, app, die, emit_json, get_config, out,
-                            read_store, state)
-from controller.config import ConfigError
+from ftctl.controller.cli.app import (EXIT_DATABASE, EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_REFUSED, app, die,
+                                      emit_json, get_config, open_store, out, setup_logging, state)
+from ftctl.controller.config import ConfigError
 
 class EmulatorKind(str, Enum):
     mistral = "mistral"
@@ -41,9 +41,9 @@ def emulator(
     import tempfile
     import threading
 
-    from controller.config import parse_duration
-    from providers.emulator import make_emulator
-    from providers.simulated.engine import EngineSettings
+    from ftctl.controller.config import parse_duration
+    from ftctl.providers.emulator import make_emulator
+    from ftctl.providers.simulated.engine import EngineSettings
 
     try:
         settings = EngineSettings(limit=limit, queue_time=parse_duration(queue_time),
@@ -79,7 +79,7 @@ def _unit_text(config_path: Path, watchdog: str) -> str:
 
     script = Path(sys.executable).parent / "ftctl"
     exec_start = str(script) if script.exists() else f"{sys.executable} -m controller"
-    template = (resources.files("controller") / "systemd" / "ftctl.service").read_text(encoding="utf-8")
+    template = (resources.files("ftctl.controller.service") / "systemd" / "ftctl.service").read_text(encoding="utf-8")
     return (template.replace("{exec_start}", exec_start).replace("{config}", str(config_path))
             .replace("{watchdog}", watchdog))
 
@@ -89,7 +89,7 @@ def service_unit(
     watchdog: Annotated[str, typer.Option("--watchdog", help="WatchdogSec= (longer than the slowest tick)")] = "120s",
 ) -> None:
     """Print the hardened systemd unit, with this interpreter and config filled in."""
-    from controller.config import find_config, parse_duration
+    from ftctl.controller.config import find_config, parse_duration
 
     try:
         parse_duration(watchdog)
@@ -105,7 +105,7 @@ def service_unit(
 @app.command()
 def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check config, database, keys, providers and the unit: one line each."""
-    from controller.doctor import run_checks
+    from ftctl.controller.service.doctor import run_checks
 
     results = run_checks(state.config_path)
     failed = [r for r in results if r.level == "fail"]
@@ -119,39 +119,63 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
+# -- running the loop -----------------------------------------------------------------------
+
+
 @app.command()
-def wait(
-    jobs: Annotated[list[str], typer.Argument(help="job ids")],
-    timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
-) -> None:
-    """Block until the jobs are finished; exit 0 only if all succeeded (1 if not, 5 on timeout)."""
-    import time
+def tick(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One reconcile pass, then exit."""
+    from ftctl.controller.engine.tick import Reconciler
+    from ftctl.models import LockHeld
 
-    from controller.config import parse_duration
-    from controller.lifecycle import TERMINAL
-
-    ids = [_job_id(j) for j in jobs]
-    try:
-        limit = parse_duration(timeout) if timeout else None
-    except ValueError as exc:
-        die(f"--timeout: {exc}")
     config = get_config()
-    store = read_store(config)
-    missing = [i for i in ids if store is None or store.get_job(i) is None]
-    if missing:
-        die(f"no job {missing[0]} (see `ftctl status`)")
-    deadline = None if limit is None else time.monotonic() + limit
-    while True:
-        rows = [store.get_job(i) for i in ids]
-        if all(r.state in TERMINAL for r in rows):
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            waiting = ", ".join(f"{r.id} {r.state}" for r in rows if r.state not in TERMINAL)
-            print(f"ftctl: error: timed out after {timeout} waiting for {waiting}", file=sys.stderr)
-            raise typer.Exit(EXIT_TIMEOUT)
-        time.sleep(interval)
-    for r in rows:
-        detail = r.fine_tuned_model if r.state == "succeeded" else (r.reason or "")
-        out.print(f"job {r.id} ({r.agent}): {r.state} {detail}".rstrip(), markup=False)
-    raise typer.Exit(EXIT_OK if all(r.state == "succeeded" for r in rows) else EXIT_FAILED)
+    setup_logging(config)
+    store = open_store(config)
+    try:
+        store.acquire_daemon_lock()
+    except LockHeld as exc:
+        store.close()
+        die(f"{exc}; it reconciles already", EXIT_REFUSED)
+    reconciler = Reconciler(config, store)
+    try:
+        result = reconciler.tick()
+    finally:
+        reconciler.close()
+        store.close()
+    if as_json:
+        emit_json({"states": dict(result.states), "summary": result.summary()})
+    else:
+        out.print(result.summary())
+
+
+@app.command()
+def daemon(
+    until_done: Annotated[bool, typer.Option("--until-done", help="exit 0 once every job is terminal")] = False,
+) -> None:
+    """Run the reconcile loop until SIGTERM/SIGINT."""
+    from ftctl.controller.service.daemon import Daemon
+    from ftctl.controller.service.metrics import MetricsUnavailable
+    from ftctl.models import LockHeld, StoreError
+
+    config = get_config()
+    setup_logging(config)
+    try:
+        code = Daemon(config, until_done=until_done).run()
+    except LockHeld as exc:
+        die(str(exc), EXIT_REFUSED)
+    except StoreError as exc:
+        die(str(exc), EXIT_DATABASE)
+    except MetricsUnavailable as exc:
+        die(str(exc), EXIT_INPUT)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Optional[Path], typer.Option("--dir", help="keep the demo's files here")] = None,
+    train_time: Annotated[float, typer.Option("--train-time", help="simulated seconds of training")] = 3.0,
+) -> None:
+    """Five agents on a simulated provider that allows 2 concurrent jobs."""
+    from ftctl.controller.demo import run_demo
+
+    raise typer.Exit(run_demo(out, directory, train_time=train_time))

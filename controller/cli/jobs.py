@@ -1,103 +1,16 @@
-"""The `ftctl` command line.
-
-Read commands (status, show, models) open only the database: no provider
-module is imported and nothing goes over the network.
-
-Exit codes: 0 ok; 1 a job did not succeed (`wait`-like outcomes) or the
-daemon failed; 2 bad input (config, arguments, unknown job or agent,
-missing file); 3 refused (a transition not allowed, a daemon already
-running); 4 the database cannot be used.
-"""
+"""`ftctl submit | status | show | models | cancel | retry | wait`: the jobs."""
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
-from controller.config import Config, ConfigError, load_config
-
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_REFUSED, EXIT_DATABASE, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
-
-app = typer.Typer(
-    name="ftctl",
-    help="Run LLM fine-tuning jobs on hosted providers as persistent state machines.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-out = Console(highlight=False, soft_wrap=False)
-if not out.is_terminal:
-    # piped or logged: never squeeze a reason or a model id into "…"
-    out = Console(highlight=False, soft_wrap=False, width=240)
-
-
-class State:
-    config_path: Optional[str] = None
-    log_level: Optional[str] = None
-
-
-state = State()
-
-
-def die(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    from controller.secrets import redact
-
-    text = redact(str(message)).strip()
-    first_line = text.splitlines()[0] if text else "error"
-    print(f"ftctl: error: {first_line}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
-def get_config() -> Config:
-    try:
-        return load_config(state.config_path)
-    except ConfigError as exc:
-        die(str(exc))
-
-
-def open_store(config: Config, *, create: bool = True):
-    from models import Store, StoreError
-
-    try:
-        return Store(config.database_url, create=create)
-    except StoreError as exc:
-        die(str(exc), EXIT_DATABASE if create else EXIT_INPUT)
-
-
-def read_store(config: Config):
-    """The store for a read command, or None when no database exists yet."""
-    if config.sqlite_file is not None and not config.sqlite_file.exists():
-        return None
-    return open_store(config, create=False)
-
-
-def setup_logging(config: Config | None) -> None:
-    from controller.logs import configure
-
-    level = state.log_level or (config.controller.log_level if config else "info")
-    configure(level)
-
-
-def emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-@app.callback()
-def main_options(
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="controller.toml to use "
-                      "(default: $FTCTL_CONFIG, ./controller.toml, /etc/ftctl/controller.toml)")] = None,
-    log_level: Annotated[Optional[str], typer.Option("--log-level", help="debug, info, warning or error")] = None,
-) -> None:
-    state.config_path = config
-    if log_level is not None and log_level not in ("debug", "info", "warning", "error"):
-        die(f"--log-level: {log_level!r} is not one of debug, info, warning, error")
-    state.log_level = log_level
+from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT, _job_id, app, die,
+                                      emit_json, get_config, open_store, out, read_store)
 
 
 # -- submit ------------------------------------------------------------------------
@@ -134,7 +47,7 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check, estimate and store `prepared` jobs from the config's agents, or one ad hoc job."""
-    from controller.submit import SubmitError, plan_submissions, store_submissions
+    from ftctl.controller.preflight.submit import SubmitError, plan_submissions, store_submissions
 
     config = get_config()
     adhoc = any(v is not None for v in (agent, file, model, provider)) or bool(hp)
@@ -173,9 +86,9 @@ def status(
     interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.2)] = 2.0,
 ) -> None:
     """One line a job: state, attempt, age, and why it waits (or its model)."""
-    from controller.lifecycle import TERMINAL
-    from controller.views import job_dict, status_table
-    from models import utcnow
+    from ftctl.controller.engine.states import TERMINAL
+    from ftctl.controller.cli.views import job_dict, status_table
+    from ftctl.models import utcnow
 
     config = get_config()
 
@@ -230,7 +143,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
 ) -> None:
     """Each agent's latest fine-tuned model id, ready to paste into its config."""
-    from controller.views import latest_models, models_text
+    from ftctl.controller.cli.views import latest_models, models_text
 
     config = get_config()
     store = read_store(config)
@@ -249,13 +162,6 @@ def models(
     print(models_text(found, fmt_name))
 
 
-def _job_id(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        die(f"job {value!r}: a job id is a number (see `ftctl status`)")
-
-
 @app.command()
 def show(
     job: Annotated[str, typer.Argument(help="job id")],
@@ -264,7 +170,7 @@ def show(
     """A job and its full transition history."""
     from rich.table import Table
 
-    from controller.views import event_dict, job_dict
+    from ftctl.controller.cli.views import event_dict, job_dict
 
     job_id = _job_id(job)
     config = get_config()
@@ -301,8 +207,8 @@ def show(
 
 
 def _user_move(job: str, trigger: str, reason: str) -> Any:
-    from controller.jobs import JobNotFound, StaleState, user_transition
-    from controller.lifecycle import InvalidTransition
+    from ftctl.controller.engine.jobs import JobNotFound, StaleState, user_transition
+    from ftctl.controller.engine.states import InvalidTransition
 
     job_id = _job_id(job)
     config = get_config()
@@ -331,9 +237,9 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     config, store, row = _user_move(job, "cancel", "cancelled by the user")
     message = f"job {row.id} cancelled"
     if row.cancel_pending and row.provider_job_id and row.provider in config.providers:
-        from controller.jobs import cancelled_at_provider
-        from providers import build_provider
-        from providers.base import ProviderError
+        from ftctl.controller.engine.jobs import cancelled_at_provider
+        from ftctl.providers import build_provider
+        from ftctl.providers.base import ProviderError
 
         try:
             provider = build_provider(config, row.provider)
@@ -359,74 +265,39 @@ def retry(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     out.print(f"job {row.id} is prepared again (attempts reset)")
 
 
-# -- running the loop -----------------------------------------------------------------------
-
-
 @app.command()
-def tick(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """One reconcile pass, then exit."""
-    from controller.reconciler import Reconciler
-    from models import LockHeld
-
-    config = get_config()
-    setup_logging(config)
-    store = open_store(config)
-    try:
-        store.acquire_daemon_lock()
-    except LockHeld as exc:
-        store.close()
-        die(f"{exc}; it reconciles already", EXIT_REFUSED)
-    reconciler = Reconciler(config, store)
-    try:
-        result = reconciler.tick()
-    finally:
-        reconciler.close()
-        store.close()
-    if as_json:
-        emit_json({"states": dict(result.states), "summary": result.summary()})
-    else:
-        out.print(result.summary())
-
-
-@app.command()
-def daemon(
-    until_done: Annotated[bool, typer.Option("--until-done", help="exit 0 once every job is terminal")] = False,
+def wait(
+    jobs: Annotated[list[str], typer.Argument(help="job ids")],
+    timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
 ) -> None:
-    """Run the reconcile loop until SIGTERM/SIGINT."""
-    from controller.daemon import Daemon
-    from controller.metrics import MetricsUnavailable
-    from models import LockHeld, StoreError
+    """Block until the jobs are finished; exit 0 only if all succeeded (1 if not, 5 on timeout)."""
+    import time
 
+    from ftctl.controller.config import parse_duration
+    from ftctl.controller.engine.states import TERMINAL
+
+    ids = [_job_id(j) for j in jobs]
+    try:
+        limit = parse_duration(timeout) if timeout else None
+    except ValueError as exc:
+        die(f"--timeout: {exc}")
     config = get_config()
-    setup_logging(config)
-    try:
-        code = Daemon(config, until_done=until_done).run()
-    except LockHeld as exc:
-        die(str(exc), EXIT_REFUSED)
-    except StoreError as exc:
-        die(str(exc), EXIT_DATABASE)
-    except MetricsUnavailable as exc:
-        die(str(exc), EXIT_INPUT)
-    raise typer.Exit(code)
-
-
-@app.command()
-def demo(
-    directory: Annotated[Optional[Path], typer.Option("--dir", help="keep the demo's files here")] = None,
-    train_time: Annotated[float, typer.Option("--train-time", help="simulated seconds of training")] = 3.0,
-) -> None:
-    """Five agents on a simulated provider that allows 2 concurrent jobs."""
-    from controller.demo import run_demo
-
-    raise typer.Exit(run_demo(out, directory, train_time=train_time))
-
-
-# the other commands register themselves on `app`
-from controller import cli_ops, cli_preflight  # noqa: E402,F401
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    store = read_store(config)
+    missing = [i for i in ids if store is None or store.get_job(i) is None]
+    if missing:
+        die(f"no job {missing[0]} (see `ftctl status`)")
+    deadline = None if limit is None else time.monotonic() + limit
+    while True:
+        rows = [store.get_job(i) for i in ids]
+        if all(r.state in TERMINAL for r in rows):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            waiting = ", ".join(f"{r.id} {r.state}" for r in rows if r.state not in TERMINAL)
+            print(f"ftctl: error: timed out after {timeout} waiting for {waiting}", file=sys.stderr)
+            raise typer.Exit(EXIT_TIMEOUT)
+        time.sleep(interval)
+    for r in rows:
+        detail = r.fine_tuned_model if r.state == "succeeded" else (r.reason or "")
+        out.print(f"job {r.id} ({r.agent}): {r.state} {detail}".rstrip(), markup=False)
+    raise typer.Exit(EXIT_OK if all(r.state == "succeeded" for r in rows) else EXIT_FAILED)

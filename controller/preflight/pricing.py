@@ -28,7 +28,7 @@ class Price:
 
 @lru_cache(maxsize=1)
 def price_table() -> dict[str, Any]:
-    text = (resources.files("controller") / "prices.toml").read_text(encoding="utf-8")
+    text = (resources.files("ftctl.controller.preflight") / "prices.toml").read_text(encoding="utf-8")
     return tomllib.loads(text)
 
 

@@ -9,7 +9,7 @@ from typing import IO
 
 import structlog
 
-from controller.secrets import redact, redact_value
+from ftctl.providers.keys import redact, redact_value
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from controller.cli import EXIT_FAILED, EXIT_OK, app, die, emit_json, get_config, out, read_store, state
-from controller.config import Config, ConfigError
+from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, app, die, emit_json, get_config, out, read_store, state
+from ftctl.controller.config import Config, ConfigError
 
 def maybe_config() -> Config | None:
     """The config when one is given or found; these commands also work without."""
-    from controller.config import find_config
+    from ftctl.controller.config import find_config
 
     try:
         find_config(state.config_path)
@@ -22,7 +22,7 @@ def maybe_config() -> Config | None:
 
 
 def _kind(config: Config | None, provider: Optional[str], model: Optional[str]) -> tuple[str, Optional[str]]:
-    from controller.preflight import PreflightError, provider_kind
+    from ftctl.controller.preflight.check import PreflightError, provider_kind
 
     try:
         return provider_kind(config, provider, model)
@@ -47,8 +47,8 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="the full report")] = False,
 ) -> None:
     """Check a training file line by line (streamed); exit 0 only when clean."""
-    from controller import preflight
-    from controller.dataset import DESCRIPTIONS
+    from ftctl.controller.preflight import check as preflight
+    from ftctl.controller.preflight.dataset import DESCRIPTIONS
 
     config = maybe_config()
     kind, _ = _kind(config, provider, model)
@@ -92,7 +92,7 @@ def estimate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """What training on FILE costs: tokens x epochs x price, and the provider's own quote."""
-    from controller import preflight
+    from ftctl.controller.preflight import check as preflight
 
     if epochs is not None and training_steps is not None:
         die("give --epochs or --training-steps, not both")
@@ -106,7 +106,7 @@ def estimate(
     est, report = result.estimate, result.report
     quote_note = None
     if configured and not no_quote and kind in ("mistral", "simulated"):
-        from providers.base import ProviderError
+        from ftctl.providers.base import ProviderError
 
         hp = {"training_steps": training_steps} if training_steps else ({"epochs": epochs} if epochs else {})
         try:
@@ -151,11 +151,11 @@ def prepare(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample."""
-    from controller.preflight import default_jobs
-    from controller.prepare import PrepareError
-    from controller.prepare import prepare as run_prepare
-    from controller.pricing import PriceUnknown, price_for
-    from controller.tokens import TokenizerUnavailable, counter_for
+    from ftctl.controller.preflight.check import default_jobs
+    from ftctl.controller.preflight.prepare import PrepareError
+    from ftctl.controller.preflight.prepare import prepare as run_prepare
+    from ftctl.controller.preflight.pricing import PriceUnknown, price_for
+    from ftctl.providers.tokenizers import TokenizerUnavailable, counter_for
 
     if not source.is_file():
         die(f"{source}: no such file")
@@ -206,7 +206,7 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Committed, spent and remaining against [budget] in controller.toml."""
     from datetime import timedelta
 
-    from models import utcnow
+    from ftctl.models import utcnow
 
     config = get_config()
     caps = config.budget

@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from models import Job, JobEvent, utcnow
+from ftctl.models import Job, JobEvent, utcnow
 
 STATE_STYLE = {
     "prepared": "yellow",

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.tokens import Counter as TokenCounter
-from controller.tokens import ExampleRejected
+from ftctl.providers.tokenizers import Counter as TokenCounter
+from ftctl.providers.tokenizers import ExampleRejected
 
 ROLES = {
     "mistral": {"system", "user", "assistant", "tool"},
@@ -319,7 +319,7 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(provider: str, kind: str | None, model: str | None, context: int | None) -> None:
-    from controller.tokens import counter_for
+    from ftctl.providers.tokenizers import counter_for
 
     _worker.update(provider=provider, context=context,
                    counter=counter_for(kind, model) if kind and model else None)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.config import Config
-from controller.dataset import Report, validate
-from controller.pricing import Estimate, PriceUnknown, estimate, price_for
-from controller.tokens import TokenizerUnavailable, counter_for, guess_kind
+from ftctl.controller.config import Config
+from ftctl.controller.preflight.dataset import Report, validate
+from ftctl.controller.preflight.pricing import Estimate, PriceUnknown, estimate, price_for
+from ftctl.providers.tokenizers import TokenizerUnavailable, counter_for, guess_kind
 
 
 class PreflightError(Exception):
@@ -87,7 +87,7 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
 def quote(config: Config, provider_name: str, path: Path, model: str, hyperparameters: dict[str, Any]) -> float | None:
     """The provider's own price for this job, where it gives one (Mistral and
     the simulated provider: create with auto_start=False, read, cancel)."""
-    from providers import build_provider
+    from ftctl.providers import build_provider
 
     provider = build_provider(config, provider_name)
     try:

@@ -18,10 +18,10 @@ from pathlib import Path
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from controller.config import Config, ConfigError, load_config
-from controller.reconciler import Reconciler
-from controller.sdnotify import Notifier, Watchdog
-from models import Store
+from ftctl.controller.config import Config, ConfigError, load_config
+from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.service.notify import Notifier, Watchdog
+from ftctl.models import Store
 
 
 class Daemon:
@@ -118,7 +118,7 @@ class Daemon:
             self.store.acquire_daemon_lock()
             self.reconciler = Reconciler(self.config, self.store, should_stop=self.stop_event.is_set)
             if self.config.metrics.listen:
-                from controller.metrics import Metrics
+                from ftctl.controller.service.metrics import Metrics
 
                 self.metrics = Metrics(self.config.metrics.listen)
             handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop, signal.SIGHUP: self._on_hup}

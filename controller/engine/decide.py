@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from controller.lifecycle import CANCELLED, IN_FLIGHT, PREPARED, RUNNING
-from providers.base import (
+from ftctl.controller.engine.states import CANCELLED, IN_FLIGHT, PREPARED, RUNNING
+from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
     P_CANCELLED,

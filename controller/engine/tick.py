@@ -12,12 +12,12 @@ from typing import Any
 
 import structlog
 
-from controller import reconcile as rc
-from controller.config import Config
-from controller.jobs import StaleState, cancelled_at_provider, file_sha256, fire, new_client_token, note
-from controller.lifecycle import IN_FLIGHT, PREPARED, QUEUED, STATES, TERMINAL, InvalidTransition
-from models import Job, ProviderState, Store, utcnow
-from providers.base import JobSpec, NotFoundError, Provider, ProviderError
+from ftctl.controller.engine import decide as rc
+from ftctl.controller.config import Config
+from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, file_sha256, fire, new_client_token, note
+from ftctl.controller.engine.states import IN_FLIGHT, PREPARED, QUEUED, STATES, TERMINAL, InvalidTransition
+from ftctl.models import Job, ProviderState, Store, utcnow
+from ftctl.providers.base import JobSpec, NotFoundError, Provider, ProviderError
 
 # how far back the provider's own list is read (to count foreign active jobs)
 LISTING_WINDOW = timedelta(days=7)
@@ -67,7 +67,7 @@ class Reconciler:
 
     def provider(self, name: str) -> Provider:
         if name not in self.providers:
-            from providers import build_provider
+            from ftctl.providers import build_provider
 
             def epoch() -> float:
                 return self.clock().replace(tzinfo=timezone.utc).timestamp()
@@ -203,7 +203,7 @@ class Reconciler:
 
     def _cost_of(self, job: Job, trained_tokens: int) -> float | None:
         """A provider that reports trained tokens but no cost (OpenAI): price them."""
-        from controller.pricing import PriceUnknown, price_for
+        from ftctl.controller.preflight.pricing import PriceUnknown, price_for
 
         try:
             price = price_for(self.config.providers[job.provider].kind, job.model, self.config.price_overrides)

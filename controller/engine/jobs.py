@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlmodel import select
 
-from controller.lifecycle import PREPARED, InvalidTransition, next_state
-from models import Attempt, Job, JobEvent, Store, utcnow
+from ftctl.controller.engine.states import PREPARED, InvalidTransition, next_state
+from ftctl.models import Attempt, Job, JobEvent, Store, utcnow
 
 
 class JobNotFound(Exception):

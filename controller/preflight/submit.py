@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.config import Config
-from controller.jobs import create_job, file_sha256
-from controller.lifecycle import CANCELLED, FAILED
-from models import Store
+from ftctl.controller.config import Config
+from ftctl.controller.engine.jobs import create_job, file_sha256
+from ftctl.controller.engine.states import CANCELLED, FAILED
+from ftctl.models import Store
 
 
 class SubmitError(Exception):
@@ -65,9 +65,9 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
     """Data checked, tokens counted, cost estimated and within the per-job cap."""
     from dataclasses import replace
 
-    from controller import preflight
+    from ftctl.controller.preflight import check as preflight
 
-    from providers.base import KNOWN_HYPERPARAMETERS, unknown_hyperparameters
+    from ftctl.providers.base import KNOWN_HYPERPARAMETERS, unknown_hyperparameters
 
     kind = config.providers[plan.provider].kind
     unknown = unknown_hyperparameters(kind, plan.hyperparameters)
@@ -95,7 +95,7 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
     if report.examples == 0:
         raise SubmitError(f"{where}: {plan.training_file} has no examples")
     if quote:
-        from providers.base import ProviderError
+        from ftctl.providers.base import ProviderError
 
         try:
             est.quote = preflight.quote(config, plan.provider, plan.training_file, plan.model, plan.hyperparameters)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.dataset import TOP_LEVEL_KEYS, iter_examples, scrub
-from controller.pricing import Price, estimate
-from controller.tokens import Counter as TokenCounter
+from ftctl.controller.preflight.dataset import TOP_LEVEL_KEYS, iter_examples, scrub
+from ftctl.controller.preflight.pricing import Price, estimate
+from ftctl.providers.tokenizers import Counter as TokenCounter
 
 # problems prepare can fix (by stripping); every other problem drops the line
 FIXABLE = {"extra_field"}

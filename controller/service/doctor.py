@@ -11,8 +11,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.config import Config, ConfigError, find_config, load_config
-from controller.secrets import SecretError, redact, resolve_api_key
+from ftctl.controller.config import Config, ConfigError, find_config, load_config
+from ftctl.providers.keys import SecretError, redact, resolve_api_key
 
 UNIT_PATHS = (Path("/etc/systemd/system/ftctl.service"), Path("/lib/systemd/system/ftctl.service"),
               Path("/usr/lib/systemd/system/ftctl.service"))
@@ -35,7 +35,7 @@ def _config(explicit: str | None) -> tuple[Config | None, Check]:
 
 
 def _database(config: Config) -> Check:
-    from models import Store, StoreError
+    from ftctl.models import Store, StoreError
 
     url = config.database_url
     if config.sqlite_file is not None and not config.sqlite_file.exists():
@@ -71,8 +71,8 @@ def _credentials(config: Config) -> list[Check]:
 
 
 def _providers(config: Config) -> list[Check]:
-    from providers import build_provider
-    from providers.base import ProviderError
+    from ftctl.providers import build_provider
+    from ftctl.providers.base import ProviderError
 
     out = []
     for name, conf in sorted(config.providers.items()):

@@ -54,7 +54,7 @@ hyperparameters = {{ training_steps = 10, learning_rate = 0.0001 }}
 def write_demo_files(directory: Path, train_time: float = 3.0) -> Path:
     data = directory / "data"
     data.mkdir(parents=True, exist_ok=True)
-    source = resources.files("controller") / "demo_data"
+    source = resources.files("ftctl.controller.demo") / "data"
     for name in AGENTS:
         with resources.as_file(source / f"{name}.jsonl") as path:
             shutil.copyfile(path, data / f"{name}.jsonl")
@@ -65,12 +65,12 @@ def write_demo_files(directory: Path, train_time: float = 3.0) -> Path:
 
 def run_demo(console: Console, directory: Path | None = None, *, train_time: float = 3.0,
              timeout: float = 120.0) -> int:
-    from controller.config import load_config
-    from controller.logs import configure
-    from controller.reconciler import Reconciler
-    from controller.submit import plan_submissions, store_submissions
-    from controller.views import latest_models, status_table
-    from models import Store
+    from ftctl.controller.config import load_config
+    from ftctl.controller.service.logs import configure
+    from ftctl.controller.engine.tick import Reconciler
+    from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+    from ftctl.controller.cli.views import latest_models, status_table
+    from ftctl.models import Store
 
     workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ftctl-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,3 @@
+from ftctl.controller.cli import main
+
+main()

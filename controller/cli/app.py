@@ -1,0 +1,105 @@
+"""The `ftctl` command line.
+
+Read commands (status, show, models) open only the database: no provider
+module is imported and nothing goes over the network.
+
+Exit codes: 0 ok; 1 a job did not succeed (`wait`-like outcomes) or the
+daemon failed; 2 bad input (config, arguments, unknown job or agent,
+missing file); 3 refused (a transition not allowed, a daemon already
+running); 4 the database cannot be used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from ftctl.controller.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_REFUSED, EXIT_DATABASE, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+
+app = typer.Typer(
+    name="ftctl",
+    help="Run LLM fine-tuning jobs on hosted providers as persistent state machines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=False)
+if not out.is_terminal:
+    # piped or logged: never squeeze a reason or a model id into "…"
+    out = Console(highlight=False, soft_wrap=False, width=240)
+
+
+class State:
+    config_path: Optional[str] = None
+    log_level: Optional[str] = None
+
+
+state = State()
+
+
+def die(message: str, code: int = EXIT_INPUT) -> NoReturn:
+    from ftctl.providers.keys import redact
+
+    text = redact(str(message)).strip()
+    first_line = text.splitlines()[0] if text else "error"
+    print(f"ftctl: error: {first_line}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def get_config() -> Config:
+    try:
+        return load_config(state.config_path)
+    except ConfigError as exc:
+        die(str(exc))
+
+
+def open_store(config: Config, *, create: bool = True):
+    from ftctl.models import Store, StoreError
+
+    try:
+        return Store(config.database_url, create=create)
+    except StoreError as exc:
+        die(str(exc), EXIT_DATABASE if create else EXIT_INPUT)
+
+
+def read_store(config: Config):
+    """The store for a read command, or None when no database exists yet."""
+    if config.sqlite_file is not None and not config.sqlite_file.exists():
+        return None
+    return open_store(config, create=False)
+
+
+def setup_logging(config: Config | None) -> None:
+    from ftctl.controller.service.logs import configure
+
+    level = state.log_level or (config.controller.log_level if config else "info")
+    configure(level)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+@app.callback()
+def main_options(
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="controller.toml to use "
+                      "(default: $FTCTL_CONFIG, ./controller.toml, /etc/ftctl/controller.toml)")] = None,
+    log_level: Annotated[Optional[str], typer.Option("--log-level", help="debug, info, warning or error")] = None,
+) -> None:
+    state.config_path = config
+    if log_level is not None and log_level not in ("debug", "info", "warning", "error"):
+        die(f"--log-level: {log_level!r} is not one of debug, info, warning, error")
+    state.log_level = log_level
+
+
+def _job_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        die(f"job {value!r}: a job id is a number (see `ftctl status`)")

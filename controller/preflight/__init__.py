@@ -1,0 +1,1 @@
+"""Preflight: a job reaches `prepared` only with checked data and a known cost."""

@@ -1,0 +1,1 @@
+"""Operating ftctl as a service: the daemon, systemd notify, metrics, logs, doctor."""
