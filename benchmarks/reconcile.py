@@ -62,7 +62,7 @@ def full_tick(n: int) -> float:
         store_submissions(store, plan_submissions(cfg, [], all_agents=True))
         clock = [NOW]
         now = lambda: clock[0]  # noqa: E731
-        sim = build_provider(cfg, "sim", clock=lambda: clock[0].timestamp())
+        sim = build_provider("sim", cfg.providers["sim"], cfg.provider_env(lambda: clock[0].timestamp()))
         rec = Reconciler(cfg, store, {"sim": sim}, clock=now, rng=random.Random(0))
         rec.tick()  # admit everyone
         clock[0] += timedelta(seconds=1)

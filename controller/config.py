@@ -7,55 +7,27 @@ the key, so the CLI can print it and exit non-zero.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from ftctl.providers.registry import KINDS
+from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, parse_duration
 
 SEARCH_PATHS = (Path("controller.toml"), Path("/etc/ftctl/controller.toml"))
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+__all__ = ["Config", "ConfigError", "find_config", "load_config", "parse_config", "parse_duration"]
 
 
 class ConfigError(Exception):
     """A one-line, user-facing configuration problem."""
 
 
-def parse_duration(value: Any) -> float:
-    """'15s', '30m', '1h30m', '500ms' or a number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like '15s', '30m' or '1h'")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a duration like '15s', '30m' or '1h'")
-    text = value.strip().lower()
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"{value!r} is not a duration like '15s', '30m' or '1h30m'")
-    return total
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ControllerSection(_Section):
+class ControllerSection(Section):
     database: str = "sqlite:///ftctl.db"
-    poll_interval: Duration = Field(default=15.0, gt=0)
+    poll_interval: bounded_duration(3600.0) = Field(default=15.0, gt=0)  # type: ignore[valid-type]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -65,16 +37,16 @@ class ControllerSection(_Section):
         return self
 
 
-class RetrySection(_Section):
+class RetrySection(Section):
     max_attempts: int = Field(default=5, ge=1)
     backoff_initial: Duration = Field(default=30.0, gt=0)
-    backoff_max: Duration = Field(default=1800.0, gt=0)
+    backoff_max: bounded_duration(7 * DAY) = Field(default=1800.0, gt=0)  # type: ignore[valid-type]
     # how long a concurrency limit learned from a capacity rejection holds
     # before the configured concurrency is tried again
     capacity_hold: Duration = Field(default=3600.0, gt=0)
 
 
-class MetricsSection(_Section):
+class MetricsSection(Section):
     # host:port for the Prometheus endpoint; off when not set
     listen: str | None = None
 
@@ -87,82 +59,31 @@ class MetricsSection(_Section):
         return self
 
 
-class BudgetSection(_Section):
+class BudgetSection(Section):
     per_job: float | None = Field(default=None, gt=0)  # USD: the most one job's estimate may be
     total: float | None = Field(default=None, gt=0)  # USD: spent + committed over `period`
     period: Duration = Field(default=30 * 86400.0, gt=0)
 
 
-class PriceOverride(_Section):
+class PriceOverride(Section):
     train_per_m: float | None = Field(default=None, ge=0)
     min_fee: float | None = Field(default=None, ge=0)
     context: int | None = Field(default=None, gt=0)
     tokens_per_step: int | None = Field(default=None, gt=0)
 
 
-class SimulatedProviderConfig(_Section):
-    kind: Literal["simulated"]
-    concurrency: int = Field(default=2, ge=1)
-    # what the simulated service itself allows; by default what we use
-    max_concurrent: int | None = Field(default=None, ge=1)
-    state_file: str | None = None
-    queue_time: Duration = 2.0
-    validate_time: Duration = 2.0
-    train_time: Duration = 10.0
-    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    seed: int = 0
-
-    @property
-    def service_limit(self) -> int:
-        return self.max_concurrent or self.concurrency
+# [providers.NAME]: each kind declares its own section (providers/*.py)
+ProviderConfig = Annotated[Union[tuple(k.section for k in KINDS.values())], Field(discriminator="kind")]
 
 
-class _RemoteProviderConfig(_Section):
-    concurrency: int = Field(default=2, ge=1)
-    base_url: str | None = None
-    # where the key comes from, tried in this order: a systemd credential,
-    # a file only its owner can read, an environment variable
-    api_key_credential: str | None = None
-    api_key_file: str | None = None
-    api_key_env: str | None = None
-    timeout: Duration = Field(default=30.0, gt=0)
-
-    @property
-    def key_env(self) -> str | None:
-        if self.api_key_env:
-            return self.api_key_env
-        if self.api_key_file or self.api_key_credential:
-            return None
-        return self.default_key_env
-
-    default_key_env: ClassVar[str] = ""
-
-
-class MistralProviderConfig(_RemoteProviderConfig):
-    kind: Literal["mistral"]
-    default_key_env: ClassVar[str] = "MISTRAL_API_KEY"
-
-
-class OpenAIProviderConfig(_RemoteProviderConfig):
-    kind: Literal["openai"]
-    default_key_env: ClassVar[str] = "OPENAI_API_KEY"
-
-
-PROVIDER_KINDS = ("simulated", "mistral", "openai")
-ProviderConfig = Annotated[
-    Union[SimulatedProviderConfig, MistralProviderConfig, OpenAIProviderConfig], Field(discriminator="kind")
-]
-
-
-class AgentConfig(_Section):
+class AgentConfig(Section):
     provider: str
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
     hyperparameters: dict[str, float | int] = Field(default_factory=dict)
 
 
-class Config(_Section):
+class Config(Section):
     controller: ControllerSection = ControllerSection()
     retry: RetrySection = RetrySection()
     budget: BudgetSection = BudgetSection()
@@ -184,7 +105,7 @@ class Config(_Section):
                 )
         for key in self.prices:
             kind, sep, model = key.partition("/")
-            if not sep or not model or kind not in PROVIDER_KINDS:
+            if not sep or not model or kind not in KINDS:
                 raise ValueError(f"prices.{key}: name a price as \"kind/model\", e.g. \"mistral/open-mistral-7b\"")
         if self.retry.backoff_max < self.retry.backoff_initial:
             raise ValueError("retry.backoff_max: must not be shorter than retry.backoff_initial")
@@ -218,12 +139,20 @@ class Config(_Section):
             return Path(url[len("sqlite:///"):])
         return None
 
-    def provider_state_file(self, name: str) -> Path:
-        conf = self.providers[name]
-        if getattr(conf, "state_file", None):
-            return self.resolve(conf.state_file)
+    def provider_env(self, clock: Any = None) -> Any:
+        """What a provider client is built with besides its own section."""
+        import time
+
+        from ftctl.providers.kind import BuildEnv
+
+        return BuildEnv(state_dir=self.state_dir, clock=clock or time.time)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where providers keep local state: beside the SQLite database, or
+        beside the config file."""
         db = self.sqlite_file
-        return (db.parent if db is not None else self.base_dir) / f"sim-{name}.db"
+        return db.parent if db is not None else self.base_dir
 
 
 def find_config(explicit: str | Path | None) -> Path:
@@ -244,7 +173,7 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
     # drop the discriminator tag pydantic inserts into the location
-    if len(loc) >= 3 and loc[0] == "providers" and loc[2] in {"simulated", "mistral", "openai"}:
+    if len(loc) >= 3 and loc[0] == "providers" and loc[2] in KINDS:
         loc.pop(2)
     key = ".".join(loc)
     kind = first["type"]
@@ -255,7 +184,7 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         return f"{path}: {key}: required key is missing"
     if kind == "union_tag_invalid":
         tag = first.get("input", {}).get("kind") if isinstance(first.get("input"), dict) else None
-        return f"{path}: {key}.kind: unknown provider kind {tag!r} (known: {', '.join(PROVIDER_KINDS)})"
+        return f"{path}: {key}.kind: unknown provider kind {tag!r} (known: {', '.join(KINDS)})"
     if kind == "union_tag_not_found":
         return f"{path}: {key}.kind: required key is missing"
     if msg.startswith("Value error, "):
@@ -275,7 +204,7 @@ def parse_config(text: str, path: Path) -> Config:
         if internal in data:
             raise ConfigError(f"{path}: {internal}: unknown key")
     try:
-        return Config.model_validate({**data, "base_dir": base_dir, "path": path})
+        return Config.model_validate({**data, "base_dir": base_dir, "path": path}, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(path, exc)) from None
 

@@ -32,19 +32,6 @@ def is_concurrency_limit_message(message: str | None) -> bool:
     return "maximum number of" in lowered and "concurrent" in lowered
 
 
-# hyperparameters each provider kind accepts (the simulated one takes Mistral's)
-KNOWN_HYPERPARAMETERS = {
-    "mistral": frozenset({"training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs",
-                          "seq_len", "fim_ratio"}),
-    "openai": frozenset({"epochs", "n_epochs", "batch_size", "learning_rate_multiplier"}),
-}
-KNOWN_HYPERPARAMETERS["simulated"] = KNOWN_HYPERPARAMETERS["mistral"]
-
-
-def unknown_hyperparameters(kind: str, hyperparameters: dict[str, Any]) -> list[str]:
-    return sorted(set(hyperparameters) - KNOWN_HYPERPARAMETERS.get(kind, frozenset(hyperparameters)))
-
-
 # Mistral's statuses (the simulated engine speaks them too)
 MISTRAL_STATUS = {
     "QUEUED": P_QUEUED,

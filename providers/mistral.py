@@ -10,30 +10,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
 import secrets
+from typing import Any, ClassVar, Literal
 
-import httpx
-
-from ftctl.providers.keys import redact
 from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,
     MISTRAL_STATUS,
     JobSpec,
-    PermanentError,
     ProviderError,
     ProviderJob,
-    KNOWN_HYPERPARAMETERS,
     TransientError,
     error_from_status,
-    unknown_hyperparameters,
     is_concurrency_limit_message,
     message_from_body,
     retry_after_seconds,
 )
+from ftctl.providers.keys import redact
+from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
+
+HYPERPARAMETERS = {k: k for k in ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs",
+                                  "seq_len", "fim_ratio")}
 
 PAGE_SIZE = 100
 _FAILED = ("FAILED", "FAILED_VALIDATION")
@@ -91,6 +89,7 @@ class MistralProvider:
     # -- errors ------------------------------------------------------------------
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        import httpx
         from mistralai.client.errors import MistralError, NoResponseError, ResponseValidationError
 
         try:
@@ -124,15 +123,11 @@ class MistralProvider:
         return res.id
 
     def create_job(self, spec: JobSpec) -> ProviderJob:
-        unknown = unknown_hyperparameters("mistral", spec.hyperparameters)
-        if unknown:
-            raise PermanentError(f"hyperparameters not known to Mistral: {', '.join(unknown)} "
-                                 f"(known: {', '.join(sorted(KNOWN_HYPERPARAMETERS['mistral']))})")
         job = self._call(
             self.client.fine_tuning.jobs.create,
             model=spec.model,
             training_files=[{"file_id": spec.training_file_id, "weight": 1.0}],
-            hyperparameters=dict(spec.hyperparameters),
+            hyperparameters=KIND.provider_hyperparameters(spec.hyperparameters),
             suffix=spec.client_token,
             auto_start=spec.auto_start,
         )
@@ -213,3 +208,37 @@ class MistralProvider:
             trained_tokens=_unset(job.trained_tokens),
             cost=_unset(getattr(meta, "cost", None)) if meta is not None else None,
         )
+
+
+# -- the descriptor -----------------------------------------------------------------
+
+
+class MistralSection(RemoteSection):
+    kind: Literal["mistral"]
+    default_key_env: ClassVar[str] = "MISTRAL_API_KEY"
+
+
+class MistralKind(ProviderKind):
+    kind = "mistral"
+    section = MistralSection
+    hyperparameters = HYPERPARAMETERS
+    price_key = "mistral"
+    quotes = True
+    sdk = "mistralai"
+    install_hint = "pip install . from a checkout"
+
+    def client(self, name: str, section: MistralSection, env: BuildEnv) -> MistralProvider:
+        return MistralProvider(name, section.api_key(name), base_url=section.base_url, timeout=section.timeout)
+
+    def claims(self, model: str) -> bool:
+        from ftctl.providers.tokenizers import MISTRAL_TOKENIZERS, prefix_lookup
+
+        return prefix_lookup(MISTRAL_TOKENIZERS, self.base_model(model)) is not None
+
+    def counter(self, model: str):
+        from ftctl.providers.tokenizers import mistral_counter
+
+        return mistral_counter(self.base_model(model))
+
+
+KIND = MistralKind()

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from ftctl.providers.keys import redact
 from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
@@ -22,16 +21,16 @@ from ftctl.providers.base import (
     P_RUNNING,
     P_SUCCEEDED,
     JobSpec,
-    PermanentError,
     ProviderError,
     ProviderJob,
-    KNOWN_HYPERPARAMETERS,
     TransientError,
     error_from_status,
     is_concurrency_limit_message,
     message_from_body,
     retry_after_seconds,
 )
+from ftctl.providers.keys import redact
+from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 
 TOKEN_KEY = "ftctl_token"
 PAGE_SIZE = 100
@@ -44,7 +43,8 @@ STATUS = {
     "cancelled": P_CANCELLED,
 }
 # our hyperparameter names -> OpenAI's supervised ones
-HYPERPARAMETERS = {k: "n_epochs" if k == "epochs" else k for k in KNOWN_HYPERPARAMETERS["openai"]}
+HYPERPARAMETERS = {"epochs": "n_epochs", "n_epochs": "n_epochs", "batch_size": "batch_size",
+                   "learning_rate_multiplier": "learning_rate_multiplier"}
 
 
 def _data_error(code: str | None, message: str | None) -> bool:
@@ -90,11 +90,7 @@ class OpenAIProvider:
         return res.id
 
     def create_job(self, spec: JobSpec) -> ProviderJob:
-        unknown = set(spec.hyperparameters) - set(HYPERPARAMETERS)
-        if unknown:
-            raise PermanentError(f"hyperparameters not known to OpenAI: {', '.join(sorted(unknown))} "
-                                 f"(known: {', '.join(sorted(HYPERPARAMETERS))})")
-        hp = {HYPERPARAMETERS[k]: v for k, v in spec.hyperparameters.items()}
+        hp = KIND.provider_hyperparameters(spec.hyperparameters)
         kwargs: dict[str, Any] = {}
         if hp:
             kwargs["method"] = {"type": "supervised", "supervised": {"hyperparameters": hp}}
@@ -163,3 +159,38 @@ class OpenAIProvider:
             created_at=datetime.fromtimestamp(job.created_at, timezone.utc).replace(tzinfo=None),
             trained_tokens=job.trained_tokens,
         )
+
+
+# -- the descriptor -----------------------------------------------------------------
+
+
+class OpenAISection(RemoteSection):
+    kind: Literal["openai"]
+    default_key_env: ClassVar[str] = "OPENAI_API_KEY"
+
+
+class OpenAIKind(ProviderKind):
+    kind = "openai"
+    section = OpenAISection
+    hyperparameters = HYPERPARAMETERS
+    price_key = "openai"
+    roles = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+    example_keys = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
+    sdk = "openai"
+    install_hint = "pip install '.[openai]' from a checkout"
+
+    def client(self, name: str, section: OpenAISection, env: BuildEnv) -> OpenAIProvider:
+        return OpenAIProvider(name, section.api_key(name), base_url=section.base_url, timeout=section.timeout)
+
+    def claims(self, model: str) -> bool:
+        from ftctl.providers.tokenizers import OPENAI_ENCODINGS, prefix_lookup
+
+        return prefix_lookup(OPENAI_ENCODINGS, self.base_model(model)) is not None
+
+    def counter(self, model: str):
+        from ftctl.providers.tokenizers import openai_counter
+
+        return openai_counter(self.base_model(model))
+
+
+KIND = OpenAIKind()

@@ -62,7 +62,7 @@ REPLY_PRIMING = 3
 _MISTRAL_MESSAGE_KEYS = {"role", "content", "tool_calls", "tool_call_id", "name", "prefix"}
 
 
-def _prefix_lookup(table: dict[str, Any], model: str) -> Any:
+def prefix_lookup(table: dict[str, Any], model: str) -> Any:
     for prefix in sorted(table, key=len, reverse=True):
         if model == prefix or model.startswith(prefix):
             return table[prefix]
@@ -95,7 +95,7 @@ def _mistral_tokenizer(filename: str):
 
 
 def mistral_counter(model: str) -> Counter:
-    found = _prefix_lookup(MISTRAL_TOKENIZERS, model)
+    found = prefix_lookup(MISTRAL_TOKENIZERS, model)
     if found is None:
         raise TokenizerUnavailable(f"no Mistral tokenizer known for model {model!r} "
                                    f"(known: {', '.join(sorted(MISTRAL_TOKENIZERS))})")
@@ -127,7 +127,7 @@ def _encoding(name: str):
 
 
 def openai_counter(model: str) -> Counter:
-    name = _prefix_lookup(OPENAI_ENCODINGS, model.removeprefix("ft:"))
+    name = prefix_lookup(OPENAI_ENCODINGS, model)
     if name is None:
         raise TokenizerUnavailable(f"no OpenAI encoding known for model {model!r}")
     enc = _encoding(name)
@@ -150,16 +150,3 @@ def openai_counter(model: str) -> Counter:
         return total
 
     return Counter("openai", model, f"bpe-openai {name}", count)
-
-
-def counter_for(provider_kind: str, model: str) -> Counter:
-    """The counter for a provider kind; the simulated provider speaks Mistral."""
-    if provider_kind in ("mistral", "simulated"):
-        return mistral_counter(model)
-    if provider_kind == "openai":
-        return openai_counter(model)
-    raise TokenizerUnavailable(f"no tokenizer for provider kind {provider_kind!r}")
-
-
-def guess_kind(model: str) -> str:
-    return "openai" if _prefix_lookup(OPENAI_ENCODINGS, model.removeprefix("ft:")) else "mistral"

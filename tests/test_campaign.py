@@ -73,7 +73,7 @@ def setup(make_config, clock, **kw):
 
 def reconciler(cfg, store, clock, seed=0):
     import random
-    sim = build_provider(cfg, "sim", clock=clock.epoch)
+    sim = build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))
     faulty = Faulty(sim)
     return Reconciler(cfg, store, {"sim": faulty}, clock=clock, rng=random.Random(seed)), faulty
 

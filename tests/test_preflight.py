@@ -13,7 +13,8 @@ from ftctl.controller.engine import decide as rc
 from ftctl.controller.preflight.dataset import find_phones, validate
 from ftctl.controller.preflight.pricing import estimate, price_for
 from ftctl.controller.preflight.prepare import allocate, prepare
-from ftctl.providers.tokenizers import counter_for, mistral_counter, openai_counter
+from ftctl.providers.registry import kind as kind_of
+from ftctl.providers.tokenizers import mistral_counter, openai_counter
 from tests.conftest import run_ftctl
 
 GOOD = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
@@ -81,7 +82,7 @@ def test_validate_cli_exit_codes_and_json(malformed, tmp_path):
     (json.dumps({"messages": [{"role": "user", "content": "q"}]}), "line 1: the conversation ends with 'user'"),
     (json.dumps({"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}),
      "unknown role 'robot'"),
-    (json.dumps(ex(0, weight=1, source_agent="legal")), "fields source_agent, weight rejected by mistral"),
+    (json.dumps(ex(0, weight=1, source_agent="legal")), "fields source_agent, weight rejected by simulated"),
 ])
 def test_submit_of_a_malformed_file_stores_nothing(make_config, problem, needle):
     cfg = make_config(agents=("qa",))
@@ -138,7 +139,7 @@ def test_openai_counts_use_the_models_encoding_and_chat_overhead():
         e = bpe_openai.get_encoding(enc)
         expected = 3 + sum(3 + len(e.encode(m["role"])) + len(e.encode(m["content"])) for m in msgs)
         assert openai_counter(model).count(msgs) == expected
-    assert counter_for("openai", "gpt-4o-mini").name == "bpe-openai o200k_base"
+    assert kind_of("openai").counter("gpt-4o-mini").name == "bpe-openai o200k_base"
 
 
 def test_estimate_multiplies_tokens_by_epochs():
@@ -189,7 +190,7 @@ def test_budget_keeps_an_expensive_job_out_of_the_provider(make_config, clock):
     cfg = load_config(make_config(agents=("qa", "legal", "support"), concurrency=3, extra=extra))
     store = Store(cfg.database_url)
     store_submissions(store, plan_submissions(cfg, [], all_agents=True))  # $4.00 each (minimum fee)
-    sim = build_provider(cfg, "sim", clock=clock.epoch)
+    sim = build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))
     rec = Reconciler(cfg, store, {"sim": sim}, clock=clock, rng=random.Random(0))
     rec.tick()
     jobs = {j.agent: j for j in store.list_jobs()}

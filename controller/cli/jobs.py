@@ -242,7 +242,7 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
         from ftctl.providers.base import ProviderError
 
         try:
-            provider = build_provider(config, row.provider)
+            provider = build_provider(row.provider, config.providers[row.provider], config.provider_env())
             try:
                 pj = provider.cancel_job(row.provider_job_id)
             finally:

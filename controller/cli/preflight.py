@@ -105,7 +105,9 @@ def estimate(
         die(str(exc))
     est, report = result.estimate, result.report
     quote_note = None
-    if configured and not no_quote and kind in ("mistral", "simulated"):
+    from ftctl.providers.registry import kind as kind_of
+
+    if configured and not no_quote and kind_of(kind).quotes:
         from ftctl.providers.base import ProviderError
 
         hp = {"training_steps": training_steps} if training_steps else ({"epochs": epochs} if epochs else {})
@@ -155,7 +157,8 @@ def prepare(
     from ftctl.controller.preflight.prepare import PrepareError
     from ftctl.controller.preflight.prepare import prepare as run_prepare
     from ftctl.controller.preflight.pricing import PriceUnknown, price_for
-    from ftctl.providers.tokenizers import TokenizerUnavailable, counter_for
+    from ftctl.providers.registry import kind as kind_of
+    from ftctl.providers.tokenizers import TokenizerUnavailable
 
     if not source.is_file():
         die(f"{source}: no such file")
@@ -164,7 +167,7 @@ def prepare(
     counter = price = None
     if model:
         try:
-            counter = counter_for(kind, model)
+            counter = kind_of(kind).counter(model)
             price = price_for(kind, model, config.price_overrides if config else None)
         except (TokenizerUnavailable, PriceUnknown) as exc:
             die(str(exc))

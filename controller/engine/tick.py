@@ -72,7 +72,7 @@ class Reconciler:
             def epoch() -> float:
                 return self.clock().replace(tzinfo=timezone.utc).timestamp()
 
-            self.providers[name] = build_provider(self.config, name, clock=epoch)
+            self.providers[name] = build_provider(name, self.config.providers[name], self.config.provider_env(epoch))
         return self.providers[name]
 
     def reload(self, config: Config) -> list[str]:

@@ -14,7 +14,8 @@ from typing import Any
 from ftctl.controller.config import Config
 from ftctl.controller.preflight.dataset import Report, validate
 from ftctl.controller.preflight.pricing import Estimate, PriceUnknown, estimate, price_for
-from ftctl.providers.tokenizers import TokenizerUnavailable, counter_for, guess_kind
+from ftctl.providers import registry
+from ftctl.providers.tokenizers import TokenizerUnavailable
 
 
 class PreflightError(Exception):
@@ -32,14 +33,14 @@ def provider_kind(config: Config | None, provider: str | None, model: str | None
     from the config, or a bare kind (mistral, openai) for offline use."""
     if provider and config is not None and provider in config.providers:
         return config.providers[provider].kind, provider
-    if provider in ("mistral", "openai", "simulated"):
+    if provider in registry.KINDS:
         return provider, None
+    kinds = ", ".join(registry.KINDS)
     if provider:
         known = ", ".join(sorted(config.providers)) if config is not None else ""
         raise PreflightError(f"--provider: unknown provider {provider!r}"
-                             + (f" (configured: {known}; or a kind: mistral, openai)" if known else
-                                " (a kind: mistral, openai)"))
-    return (guess_kind(model) if model else "mistral"), None
+                             + (f" (configured: {known}; or a kind: {kinds})" if known else f" (a kind: {kinds})"))
+    return registry.guess(model or "").kind, None
 
 
 def default_jobs() -> int:
@@ -61,19 +62,18 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
     path = Path(path)
     if not path.is_file():
         raise PreflightError(f"{path}: no such file")
-    roles_kind = "mistral" if kind == "simulated" else kind
     counter, price = None, None
     if model:
         overrides = config.price_overrides if config is not None else None
         try:
-            counter = counter_for(kind, model)
+            counter = registry.kind(kind).counter(model)
             price = price_for(kind, model, overrides)
         except (TokenizerUnavailable, PriceUnknown) as exc:
             if need_estimate:
                 raise PreflightError(str(exc)) from None
     if jobs is None:  # worker processes pay off on big files only
         jobs = default_jobs() if path.stat().st_size > 8 * 2**20 else 1
-    report = validate(path, provider=roles_kind, counter=counter, context=price.context if price else None,
+    report = validate(path, provider=kind, counter=counter, context=price.context if price else None,
                       jobs=jobs)
     est = None
     if price is not None and need_estimate:
@@ -89,11 +89,11 @@ def quote(config: Config, provider_name: str, path: Path, model: str, hyperparam
     the simulated provider: create with auto_start=False, read, cancel)."""
     from ftctl.providers import build_provider
 
-    provider = build_provider(config, provider_name)
+    section = config.providers[provider_name]
+    if not registry.kind(section.kind).quotes:
+        return None
+    provider = build_provider(provider_name, section, config.provider_env())
     try:
-        get_quote = getattr(provider, "quote", None)
-        if get_quote is None:
-            return None
-        return get_quote(path, model, hyperparameters)
+        return provider.quote(path, model, hyperparameters)
     finally:
         provider.close()

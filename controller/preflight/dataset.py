@@ -18,19 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftctl.providers.registry import kind as kind_of
 from ftctl.providers.tokenizers import Counter as TokenCounter
 from ftctl.providers.tokenizers import ExampleRejected
 
-ROLES = {
-    "mistral": {"system", "user", "assistant", "tool"},
-    "openai": {"system", "developer", "user", "assistant", "tool", "function"},
-}
-# top-level keys a provider accepts in a training example; anything else
-# (weight, source_agent, target_agent ...) is rejected by the provider
-TOP_LEVEL_KEYS = {
-    "mistral": {"messages", "tools"},
-    "openai": {"messages", "tools", "parallel_tool_calls", "functions"},
-}
 FIRST_LINES = 10
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -225,7 +216,7 @@ def _check_messages(record: dict[str, Any], provider: str, ex: Example) -> list[
     if not isinstance(messages, list) or not messages:
         ex.problems.append(("missing_messages", "missing or empty \"messages\""))
         return None
-    roles = ROLES.get(provider, ROLES["mistral"])
+    roles = kind_of(provider).roles
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             ex.problems.append(("bad_message", f"messages[{i}] has no role"))
@@ -280,7 +271,9 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
         ex.problems.append(("not_an_object", "not a JSON object"))
         return ex
     ex.weight, ex.source_agent = record.get("weight"), record.get("source_agent")
-    allowed = TOP_LEVEL_KEYS.get(provider, TOP_LEVEL_KEYS["mistral"])
+    # top-level keys the provider accepts; anything else (weight,
+    # source_agent, target_agent ...) it rejects
+    allowed = kind_of(provider).example_keys
     ex.extra_keys = tuple(sorted(k for k in record if k not in allowed))
     if ex.extra_keys:
         ex.problems.append(("extra_field", f"field{'s' if len(ex.extra_keys) > 1 else ''} "
@@ -319,10 +312,8 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(provider: str, kind: str | None, model: str | None, context: int | None) -> None:
-    from ftctl.providers.tokenizers import counter_for
-
     _worker.update(provider=provider, context=context,
-                   counter=counter_for(kind, model) if kind and model else None)
+                   counter=kind_of(kind).counter(model) if kind and model else None)
 
 
 def _check_chunk(chunk: list[tuple[int, bytes]]) -> list[Example]:
@@ -352,8 +343,7 @@ def _checked(path: Path, provider: str, counter: TokenCounter | None, context: i
     from collections import deque
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    kind = "openai" if counter.provider == "openai" else "mistral"
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(provider, kind, counter.model, context)) as pool:
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(provider, provider, counter.model, context)) as pool:
         pending: deque = deque()
         for chunk in _chunks(path):
             pending.append(pool.apply_async(_check_chunk, (chunk,)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.preflight.dataset import TOP_LEVEL_KEYS, iter_examples, scrub
+from ftctl.controller.preflight.dataset import iter_examples, scrub
 from ftctl.controller.preflight.pricing import Price, estimate
 from ftctl.providers.tokenizers import Counter as TokenCounter
 
@@ -101,10 +101,9 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
         raise PrepareError("with training steps the cost does not depend on the data: use --max-examples")
     if Path(source).resolve() == Path(output).resolve():
         raise PrepareError("the output must be another file than the input")
-    roles_kind = "mistral" if provider == "simulated" else provider
     result = PrepareResult(str(source), str(output), seed=seed)
     strata: dict[tuple, Stratum] = {}
-    for ex in iter_examples(source, provider=roles_kind, counter=counter, jobs=jobs):
+    for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs):
         result.lines += 1
         blocking = [code for code, _ in ex.problems if code not in FIXABLE]
         if blocking:
@@ -149,7 +148,9 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     for k, idx in chosen.items():
         for i in idx:
             selected[strata[k].lines[i]] = 1
-    allowed = TOP_LEVEL_KEYS.get(roles_kind, TOP_LEVEL_KEYS["mistral"])
+    from ftctl.providers.registry import kind as kind_of
+
+    allowed = kind_of(provider).example_keys
     with open(source, "rb") as src, open(output, "w", encoding="utf-8") as dst:
         for number, raw in enumerate(src, start=1):
             if number >= len(selected) or not selected[number]:

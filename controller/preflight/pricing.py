@@ -42,10 +42,15 @@ def _match(entries: dict[str, Any], model: str) -> str | None:
 
 
 def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None) -> Price:
-    """The price of training `model` on a provider of `kind`; the simulated
-    provider charges like Mistral. controller.toml's [prices."kind/model"]
-    entries win over the shipped table, field by field."""
-    table_kind = "mistral" if kind == "simulated" else kind
+    """The price of training `model` on a provider of `kind`, by the price
+    table its descriptor names; a fine-tuned model is priced as its root.
+    controller.toml's [prices."kind/model"] entries win over the shipped
+    table, field by field."""
+    from ftctl.providers.registry import kind as kind_of
+
+    descriptor = kind_of(kind)
+    table_kind = descriptor.price_key
+    model = descriptor.base_model(model)
     table = price_table()
     entries = {k: v for k, v in table.get(table_kind, {}).items() if isinstance(v, dict)}
     name = _match(entries, model)

@@ -67,14 +67,15 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
 
     from ftctl.controller.preflight import check as preflight
 
-    from ftctl.providers.base import KNOWN_HYPERPARAMETERS, unknown_hyperparameters
+    from ftctl.providers.registry import kind as kind_of
 
     kind = config.providers[plan.provider].kind
-    unknown = unknown_hyperparameters(kind, plan.hyperparameters)
+    descriptor = kind_of(kind)
+    unknown = descriptor.unknown_hyperparameters(plan.hyperparameters)
     if unknown:
         hp_where = "--hp" if where == "--file" else f"agents.{plan.agent}.hyperparameters"
         raise SubmitError(f"{hp_where}: {', '.join(unknown)} not known to {kind} "
-                          f"(known: {', '.join(sorted(KNOWN_HYPERPARAMETERS[kind]))})")
+                          f"(known: {', '.join(sorted(descriptor.hyperparameters))})")
     epochs, steps = preflight.epochs_and_steps(plan.hyperparameters)
     try:
         result = preflight.run(plan.training_file, kind=kind, model=plan.model, config=config, epochs=epochs,

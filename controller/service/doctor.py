@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.controller.config import Config, ConfigError, find_config, load_config
-from ftctl.providers.keys import SecretError, redact, resolve_api_key
+from ftctl.providers.base import ProviderError
+from ftctl.providers.keys import redact
+from ftctl.providers.kind import RemoteSection
 
 UNIT_PATHS = (Path("/etc/systemd/system/ftctl.service"), Path("/lib/systemd/system/ftctl.service"),
               Path("/usr/lib/systemd/system/ftctl.service"))
@@ -55,18 +57,14 @@ def _database(config: Config) -> Check:
 def _credentials(config: Config) -> list[Check]:
     out = []
     for name, conf in sorted(config.providers.items()):
-        if conf.kind == "simulated":
+        if not isinstance(conf, RemoteSection):
             continue
-        key_file = config.resolve(conf.api_key_file) if conf.api_key_file else None
         try:
-            resolve_api_key(name, api_key_env=conf.key_env, api_key_file=key_file,
-                            api_key_credential=conf.api_key_credential)
-        except SecretError as exc:
-            out.append(Check("fail", f"key {name}", str(exc)))
+            conf.api_key(name)
+        except ProviderError as exc:
+            out.append(Check("fail", f"key {name}", exc.message))
             continue
-        source = (f"credential {conf.api_key_credential}" if conf.api_key_credential else
-                  f"file {key_file}" if key_file else f"${conf.key_env}")
-        out.append(Check("ok", f"key {name}", f"present ({source}); not shown"))
+        out.append(Check("ok", f"key {name}", f"present ({conf.key_source()}); not shown"))
     return out
 
 
@@ -77,14 +75,14 @@ def _providers(config: Config) -> list[Check]:
     out = []
     for name, conf in sorted(config.providers.items()):
         try:
-            provider = build_provider(config, name)
+            provider = build_provider(name, conf, config.provider_env())
         except ProviderError as exc:
             out.append(Check("fail", f"provider {name}", redact(exc.message)))
             continue
         try:
             jobs = provider.list_jobs()
             active = sum(1 for j in jobs if j.active)
-            where = getattr(conf, "base_url", None) or ("local state file" if conf.kind == "simulated" else "default")
+            where = (conf.base_url or "default") if isinstance(conf, RemoteSection) else "local state file"
             out.append(Check("ok", f"provider {name}", f"{conf.kind} at {where}: reachable, "
                                                          f"{active} active job(s) on the key"))
         except ProviderError as exc:

@@ -18,6 +18,7 @@ from ftctl.providers.base import (
     error_from_status,
     is_concurrency_limit_message,
 )
+from ftctl.providers.simulated import KIND
 from ftctl.providers.simulated.engine import EngineSettings, ServiceError, SimEngine
 
 PAGE_SIZE = 100
@@ -66,7 +67,7 @@ class SimulatedProvider:
             self.engine.create_job,
             model=spec.model,
             training_files=[spec.training_file_id],
-            hyperparameters=spec.hyperparameters,
+            hyperparameters=KIND.provider_hyperparameters(spec.hyperparameters),
             suffix=spec.client_token,
             auto_start=spec.auto_start,
         )

@@ -1,0 +1,157 @@
+"""A provider kind's descriptor: everything ftctl knows about one provider.
+
+Each provider module declares one `ProviderKind` (its config section, client
+factory, hyperparameters, tokenizer, price-table key, dataset format and
+model-name rules), and `providers.registry` lists them. Nothing outside
+`providers/` knows a provider by name: adding one is a module plus a
+registry line.
+
+A descriptor is cheap to import: SDKs and tokenizers load only when a client
+or a counter is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from ftctl.providers.base import ProviderUnavailable
+from ftctl.providers.settings import Section, bounded_duration, resolve_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ftctl.providers.base import Provider
+    from ftctl.providers.tokenizers import Counter
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    """What a client may need beyond its own section."""
+
+    # where a provider keeps local state (the simulated service's file)
+    state_dir: Path = field(default_factory=Path.cwd)
+    clock: Callable[[], float] = time.time
+
+
+class ProviderSection(Section):
+    kind: str
+    concurrency: int = Field(default=2, ge=1)
+
+
+class RemoteSection(ProviderSection):
+    """A provider reached over HTTP with a key."""
+
+    base_url: str | None = None
+    # where the key comes from, tried in this order: a systemd credential,
+    # a file only its owner can read, an environment variable
+    api_key_credential: str | None = None
+    api_key_file: str | None = None
+    api_key_env: str | None = None
+    timeout: bounded_duration(600.0) = Field(default=30.0, gt=0)  # type: ignore[valid-type]
+
+    default_key_env: ClassVar[str] = ""
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _base_url(self) -> "RemoteSection":
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: {self.base_url!r} is not an http:// or https:// URL")
+        return self
+
+    @property
+    def key_env(self) -> str | None:
+        if self.api_key_env:
+            return self.api_key_env
+        if self.api_key_file or self.api_key_credential:
+            return None
+        return self.default_key_env
+
+    def key_source(self) -> str:
+        """Where the key is read from, in words (never the key)."""
+        if self.api_key_credential:
+            return f"credential {self.api_key_credential}"
+        if self.api_key_file:
+            return f"file {self.api_key_file}"
+        return f"${self.key_env}"
+
+    def api_key(self, name: str) -> str:
+        from ftctl.providers.keys import SecretError, resolve_api_key
+
+        try:
+            return resolve_api_key(name, api_key_env=self.key_env, api_key_file=self.api_key_file,
+                                   api_key_credential=self.api_key_credential)
+        except SecretError as exc:
+            raise ProviderUnavailable(str(exc)) from None
+
+
+class ProviderKind:
+    """One provider kind. Subclasses fill in the class attributes and `client`."""
+
+    kind: ClassVar[str]
+    section: ClassVar[type[ProviderSection]]
+    # our hyperparameter names -> the provider's own
+    hyperparameters: ClassVar[dict[str, str]] = {}
+    # the [kind] section of the price table this kind is billed by
+    price_key: ClassVar[str]
+    # what a training example may hold
+    roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant", "tool"})
+    example_keys: ClassVar[frozenset[str]] = frozenset({"messages", "tools"})
+    # the provider prices a job before it runs (Mistral: auto_start=False)
+    quotes: ClassVar[bool] = False
+    # the SDK module the client needs, and how to install it from a checkout
+    sdk: ClassVar[str | None] = None
+    install_hint: ClassVar[str | None] = None
+
+    # -- clients -------------------------------------------------------------
+
+    def build(self, name: str, section: ProviderSection, env: BuildEnv | None = None) -> "Provider":
+        """A client for provider `name`, from its own section; ProviderUnavailable
+        (one line that names the fix) when it cannot be had here."""
+        if self.sdk and importlib.util.find_spec(self.sdk) is None:
+            raise ProviderUnavailable(f"providers.{name}: the {self.sdk} SDK is not installed"
+                                      + (f" ({self.install_hint})" if self.install_hint else ""))
+        return self.client(name, section, env or BuildEnv())
+
+    def client(self, name: str, section: Any, env: BuildEnv) -> "Provider":  # pragma: no cover
+        raise NotImplementedError
+
+    # -- data -----------------------------------------------------------------
+
+    def unknown_hyperparameters(self, hyperparameters: dict[str, Any]) -> list[str]:
+        return sorted(set(hyperparameters) - set(self.hyperparameters))
+
+    def provider_hyperparameters(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        unknown = self.unknown_hyperparameters(hyperparameters)
+        if unknown:
+            from ftctl.providers.base import PermanentError
+
+            raise PermanentError(f"hyperparameters not known to {self.kind}: {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(self.hyperparameters))})")
+        return {self.hyperparameters[k]: v for k, v in hyperparameters.items()}
+
+    # -- models ---------------------------------------------------------------
+
+    def base_model(self, model: str) -> str:
+        """The root model of a fine-tuned id (`ft:ROOT:...`); a base model is its own root."""
+        if model.startswith("ft:"):
+            parts = model.split(":")
+            if len(parts) > 1 and parts[1]:
+                return parts[1]
+        return model
+
+    def claims(self, model: str) -> bool:
+        """Whether a bare model name belongs to this kind (to guess a kind offline)."""
+        return False
+
+    def counter(self, model: str) -> "Counter":
+        """The token counter preflight uses for `model` (its root model's tokenizer)."""
+        raise NotImplementedError
