@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ftctl.controller.engine import decide as rc  # noqa: E402
 from ftctl.controller.config import load_config  # noqa: E402
-from ftctl.controller.engine.tick import Reconciler  # noqa: E402
+from ftctl.controller.engine.tick import Ticker  # noqa: E402
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions  # noqa: E402
 from ftctl.models import Store  # noqa: E402
 from ftctl.providers import build_provider  # noqa: E402
@@ -63,7 +63,7 @@ def full_tick(n: int) -> float:
         clock = [NOW]
         now = lambda: clock[0]  # noqa: E731
         sim = build_provider("sim", cfg.providers["sim"], cfg.provider_env(lambda: clock[0].timestamp()))
-        rec = Reconciler(cfg, store, {"sim": sim}, clock=now, rng=random.Random(0))
+        rec = Ticker(cfg, store, {"sim": sim}, clock=now, rng=random.Random(0))
         rec.tick()  # admit everyone
         clock[0] += timedelta(seconds=1)
         rec.tick()  # everyone running

@@ -44,6 +44,10 @@ class RetrySection(Section):
     # how long a concurrency limit learned from a capacity rejection holds
     # before the configured concurrency is tried again
     capacity_hold: Duration = Field(default=3600.0, gt=0)
+    # after a create whose outcome is unknown (a timeout, a reset, a 5xx), how
+    # long past the provider's timeout the request may still land; nothing is
+    # created again before a listing read after that shows no such job
+    create_margin: bounded_duration(DAY) = Field(default=30.0, ge=0)  # type: ignore[valid-type]
 
 
 class MetricsSection(Section):

@@ -1,6 +1,9 @@
-"""The store: SQLModel tables and the database they live in."""
+"""ftctl.models: the SQLModel tables, the store (SQLite or PostgreSQL), the
+daemon lock and the Alembic migrations."""
 
-from ftctl.models.store import LockHeld, Store, StoreError, utcnow
-from ftctl.models.tables import Attempt, Job, JobEvent, ProviderState, UploadedFile
+from ftctl.models.locks import LockError, LockHeld, LockLost
+from ftctl.models.store import Store, StoreError, utcnow
+from ftctl.models.tables import Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
-__all__ = ["Attempt", "Job", "JobEvent", "LockHeld", "ProviderState", "Store", "StoreError", "UploadedFile", "utcnow"]
+__all__ = ["Attempt", "Job", "JobEvent", "LockError", "LockHeld", "LockLost", "ProviderState", "QuoteJob", "Store",
+           "StoreError", "UploadedFile", "utcnow"]

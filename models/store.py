@@ -4,22 +4,19 @@ and the lock that lets only one daemon drive a database."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import event, inspect, or_, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
-from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, UploadedFile
+from ftctl.models.locks import DaemonLock
+from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
-# fixed advisory-lock keys on PostgreSQL: "the daemon of this database", and
-# "a schema migration is running"
-_PG_LOCK_KEY = 0x66746374  # "ftct"
+# a fixed advisory-lock key on PostgreSQL: "a schema migration is running"
 _PG_MIGRATE_KEY = 0x6674636D  # "ftcm"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -32,8 +29,6 @@ class StoreError(Exception):
     """The database cannot be used (one line, no secrets)."""
 
 
-class LockHeld(StoreError):
-    pass
 
 
 def _redact_url(url: str) -> str:
@@ -71,8 +66,8 @@ class Store:
                                  f"(for PostgreSQL: pip install 'ftctl[postgres]')") from None
             except SQLAlchemyError as exc:
                 raise StoreError(f"cannot open database {_redact_url(self.url)}: {exc}") from None
-        self._lock_file = None
-        self._lock_conn = None
+        self.lock = DaemonLock(self.engine, self.sqlite_path,
+                               str(self.sqlite_path) if self.sqlite_path else _redact_url(self.url))
         try:
             self._init_schema()
         except SQLAlchemyError as exc:
@@ -201,9 +196,10 @@ class Store:
             rows = s.exec(select(Job.state, func.count()).group_by(Job.state))
             return {state: n for state, n in rows}
 
-    def count_waiting(self, reason_prefix: str) -> int:
+    def count_waiting(self, reason_code: str) -> int:
+        """Prepared jobs waiting for one reason (e.g. "slot")."""
         with self.read() as s:
-            stmt = select(func.count()).where(Job.state == "prepared", Job.reason.startswith(reason_prefix))
+            stmt = select(func.count()).where(Job.state == "prepared", Job.reason_code == reason_code)
             return s.exec(stmt).one()
 
     def events(self, job_id: int) -> list[JobEvent]:
@@ -247,77 +243,55 @@ class Store:
                                                          UploadedFile.content_hash == content_hash)):
                 s.delete(row)
 
+    # -- quote jobs ---------------------------------------------------------------
+
+    def add_quote(self, provider: str, provider_job_id: str, now: datetime | None = None) -> None:
+        with self.write() as s:
+            s.add(QuoteJob(provider=provider, provider_job_id=provider_job_id, created_at=now or utcnow()))
+
+    def settle_quote(self, provider: str, provider_job_id: str, now: datetime | None = None) -> None:
+        with self.write() as s:
+            for row in s.exec(select(QuoteJob).where(QuoteJob.provider == provider,
+                                                     QuoteJob.provider_job_id == provider_job_id,
+                                                     QuoteJob.settled_at == None)):  # noqa: E711
+                row.settled_at = now or utcnow()
+                s.add(row)
+
+    def pending_quotes(self) -> dict[str, tuple[str, ...]]:
+        """Quote jobs not yet confirmed inactive, by provider."""
+        with self.read() as s:
+            rows = s.exec(select(QuoteJob.provider, QuoteJob.provider_job_id).where(
+                QuoteJob.settled_at == None).order_by(QuoteJob.id))  # noqa: E711
+            out: dict[str, list[str]] = {}
+            for provider, job_id in rows:
+                out.setdefault(provider, []).append(job_id)
+            return {k: tuple(v) for k, v in out.items()}
+
+    def quote_ids(self, provider: str, since: datetime | None = None) -> set[str]:
+        """Every quote job id made on a provider (never a slot user)."""
+        with self.read() as s:
+            stmt = select(QuoteJob.provider_job_id).where(QuoteJob.provider == provider)
+            if since is not None:
+                stmt = stmt.where(QuoteJob.created_at >= since)
+            return set(s.exec(stmt))
+
     # -- the daemon lock ---------------------------------------------------------
 
     def acquire_daemon_lock(self) -> None:
-        """Only one daemon (or `ftctl tick`) drives a database at a time.
+        """Only one daemon (or `ftctl tick`) drives a database at a time
+        (models.locks); LockHeld if another does."""
+        self.lock.acquire()
 
-        SQLite: an flock on a file beside the database; PostgreSQL: a session
-        advisory lock on a held connection. Both vanish with the process, so a
-        SIGKILLed daemon never leaves a stale lock behind.
-        """
-        if self.is_sqlite:
-            if self.sqlite_path is None:
-                return
-            lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".lock")
-            fh = open(lock_path, "a+")
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                fh.close()
-                raise LockHeld(f"another ftctl daemon is driving {self.sqlite_path} (pid {holder})") from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-            self._lock_file = fh
-        else:
-            conn = self.engine.connect()
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar()
-            conn.commit()
-            if not got:
-                conn.close()
-                raise LockHeld(f"another ftctl daemon is driving {_redact_url(self.url)}")
-            self._lock_conn = conn
+    def assert_lock_held(self) -> None:
+        """LockLost unless this process still holds the daemon lock (asked
+        right before every provider mutation)."""
+        self.lock.check()
 
     def daemon_holder(self) -> str | None:
-        """Who drives this database now ("pid 123"), or None: a probe that
-        takes nothing and writes nothing."""
-        if self.is_sqlite:
-            if self.sqlite_path is None:
-                return None
-            lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".lock")
-            try:
-                fh = open(lock_path)
-            except OSError:
-                return None  # no daemon ever ran here
-            with fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return f"pid {fh.read().strip() or '?'}"
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-                return None
-        with self.engine.connect() as conn:
-            pid = conn.execute(text(
-                "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
-                " AND l.objid = :k AND l.granted AND l.database = (SELECT oid FROM pg_database"
-                " WHERE datname = current_database())"), {"k": _PG_LOCK_KEY}).scalar()
-            return f"backend pid {pid}" if pid else None
+        return self.lock.holder()
 
     def release_daemon_lock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
-        if self._lock_conn is not None:
-            with contextlib.suppress(OperationalError):
-                self._lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
-                self._lock_conn.commit()
-            self._lock_conn.close()
-            self._lock_conn = None
+        self.lock.release()
 
     def close(self) -> None:
         self.release_daemon_lock()

@@ -9,7 +9,7 @@ from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 class Job(SQLModel, table=True):
@@ -37,7 +37,9 @@ class Job(SQLModel, table=True):
     data_tokens: Optional[int] = None  # counted at submit with the provider's tokenizer
     trained_tokens: Optional[int] = None  # reported by the provider
     last_error: Optional[str] = None
-    reason: Optional[str] = None
+    # why the job is where it is, as data (rendered by engine.reasons)
+    reason_code: Optional[str] = None
+    reason_args: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
     not_before: Optional[datetime] = Field(default=None, sa_type=DateTime)
     cancel_pending: bool = False
     created_at: datetime = Field(sa_type=DateTime)
@@ -92,5 +94,22 @@ class ProviderState(SQLModel, table=True):
     name: str = Field(primary_key=True)
     learned_limit: Optional[int] = None
     learned_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
-    paused_reason: Optional[str] = None
+    paused_why: Optional[str] = None  # auth, quota, unavailable
+    paused_message: Optional[str] = None
     paused_until: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    # what the last tick's admission saw, for "2/2 busy" in status lines
+    slots_used: Optional[int] = None
+    slots_limit: Optional[int] = None
+
+
+class QuoteJob(SQLModel, table=True):
+    """A job created only to read the provider's price (auto_start=False),
+    kept until the provider confirms it is no longer active."""
+
+    __tablename__ = "quote_jobs"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    provider: str = Field(index=True)
+    provider_job_id: str
+    created_at: datetime = Field(sa_type=DateTime)
+    settled_at: Optional[datetime] = Field(default=None, sa_type=DateTime)

@@ -80,22 +80,56 @@ class JobSpec:
     auto_start: bool = True
 
 
+@dataclass(frozen=True)
+class Quote:
+    """The provider's own price for a job, read from a job created with
+    auto_start=False; `settled`: the provider confirmed that job cancelled."""
+
+    cost: float | None
+    job_id: str
+    settled: bool
+
+
 class ProviderError(Exception):
-    """An error from a provider call, classified for the failure policy."""
+    """An error from a provider call, classified for the failure policy: the
+    engine decides on the class, never on the message text.
 
-    kind = "transient"
+    `ambiguous`: the call may have taken effect at the provider although it
+    failed here (a timeout, a reset connection, a 5xx). After an ambiguous
+    create, nothing is created again until a listing read after the call
+    could still land shows no job with its token.
+    """
 
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None):
+    kind = "error"
+    ambiguous = False
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None,
+                 ambiguous: bool | None = None):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.retry_after = retry_after
+        if ambiguous is not None:
+            self.ambiguous = ambiguous
 
 
 class TransientError(ProviderError):
-    """429, 5xx, timeouts, refused connections: retry after a while."""
+    """5xx, timeouts, resets: retry after a while (ambiguous by default)."""
 
     kind = "transient"
+    ambiguous = True
+
+
+class RateLimited(TransientError):
+    """429: refused before any work was done; retry after Retry-After."""
+
+    ambiguous = False
+
+
+class Unreachable(TransientError):
+    """The connection was never made: the call did nothing."""
+
+    ambiguous = False
 
 
 class AuthError(ProviderError):
@@ -162,7 +196,9 @@ def error_from_status(status_code: int, message: str, retry_after: float | None 
         return QuotaError(message, status_code=status_code)
     if status_code in (409, 429) and is_concurrency_limit_message(message):
         return CapacityError(message, status_code=status_code)
-    if status_code == 429 or status_code >= 500:
+    if status_code == 429:
+        return RateLimited(message, status_code=status_code, retry_after=retry_after)
+    if status_code >= 500:
         return TransientError(message, status_code=status_code, retry_after=retry_after)
     if status_code in (401, 403):
         return AuthError(message, status_code=status_code)

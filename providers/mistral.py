@@ -19,9 +19,11 @@ from ftctl.providers.base import (
     FAIL_TRAINING,
     MISTRAL_STATUS,
     JobSpec,
+    Quote,
     ProviderError,
     ProviderJob,
     TransientError,
+    Unreachable,
     error_from_status,
     is_concurrency_limit_message,
     message_from_body,
@@ -106,6 +108,8 @@ class MistralProvider:
             raise TransientError("no response from Mistral") from None
         except httpx.TimeoutException:
             raise TransientError("timed out waiting for Mistral") from None
+        except httpx.ConnectError as exc:
+            raise Unreachable(redact(f"cannot reach Mistral: {exc.__class__.__name__}: {exc}")) from None
         except httpx.TransportError as exc:
             raise TransientError(redact(f"cannot reach Mistral: {exc.__class__.__name__}: {exc}")) from None
         except ProviderError:
@@ -158,20 +162,21 @@ class MistralProvider:
     def cancel_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id=job_id))
 
-    def quote(self, path: Path, model: str, hyperparameters: dict[str, Any]) -> float | None:
+    def quote(self, file_id: str, model: str, hyperparameters: dict[str, Any]) -> Quote:
         """Mistral's own price: a job created with auto_start=False carries its
-        token count and cost; it is cancelled right after reading them."""
-        file_id = self.upload_file(path, "")
+        token count and cost; it is cancelled right after reading them (the
+        caller records it, and the daemon cancels it again until confirmed)."""
         job = self._call(self.client.fine_tuning.jobs.create, model=model,
                          training_files=[{"file_id": file_id, "weight": 1.0}],
-                         hyperparameters=dict(hyperparameters), suffix=f"quote-{secrets.token_hex(4)}",
-                         auto_start=False)
+                         hyperparameters=KIND.provider_hyperparameters(hyperparameters),
+                         suffix=f"quote-{secrets.token_hex(4)}", auto_start=False)
+        settled = True
         try:
             self._call(self.client.fine_tuning.jobs.cancel, job_id=job.id)
         except ProviderError:
-            pass  # never started: it costs nothing and expires
+            settled = False
         meta = _unset(job.metadata)
-        return _unset(meta.cost) if meta is not None else None
+        return Quote(_unset(meta.cost) if meta is not None else None, job.id, settled)
 
     def find_by_token(self, token: str) -> list[ProviderJob]:
         res = self._call(self.client.fine_tuning.jobs.list, suffix=token, page_size=PAGE_SIZE)

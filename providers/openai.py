@@ -24,6 +24,7 @@ from ftctl.providers.base import (
     ProviderError,
     ProviderJob,
     TransientError,
+    Unreachable,
     error_from_status,
     is_concurrency_limit_message,
     message_from_body,
@@ -77,7 +78,12 @@ class OpenAIProvider:
         except openai.APITimeoutError:
             raise TransientError("timed out waiting for OpenAI") from None
         except openai.APIConnectionError as exc:
-            raise TransientError(redact(f"cannot reach OpenAI: {exc.__class__.__name__}")) from None
+            import httpx
+
+            cause = exc.__cause__
+            never_sent = isinstance(cause, httpx.ConnectError)
+            raise (Unreachable if never_sent else TransientError)(
+                redact(f"cannot reach OpenAI: {(cause or exc).__class__.__name__}")) from None
         except ProviderError:
             raise
         except openai.OpenAIError as exc:

@@ -206,3 +206,10 @@ def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, 
     return _site(directory, agents, database="sqlite:///ftctl.db", poll="0.2s", max_attempts=max_attempts,
                  backoff_initial=backoff_initial, backoff_max=backoff_max, provider_block=block, provider=kind,
                  model=model, hyperparameters=hp)
+
+
+def reason_of(job, live=None) -> str | None:
+    """A stored job's reason, rendered to its one line."""
+    from ftctl.controller.engine.reasons import render
+
+    return render(job.reason_code, job.reason_args, live)

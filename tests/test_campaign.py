@@ -5,8 +5,10 @@ from collections import Counter
 
 import pytest
 
+from tests.conftest import reason_of
+
 from ftctl.controller.config import load_config
-from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.models import Store
 from ftctl.providers import build_provider
@@ -75,7 +77,7 @@ def reconciler(cfg, store, clock, seed=0):
     import random
     sim = build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))
     faulty = Faulty(sim)
-    return Reconciler(cfg, store, {"sim": faulty}, clock=clock, rng=random.Random(seed)), faulty
+    return Ticker(cfg, store, {"sim": faulty}, clock=clock, rng=random.Random(seed)), faulty
 
 
 def run_until_done(rec, clock, store, limit_ticks=2000, step=1.0, on_tick=None):
@@ -172,7 +174,7 @@ def test_max_attempts_exhausted_ends_failed(make_config, clock):
     run_until_done(rec, clock, store)
     (job,) = store.list_jobs()
     assert job.state == "failed" and job.attempt == 3
-    assert job.reason.startswith("failed after 3 attempts: training failed")
+    assert reason_of(job).startswith("failed after 3 attempts: training failed")
     assert faulty.creates == 3
 
 
@@ -209,6 +211,10 @@ def test_an_intent_the_listing_misses_is_found_by_its_token_before_creating_agai
     rec2, faulty2 = reconciler(cfg, store, clock, seed=1)
     faulty2.hidden_tokens = {job.client_token}
     clock.advance(1)
+    rec2.tick()  # within the time the create could still land: neither a lookup nor a create
+    assert store.get_job(job.id).provider_job_id is None and faulty2.creates == 0
+    assert store.get_job(job.id).reason_code == "create_unknown"
+    clock.advance(cfg.retry.create_margin)
     rec2.tick()
     bound = store.get_job(job.id)
     assert bound.provider_job_id is not None and faulty2.creates == 0
@@ -229,12 +235,12 @@ def test_auth_failure_pauses_then_resumes_by_itself(make_config, clock):
         rec.tick()
     jobs = store.list_jobs()
     assert all(j.state in ("queued", "running") for j in jobs)
-    assert all(j.reason == "provider auth failing: 401 Unauthorized: invalid api key" for j in jobs)
-    assert store.provider_states()["sim"].paused_reason.startswith("provider auth failing")
+    assert all(reason_of(j) == "provider auth failing: 401 Unauthorized: invalid api key" for j in jobs)
+    assert store.provider_states()["sim"].paused_why == "auth"
     faulty.list_error = None
     run_until_done(rec, clock, store)
     assert [j.state for j in store.list_jobs()] == ["succeeded"] * 2
-    assert store.provider_states()["sim"].paused_reason is None
+    assert store.provider_states()["sim"].paused_why is None
 
 
 def test_a_422_on_create_fails_that_job_only(make_config, clock):
@@ -244,7 +250,7 @@ def test_a_422_on_create_fails_that_job_only(make_config, clock):
     run_until_done(rec, clock, store)
     states = {j.agent: j for j in store.list_jobs()}
     assert states["qa"].state == "failed"
-    assert "cannot be fine-tuned with these hyperparameters" in states["qa"].reason
+    assert "cannot be fine-tuned with these hyperparameters" in reason_of(states["qa"])
     assert states["legal"].state == states["support"].state == "succeeded"
 
 
@@ -262,7 +268,7 @@ def test_training_file_changed_after_submit_fails_clearly(make_config, clock, tm
     rec, faulty = reconciler(cfg, store, clock)
     rec.tick()
     (job,) = store.list_jobs()
-    assert job.state == "failed" and job.reason.startswith("training file changed since submit")
+    assert job.state == "failed" and reason_of(job).startswith("training file changed since submit")
     assert faulty.creates == 0
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from ftctl.controller.engine import states as lc
 from ftctl.controller.engine.jobs import JobNotFound, StaleState, create_job, fire, user_transition
+from ftctl.controller.engine.reasons import text
 from ftctl.models import Store
 
 # the expected machine, written out independently of lifecycle.TRANSITIONS
@@ -85,7 +86,7 @@ def test_store_transition_writes_row_and_history_together(store, tmp_path, state
     before_events = len(store.events(job.id))
     before = store.get_job(job.id)
     if (state, trigger) in EXPECTED:
-        prev, after = fire(store, job.id, trigger, reason="because")
+        prev, after = fire(store, job.id, trigger, reason=text("because"))
         assert (prev, after.state) == (state, EXPECTED[(state, trigger)])
         events = store.events(job.id)
         assert len(events) == before_events + 1
@@ -94,7 +95,7 @@ def test_store_transition_writes_row_and_history_together(store, tmp_path, state
         assert store.get_job(job.id).state == EXPECTED[(state, trigger)]
     else:
         with pytest.raises(lc.InvalidTransition):
-            fire(store, job.id, trigger, reason="because", updates={"attempt": 99})
+            fire(store, job.id, trigger, reason=text("because"), updates={"attempt": 99})
         after = store.get_job(job.id)
         assert after.model_dump() == before.model_dump()
         assert len(store.events(job.id)) == before_events
@@ -116,8 +117,8 @@ def test_unknown_job(store):
 def test_user_retry_resets_attempts_and_provider_links(store, tmp_path):
     job = _job(store, tmp_path)
     fire(store, job.id, "submit", updates={"attempt": 3, "client_token": "qa-1", "provider_job_id": "p1"})
-    fire(store, job.id, "fail", reason="failed after 3 attempts")
-    _, row = user_transition(store, job.id, "retry", "retried by the user")
+    fire(store, job.id, "fail", reason=text("failed after 3 attempts"))
+    _, row = user_transition(store, job.id, "retry")
     assert (row.state, row.attempt, row.client_token, row.provider_job_id) == ("prepared", 0, None, None)
 
 

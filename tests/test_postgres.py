@@ -7,7 +7,7 @@ import pytest
 from ftctl.controller.config import load_config
 from ftctl.controller.engine.jobs import create_job, fire
 from ftctl.controller.engine.states import InvalidTransition
-from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.models import LockHeld, Store
 from ftctl.providers import build_provider
@@ -57,7 +57,7 @@ def test_campaign_on_postgres(postgres_url, pg_store, make_config, clock):
     path = make_config(concurrency=5, max_concurrent=2, database=postgres_url)
     cfg = load_config(path)
     store_submissions(pg_store, plan_submissions(cfg, [], all_agents=True))
-    rec = Reconciler(cfg, pg_store, {"sim": build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))}, clock=clock,
+    rec = Ticker(cfg, pg_store, {"sim": build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))}, clock=clock,
                      rng=random.Random(0))
     for _ in range(500):
         if rec.tick().all_terminal:

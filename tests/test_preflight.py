@@ -15,7 +15,7 @@ from ftctl.controller.preflight.pricing import estimate, price_for
 from ftctl.controller.preflight.prepare import allocate, prepare
 from ftctl.providers.registry import kind as kind_of
 from ftctl.providers.tokenizers import mistral_counter, openai_counter
-from tests.conftest import run_ftctl
+from tests.conftest import reason_of, run_ftctl
 
 GOOD = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
 
@@ -178,7 +178,7 @@ def test_estimate_cli_shows_the_providers_quote(make_config):
 
 def test_budget_keeps_an_expensive_job_out_of_the_provider(make_config, clock):
     from ftctl.controller.config import load_config
-    from ftctl.controller.engine.tick import Reconciler
+    from ftctl.controller.engine.tick import Ticker
     from ftctl.controller.preflight.submit import plan_submissions, store_submissions
     from ftctl.models import Store
     from ftctl.providers import build_provider
@@ -191,16 +191,19 @@ def test_budget_keeps_an_expensive_job_out_of_the_provider(make_config, clock):
     store = Store(cfg.database_url)
     store_submissions(store, plan_submissions(cfg, [], all_agents=True))  # $4.00 each (minimum fee)
     sim = build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))
-    rec = Reconciler(cfg, store, {"sim": sim}, clock=clock, rng=random.Random(0))
+    rec = Ticker(cfg, store, {"sim": sim}, clock=clock, rng=random.Random(0))
     rec.tick()
     jobs = {j.agent: j for j in store.list_jobs()}
     assert jobs["qa"].state == jobs["legal"].state == "queued"
     assert jobs["support"].state == "prepared"
-    assert jobs["support"].reason == "over budget: estimate $4.00 > $2.00 left"
+    from ftctl.controller.cli.views import live_facts
+
+    assert reason_of(jobs["support"], live_facts(store, cfg)) == "over budget: estimate $4.00 > $2.00 left"
     for _ in range(60):
         clock.advance(1)
         rec.tick()
-    assert store.get_job(jobs["support"].id).reason == "over budget: estimate $4.00 > $2.00 left"
+    assert reason_of(store.get_job(jobs["support"].id), live_facts(store, cfg)) == \
+        "over budget: estimate $4.00 > $2.00 left"
     assert len(sim.engine.all_jobs()) == 2  # never reached the provider
     status = run_ftctl("status", config=cfg.path)
     assert "over budget: estimate $4.00 > $2.00 left" in status.stdout
@@ -219,11 +222,16 @@ def test_submit_refuses_a_job_over_the_per_job_cap(make_config):
 def test_budget_reason_in_the_pure_step():
     jobs = [rc.JobView(id=i, agent="a", provider="sim", state="prepared", estimated_cost=6.10) for i in (1, 2)]
     pv = rc.ProviderView(name="sim", configured_limit=5, jobs=())
-    out = rc.decide(jobs, {"sim": pv}, __import__("datetime").datetime(2026, 1, 1), rc.Policy(), random.Random(0),
-                    rc.Budget(total=10.0, spent=3.9))
+    from ftctl.controller.engine.policy import Budget, Policy
+    from ftctl.controller.engine.reasons import Live, render
+
+    out = rc.decide(jobs, {"sim": pv}, __import__("datetime").datetime(2026, 1, 1), Policy(), random.Random(0),
+                    Budget(total=10.0, spent=3.9))
     assert [d.job_id for d in out if isinstance(d, rc.Submit)] == [1]
     (note,) = [d for d in out if isinstance(d, rc.Note)]
-    assert note.updates["reason"] == "over budget: estimate $6.10 > $0.00 left"
+    left = Budget(total=10.0, spent=3.9).left(6.10)
+    assert render(note.updates["reason_code"], note.updates["reason_args"], Live(budget_left=left)) == \
+        "over budget: estimate $6.10 > $0.00 left"
 
 
 @pytest.fixture

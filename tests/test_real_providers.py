@@ -10,10 +10,10 @@ import pytest
 
 from ftctl.controller.config import load_config
 from ftctl.controller.service.logs import configure
-from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.models import Store
-from tests.conftest import FAKE_KEY, KEY_ENV, run_ftctl, ftctl_env, start_emulator, write_remote_config
+from tests.conftest import reason_of, FAKE_KEY, KEY_ENV, run_ftctl, ftctl_env, start_emulator, write_remote_config
 
 KINDS = ["mistral", "openai"]
 CREATE = "POST /v1/fine_tuning/jobs"
@@ -41,7 +41,7 @@ class Campaign:
         self.config = load_config(self.config_path)
         self.store = Store(self.config.database_url)
         store_submissions(self.store, plan_submissions(self.config, [], all_agents=True))
-        self.rec = Reconciler(self.config, self.store, rng=random.Random(1))
+        self.rec = Ticker(self.config, self.store, rng=random.Random(1))
 
     def run(self, timeout=60, until=None):
         end = time.monotonic() + timeout
@@ -127,13 +127,13 @@ def test_401_pauses_without_failing_and_resumes(campaign, kind, tmp_path):
         c.rec.tick()
     jobs = c.jobs()
     assert not any(j.state == "failed" for j in jobs)
-    assert all(j.reason.startswith("provider auth failing: HTTP 401") for j in jobs), [j.reason for j in jobs]
+    assert all(reason_of(j).startswith("provider auth failing: HTTP 401") for j in jobs), [reason_of(j) for j in jobs]
     status = run_ftctl("status", config=c.config_path, env=ftctl_env())
     assert status.returncode == 0 and "provider auth failing" in status.stdout
     c.emulator.auth_failing = False
     c.run()
     assert [j.state for j in c.jobs()] == ["succeeded"] * 3
-    assert c.store.provider_states()[kind].paused_reason is None
+    assert c.store.provider_states()[kind].paused_why is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -147,7 +147,7 @@ def test_422_on_create_fails_only_that_job(campaign, kind):
     c.run()
     by_agent = {j.agent: j for j in c.jobs()}
     assert by_agent["qa"].state == "failed"
-    assert by_agent["qa"].reason == "provider refused the job: HTTP 422: Invalid model: this model cannot be fine-tuned"
+    assert reason_of(by_agent["qa"]) == "provider refused the job: HTTP 422: Invalid model: this model cannot be fine-tuned"
     assert by_agent["legal"].state == by_agent["support"].state == "succeeded"
 
 
@@ -160,8 +160,8 @@ def test_training_failures_are_retried_and_bad_data_fails(campaign, kind, tmp_pa
     c.run(timeout=90)
     by_agent = {j.agent: j for j in c.jobs()}
     assert by_agent["analyst"].state == "failed"
-    assert by_agent["analyst"].reason.startswith("provider rejected the data: ")
-    assert "line 1: the provider refused this example" in by_agent["analyst"].reason
+    assert reason_of(by_agent["analyst"]).startswith("provider rejected the data: ")
+    assert "line 1: the provider refused this example" in reason_of(by_agent["analyst"])
     others = [by_agent[a] for a in ("qa", "legal", "support")]
     assert all(j.state == "succeeded" for j in others)
     assert any(j.attempt > 1 for j in others)  # seed 4 fails some in training
@@ -178,7 +178,7 @@ def test_the_key_never_leaks(campaign, kind, log, tmp_path):
     c.emulator.faults.add(method="GET", path="/v1/fine_tuning/jobs", status=401, body=body, times=2)
     c.rec.tick()
     paused = c.jobs()
-    assert all("***" in j.reason and FAKE_KEY not in j.reason for j in paused)
+    assert all("***" in reason_of(j) and FAKE_KEY not in reason_of(j) for j in paused)
     c.run()
     assert [j.state for j in c.jobs()] == ["succeeded"] * 2
     outputs = [run_ftctl(*args, config=c.config_path, env=ftctl_env(**{KEY_ENV: FAKE_KEY}))
@@ -201,7 +201,7 @@ def test_missing_key_pauses_with_a_clear_reason(campaign, monkeypatch):
     c.rec.tick()
     (job,) = c.jobs()
     assert job.state == "prepared"
-    assert job.reason == f"provider auth failing: providers.mistral.api_key_env: ${KEY_ENV} is not set"
+    assert reason_of(job) == f"provider unavailable: providers.mistral.api_key_env: ${KEY_ENV} is not set"
 
 
 def test_retry_after_on_the_listing_is_honoured(campaign):
@@ -209,7 +209,7 @@ def test_retry_after_on_the_listing_is_honoured(campaign):
     c.emulator.faults.add(method="GET", path="/v1/fine_tuning/jobs", status=429, retry_after=1.5, times=1)
     c.rec.tick()
     (job,) = c.jobs()
-    assert job.reason.startswith("provider unreachable: HTTP 429")
+    assert reason_of(job).startswith("provider unreachable: HTTP 429")
     before = c.emulator.calls["GET /v1/fine_tuning/jobs"]
     c.rec.tick()
     assert c.emulator.calls["GET /v1/fine_tuning/jobs"] == before  # not asked again before Retry-After

@@ -87,17 +87,20 @@ def status(
 ) -> None:
     """One line a job: state, attempt, age, and why it waits (or its model)."""
     from ftctl.controller.engine.states import TERMINAL
-    from ftctl.controller.cli.views import job_dict, status_table
+    from ftctl.controller.cli.views import job_dict, live_facts, status_table
+    from ftctl.controller.engine.reasons import Live
     from ftctl.models import utcnow
 
     config = get_config()
 
     def load():
         store = read_store(config)
-        rows = [] if store is None else store.list_jobs(agent=agent)
-        if store is not None:
-            store.close()
-        return [j for j in rows if j.state not in TERMINAL] if active else rows
+        if store is None:
+            return [], Live()
+        rows = store.list_jobs(agent=agent)
+        live = live_facts(store, config)
+        store.close()
+        return ([j for j in rows if j.state not in TERMINAL] if active else rows), live
 
     if watch:
         if as_json:
@@ -106,22 +109,28 @@ def status(
 
         from rich.live import Live
 
-        with Live(status_table(load(), title="ftctl status"), console=out, auto_refresh=False) as live:
+        from rich.live import Live as LiveDisplay
+
+        def table(title: str):
+            jobs, live = load()
+            return status_table(jobs, title=title, live=live)
+
+        with LiveDisplay(table("ftctl status"), console=out, auto_refresh=False) as display:
             try:
                 while True:
                     time.sleep(interval)
-                    live.update(status_table(load(), title=f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
+                    display.update(table(f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
             except KeyboardInterrupt:
                 return
-    jobs = load()
+    jobs, live = load()
     now = utcnow()
     if as_json:
-        emit_json([job_dict(j, now) for j in jobs])
+        emit_json([job_dict(j, now, live) for j in jobs])
         return
     if not jobs:
         out.print("no jobs")
         return
-    out.print(status_table(jobs, now))
+    out.print(status_table(jobs, now, live=live))
     if any(j.state not in TERMINAL for j in jobs):
         store = read_store(config)
         holder = store.daemon_holder() if store is not None else None
@@ -206,7 +215,7 @@ def show(
 # -- write commands ---------------------------------------------------------------------
 
 
-def _user_move(job: str, trigger: str, reason: str) -> Any:
+def _user_move(job: str, trigger: str) -> Any:
     from ftctl.controller.engine.jobs import JobNotFound, StaleState, user_transition
     from ftctl.controller.engine.states import InvalidTransition
 
@@ -220,7 +229,7 @@ def _user_move(job: str, trigger: str, reason: str) -> Any:
         if current is not None and trigger == "retry" and current.cancel_pending:
             die(f"job {job_id}: its cancellation at the provider is still pending; retry after the next tick",
                 EXIT_REFUSED)
-        _, row = user_transition(store, job_id, trigger, reason)
+        _, row = user_transition(store, job_id, trigger)
     except JobNotFound:
         die(f"no job {job_id} (see `ftctl status`)")
     except InvalidTransition as exc:
@@ -234,7 +243,7 @@ def _user_move(job: str, trigger: str, reason: str) -> Any:
 @app.command()
 def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Cancel a job (at the provider too)."""
-    config, store, row = _user_move(job, "cancel", "cancelled by the user")
+    config, store, row = _user_move(job, "cancel")
     message = f"job {row.id} cancelled"
     if row.cancel_pending and row.provider_job_id and row.provider in config.providers:
         from ftctl.controller.engine.jobs import cancelled_at_provider
@@ -260,7 +269,7 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
 @app.command()
 def retry(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Put a failed or cancelled job back to `prepared`, with fresh attempts."""
-    _, store, row = _user_move(job, "retry", "retried by the user")
+    _, store, row = _user_move(job, "retry")
     store.close()
     out.print(f"job {row.id} is prepared again (attempts reset)")
 
@@ -275,6 +284,7 @@ def wait(
     import time
 
     from ftctl.controller.config import parse_duration
+    from ftctl.controller.engine.reasons import render
     from ftctl.controller.engine.states import TERMINAL
 
     ids = [_job_id(j) for j in jobs]
@@ -298,6 +308,6 @@ def wait(
             raise typer.Exit(EXIT_TIMEOUT)
         time.sleep(interval)
     for r in rows:
-        detail = r.fine_tuned_model if r.state == "succeeded" else (r.reason or "")
+        detail = r.fine_tuned_model if r.state == "succeeded" else (render(r.reason_code, r.reason_args) or "")
         out.print(f"job {r.id} ({r.agent}): {r.state} {detail}".rstrip(), markup=False)
     raise typer.Exit(EXIT_OK if all(r.state == "succeeded" for r in rows) else EXIT_FAILED)

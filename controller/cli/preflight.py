@@ -209,6 +209,7 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Committed, spent and remaining against [budget] in controller.toml."""
     from datetime import timedelta
 
+    from ftctl.controller.engine.policy import Budget
     from ftctl.models import utcnow
 
     config = get_config()
@@ -218,8 +219,9 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     spent = store.spent_since(now - timedelta(seconds=caps.period)) if store else 0.0
     committed = store.committed() if store else 0.0
     waiting = [j for j in store.list_jobs(states=["prepared"])] if store else []
-    over = [j for j in waiting if (j.reason or "").startswith("over budget")]
-    remaining = None if caps.total is None else round(caps.total - spent - committed, 2)
+    over = [j for j in waiting if (j.reason_code or "").startswith("budget")]
+    left = Budget(caps.per_job, caps.total, spent).left(committed)
+    remaining = None if left is None else round(left, 2)
     data = {"per_job_cap": caps.per_job, "total_cap": caps.total, "period_days": round(caps.period / 86400, 2),
             "spent": round(spent, 2), "committed": round(committed, 2), "remaining": remaining,
             "waiting_estimates": round(sum(j.estimated_cost or 0 for j in waiting), 2),

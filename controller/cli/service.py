@@ -125,7 +125,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def tick(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """One reconcile pass, then exit."""
-    from ftctl.controller.engine.tick import Reconciler
+    from ftctl.controller.engine.tick import Ticker
     from ftctl.models import LockHeld
 
     config = get_config()
@@ -136,7 +136,7 @@ def tick(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     except LockHeld as exc:
         store.close()
         die(f"{exc}; it reconciles already", EXIT_REFUSED)
-    reconciler = Reconciler(config, store)
+    reconciler = Ticker(config, store)
     try:
         result = reconciler.tick()
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from ftctl.controller.engine.reasons import Live, render
 from ftctl.models import Job, JobEvent, utcnow
 
 STATE_STYLE = {
@@ -36,7 +37,31 @@ def age_text(seconds: float) -> str:
     return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
 
 
-def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
+def live_facts(store: Any, config: Any, now: datetime | None = None) -> Live:
+    """The numbers a waiting job's reason shows, as they are now: slots busy
+    per provider (as the last tick saw them) and money left in the budget."""
+    from datetime import timedelta
+
+    from ftctl.controller.engine.policy import Budget
+
+    if store is None:
+        return Live()
+    slots = {name: (s.slots_used, s.slots_limit) for name, s in store.provider_states().items()
+             if s.slots_used is not None and s.slots_limit is not None}
+    caps = config.budget
+    left = None
+    if caps.total is not None:
+        now = now or utcnow()
+        budget = Budget(caps.per_job, caps.total, store.spent_since(now - timedelta(seconds=caps.period)))
+        left = budget.left(store.committed())
+    return Live(slots=slots, budget_left=left)
+
+
+def reason_text(job: Job, live: Live | None = None) -> str | None:
+    return render(job.reason_code, job.reason_args, live)
+
+
+def job_dict(job: Job, now: datetime | None = None, live: Live | None = None) -> dict[str, Any]:
     now = now or utcnow()
     return {
         "id": job.id,
@@ -46,7 +71,8 @@ def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
         "state": job.state,
         "attempt": job.attempt,
         "age_seconds": int((now - job.created_at).total_seconds()),
-        "reason": job.reason,
+        "reason": reason_text(job, live),
+        "reason_code": job.reason_code,
         "fine_tuned_model": job.fine_tuned_model,
         "provider_job_id": job.provider_job_id,
         "provider_status": job.provider_status,
@@ -76,14 +102,15 @@ def event_dict(ev: JobEvent) -> dict[str, Any]:
     }
 
 
-def status_table(jobs: list[Job], now: datetime | None = None, title: str | None = None) -> Table:
+def status_table(jobs: list[Job], now: datetime | None = None, title: str | None = None,
+                 live: Live | None = None) -> Table:
     now = now or utcnow()
     table = Table(title=title, title_justify="left", expand=False)
     for col in ("ID", "AGENT", "PROVIDER", "MODEL", "STATE", "ATT", "AGE", "COST", "REASON / FINE-TUNED MODEL"):
         table.add_column(col, no_wrap=col != "REASON / FINE-TUNED MODEL", justify="right" if col == "COST" else "left")
     for job in jobs:
         style = STATE_STYLE.get(job.state, "")
-        detail = job.fine_tuned_model if job.state == "succeeded" else (job.reason or "")
+        detail = job.fine_tuned_model if job.state == "succeeded" else (reason_text(job, live) or "")
         table.add_row(str(job.id), job.agent, job.provider, job.model, f"[{style}]{job.state}[/]",
                       str(job.attempt), age_text((now - job.created_at).total_seconds()), cost_text(job),
                       escape(detail))

@@ -67,7 +67,7 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
              timeout: float = 120.0) -> int:
     from ftctl.controller.config import load_config
     from ftctl.controller.service.logs import configure
-    from ftctl.controller.engine.tick import Reconciler
+    from ftctl.controller.engine.tick import Ticker
     from ftctl.controller.preflight.submit import plan_submissions, store_submissions
     from ftctl.controller.cli.views import latest_models, status_table
     from ftctl.models import Store
@@ -84,7 +84,7 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
     store = Store(config.database_url)
     store.acquire_daemon_lock()
     store_submissions(store, plan_submissions(config, [], all_agents=True))
-    reconciler = Reconciler(config, store)
+    reconciler = Ticker(config, store)
     started = time.monotonic()
     try:
         with Live(status_table(store.list_jobs(), title="ftctl status"), console=console,
@@ -96,8 +96,9 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
                     break
                 time.sleep(config.controller.poll_interval)
         jobs = store.list_jobs()
-        capacity = sum(1 for j in jobs for e in store.events(j.id) if e.reason and "concurrency limit" in e.reason)
-        retries = sum(1 for j in jobs for e in store.events(j.id) if e.reason and e.reason.startswith("backoff"))
+        attempts = [a for j in jobs for a in store.attempts(j.id)]
+        capacity = sum(1 for a in attempts if a.outcome == "capacity")
+        retries = sum(1 for a in attempts if a.outcome == "failed")
         models = latest_models(jobs)
         console.print(f"\n{len(models)}/{len(AGENTS)} agents succeeded in {time.monotonic() - started:.1f}s; "
                       f"{capacity} capacity rejections absorbed (not counted as attempts), "

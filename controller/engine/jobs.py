@@ -1,16 +1,19 @@
-"""Writing jobs: a transition and its history row in one transaction."""
+"""Writing jobs: a transition and its history row in one transaction; notes
+(facts that move no state) many to a transaction."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import select
 
+from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.states import PREPARED, InvalidTransition, next_state
 from ftctl.models import Attempt, Job, JobEvent, Store, utcnow
 
@@ -43,18 +46,31 @@ def create_job(store: Store, *, agent: str, provider: str, model: str, training_
                estimated_cost: float | None = None, data_tokens: int | None = None) -> Job:
     now = now or utcnow()
     with store.write() as s:
-        job = Job(agent=agent, provider=provider, model=model, training_file=str(training_file),
-                  content_hash=content_hash, hyperparameters=dict(hyperparameters), state=PREPARED,
-                  estimated_cost=estimated_cost, data_tokens=data_tokens, reason="waiting for the daemon",
-                  created_at=now, updated_at=now)
-        s.add(job)
-        s.flush()
-        s.add(JobEvent(job_id=job.id, at=now, from_state=None, to_state=PREPARED, trigger="create",
-                       reason="submitted"))
+        job = new_job_row(agent=agent, provider=provider, model=model, training_file=training_file,
+                          content_hash=content_hash, hyperparameters=hyperparameters, now=now,
+                          estimated_cost=estimated_cost, data_tokens=data_tokens)
+        add_job(s, job, now)
     return job
 
 
-def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None, reason: str | None = None,
+def new_job_row(*, agent: str, provider: str, model: str, training_file: Path, content_hash: str,
+                hyperparameters: dict[str, Any], now: datetime, estimated_cost: float | None = None,
+                data_tokens: int | None = None) -> Job:
+    return Job(agent=agent, provider=provider, model=model, training_file=str(training_file),
+               content_hash=content_hash, hyperparameters=dict(hyperparameters), state=PREPARED.value,
+               estimated_cost=estimated_cost, data_tokens=data_tokens, **Reason("daemon").stored(),
+               created_at=now, updated_at=now)
+
+
+def add_job(session: Any, job: Job, now: datetime) -> None:
+    """Insert a new job and its first history row in the caller's transaction."""
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, at=now, from_state=None, to_state=PREPARED.value, trigger="create",
+                         reason="submitted"))
+
+
+def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None, reason: Reason | None = None,
          expect: str | None = None, updates: dict[str, Any] | None = None, provider_status: str | None = None,
          attempt_outcome: tuple[str, bool] | None = None) -> tuple[str, Job]:
     """Move a job by `trigger`; returns (previous state, job).
@@ -74,14 +90,14 @@ def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None
         token_before = job.client_token
         for key, value in (updates or {}).items():
             setattr(job, key, value)
-        job.state = after
-        job.reason = reason
+        job.state = after.value
+        job.reason_code, job.reason_args = (reason.code, dict(reason.args)) if reason else (None, None)
         job.updated_at = now
         if provider_status is not None:
             job.provider_status = provider_status
         s.add(job)
-        s.add(JobEvent(job_id=job.id, at=now, from_state=before, to_state=after, trigger=trigger,
-                       reason=reason, provider_status=provider_status))
+        s.add(JobEvent(job_id=job.id, at=now, from_state=before, to_state=after.value, trigger=trigger,
+                       reason=reason.text() if reason else None, provider_status=provider_status))
         if trigger == "submit" and job.client_token:
             s.add(Attempt(job_id=job.id, number=job.attempt, client_token=job.client_token, submitted_at=now))
         elif attempt_outcome is not None and token_before:
@@ -95,31 +111,51 @@ def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None
     return before, job
 
 
+def _note_in(store: Store, s: Any, job_id: int, updates: dict[str, Any], *, expect: str | None,
+             expect_token: str | None, event: tuple[str, str] | None, now: datetime) -> Job | None:
+    job = store.lock_job(s, job_id)
+    if job is None or (expect is not None and job.state != expect):
+        return None
+    if expect_token is not None and job.client_token != expect_token:
+        return None
+    for key, value in updates.items():
+        setattr(job, key, value)
+    job.updated_at = now
+    s.add(job)
+    if event is not None:
+        trigger, text = event
+        s.add(JobEvent(job_id=job.id, at=now, from_state=job.state, to_state=job.state, trigger=trigger,
+                       reason=text, provider_status=job.provider_status))
+    if "provider_job_id" in updates and job.client_token:
+        row = s.exec(select(Attempt).where(Attempt.client_token == job.client_token)).first()
+        if row is not None and row.provider_job_id is None:
+            row.provider_job_id = updates["provider_job_id"]
+            s.add(row)
+    return job
+
+
 def note(store: Store, job_id: int, updates: dict[str, Any], *, expect: str | None = None,
          expect_token: str | None = None, event: tuple[str, str] | None = None,
          now: datetime | None = None) -> Job | None:
     """Record facts about a job without moving it; None if it moved meanwhile."""
     now = now or utcnow()
     with store.write() as s:
-        job = store.lock_job(s, job_id)
-        if job is None or (expect is not None and job.state != expect):
-            return None
-        if expect_token is not None and job.client_token != expect_token:
-            return None
-        for key, value in updates.items():
-            setattr(job, key, value)
-        job.updated_at = now
-        s.add(job)
-        if event is not None:
-            trigger, reason = event
-            s.add(JobEvent(job_id=job.id, at=now, from_state=job.state, to_state=job.state, trigger=trigger,
-                           reason=reason, provider_status=job.provider_status))
-        if "provider_job_id" in updates and job.client_token:
-            row = s.exec(select(Attempt).where(Attempt.client_token == job.client_token)).first()
-            if row is not None and row.provider_job_id is None:
-                row.provider_job_id = updates["provider_job_id"]
-                s.add(row)
-    return job
+        return _note_in(store, s, job_id, updates, expect=expect, expect_token=expect_token, event=event, now=now)
+
+
+def note_many(store: Store, notes: Iterable[Any], now: datetime) -> int:
+    """Several notes (decide.Note) in one write transaction; returns how many
+    still applied (a job that moved meanwhile is left alone)."""
+    notes = list(notes)
+    if not notes:
+        return 0
+    applied = 0
+    with store.write() as s:
+        for n in notes:
+            if _note_in(store, s, n.job_id, n.updates, expect=n.expect, expect_token=n.expect_token, event=n.event,
+                        now=now) is not None:
+                applied += 1
+    return applied
 
 
 def cancelled_at_provider(store: Store, job_id: int, provider_job_id: str, provider_status: str,
@@ -130,7 +166,7 @@ def cancelled_at_provider(store: Store, job_id: int, provider_job_id: str, provi
                 event=("provider-cancel", f"cancelled at the provider ({provider_status})"), now=now)
 
 
-def user_transition(store: Store, job_id: int, trigger: str, reason: str) -> tuple[str, Job]:
+def user_transition(store: Store, job_id: int, trigger: str) -> tuple[str, Job]:
     """A transition asked for from the CLI (cancel, retry)."""
     updates: dict[str, Any] = {}
     job = store.get_job(job_id)
@@ -141,9 +177,10 @@ def user_transition(store: Store, job_id: int, trigger: str, reason: str) -> tup
     if trigger == "retry":
         updates.update(attempt=0, client_token=None, provider_job_id=None, intent_at=None, not_before=None,
                        fine_tuned_model=None, last_error=None, cancel_pending=False, provider_status=None)
+    reason = Reason({"cancel": "cancelled_user", "retry": "retried"}.get(trigger, "text"),
+                    {} if trigger in ("cancel", "retry") else {"text": f"{trigger} by the user"})
     return fire(store, job_id, trigger, reason=reason, expect=job.state, updates=updates)
 
 
-__all__ = ["InvalidTransition", "JobNotFound", "StaleState", "cancelled_at_provider", "create_job", "file_sha256",
-           "fire",
-           "new_client_token", "note", "user_transition"]
+__all__ = ["InvalidTransition", "JobNotFound", "StaleState", "add_job", "cancelled_at_provider", "create_job",
+           "file_sha256", "fire", "new_client_token", "new_job_row", "note", "note_many", "user_transition"]

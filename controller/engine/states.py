@@ -10,19 +10,30 @@ history row in one transaction.
 from __future__ import annotations
 
 import threading
+from enum import StrEnum
 
 from transitions import Machine, MachineError
 
-PREPARED = "prepared"
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
 
-STATES = (PREPARED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+class JobState(StrEnum):
+    """A job's state; stored as its value, and equal to it as a string."""
+
+    PREPARED = "prepared"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+PREPARED, QUEUED, RUNNING = JobState.PREPARED, JobState.QUEUED, JobState.RUNNING
+SUCCEEDED, FAILED, CANCELLED = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
+
+STATES = tuple(JobState)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 IN_FLIGHT = frozenset({QUEUED, RUNNING})
+# what the reconcile step looks at (plus finished jobs that still owe a cancel)
+UNFINISHED = frozenset({PREPARED, QUEUED, RUNNING})
 
 TRANSITIONS = (
     # handed to the provider (the intent and client token are stored first)
@@ -60,16 +71,18 @@ class _Carrier:
 
 _machine = Machine(
     model=None,
-    states=list(STATES),
-    transitions=[dict(t) for t in TRANSITIONS],
-    initial=PREPARED,
+    states=[s.value for s in STATES],
+    # plain strings: transitions would name Enum states by their member names
+    transitions=[{k: (v if k == "trigger" else [str(s) for s in v] if isinstance(v, list) else str(v))
+                  for k, v in t.items()} for t in TRANSITIONS],
+    initial=PREPARED.value,
     auto_transitions=False,
     ignore_invalid_triggers=False,
 )
 _lock = threading.Lock()
 
 
-def next_state(state: str, trigger: str) -> str:
+def next_state(state: str, trigger: str) -> JobState:
     """The state `trigger` leads to from `state`, or InvalidTransition."""
     if state not in STATES:
         raise InvalidTransition(trigger, state)
@@ -77,18 +90,18 @@ def next_state(state: str, trigger: str) -> str:
         raise InvalidTransition(trigger, state)
     carrier = _Carrier()
     with _lock:
-        _machine.add_model(carrier, initial=state)
+        _machine.add_model(carrier, initial=str(state))
         try:
             carrier.trigger(trigger)
         except MachineError:
             raise InvalidTransition(trigger, state) from None
         finally:
             _machine.remove_model(carrier)
-    return carrier.state
+    return JobState(carrier.state)
 
 
 def allowed_triggers(state: str) -> list[str]:
-    return sorted(t for t in _machine.get_triggers(state) if t in TRIGGERS) if state in STATES else []
+    return sorted(t for t in _machine.get_triggers(str(state)) if t in TRIGGERS) if state in STATES else []
 
 
 def can(state: str, trigger: str) -> bool:

@@ -1,4 +1,11 @@
-"""The I/O around the reconcile step: load, observe, decide, apply."""
+"""The I/O shell around the decision step: load, observe, decide, apply.
+
+It decides nothing itself. What it observes goes into `decide.decide`; the
+outcome of every provider call it makes goes into a `decide.after_*`
+function, and what those return is applied like any other decision. Each
+provider is built, observed and acted on inside its own boundary: one that
+cannot be built or answers garbage pauses, the others go on.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,16 @@ from typing import Any
 
 import structlog
 
-from ftctl.controller.engine import decide as rc
 from ftctl.controller.config import Config
-from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, file_sha256, fire, new_client_token, note
-from ftctl.controller.engine.states import IN_FLIGHT, PREPARED, QUEUED, STATES, TERMINAL, InvalidTransition
+from ftctl.controller.engine import decide as rc
+from ftctl.controller.engine.jobs import (StaleState, cancelled_at_provider, file_sha256, fire, new_client_token,
+                                          note_many)
+from ftctl.controller.engine.policy import Budget, Policy
+from ftctl.controller.engine.reasons import Reason
+from ftctl.controller.engine.states import STATES, TERMINAL, UNFINISHED, InvalidTransition
 from ftctl.models import Job, ProviderState, Store, utcnow
-from ftctl.providers.base import JobSpec, NotFoundError, Provider, ProviderError
+from ftctl.providers.base import JobSpec, NotFoundError, Provider, ProviderError, ProviderJob, TransientError
+from ftctl.providers.kind import RemoteSection
 
 # how far back the provider's own list is read (to count foreign active jobs)
 LISTING_WINDOW = timedelta(days=7)
@@ -45,19 +56,31 @@ class TickResult:
                 f"{other} waiting otherwise, {s['failed']} failed, {s['succeeded']} succeeded")
 
 
-class Reconciler:
+def _never() -> bool:
+    return False
+
+
+def _no_guard() -> None:
+    return None
+
+
+class Ticker:
     def __init__(self, config: Config, store: Store, providers: dict[str, Provider] | None = None, *,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
-                 logger: Any = None, should_stop: Callable[[], bool] = lambda: False):
+                 logger: Any = None, should_stop: Callable[[], bool] = _never,
+                 guard: Callable[[], None] = _no_guard):
         self.config = config
-        # checked between decisions: a stop request ends the tick early. Every
-        # decision is complete on its own, and the next tick decides afresh.
-        self.should_stop = should_stop
         self.store = store
         self.providers: dict[str, Provider] = dict(providers or {})
         self.clock = clock
         self.rng = rng or random.Random()
-        self.policy = rc.Policy.of(config.retry)
+        self.policy = Policy.of(config.retry)
+        # checked between decisions: a stop request ends the tick early. Every
+        # decision is complete on its own, and the next tick decides afresh.
+        self.should_stop = should_stop
+        # raises when this process may no longer act (the daemon lock is lost):
+        # called right before every provider mutation
+        self.guard = guard
         # a provider that answered 429/503 with Retry-After is not asked again before then
         self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
         self._result: TickResult | None = None
@@ -74,6 +97,12 @@ class Reconciler:
 
             self.providers[name] = build_provider(name, self.config.providers[name], self.config.provider_env(epoch))
         return self.providers[name]
+
+    def settle(self, name: str) -> float:
+        """How long after a create call went out it may still land at `name`."""
+        section = self.config.providers[name]
+        timeout = section.timeout if isinstance(section, RemoteSection) else 0.0
+        return timeout + self.policy.create_margin
 
     def reload(self, config: Config) -> list[str]:
         """Take a new config between ticks; returns what changed, in words."""
@@ -93,7 +122,7 @@ class Reconciler:
             if getattr(self.config, section) != getattr(config, section):
                 changes.append(section)
         self.config = config
-        self.policy = rc.Policy.of(config.retry)
+        self.policy = Policy.of(config.retry)
         self._quiet_until.clear()
         return changes
 
@@ -106,53 +135,61 @@ class Reconciler:
 
     def tick(self) -> TickResult:
         now = self.clock()
-        rows = self.store.jobs_to_reconcile([PREPARED, *IN_FLIGHT])
+        rows = self.store.jobs_to_reconcile(list(UNFINISHED))
         views = [rc.JobView.of(j) for j in rows]
         states = self.store.provider_states()
+        quotes = self.store.pending_quotes()
         observed: dict[str, rc.ProviderView] = {}
-        for name in sorted({v.provider for v in views}):
+        names = {v.provider for v in views} | set(quotes)
+        for name in sorted(names):
             if name in self.config.providers:
-                observed[name] = self._observe(name, [v for v in views if v.provider == name], states.get(name), now)
+                mine = [v for v in views if v.provider == name]
+                observed[name] = self._observe(name, mine, states.get(name), quotes.get(name, ()), now)
         decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now))
         by_id = {r.id: r for r in rows}
         result = TickResult(at=now, decisions=len(decisions))
         self._result = result
         result.errors.extend((name, pv.error.kind) for name, pv in observed.items()
                              if pv.error is not None and pv.jobs is None)
+        notes = [d for d in decisions if isinstance(d, rc.Note)]
+        note_many(self.store, notes, now)
         for decision in decisions:
+            if isinstance(decision, rc.Note):
+                continue
             if isinstance(decision, rc.Slots):
                 result.slots[decision.name] = decision
+                self._slots(decision, states.get(decision.name))
                 continue
             if self.should_stop():
                 self.log.info("tick cut short by a stop request")
                 break
-            try:
-                self._apply(decision, by_id, now)
-            except StaleState:
-                continue
+            self._apply(decision, by_id, now)
         result.states = Counter(self.store.count_by_state())
-        result.waiting_for_slot = self.store.count_waiting("waiting for a slot")
+        result.waiting_for_slot = self.store.count_waiting("slot")
         return result
 
-    def _budget(self, now: datetime) -> rc.Budget | None:
+    def _budget(self, now: datetime) -> Budget | None:
         caps = self.config.budget
         if caps.per_job is None and caps.total is None:
             return None
         spent = self.store.spent_since(now - timedelta(seconds=caps.period)) if caps.total is not None else 0.0
-        return rc.Budget(per_job=caps.per_job, total=caps.total, spent=spent)
+        return Budget(per_job=caps.per_job, total=caps.total, spent=spent)
 
     def _observe(self, name: str, mine: list[rc.JobView], state: ProviderState | None,
-                 now: datetime) -> rc.ProviderView:
+                 quotes: tuple[str, ...], now: datetime) -> rc.ProviderView:
         conf = self.config.providers[name]
         state = state or ProviderState(name=name)
         base = dict(name=name, configured_limit=conf.concurrency, learned_limit=state.learned_limit,
-                    learned_at=state.learned_at, paused_reason=state.paused_reason,
-                    paused_until=state.paused_until)
+                    learned_at=state.learned_at, paused_why=state.paused_why,
+                    paused_message=state.paused_message, paused_until=state.paused_until,
+                    settle=self.settle(name), quote_ids=frozenset(self.store.quote_ids(name)),
+                    pending_quotes=tuple(quotes))
         quiet = self._quiet_until.get(name)
         if quiet and now < quiet[0]:
             return rc.ProviderView(jobs=None, error=quiet[1], **base)
         intents = [v.intent_at for v in mine if v.intent_at]
         since = min([now - LISTING_WINDOW, *[t - timedelta(hours=1) for t in intents]])
+        listed_at = self.clock()
         try:
             provider = self.provider(name)
             listing = provider.list_jobs(created_after=since)
@@ -164,13 +201,24 @@ class Reconciler:
                         listing.append(provider.get_job(v.provider_job_id))
                     except NotFoundError:
                         missing.add(v.provider_job_id)
-        except ProviderError as exc:
-            self.log.warning("provider observation failed", provider=name, error_class=exc.kind,
-                             error=exc.message, retry_after=exc.retry_after)
-            if exc.retry_after:
-                self._quiet_until[name] = (now + timedelta(seconds=exc.retry_after), exc)
-            return rc.ProviderView(jobs=None, error=exc, **base)
-        return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), **base)
+            for quote_id in quotes:
+                if quote_id not in seen:
+                    missing.add(quote_id)
+        except Exception as exc:  # noqa: BLE001 - one provider's trouble stays its own
+            err = self._as_provider_error(exc)
+            self.log.warning("provider observation failed", provider=name, error_class=err.kind,
+                             error=err.message, retry_after=err.retry_after)
+            if err.retry_after:
+                self._quiet_until[name] = (self.clock() + timedelta(seconds=err.retry_after), err)
+            return rc.ProviderView(jobs=None, error=err, **base)
+        return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at, **base)
+
+    def _as_provider_error(self, exc: Exception) -> ProviderError:
+        if isinstance(exc, ProviderError):
+            return exc
+        # a bug or a surprise in a client: its outcome is unknown
+        self.log.error("unexpected provider error", error=f"{exc.__class__.__name__}: {exc}")
+        return TransientError(f"unexpected error: {exc.__class__.__name__}")
 
     # -- applying decisions ------------------------------------------------------
 
@@ -179,25 +227,37 @@ class Reconciler:
             if d.trigger == "succeed" and d.updates.get("actual_cost") is None and d.updates.get("trained_tokens"):
                 cost = self._cost_of(rows[d.job_id], d.updates["trained_tokens"])
                 d = replace(d, updates={**d.updates, "actual_cost": cost})
-            self._transition(d.job_id, d.trigger, expect=d.expect, reason=d.reason, updates=d.updates,
-                             provider_status=d.provider_status, attempt_outcome=d.attempt_outcome, now=now)
+            self._transition(d, now)
         elif isinstance(d, rc.Note):
-            note(self.store, d.job_id, d.updates, expect=d.expect, now=now)
+            note_many(self.store, [d], now)
         elif isinstance(d, rc.Submit):
             self._submit(rows[d.job_id], d.client_token, now)
         elif isinstance(d, rc.CancelAtProvider):
             self._cancel_at_provider(rows[d.job_id], d.provider_job_id, now)
+        elif isinstance(d, rc.CancelQuote):
+            self._cancel_quote(d, now)
+        elif isinstance(d, rc.QuoteSettled):
+            self.store.settle_quote(d.provider, d.provider_job_id, now)
+        elif isinstance(d, rc.ForgetUpload):
+            self.store.forget_upload(d.provider, d.content_hash)
         elif isinstance(d, rc.ProviderUpdate):
             self._provider_update(d)
 
-    def _transition(self, job_id: int, trigger: str, *, now: datetime, **kw: Any) -> Job | None:
+    def _apply_all(self, decisions: list[rc.Decision], rows: dict[int, Job], now: datetime) -> None:
+        for d in decisions:
+            self._apply(d, rows, now)
+
+    def _transition(self, d: rc.Transition, now: datetime) -> Job | None:
         try:
-            before, job = fire(self.store, job_id, trigger, now=now, **kw)
+            before, job = fire(self.store, d.job_id, d.trigger, expect=d.expect, reason=d.reason, updates=d.updates,
+                               provider_status=d.provider_status, attempt_outcome=d.attempt_outcome, now=now)
+        except StaleState:
+            return None
         except InvalidTransition as exc:
-            self.log.error("transition refused", job_id=job_id, trigger=trigger, error=str(exc))
+            self.log.error("transition refused", job_id=d.job_id, trigger=d.trigger, error=str(exc))
             return None
         self.log.info("transition", job_id=job.id, agent=job.agent, provider=job.provider, state=job.state,
-                      from_state=before, trigger=trigger, reason=job.reason,
+                      from_state=before, trigger=d.trigger, reason=d.reason.text() if d.reason else None,
                       provider_job_id=job.provider_job_id, fine_tuned_model=job.fine_tuned_model)
         return job
 
@@ -221,112 +281,131 @@ class Reconciler:
         self.store.save_provider_state(state)
         self.log.info("provider state", provider=d.name, **{k: str(v) for k, v in changes.items()})
 
+    def _slots(self, slots: rc.Slots, state: ProviderState | None) -> None:
+        if state is not None and (state.slots_used, state.slots_limit) == (slots.used, slots.limit):
+            return
+        state = self.store.provider_states().get(slots.name) or ProviderState(name=slots.name)
+        state.slots_used, state.slots_limit = slots.used, slots.limit
+        self.store.save_provider_state(state)
+
     def _cancel_at_provider(self, job: Job, provider_job_id: str, now: datetime) -> None:
+        self.guard()
         try:
             pj = self.provider(job.provider).cancel_job(provider_job_id)
-        except ProviderError as exc:
+        except Exception as exc:  # noqa: BLE001
+            err = self._as_provider_error(exc)
             self.log.warning("cancel at provider failed", job_id=job.id, agent=job.agent, provider=job.provider,
-                             state=job.state, error_class=exc.kind, error=exc.message)
+                             state=job.state, error_class=err.kind, error=err.message)
             return
         cancelled_at_provider(self.store, job.id, pj.id, pj.raw_status, now=now)
         self.log.info("cancelled at provider", job_id=job.id, agent=job.agent, provider=job.provider,
                       state=job.state, provider_job_id=pj.id)
 
+    def _cancel_quote(self, d: rc.CancelQuote, now: datetime) -> None:
+        self.guard()
+        try:
+            self.provider(d.provider).cancel_job(d.provider_job_id)
+        except ProviderError as exc:
+            self.log.warning("cancel of a quote job failed", provider=d.provider, provider_job_id=d.provider_job_id,
+                             error_class=exc.kind, error=exc.message)
+            return
+        self.store.settle_quote(d.provider, d.provider_job_id, now)
+        self.log.info("quote job cancelled", provider=d.provider, provider_job_id=d.provider_job_id)
+
     # -- submission (crash-safe) ---------------------------------------------------
 
     def _submit(self, row: Job, token: str | None, now: datetime) -> None:
-        """Intent first, then the create call, then the provider's id.
+        """Upload, store the intent, create, store the provider's id.
 
         A new submission stores its client token with the move to `queued`
-        before the provider is called; if the process dies anywhere after
-        that, the next tick finds the job by its token in the provider's
-        listing, or (not found) creates it with the same token.
+        right before the create call; whenever the process dies after that,
+        the next ticks find the job by its token in the provider's listing,
+        and create it again only once a listing read after the call could
+        have landed shows nothing.
         """
+        view = rc.JobView.of(row)
+        provider = self.provider(row.provider)
         if token is None:
-            token = new_client_token(row.agent)
-            updates = {"attempt": row.attempt + 1, "client_token": token, "intent_at": now,
-                       "provider_job_id": None, "not_before": None, "provider_status": None}
-            job = self._transition(row.id, "submit", expect=PREPARED, reason="submitting to the provider",
-                                   updates=updates, now=now)
-            if job is None:
-                return
-        else:
-            job = row
-        provider = self.provider(job.provider)
-        try:
-            if row.client_token == token:
-                # creating again for an intent the listing did not show: ask
-                # for the token itself first, the last guard against a twin
-                found = provider.find_by_token(token)
-                if found:
-                    pj = max(found, key=lambda j: j.created_at or datetime.min)
-                    note(self.store, job.id, {"provider_job_id": pj.id, "provider_status": pj.raw_status,
-                                              "reason": f"queued at provider ({pj.raw_status})"},
-                         expect_token=token, event=("found", f"found at the provider by its token as {pj.id}"),
-                         now=now)
-                    return
-            file_id = self._upload(provider, job, now)
+            file_id = self._upload(provider, view, row, now)
             if file_id is None:
                 return
-            pj = provider.create_job(JobSpec(agent=job.agent, model=job.model, training_file_id=file_id,
-                                             hyperparameters=dict(job.hyperparameters), client_token=token))
-        except ProviderError as exc:
-            self._submit_failed(job, token, exc, now)
-            return
-        bound = note(self.store, job.id, {"provider_job_id": pj.id, "provider_status": pj.raw_status,
-                                          "reason": f"queued at provider ({pj.raw_status})"},
-                     expect_token=token, event=("created", f"created at the provider as {pj.id}"), now=now)
-        self.log.info("created at provider", job_id=job.id, agent=job.agent, provider=job.provider,
-                      state=bound.state if bound else job.state, provider_job_id=pj.id, client_token=token)
+            token = new_client_token(row.agent)
+            self.guard()
+            if self._transition(rc.begin_submit(view, token, self.clock()), now) is None:
+                return
+        else:
+            file_id = self.store.uploaded_file(row.provider, row.content_hash)
+            # creating again: ask for the token itself first, the last guard against a twin
+            try:
+                found = provider.find_by_token(token)
+            except Exception as exc:  # noqa: BLE001
+                err = self._as_provider_error(exc)
+                self.log.warning("lookup by token failed", job_id=row.id, agent=row.agent, provider=row.provider,
+                                 state=row.state, error=err.message)
+                return
+            if found:
+                pj = max(found, key=lambda j: j.created_at or datetime.min)
+                note_many(self.store, [rc.Note(row.id, row.state, {
+                    "provider_job_id": pj.id, "provider_status": pj.raw_status,
+                    **Reason("queued_at", {"status": pj.raw_status}).stored()}, expect_token=token,
+                    event=("found", f"found at the provider by its token as {pj.id}"))], now)
+                return
+            if file_id is None:
+                file_id = self._upload(provider, view, row, now, expect_state=row.state)
+                if file_id is None:
+                    return
+            self.guard()
+            note_many(self.store, [rc.Note(row.id, row.state, {"intent_at": self.clock()}, expect_token=token)], now)
+        sent_at = self.clock()
+        spec = JobSpec(agent=row.agent, model=row.model, training_file_id=file_id,
+                       hyperparameters=dict(row.hyperparameters), client_token=token)
+        self.guard()
+        try:
+            outcome: ProviderJob | ProviderError = provider.create_job(spec)
+        except Exception as exc:  # noqa: BLE001 - whatever happened, the outcome decides
+            outcome = self._as_provider_error(exc)
+        arrived_at = self.clock()
+        if isinstance(outcome, ProviderError):
+            if self._result is not None:
+                self._result.errors.append((row.provider, outcome.kind))
+            self.log.warning("create at provider failed", job_id=row.id, agent=row.agent, provider=row.provider,
+                             state="queued", error_class=outcome.kind, error=outcome.message,
+                             ambiguous=outcome.ambiguous)
+        else:
+            self.log.info("created at provider", job_id=row.id, agent=row.agent, provider=row.provider,
+                          state="queued", provider_job_id=outcome.id, client_token=token)
+        queued = replace(view, state="queued", attempt=view.attempt + (1 if row.client_token != token else 0),
+                         client_token=token)
+        self._apply_all(rc.after_create(queued, token, outcome, sent_at=sent_at, arrived_at=arrived_at,
+                                        content_hash=row.content_hash, policy=self.policy, rng=self.rng,
+                                        settle=self.settle(row.provider)), {row.id: row}, now)
 
-    def _upload(self, provider: Provider, job: Job, now: datetime) -> str | None:
+    def _upload(self, provider: Provider, view: rc.JobView, job: Job, now: datetime,
+                expect_state: str = "prepared") -> str | None:
         path = Path(job.training_file)
         try:
             digest = file_sha256(path)
         except OSError as exc:
-            self._transition(job.id, "fail", expect=QUEUED, now=now,
-                             reason=f"training file unreadable: {path} ({exc.__class__.__name__})",
-                             attempt_outcome=("rejected", True))
+            problem = Reason("file_unreadable", {"path": str(path), "error": exc.__class__.__name__})
+            self._transition(replace(rc.file_problem(view, problem), expect=expect_state), now)
             return None
         if digest != job.content_hash:
-            self._transition(job.id, "fail", expect=QUEUED, now=now,
-                             reason=f"training file changed since submit: {path}",
-                             attempt_outcome=("rejected", True))
+            problem = Reason("file_changed", {"path": str(path)})
+            self._transition(replace(rc.file_problem(view, problem), expect=expect_state), now)
             return None
         file_id = self.store.uploaded_file(job.provider, digest)
         if file_id is None:
-            file_id = provider.upload_file(path, digest)
+            self.guard()
+            try:
+                file_id = provider.upload_file(path, digest)
+            except Exception as exc:  # noqa: BLE001
+                err = self._as_provider_error(exc)
+                self.log.warning("upload failed", job_id=job.id, agent=job.agent, provider=job.provider,
+                                 state=job.state, error_class=err.kind, error=err.message)
+                self._apply_all(rc.after_upload_error(view, err, arrived_at=self.clock(), policy=self.policy,
+                                                      rng=self.rng), {job.id: job}, now)
+                return None
             self.store.remember_upload(job.provider, digest, file_id)
         if job.provider_file_id != file_id:
-            note(self.store, job.id, {"provider_file_id": file_id}, now=now)
+            note_many(self.store, [rc.Note(job.id, job.state, {"provider_file_id": file_id})], now)
         return file_id
-
-    def _submit_failed(self, job: Job, token: str, exc: ProviderError, now: datetime) -> None:
-        if self._result is not None:
-            self._result.errors.append((job.provider, exc.kind))
-        log = self.log.bind(job_id=job.id, agent=job.agent, provider=job.provider, state=job.state)
-        log.warning("create at provider failed", error_class=exc.kind, error=exc.message)
-        uncounted = {"attempt": max(0, job.attempt - 1), "client_token": None, "intent_at": None,
-                     "last_error": exc.message}
-        if exc.kind == "transient" or exc.kind == "not_found":
-            # ambiguous: the job may exist. Keep the token; the next tick after
-            # not_before looks for it, and creates it only if it is not there.
-            if exc.kind == "not_found":  # e.g. the uploaded file vanished: upload again
-                self.store.forget_upload(job.provider, job.content_hash)
-            delay = exc.retry_after or rc.backoff_seconds(max(1, job.attempt), self.policy, self.rng)
-            until = now + timedelta(seconds=delay)
-            note(self.store, job.id, {
-                "not_before": until, "last_error": exc.message,
-                "reason": f"create failed ({exc.message}); looking for it and retrying at {rc.clock_text(until)}",
-            }, expect_token=token, event=("create-failed", exc.message), now=now)
-        elif exc.kind in ("auth", "quota", "capacity"):
-            reason = rc.error_reason(exc) if exc.kind != "capacity" else (
-                f"provider at its concurrency limit ({exc.message}); waiting for a slot")
-            self._transition(job.id, "requeue", expect=QUEUED, reason=reason, updates=uncounted, now=now,
-                             attempt_outcome=(exc.kind, False))
-            if exc.kind != "capacity":
-                until = now + timedelta(seconds=self.policy.backoff_max) if exc.kind == "quota" else None
-                self._provider_update(rc.ProviderUpdate(job.provider, paused_reason=reason, paused_until=until))
-        else:
-            self._transition(job.id, "fail", expect=QUEUED, reason=f"provider refused the job: {exc.message}",
-                             updates={"last_error": exc.message}, now=now, attempt_outcome=("rejected", True))

@@ -86,14 +86,32 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
 
 def quote(config: Config, provider_name: str, path: Path, model: str, hyperparameters: dict[str, Any]) -> float | None:
     """The provider's own price for this job, where it gives one (Mistral and
-    the simulated provider: create with auto_start=False, read, cancel)."""
+    the simulated provider: create with auto_start=False, read, cancel).
+
+    The file is uploaded once per content hash, as for a real job. The quote
+    job is recorded in the database: it never counts as a slot, and the
+    daemon cancels it again until the provider confirms.
+    """
+    from ftctl.controller.engine.jobs import file_sha256
+    from ftctl.models import Store
     from ftctl.providers import build_provider
 
     section = config.providers[provider_name]
     if not registry.kind(section.kind).quotes:
         return None
+    digest = file_sha256(path)
+    store = Store(config.database_url)
     provider = build_provider(provider_name, section, config.provider_env())
     try:
-        return provider.quote(path, model, hyperparameters)
+        file_id = store.uploaded_file(provider_name, digest)
+        if file_id is None:
+            file_id = provider.upload_file(path, digest)
+            store.remember_upload(provider_name, digest, file_id)
+        got = provider.quote(file_id, model, hyperparameters)
+        store.add_quote(provider_name, got.job_id)
+        if got.settled:
+            store.settle_quote(provider_name, got.job_id)
+        return got.cost
     finally:
         provider.close()
+        store.close()

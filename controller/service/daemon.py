@@ -19,7 +19,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from ftctl.controller.config import Config, ConfigError, load_config
-from ftctl.controller.engine.tick import Reconciler
+from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.service.notify import Notifier, Watchdog
 from ftctl.models import Store
 
@@ -36,7 +36,7 @@ class Daemon:
         self.reload_event = threading.Event()
         self.tick_lock = threading.Lock()
         self.store: Store | None = None
-        self.reconciler: Reconciler | None = None
+        self.reconciler: Ticker | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.metrics = None
         self.ticks = 0
@@ -116,7 +116,7 @@ class Daemon:
         watchdog = Watchdog(self.notifier, self.healthy)
         try:
             self.store.acquire_daemon_lock()
-            self.reconciler = Reconciler(self.config, self.store, should_stop=self.stop_event.is_set)
+            self.reconciler = Ticker(self.config, self.store, should_stop=self.stop_event.is_set)
             if self.config.metrics.listen:
                 from ftctl.controller.service.metrics import Metrics
 

@@ -14,7 +14,9 @@ from ftctl.providers.base import (
     FAIL_TRAINING,
     MISTRAL_STATUS,
     JobSpec,
+    ProviderError,
     ProviderJob,
+    Quote,
     error_from_status,
     is_concurrency_limit_message,
 )
@@ -87,13 +89,17 @@ class SimulatedProvider:
     def get_job(self, job_id: str) -> ProviderJob:
         return job_from_engine(self._call(self.engine.get_job, job_id))
 
-    def quote(self, path: Path, model: str, hyperparameters: dict) -> float | None:
+    def quote(self, file_id: str, model: str, hyperparameters: dict) -> Quote:
         """Like Mistral: create with auto_start=False, read the cost, cancel."""
-        file_id = self.upload_file(path, "")
         raw = self._call(self.engine.create_job, model=model, training_files=[file_id],
-                         hyperparameters=hyperparameters, suffix=f"quote-{secrets.token_hex(4)}", auto_start=False)
-        self._call(self.engine.cancel_job, raw["id"])
-        return raw["metadata"].get("cost")
+                         hyperparameters=KIND.provider_hyperparameters(hyperparameters),
+                         suffix=f"quote-{secrets.token_hex(4)}", auto_start=False)
+        settled = True
+        try:
+            self._call(self.engine.cancel_job, raw["id"])
+        except ProviderError:
+            settled = False
+        return Quote(raw["metadata"].get("cost"), raw["id"], settled)
 
     def find_by_token(self, token: str) -> list[ProviderJob]:
         rows, _ = self._call(self.engine.list_jobs, suffix=token)

@@ -1,0 +1,119 @@
+"""Why a job is where it is: a code and its arguments, rendered to one line.
+
+A reason is stored as data (`reason_code`, `reason_args`), like Slurm's
+pending reasons, and turned into its line only here. Numbers that change
+while a job waits (slots busy, money left) are not stored: `render` takes
+them from `Live` facts at display time, so a tick never rewrites every
+waiting job because one slot freed up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    def text(self, live: "Live | None" = None) -> str:
+        return render(self.code, self.args, live)
+
+    def stored(self) -> dict[str, Any]:
+        """The job columns this reason is stored in."""
+        return {"reason_code": self.code, "reason_args": dict(self.args)}
+
+
+@dataclass(frozen=True)
+class Live:
+    """Facts known at display time: (used, limit) per provider, money left."""
+
+    slots: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    budget_left: float | None = None
+
+
+def clock_text(at: datetime | str) -> str:
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    return at.strftime("%H:%M:%S UTC")
+
+
+def _slot(a: Mapping[str, Any], live: Live | None) -> str:
+    used, limit = (live.slots.get(a["provider"]) if live else None) or (None, None)
+    busy = f"{used}/{limit} busy on {a['provider']}" if used is not None else f"all busy on {a['provider']}"
+    return f"waiting for a slot ({busy})"
+
+
+def _budget_left(a: Mapping[str, Any], live: Live | None) -> str:
+    left = live.budget_left if live else None
+    if left is None:
+        return f"over budget: estimate ${a['estimate']:.2f} > what is left"
+    return f"over budget: estimate ${a['estimate']:.2f} > ${max(left, 0.0):.2f} left"
+
+
+def _paused(a: Mapping[str, Any], live: Live | None) -> str:
+    what = {"auth": "provider auth failing", "quota": "provider quota exhausted",
+            "unavailable": "provider unavailable"}.get(a.get("why", ""), "provider paused")
+    return f"{what}: {a['message']}"
+
+
+def _backoff(a: Mapping[str, Any], live: Live | None) -> str:
+    return f"backoff until {clock_text(a['until'])} (attempt {a['attempt']} of {a['max']}): {a['why']}"
+
+
+def _create_unknown(a: Mapping[str, Any], live: Live | None) -> str:
+    return (f"create outcome unknown ({a['message']}); not created again before the provider's listing "
+            f"after {clock_text(a['until'])} shows no such job")
+
+
+_TEXT: dict[str, Callable[[Mapping[str, Any], Live | None], str]] = {
+    "text": lambda a, _: a["text"],
+    "daemon": lambda a, _: "waiting for the daemon",
+    "submitting": lambda a, _: "submitting to the provider",
+    "slot": _slot,
+    "backoff": _backoff,
+    "budget_left": _budget_left,
+    "budget_cap": lambda a, _: f"over budget: estimate ${a['estimate']:.2f} > per-job cap ${a['cap']:.2f}",
+    "budget_no_estimate": lambda a, _: "over budget: the job has no cost estimate (submit it again)",
+    "paused": _paused,
+    "unreachable": lambda a, _: f"provider unreachable: {a['message']}; retrying",
+    "unobserved": lambda a, _: "provider not observed yet",
+    "unknown_provider": lambda a, _: f"provider {a['provider']!r} is not in the config",
+    "queued_at": lambda a, _: f"queued at provider ({a['status']})",
+    "training": lambda a, _: f"training ({a['status']})",
+    "not_listed": lambda a, _: "not in the provider's listing; checking again",
+    "create_unknown": _create_unknown,
+    "create_retry": lambda a, _: f"create failed ({a['message']}); trying again at {clock_text(a['until'])}",
+    "upload_retry": lambda a, _: f"upload failed ({a['message']}); trying again at {clock_text(a['until'])}",
+    "capacity": lambda a, _: f"provider at its concurrency limit ({a['status']}); waiting for a slot",
+    "attempts_exhausted": lambda a, _: f"failed after {a['attempts']} attempts: {a['why']}",
+    "rejected_data": lambda a, _: f"provider rejected the data: {a['message']}",
+    "refused": lambda a, _: f"provider refused the job: {a['message']}",
+    "file_unreadable": lambda a, _: f"training file unreadable: {a['path']} ({a['error']})",
+    "file_changed": lambda a, _: f"training file changed since submit: {a['path']}",
+    "cancelled_provider": lambda a, _: "cancelled at the provider",
+    "cancelled_user": lambda a, _: "cancelled by the user",
+    "retried": lambda a, _: "retried by the user",
+}
+CODES = frozenset(_TEXT)
+
+
+def render(code: str | None, args: Mapping[str, Any] | None, live: Live | None = None) -> str | None:
+    if code is None:
+        return None
+    fn = _TEXT.get(code)
+    if fn is None:
+        return code
+    try:
+        return fn(args or {}, live)
+    except (KeyError, TypeError, ValueError):  # a row written by another version
+        return code
+
+
+def text(value: str) -> Reason:
+    """A reason that is only its text."""
+    return Reason("text", {"text": value})
