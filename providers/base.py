@@ -74,10 +74,32 @@ class JobSpec:
 
     agent: str
     model: str
-    training_file_id: str
+    # (provider file id, weight) of each training file; providers without
+    # file weights (descriptor.file_weights False) get exactly one
+    training_files: tuple[tuple[str, float], ...]
     hyperparameters: dict[str, Any]
     client_token: str
     auto_start: bool = True
+    # the provider job whose model `model` is, when training continues from
+    # an upstream stage (Together's from_checkpoint)
+    upstream_job_id: str | None = None
+
+    @property
+    def training_file_id(self) -> str:
+        return self.training_files[0][0]
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One point of a job's training log: an event, a metric or a checkpoint.
+    `key` is stable across calls, so the caller stores each point once."""
+
+    key: str
+    at: datetime | None
+    kind: str  # "event", "metric" or "checkpoint"
+    step: int | None = None
+    message: str | None = None
+    metrics: dict[str, float] | None = None  # e.g. train_loss, valid_loss
 
 
 @dataclass(frozen=True)
@@ -187,6 +209,17 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+    # Optional, where the descriptor says the provider has them:
+
+    def quote(self, file_id: str, model: str, hyperparameters: dict[str, Any]) -> Quote:
+        """The provider's own price for a job (descriptor.quotes)."""
+
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+        """One chat completion from `model` (used by the evaluation gate)."""
+
+    def training_log(self, job_id: str) -> list[LogEntry]:
+        """The job's events, metrics and checkpoints as the provider reports them."""
 
 
 def error_from_status(status_code: int, message: str, retry_after: float | None = None) -> ProviderError:

@@ -107,6 +107,14 @@ class ProviderKind:
     example_keys: ClassVar[frozenset[str]] = frozenset({"messages", "tools"})
     # the provider prices a job before it runs (Mistral: auto_start=False)
     quotes: ClassVar[bool] = False
+    # a job takes several training files, each with its own weight
+    file_weights: ClassVar[bool] = False
+    # the client answers chat completions (the evaluation gate) and reports
+    # a training log (events, metrics, checkpoints)
+    chat: ClassVar[bool] = False
+    training_log: ClassVar[bool] = False
+    # the provider signs webhooks about its jobs (Standard Webhooks)
+    webhooks: ClassVar[bool] = False
     # the SDK module the client needs, and how to install it from a checkout
     sdk: ClassVar[str | None] = None
     install_hint: ClassVar[str | None] = None

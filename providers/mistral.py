@@ -130,7 +130,7 @@ class MistralProvider:
         job = self._call(
             self.client.fine_tuning.jobs.create,
             model=spec.model,
-            training_files=[{"file_id": spec.training_file_id, "weight": 1.0}],
+            training_files=[{"file_id": file_id, "weight": float(weight)} for file_id, weight in spec.training_files],
             hyperparameters=KIND.provider_hyperparameters(spec.hyperparameters),
             suffix=spec.client_token,
             auto_start=spec.auto_start,
@@ -229,6 +229,7 @@ class MistralKind(ProviderKind):
     hyperparameters = HYPERPARAMETERS
     price_key = "mistral"
     quotes = True
+    file_weights = True
     sdk = "mistralai"
     install_hint = "pip install . from a checkout"
 

@@ -357,7 +357,7 @@ class Ticker:
             self.guard()
             note_many(self.store, [rc.Note(row.id, row.state, {"intent_at": self.clock()}, expect_token=token)], now)
         sent_at = self.clock()
-        spec = JobSpec(agent=row.agent, model=row.model, training_file_id=file_id,
+        spec = JobSpec(agent=row.agent, model=row.model, training_files=((file_id, 1.0),),
                        hyperparameters=dict(row.hyperparameters), client_token=token)
         self.guard()
         try:

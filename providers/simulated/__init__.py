@@ -47,6 +47,7 @@ class SimulatedKind(ProviderKind):
     roles = MISTRAL.roles
     example_keys = MISTRAL.example_keys
     quotes = True
+    file_weights = True
 
     def client(self, name: str, section: SimulatedSection, env: BuildEnv):
         from pathlib import Path

@@ -68,7 +68,7 @@ class SimulatedProvider:
         raw = self._call(
             self.engine.create_job,
             model=spec.model,
-            training_files=[spec.training_file_id],
+            training_files=[file_id for file_id, _ in spec.training_files],
             hyperparameters=KIND.provider_hyperparameters(spec.hyperparameters),
             suffix=spec.client_token,
             auto_start=spec.auto_start,
