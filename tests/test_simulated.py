@@ -107,8 +107,8 @@ def test_provider_adapter_classifies_and_pages(tmp_path, clock):
                                                                    train_time=5), clock=clock.epoch)
     f = write_training_file(tmp_path / "d.jsonl")
     fid = p.upload_file(f, "hash")
-    a = p.create_job(JobSpec("qa", "m", fid, {}, "qa-1"))
-    p.create_job(JobSpec("qa", "m", fid, {}, "qa-2"))
+    a = p.create_job(JobSpec("qa", "m", ((fid, 1.0),), {}, "qa-1"))
+    p.create_job(JobSpec("qa", "m", ((fid, 1.0),), {}, "qa-2"))
     assert (a.status, a.client_token) == ("queued", "qa-1")
     clock.advance(2)
     got = {j.client_token: j for j in p.list_jobs()}
