@@ -29,6 +29,9 @@ class ControllerSection(Section):
     database: str = "sqlite:///ftctl.db"
     poll_interval: bounded_duration(3600.0) = Field(default=15.0, gt=0)  # type: ignore[valid-type]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # after this many ticks in a row that raise, the systemd watchdog is no
+    # longer fed (and systemd restarts the daemon)
+    failed_ticks_limit: int = Field(default=5, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _database_kind(self) -> "ControllerSection":

@@ -164,6 +164,14 @@ class Store:
                 stmt = stmt.where(Job.agent == agent)
             return list(s.exec(stmt.order_by(Job.id)))
 
+    def live_twin(self, identity: str) -> Job | None:
+        """The oldest live job with this identity."""
+        from ftctl.models.tables import LIVE_STATES
+
+        with self.read() as s:
+            return s.exec(select(Job).where(Job.identity == identity, Job.state.in_(LIVE_STATES))
+                          .order_by(Job.id)).first()
+
     def jobs_to_reconcile(self, active_states: Sequence[str]) -> list[Job]:
         """Jobs not finished, and finished ones with a cancel still owed to the provider."""
         with self.read() as s:

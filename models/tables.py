@@ -5,15 +5,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+import hashlib
+import json
+
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
+
+# a job in one of these states blocks an identical submission (same agent,
+# provider, model, data and hyperparameters): never pay twice for one job
+LIVE_STATES = ("prepared", "queued", "running", "succeeded")
+_LIVE = text("state IN ('prepared', 'queued', 'running', 'succeeded')")
+
+
+def job_identity(agent: str, provider: str, model: str, content_hash: str, hyperparameters: dict[str, Any]) -> str:
+    """What makes two submissions the same job."""
+    key = json.dumps([agent, provider, model, content_hash, hyperparameters], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
+    # at most one live job per identity, unless submitted again with --force
+    # (which takes the next `replica`): the database refuses a twin even when
+    # several `ftctl submit` run at once
+    __table_args__ = (Index("ux_jobs_live_identity", "identity", "replica", unique=True,
+                            sqlite_where=_LIVE, postgresql_where=_LIVE),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     agent: str = Field(index=True)
@@ -22,6 +41,8 @@ class Job(SQLModel, table=True):
     training_file: str
     content_hash: str
     hyperparameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    identity: str = Field(default="")
+    replica: int = 0
     state: str = Field(index=True)
     attempt: int = 0
     provider_file_id: Optional[str] = None

@@ -9,6 +9,8 @@ from pathlib import Path
 import json
 from typing import Any, Protocol
 
+from ftctl.providers.keys import clip
+
 # normalised provider states
 P_QUEUED = "queued"
 P_RUNNING = "running"
@@ -127,6 +129,9 @@ class ProviderError(Exception):
 
     def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None,
                  ambiguous: bool | None = None):
+        # every error text is masked, then cut: a key a provider echoes back
+        # never survives in part
+        message = clip(message)
         super().__init__(message)
         self.message = message
         self.status_code = status_code
@@ -242,8 +247,9 @@ def error_from_status(status_code: int, message: str, retry_after: float | None 
     return PermanentError(message, status_code=status_code)
 
 
-def message_from_body(body: str | bytes | None, limit: int = 300) -> str:
-    """The human part of an HTTP error body (Mistral, OpenAI or FastAPI shapes)."""
+def message_from_body(body: str | bytes | None, limit: int = 100_000) -> str:
+    """The human part of an HTTP error body (Mistral, OpenAI or FastAPI shapes),
+    whole: it is masked before anything cuts it (ProviderError does both)."""
     if body is None:
         return ""
     if isinstance(body, bytes):

@@ -29,7 +29,7 @@ from ftctl.providers.base import (
     message_from_body,
     retry_after_seconds,
 )
-from ftctl.providers.keys import redact
+from ftctl.providers.keys import clip, redact
 from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 
 HYPERPARAMETERS = {k: k for k in ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs",
@@ -99,7 +99,7 @@ class MistralProvider:
         except ResponseValidationError as exc:
             # answered 200, but not in the shape the SDK expects: the call may
             # have taken effect, so it is treated as ambiguous (transient)
-            raise TransientError(redact(f"unexpected answer from Mistral: {str(exc).splitlines()[0]}")[:300]) from None
+            raise TransientError(f"unexpected answer from Mistral: {str(exc).splitlines()[0]}") from None
         except MistralError as exc:
             retry_after = retry_after_seconds(exc.headers.get("retry-after")) if exc.headers is not None else None
             message = redact(message_from_body(exc.body) or "error")
@@ -208,7 +208,7 @@ class MistralProvider:
             model=job.model,
             fine_tuned_model=_unset(job.fine_tuned_model),
             failure=failure,
-            message=redact(message) if message else None,
+            message=clip(message) if message else None,
             created_at=datetime.fromtimestamp(job.created_at, timezone.utc).replace(tzinfo=None),
             trained_tokens=_unset(job.trained_tokens),
             cost=_unset(getattr(meta, "cost", None)) if meta is not None else None,

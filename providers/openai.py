@@ -30,7 +30,7 @@ from ftctl.providers.base import (
     message_from_body,
     retry_after_seconds,
 )
-from ftctl.providers.keys import redact
+from ftctl.providers.keys import clip, redact
 from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 
 TOKEN_KEY = "ftctl_token"
@@ -161,7 +161,7 @@ class OpenAIProvider:
             model=job.model,
             fine_tuned_model=job.fine_tuned_model,
             failure=failure,
-            message=redact(message) if message else None,
+            message=clip(message) if message else None,
             created_at=datetime.fromtimestamp(job.created_at, timezone.utc).replace(tzinfo=None),
             trained_tokens=job.trained_tokens,
         )

@@ -33,7 +33,7 @@ def write_lines(path: Path, lines) -> Path:
 @pytest.fixture
 def malformed(tmp_path):
     """One file with every problem at a known line."""
-    huge = "lorem ipsum dolor sit amet " * 40000  # well over 32k tokens
+    huge = "lorem ipsum dolor sit amet " * 6000  # about 36k tokens: over the 32k context
     lines = [ex(1), ex(2), ex(3), ex(4), ex(5), ex(6),
              '{"messages": [{"role": "user", "content": "broken"}',                       # 7 invalid JSON
              {"messages": [{"role": "user", "content": "q"}]},                              # 8 ends with the user

@@ -98,8 +98,15 @@ def main_options(
     state.log_level = log_level
 
 
+# job ids are 64-bit integers in both databases
+MAX_JOB_ID = 2**63 - 1
+
+
 def _job_id(value: str) -> int:
     try:
-        return int(value)
+        job_id = int(value)
     except ValueError:
         die(f"job {value!r}: a job id is a number (see `ftctl status`)")
+    if not 1 <= job_id <= MAX_JOB_ID:
+        die(f"job {value}: no such job (job ids run from 1 to {MAX_JOB_ID}; see `ftctl status`)")
+    return job_id

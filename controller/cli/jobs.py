@@ -216,7 +216,7 @@ def show(
 
 
 def _user_move(job: str, trigger: str) -> Any:
-    from ftctl.controller.engine.jobs import JobNotFound, StaleState, user_transition
+    from ftctl.controller.engine.jobs import JobNotFound, StaleState, Twin, user_transition
     from ftctl.controller.engine.states import InvalidTransition
 
     job_id = _job_id(job)
@@ -232,6 +232,8 @@ def _user_move(job: str, trigger: str) -> Any:
         _, row = user_transition(store, job_id, trigger)
     except JobNotFound:
         die(f"no job {job_id} (see `ftctl status`)")
+    except Twin as twin:
+        die(f"job {job_id}: {twin}; retrying it would train the same job twice", EXIT_REFUSED)
     except InvalidTransition as exc:
         die(f"job {job_id}: {exc}", EXIT_REFUSED)
     except StaleState:

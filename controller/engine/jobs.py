@@ -11,11 +11,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import func, select
 
 from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.states import PREPARED, InvalidTransition, next_state
 from ftctl.models import Attempt, Job, JobEvent, Store, utcnow
+from ftctl.models.tables import LIVE_STATES, job_identity
 
 
 class JobNotFound(Exception):
@@ -25,6 +27,15 @@ class JobNotFound(Exception):
 
 class StaleState(Exception):
     """The job changed under us (e.g. cancelled from the CLI mid-tick)."""
+
+
+class Twin(Exception):
+    """An identical job is live already (waiting, running or succeeded)."""
+
+    def __init__(self, job: Job):
+        # plain values: the row may be expired once its transaction rolls back
+        self.job_id, self.state = job.id, job.state
+        super().__init__(f"job {self.job_id} has the same data and settings and is {self.state}")
 
 
 def file_sha256(path: Path) -> str:
@@ -43,14 +54,30 @@ def new_client_token(agent: str) -> str:
 
 def create_job(store: Store, *, agent: str, provider: str, model: str, training_file: Path,
                content_hash: str, hyperparameters: dict[str, Any], now: datetime | None = None,
-               estimated_cost: float | None = None, data_tokens: int | None = None) -> Job:
+               estimated_cost: float | None = None, data_tokens: int | None = None, force: bool = True) -> Job:
+    """Store a new `prepared` job. Unless `force`, Twin if an identical job
+    is live: the check and the insert are one transaction, and a unique
+    index on (identity, replica) among live jobs backs it against a
+    concurrent submit. With `force` the job takes the next replica."""
     now = now or utcnow()
-    with store.write() as s:
-        job = new_job_row(agent=agent, provider=provider, model=model, training_file=training_file,
-                          content_hash=content_hash, hyperparameters=hyperparameters, now=now,
-                          estimated_cost=estimated_cost, data_tokens=data_tokens)
-        add_job(s, job, now)
-    return job
+    for _ in range(3):
+        try:
+            with store.write() as s:
+                job = new_job_row(agent=agent, provider=provider, model=model, training_file=training_file,
+                                  content_hash=content_hash, hyperparameters=hyperparameters, now=now,
+                                  estimated_cost=estimated_cost, data_tokens=data_tokens)
+                live = s.exec(select(Job).where(Job.identity == job.identity, Job.state.in_(LIVE_STATES))
+                              .order_by(Job.id)).first()
+                if live is not None and not force:
+                    raise Twin(live)
+                if live is not None:
+                    top = s.exec(select(func.max(Job.replica)).where(Job.identity == job.identity)).one()
+                    job.replica = (top or 0) + 1
+                add_job(s, job, now)
+            return job
+        except IntegrityError:
+            continue  # another submit stored the same job meanwhile: look again
+    raise Twin(store.live_twin(job.identity))
 
 
 def new_job_row(*, agent: str, provider: str, model: str, training_file: Path, content_hash: str,
@@ -58,6 +85,7 @@ def new_job_row(*, agent: str, provider: str, model: str, training_file: Path, c
                 data_tokens: int | None = None) -> Job:
     return Job(agent=agent, provider=provider, model=model, training_file=str(training_file),
                content_hash=content_hash, hyperparameters=dict(hyperparameters), state=PREPARED.value,
+               identity=job_identity(agent, provider, model, content_hash, dict(hyperparameters)),
                estimated_cost=estimated_cost, data_tokens=data_tokens, **Reason("daemon").stored(),
                created_at=now, updated_at=now)
 
@@ -179,8 +207,12 @@ def user_transition(store: Store, job_id: int, trigger: str) -> tuple[str, Job]:
                        fine_tuned_model=None, last_error=None, cancel_pending=False, provider_status=None)
     reason = Reason({"cancel": "cancelled_user", "retry": "retried"}.get(trigger, "text"),
                     {} if trigger in ("cancel", "retry") else {"text": f"{trigger} by the user"})
-    return fire(store, job_id, trigger, reason=reason, expect=job.state, updates=updates)
+    try:
+        return fire(store, job_id, trigger, reason=reason, expect=job.state, updates=updates)
+    except IntegrityError:
+        # back to waiting while an identical job is live: that would be a twin
+        raise Twin(store.live_twin(job.identity)) from None
 
 
-__all__ = ["InvalidTransition", "JobNotFound", "StaleState", "add_job", "cancelled_at_provider", "create_job",
+__all__ = ["InvalidTransition", "JobNotFound", "StaleState", "Twin", "add_job", "cancelled_at_provider", "create_job",
            "file_sha256", "fire", "new_client_token", "new_job_row", "note", "note_many", "user_transition"]

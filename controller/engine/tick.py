@@ -99,10 +99,13 @@ class Ticker:
         return self.providers[name]
 
     def settle(self, name: str) -> float:
-        """How long after a create call went out it may still land at `name`."""
+        """How long after a create call went out it may still land at `name`:
+        the client's timeout plus a margin for a provider over the network;
+        nothing for one in this process, whose create is over when it returns."""
         section = self.config.providers[name]
-        timeout = section.timeout if isinstance(section, RemoteSection) else 0.0
-        return timeout + self.policy.create_margin
+        if not isinstance(section, RemoteSection):
+            return 0.0
+        return section.timeout + self.policy.create_margin
 
     def reload(self, config: Config) -> list[str]:
         """Take a new config between ticks; returns what changed, in words."""

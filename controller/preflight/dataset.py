@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from array import array
 from collections import Counter
@@ -255,6 +256,11 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
     """Everything that can be said of one line alone (duplicates need the
     others: `digest` lets the caller find them)."""
     ex = Example(number)
+    if isinstance(raw, Oversized):
+        limit = line_limit(context)
+        ex.problems.append(("too_long", f"{raw.size:,} bytes on one line, over the {limit:,} bytes any example "
+                                        f"{'this model takes' if context else 'a provider takes'} can need"))
+        return ex
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -297,9 +303,44 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
     return ex
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+# No provider takes an example anywhere near this long; a longer line is
+# refused unread (a 60 MB one-line file must not hang validate). With a
+# model, the bound is its context times the most bytes a token can hold.
+MAX_LINE_BYTES = 4 * 2**20
+BYTES_PER_TOKEN_MAX = 32
+
+
+def line_limit(context: int | None) -> int:
+    return min(MAX_LINE_BYTES, context * BYTES_PER_TOKEN_MAX) if context else MAX_LINE_BYTES
+
+
+class Oversized(bytes):
+    """A line refused for its length: only its first bytes are kept."""
+
+    size: int = 0
+
+
+def _lines(path: Path, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """Each non-blank line; one longer than `limit` bytes comes back as an
+    Oversized stub, read past in bounded memory."""
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
+        number = 0
+        while True:
+            raw = fh.readline(limit + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                size = len(raw)
+                while True:  # skip the rest of this line without holding it
+                    rest = fh.readline(1 << 20)
+                    size += len(rest)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                stub = Oversized(raw[:64])
+                stub.size = size
+                yield number, stub
+                continue
             raw = raw.rstrip(b"\r\n")
             if raw.strip():
                 yield number, raw
@@ -311,7 +352,22 @@ CHUNK = 2000
 _worker: dict[str, Any] = {}
 
 
+def _die_with_parent() -> None:
+    """A worker must not outlive a killed `validate` (Linux: PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _init_worker(provider: str, kind: str | None, model: str | None, context: int | None) -> None:
+    _die_with_parent()
     _worker.update(provider=provider, context=context,
                    counter=kind_of(kind).counter(model) if kind and model else None)
 
@@ -322,9 +378,9 @@ def _check_chunk(chunk: list[tuple[int, bytes]]) -> list[Example]:
             for n, raw in chunk]
 
 
-def _chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
+def _chunks(path: Path, limit: int) -> Iterator[list[tuple[int, bytes]]]:
     chunk: list[tuple[int, bytes]] = []
-    for item in _lines(path):
+    for item in _lines(path, limit):
         chunk.append(item)
         if len(chunk) == CHUNK:
             yield chunk
@@ -336,7 +392,7 @@ def _chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
 def _checked(path: Path, provider: str, counter: TokenCounter | None, context: int | None,
              jobs: int) -> Iterator[Example]:
     if jobs <= 1 or counter is None:
-        for number, raw in _lines(path):
+        for number, raw in _lines(path, line_limit(context)):
             yield check_line(number, raw, provider=provider, counter=counter, context=context)
         return
     import multiprocessing
@@ -345,7 +401,7 @@ def _checked(path: Path, provider: str, counter: TokenCounter | None, context: i
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(jobs, initializer=_init_worker, initargs=(provider, provider, counter.model, context)) as pool:
         pending: deque = deque()
-        for chunk in _chunks(path):
+        for chunk in _chunks(path, line_limit(context)):
             pending.append(pool.apply_async(_check_chunk, (chunk,)))
             if len(pending) >= 2 * jobs:  # bounded: never more than a few chunks in flight
                 yield from pending.popleft().get()

@@ -9,11 +9,15 @@ stratum's share, reproducibly for a seed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
+import tempfile
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,30 +155,12 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     from ftctl.providers.registry import kind as kind_of
 
     allowed = kind_of(provider).example_keys
-    with open(source, "rb") as src, open(output, "w", encoding="utf-8") as dst:
-        for number, raw in enumerate(src, start=1):
-            if number >= len(selected) or not selected[number]:
-                continue
-            record = json.loads(raw)
-            key = (_key(record.get("weight")), _key(record.get("source_agent")))
-            result.weights_out[key[0]] += 1
-            result.agents_out[key[1]] += 1
-            extra = [k for k in record if k not in allowed]
-            if strip_extra:
-                for k in extra:
-                    result.stripped[k] += 1
-                    del record[k]
-            elif extra:
-                result.unstripped_extra += 1
-            if scrub_pii:
-                for m in record.get("messages", []):
-                    if isinstance(m.get("content"), str):
-                        m["content"], replaced = scrub(m["content"])
-                        result.pii_replaced += replaced
-            if counter is not None:
-                result.data_tokens += counter.count(record["messages"])
-            dst.write(json.dumps(record, ensure_ascii=False) + "\n")
-            result.kept += 1
+    try:
+        with open(source, "rb") as src, atomic_output(output) as dst:
+            _write_chosen(src, dst, selected, result, allowed, strip_extra, scrub_pii, counter)
+    except OSError as exc:
+        raise PrepareError(f"{output}: cannot write ({os.strerror(exc.errno) if exc.errno else exc}); "
+                           f"nothing was changed there") from None
     result.removed["not sampled"] = eligible - result.kept
     if not result.removed["not sampled"]:
         del result.removed["not sampled"]
@@ -182,3 +168,56 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
         result.cost = estimate(price, result.data_tokens, result.kept, epochs=epochs,
                                training_steps=training_steps).cost
     return result
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Any]:
+    """A text file that appears whole or not at all: written to a temporary
+    file beside it, flushed to disk, then renamed over `path`. A kill or a
+    full disk midway leaves the previous `path` as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself, made durable
+        dir_fd = os.open(path.parent or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _write_chosen(src: Any, dst: Any, selected: bytearray, result: PrepareResult, allowed: Any,
+                  strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None) -> None:
+    """The second pass: the chosen lines, stripped and scrubbed as asked."""
+    for number, raw in enumerate(src, start=1):
+        if number >= len(selected) or not selected[number]:
+            continue
+        record = json.loads(raw)
+        key = (_key(record.get("weight")), _key(record.get("source_agent")))
+        result.weights_out[key[0]] += 1
+        result.agents_out[key[1]] += 1
+        extra = [k for k in record if k not in allowed]
+        if strip_extra:
+            for k in extra:
+                result.stripped[k] += 1
+                del record[k]
+        elif extra:
+            result.unstripped_extra += 1
+        if scrub_pii:
+            for m in record.get("messages", []):
+                if isinstance(m.get("content"), str):
+                    m["content"], replaced = scrub(m["content"])
+                    result.pii_replaced += replaced
+        if counter is not None:
+            result.data_tokens += counter.count(record["messages"])
+        dst.write(json.dumps(record, ensure_ascii=False) + "\n")
+        result.kept += 1

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.controller.config import Config
-from ftctl.controller.engine.jobs import create_job, file_sha256
-from ftctl.controller.engine.states import CANCELLED, FAILED
+from ftctl.controller.engine.jobs import Twin, create_job, file_sha256
 from ftctl.models import Store
 
 
@@ -160,28 +159,21 @@ def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, ag
     return plans
 
 
-def _same(job: Any, plan: Plan) -> bool:
-    return (job.provider == plan.provider and job.model == plan.model and job.content_hash == plan.content_hash
-            and dict(job.hyperparameters) == plan.hyperparameters)
-
-
 def store_submissions(store: Store, plans: list[Plan], *, force: bool = False) -> list[Result]:
-    """A job identical to one that is running or succeeded is skipped (never
-    pay twice for the same job) unless `force`."""
+    """A job identical to one that is waiting, running or succeeded is
+    skipped (never pay twice for the same job) unless `force`; the database
+    holds that rule even against concurrent submits."""
     results = []
     for plan in plans:
-        if not force:
-            twin = next((j for j in reversed(store.list_jobs(agent=plan.agent))
-                         if j.state not in (FAILED, CANCELLED) and _same(j, plan)), None)
-            if twin is not None:
-                results.append(Result(plan.agent, plan.provider, plan.model, twin.id, False,
-                                      f"job {twin.id} has the same data and settings and is {twin.state} "
-                                      f"(--force submits it again)"))
-                continue
-        job = create_job(store, agent=plan.agent, provider=plan.provider, model=plan.model,
-                         training_file=plan.training_file, content_hash=plan.content_hash,
-                         hyperparameters=plan.hyperparameters, estimated_cost=plan.estimated_cost,
-                         data_tokens=plan.data_tokens)
+        try:
+            job = create_job(store, agent=plan.agent, provider=plan.provider, model=plan.model,
+                             training_file=plan.training_file, content_hash=plan.content_hash,
+                             hyperparameters=plan.hyperparameters, estimated_cost=plan.estimated_cost,
+                             data_tokens=plan.data_tokens, force=force)
+        except Twin as twin:
+            results.append(Result(plan.agent, plan.provider, plan.model, twin.job_id, False,
+                                  f"{twin} (--force submits it again)"))
+            continue
         results.append(Result(plan.agent, plan.provider, plan.model, job.id, True,
                               estimated_cost=plan.estimated_cost))
     return results

@@ -21,7 +21,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ftctl.controller.config import Config, ConfigError, load_config
 from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.service.notify import Notifier, Watchdog
-from ftctl.models import Store
+from ftctl.models import LockLost, Store
+
+# exit status when this daemon finds it no longer holds the database's lock:
+# systemd restarts it (Restart=on-failure), and the new process waits its turn
+EXIT_LOCK_LOST = 6
 
 
 class Daemon:
@@ -40,6 +44,11 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
         self.metrics = None
         self.ticks = 0
+        # ticks that raised in a row: past [controller] failed_ticks_limit the
+        # watchdog pings stop, so systemd restarts a daemon that only fails
+        self.failed_ticks = 0
+        self.last_error: str | None = None
+        self.exit_code = 0
         # monotonic times the watchdog judges the loop by
         self.tick_started: float | None = None
         self.tick_ended: float | None = None
@@ -56,7 +65,10 @@ class Daemon:
     # -- the loop ----------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        """The loop is alive: a tick is not stuck, and ticks keep coming."""
+        """The loop is alive: a tick is not stuck, ticks keep coming, and not
+        every one of the last few failed."""
+        if self.failed_ticks >= self.config.controller.failed_ticks_limit:
+            return False
         grace = self.notifier.watchdog_seconds or 60.0
         now = time.monotonic()
         started, ended = self.tick_started, self.tick_ended
@@ -70,12 +82,29 @@ class Daemon:
         with self.tick_lock:
             self.tick_started = time.monotonic()
             try:
+                self.store.assert_lock_held()
                 result = self.reconciler.tick()
-            except Exception as exc:  # a bad tick must never kill the daemon
-                self.log.error("tick failed", error=f"{exc.__class__.__name__}: {exc}")
-                self.notifier.status(f"last tick failed: {exc.__class__.__name__}")
+            except LockLost as exc:
+                # another process may drive the database now: act no more
+                self.log.error("daemon lock lost; stopping without acting further", error=str(exc))
+                self.notifier.status(f"stopping: {exc}")
+                self.exit_code = EXIT_LOCK_LOST
+                self.stop_event.set()
                 self.tick_ended = time.monotonic()
                 return
+            except Exception as exc:  # a bad tick must never kill the daemon
+                self.failed_ticks += 1
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                limit = self.config.controller.failed_ticks_limit
+                self.log.error("tick failed", error=self.last_error, failed_in_a_row=self.failed_ticks)
+                if self.failed_ticks >= limit:
+                    self.notifier.status(f"unhealthy: {self.failed_ticks} ticks failed in a row "
+                                         f"(last: {exc.__class__.__name__}); watchdog pings stopped")
+                else:
+                    self.notifier.status(f"last tick failed: {exc.__class__.__name__}")
+                self.tick_ended = time.monotonic()
+                return
+            self.failed_ticks = 0
             self.tick_ended = time.monotonic()
             seconds = self.tick_ended - self.tick_started
             self.ticks += 1
@@ -116,7 +145,8 @@ class Daemon:
         watchdog = Watchdog(self.notifier, self.healthy)
         try:
             self.store.acquire_daemon_lock()
-            self.reconciler = Ticker(self.config, self.store, should_stop=self.stop_event.is_set)
+            self.reconciler = Ticker(self.config, self.store, should_stop=self.stop_event.is_set,
+                                     guard=self.store.assert_lock_held)
             if self.config.metrics.listen:
                 from ftctl.controller.service.metrics import Metrics
 
@@ -147,8 +177,8 @@ class Daemon:
                 watchdog.stop()
                 for s, handler in previous.items():
                     signal.signal(s, handler)
-            self.log.info("daemon stopped", ticks=self.ticks)
-            return 0
+            self.log.info("daemon stopped", ticks=self.ticks, exit_code=self.exit_code)
+            return self.exit_code
         finally:
             if self.metrics is not None:
                 self.metrics.close()

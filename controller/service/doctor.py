@@ -92,6 +92,28 @@ def _providers(config: Config) -> list[Check]:
     return out
 
 
+def _quotes(config: Config) -> Check | None:
+    """Quote jobs (auto_start=False) whose cancel the provider has not confirmed."""
+    from ftctl.models import Store, StoreError
+
+    if config.sqlite_file is not None and not config.sqlite_file.exists():
+        return None
+    try:
+        store = Store(config.database_url, create=False)
+    except StoreError:
+        return None
+    try:
+        pending = store.pending_quotes()
+    finally:
+        store.close()
+    if not pending:
+        return Check("ok", "quote jobs", "none left at the providers")
+    listed = "; ".join(f"{name}: {', '.join(ids)}" for name, ids in sorted(pending.items()))
+    count = sum(len(ids) for ids in pending.values())
+    return Check("warn", "quote jobs", f"{count} not yet confirmed cancelled ({listed}); the daemon cancels them "
+                                       f"and never counts them as slots")
+
+
 def _unit() -> Check:
     installed = next((p for p in UNIT_PATHS if p.exists()), None)
     if installed is None:
@@ -115,5 +137,8 @@ def run_checks(explicit_config: str | None) -> list[Check]:
     results.append(_database(config))
     results.extend(_credentials(config))
     results.extend(_providers(config))
+    quotes = _quotes(config)
+    if quotes is not None:
+        results.append(quotes)
     results.append(_unit())
     return results

@@ -13,12 +13,16 @@ Faults are rules matched against each request, set in process
     {"method": "POST", "path": "/v1/fine_tuning/jobs", "delay": 3,
      "after": true}                                        # done, then slow
     {"status": 422, "body": {...}, "times": 1}             # the provider's error body
+    {"method": "POST", "path": "/v1/fine_tuning/jobs", "delay": [3, 5],
+     "chance": 0.2}                                        # a fifth of creates land 3-5 s late
 
 `POST /_emulator/auth {"fail": true}` answers 401 to everything until
 `{"fail": false}`; `POST /_emulator/reject {"marker": "TEXT"}` makes the
 service refuse (FAILED_VALIDATION) files that contain TEXT.
 
-`times` (default: forever) counts matching requests; `path` is a prefix.
+`times` (default: forever) counts matching requests; `path` is a prefix;
+`delay` is seconds or a [low, high] range drawn per request; `chance` (0..1,
+seeded) makes a rule apply to only that share of matching requests.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,10 +51,17 @@ class Fault:
     status: int | None = None
     body: Any = None
     retry_after: float | None = None
-    delay: float = 0.0
+    delay: float | list[float] = 0.0
     after: bool = False  # do the work, then delay the answer (a client timeout that took effect)
     times: int | None = None
+    chance: float = 1.0
     hits: int = 0
+
+    def seconds(self, rng: random.Random) -> float:
+        if isinstance(self.delay, (list, tuple)):
+            low, high = self.delay
+            return rng.uniform(float(low), float(high))
+        return float(self.delay or 0.0)
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method.upper() != method:
@@ -60,9 +72,10 @@ class Fault:
 
 
 class Faults:
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self._rules: list[Fault] = []
         self._lock = threading.Lock()
+        self.rng = random.Random(seed)
 
     def add(self, **rule: Any) -> Fault:
         fault = Fault(**rule)
@@ -78,6 +91,8 @@ class Faults:
         with self._lock:
             for rule in self._rules:
                 if rule.matches(method, path):
+                    if rule.chance < 1.0 and self.rng.random() >= rule.chance:
+                        continue
                     rule.hits += 1
                     return rule
         return None
@@ -128,6 +143,8 @@ class Emulator:
         self.auth_failing = False
         self.faults = Faults()
         self.calls: Counter = Counter()
+        # (wall time the request arrived, "METHOD /route", answer status), newest last
+        self.requests: deque = deque(maxlen=10_000)
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._lock = threading.Lock()
         self.routes()
@@ -187,10 +204,18 @@ class Emulator:
     def handle(self, req: Request) -> tuple[int, Any, dict[str, str]]:
         if req.path.startswith("/_emulator/"):
             return self._control(req)
-        self.calls[f"{req.method} {self._route_name(req)}"] += 1
+        name = f"{req.method} {self._route_name(req)}"
+        self.calls[name] += 1
+        arrived = time.time()
+        status, payload, headers = self._handle(req)
+        self.requests.append((arrived, name, status))
+        return status, payload, headers
+
+    def _handle(self, req: Request) -> tuple[int, Any, dict[str, str]]:
         fault = self.faults.take(req.method, req.path)
-        if fault and fault.delay and not fault.after:
-            time.sleep(fault.delay)
+        delay = fault.seconds(self.faults.rng) if fault else 0.0
+        if delay and not fault.after:
+            time.sleep(delay)
         if fault and fault.status:
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             body = fault.body if fault.body is not None else self.error_body(fault.status, f"injected {fault.status}")
@@ -207,8 +232,8 @@ class Emulator:
                 except ServiceError as exc:
                     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
                     return exc.status_code, self.error_body(exc.status_code, exc.message), headers
-                if fault and fault.delay and fault.after:
-                    time.sleep(fault.delay)
+                if delay and fault.after:
+                    time.sleep(delay)
                 return 200, result, {}
         return 404, self.error_body(404, f"no route for {req.method} {req.path}"), {}
 
@@ -229,7 +254,8 @@ class Emulator:
 
     def _control(self, req: Request) -> tuple[int, Any, dict[str, str]]:
         if req.path == "/_emulator/state" and req.method == "GET":
-            return 200, {"kind": self.kind, "calls": dict(self.calls), "jobs": self.engine.all_jobs()}, {}
+            return 200, {"kind": self.kind, "calls": dict(self.calls), "jobs": self.engine.all_jobs(),
+                         "requests": list(self.requests)}, {}
         if req.path == "/_emulator/faults" and req.method == "POST":
             data = req.json()
             if data.get("clear"):
