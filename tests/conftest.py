@@ -50,7 +50,7 @@ def write_training_file(path: Path, examples: int = 5) -> Path:
 
 def _site(directory: Path, agents, *, database: str, poll: str, max_attempts: int, backoff_initial: str,
           backoff_max: str, provider_block: str, provider: str, model: str, hyperparameters: str,
-          extra: str = "") -> Path:
+          extra: str = "", create_margin: str = "1s") -> Path:
     """A controller.toml and a training file per agent, in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     text = textwrap.dedent(f"""\
@@ -62,6 +62,7 @@ def _site(directory: Path, agents, *, database: str, poll: str, max_attempts: in
         max_attempts = {max_attempts}
         backoff_initial = "{backoff_initial}"
         backoff_max = "{backoff_max}"
+        create_margin = "{create_margin}"
 
         """) + textwrap.dedent(provider_block)
     for a in agents:
@@ -190,7 +191,8 @@ def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.
 
 def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, concurrency: int = 2,
                         timeout: str = "2s", max_attempts: int = 5, backoff_initial: str = "0.2s",
-                        backoff_max: str = "1s", hyperparameters: str | None = None) -> Path:
+                        backoff_max: str = "1s", hyperparameters: str | None = None, poll: str = "0.2s",
+                        create_margin: str = "1s") -> Path:
     base = url if kind == "mistral" else url + "/v1"
     hp = hyperparameters or ("{ training_steps = 10, learning_rate = 0.0001 }" if kind == "mistral"
                              else "{ epochs = 3 }")
@@ -203,9 +205,9 @@ def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, 
         api_key_env = "{KEY_ENV}"
         timeout = "{timeout}"
         """
-    return _site(directory, agents, database="sqlite:///ftctl.db", poll="0.2s", max_attempts=max_attempts,
+    return _site(directory, agents, database="sqlite:///ftctl.db", poll=poll, max_attempts=max_attempts,
                  backoff_initial=backoff_initial, backoff_max=backoff_max, provider_block=block, provider=kind,
-                 model=model, hyperparameters=hp)
+                 model=model, hyperparameters=hp, create_margin=create_margin)
 
 
 def reason_of(job, live=None) -> str | None:
@@ -213,3 +215,109 @@ def reason_of(job, live=None) -> str | None:
     from ftctl.controller.engine.reasons import render
 
     return render(job.reason_code, job.reason_args, live)
+
+
+def key_pieces(key: str = FAKE_KEY, size: int = 12) -> set[str]:
+    """The key, its escaped forms, and every piece of it `size` characters long."""
+    import urllib.parse
+
+    forms = {key, json.dumps(key)[1:-1], urllib.parse.quote(key, safe=""), repr(key)[1:-1]}
+    return forms | {f[i:i + size] for f in forms for i in range(len(f) - size + 1)}
+
+
+def assert_no_key(blob, key: str = FAKE_KEY, where: str = "") -> None:
+    """No trace of the key in `blob` (text or bytes): not whole, not escaped,
+    not any 12-character piece of it."""
+    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else str(blob)
+    found = sorted(p for p in key_pieces(key) if p in text)
+    assert not found, f"key pieces {found[:3]} found in {where or 'output'}"
+
+
+class Daemon:
+    """`ftctl daemon` as a real subprocess whose stderr (JSON log lines) is
+    read as it comes, so a test can act relative to what it says."""
+
+    def __init__(self, config, *args, env=None):
+        import queue
+        import threading
+
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(config), "daemon", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     cwd=tempfile.gettempdir(), env=env or ftctl_env())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.raw.append(line)
+            if line.startswith("{"):
+                try:
+                    self.lines.append(json.loads(line))
+                except ValueError:
+                    pass
+
+    def saw(self, event: str) -> bool:
+        return any(line.get("event") == event for line in self.lines)
+
+    def wait_for(self, event: str, timeout: float = 30.0) -> bool:
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.saw(event):
+                return True
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=2)
+                return self.saw(event)
+            time.sleep(0.02)
+        return False
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.raw)
+
+
+_MANY = r"""
+import contextlib, io, json, sys
+from ftctl.controller.cli import app
+results = []
+for args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            app(args, prog_name="ftctl")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    results.append([code, out.getvalue(), err.getvalue()])
+sys.__stdout__.write(json.dumps(results))
+"""
+
+
+def run_ftctl_many(*arglists, config: Path | None = None, env: dict | None = None,
+                   timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Several read commands of the real CLI in one fresh process (one start-up
+    instead of one each); each gets its own stdout, stderr and exit code."""
+    prefix = ["--config", str(config)] if config is not None else []
+    p = subprocess.run([sys.executable, "-c", _MANY, json.dumps([prefix + list(a) for a in arglists])],
+                       capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir(),
+                       env=env or ftctl_env())
+    assert p.returncode == 0, p.stderr[-2000:]
+    return [subprocess.CompletedProcess(["ftctl", *a], code, out, err)
+            for a, (code, out, err) in zip(arglists, json.loads(p.stdout))]

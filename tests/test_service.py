@@ -16,7 +16,8 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import FAKE_KEY, KEY_ENV, REPO, ftctl_env, run_ftctl, start_emulator, write_config, write_remote_config
+from tests.conftest import (FAKE_KEY, KEY_ENV, REPO, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many,
+                            start_emulator, write_config, write_remote_config)
 
 pytestmark = pytest.mark.slow
 
@@ -188,7 +189,7 @@ def test_sighup_applies_a_new_concurrency_and_keeps_running_on_a_broken_file(mak
     assert reloaded and "providers.sim" in reloaded[0]["changed"]
 
 
-@pytest.mark.parametrize("source", ["env", "file", "credential"])
+@pytest.mark.parametrize("source", ["env", "file with a second line", "symlinked file", "credential"])
 def test_a_key_from_any_source_never_leaks(tmp_path, source):
     with start_emulator("mistral", tmp_path) as srv:
         cfg = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=("qa", "legal"))
@@ -197,10 +198,16 @@ def test_a_key_from_any_source_never_leaks(tmp_path, source):
         if source == "env":
             text = text.replace('kind = "mistral"', f'kind = "mistral"\napi_key_env = "{KEY_ENV}"')
             env[KEY_ENV] = FAKE_KEY
-        elif source == "file":
+        elif source in ("file", "file with a second line", "symlinked file"):
             key = tmp_path / "mistral.key"
-            key.write_text(FAKE_KEY + "\n")
+            # a second line must not travel with the key into a header (and from
+            # there into an "Illegal header value" error)
+            key.write_text(FAKE_KEY + ("\n# rotated 2026-11\n" if source != "file" else "\n"))
             key.chmod(0o600)
+            if source == "symlinked file":
+                link = tmp_path / "current.key"
+                link.symlink_to(key)
+                key = link
             text = text.replace('kind = "mistral"', f'kind = "mistral"\napi_key_file = "{key}"')
         else:
             creds = tmp_path / "creds"
@@ -209,24 +216,29 @@ def test_a_key_from_any_source_never_leaks(tmp_path, source):
             env["CREDENTIALS_DIRECTORY"] = str(creds)
             text = text.replace('kind = "mistral"', 'kind = "mistral"\napi_key_credential = "mistral"')
         cfg.write_text(text)
-        # a provider that echoes the key back in its error text, twice
+        # a provider that echoes the key back in its error text, twice, and
+        # once about 285 characters in (where a text cut at 300 before masking
+        # would keep most of it)
         srv.emulator.faults.add(method="GET", path="/v1/fine_tuning/jobs", status=401, times=2,
                                 body={"object": "error", "message": f"key {FAKE_KEY} is not valid", "type": "auth"})
+        srv.emulator.faults.add(method="GET", path="/v1/fine_tuning/jobs", status=503, times=1,
+                                body={"object": "error", "message": "x" * 271 + f" with key {FAKE_KEY}",
+                                      "type": "server"})
         outputs = [run_ftctl("submit", "--all", config=cfg, env=env)]
         daemon = subprocess.run([sys.executable, "-m", "ftctl", "--log-level", "debug", "--config", str(cfg),
                                  "daemon", "--until-done"], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(),
                                 env=env)
         assert daemon.returncode == 0, daemon.stderr[-2000:]
-        outputs += [daemon] + [run_ftctl(*a, config=cfg, env=env) for a in
-                               (["status"], ["status", "--json"], ["show", "1"], ["show", "1", "--json"],
-                                ["models"], ["doctor"], ["budget"])]
+        outputs += [daemon] + run_ftctl_many(["status"], ["status", "--json"], ["show", "1"], ["show", "1", "--json"],
+                                             ["models"], ["doctor"], ["budget"], config=cfg, env=env)
         assert states(cfg) == ["succeeded", "succeeded"]
         for p in outputs:
-            assert FAKE_KEY not in p.stdout + p.stderr, p.args
+            assert_no_key(p.stdout + p.stderr, where=" ".join(p.args[-2:]))
         assert "key *** is not valid" in daemon.stderr  # the echo was masked, not dropped
+        assert "with key ***" in daemon.stderr  # masked before the text was cut
         assert "OK   key mistral" in outputs[-2].stdout and "not shown" in outputs[-2].stdout
         for f in (tmp_path / "site").glob("ftctl.db*"):
-            assert FAKE_KEY.encode() not in f.read_bytes()
+            assert_no_key(f.read_bytes(), where=f.name)
 
 
 def test_a_key_file_others_can_read_is_refused(tmp_path):
@@ -247,7 +259,38 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
         (job,) = json.loads(status.stdout)
         assert job["state"] == "prepared" and "readable by group or others" in job["reason"]
         for p in (tick, doctor, status):
-            assert FAKE_KEY not in p.stdout + p.stderr
+            assert_no_key(p.stdout + p.stderr)
+
+
+@pytest.mark.parametrize("shape,needle", [
+    ("control", "holds control characters"),
+    ("foreign owner", "belongs to uid"),
+    ("symlink to a readable file", "a symlink to"),
+])
+def test_a_bad_key_file_is_refused_in_one_line_without_the_key(tmp_path, shape, needle):
+    with start_emulator("mistral", tmp_path) as srv:
+        cfg = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=("qa",))
+        key = tmp_path / "mistral.key"
+        key.write_text(FAKE_KEY[:10] + "\x1b[2J" + FAKE_KEY[10:] if shape == "control" else FAKE_KEY)
+        key.chmod(0o600 if shape != "symlink to a readable file" else 0o644)
+        if shape == "foreign owner":
+            os.chown(key, 65534, 65534) if os.geteuid() == 0 else pytest.skip("needs root to chown")
+        target = key
+        if shape == "symlink to a readable file":
+            target = tmp_path / "link.key"
+            target.symlink_to(key)
+        cfg.write_text(cfg.read_text().replace(f'api_key_env = "{KEY_ENV}"', f'api_key_file = "{target}"'))
+        run_ftctl("submit", "--all", config=cfg)
+        doctor = run_ftctl("doctor", "--json", config=cfg)
+        checks = {c["check"]: c for c in json.loads(doctor.stdout)}
+        assert checks["key mistral"]["level"] == "fail" and needle in checks["key mistral"]["detail"]
+        assert "\n" not in checks["key mistral"]["detail"]
+        tick = run_ftctl("tick", config=cfg)
+        status = run_ftctl("status", "--json", config=cfg)
+        assert json.loads(status.stdout)[0]["state"] == "prepared"
+        assert srv.emulator.calls["POST /v1/fine_tuning/jobs"] == 0
+        for p in (doctor, tick, status):
+            assert_no_key(p.stdout + p.stderr)
 
 
 def test_metrics_show_the_state_counts_moving(make_config):

@@ -12,10 +12,24 @@ from ftctl.controller.cli.app import app
 
 
 def main() -> None:
+    """The console script: every error the command line itself finds (an
+    unknown option, a missing argument) is one line too, exit 2."""
+    import typer
+
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's UsageError and kin, as typer ships them
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # `ftctl` alone: the help
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(str(exc.format_message()).split())
+        print(f"ftctl: error: {message}{hint}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

@@ -86,11 +86,21 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ftctl import __version__
+
+        print(f"ftctl {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def main_options(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="controller.toml to use "
                       "(default: $FTCTL_CONFIG, ./controller.toml, /etc/ftctl/controller.toml)")] = None,
     log_level: Annotated[Optional[str], typer.Option("--log-level", help="debug, info, warning or error")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
 ) -> None:
     state.config_path = config
     if log_level is not None and log_level not in ("debug", "info", "warning", "error"):

@@ -1,0 +1,166 @@
+"""Bad input that used to crash, hang or wedge: each is one line and a
+non-zero exit now, and leaves nothing half-done behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ftctl_env, run_ftctl, run_ftctl_many
+
+
+def one_line_error(p, *needles, code=2):
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ftctl: error: "), p.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("poll_interval", "inf", "controller.poll_interval"),
+    ("poll_interval", '"99999999999d"', "controller.poll_interval: '99999999999d' is too long: at most 1h"),
+    ("poll_interval", "nan", "controller.poll_interval"),
+    ("backoff_max", '"9999999999d"', "retry.backoff_max: '9999999999d' is too long: at most 7d"),
+    ("capacity_hold", "1e400", "retry.capacity_hold"),
+])
+def test_durations_have_an_upper_bound(make_config, key, value, needle):
+    cfg = make_config(agents=("qa",))
+    text = cfg.read_text()
+    section = "[controller]" if key == "poll_interval" else "[retry]"
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key} ="))
+    cfg.write_text(text.replace(section, f"{section}\n{key} = {value}", 1))
+    for p in run_ftctl_many(["submit", "--all"], ["status"], config=cfg):
+        one_line_error(p, str(cfg), needle)
+    assert not (cfg.parent / "ftctl.db").exists()
+
+
+def test_a_job_id_out_of_range_is_one_line(make_config):
+    cfg = make_config(agents=("qa",))
+    run_ftctl("submit", "qa", config=cfg)
+    for p in run_ftctl_many(["show", "1180591620717411303424"], ["cancel", "--", "-5"], ["retry", "0"], config=cfg):
+        one_line_error(p, "no such job")
+    # a usage mistake is one line too, not a box
+    one_line_error(run_ftctl("cancel", "-5", config=cfg), "No such option: -5", "ftctl cancel --help")
+
+
+def test_a_60_mb_line_is_refused_unread_and_a_long_run_does_not_hang(tmp_path):
+    big = tmp_path / "big.jsonl"
+    with open(big, "w") as fh:
+        fh.write(json.dumps({"messages": [{"role": "user", "content": "a" * (60 * 2**20)},
+                                          {"role": "assistant", "content": "ok"}]}) + "\n")
+        fh.write(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": "ok"}]}) + "\n")
+        # a long run of one character (a pathological input for regexes)
+        fh.write(json.dumps({"messages": [{"role": "user", "content": "a" * 100_000 + "@" + "7" * 1000},
+                                          {"role": "assistant", "content": "ok"}]}) + "\n")
+    started = time.monotonic()
+    p = run_ftctl("validate", str(big), "--model", "open-mistral-7b", "--json", timeout=60)
+    assert p.returncode == 1
+    report = json.loads(p.stdout)
+    assert report["problems"]["too_long"]["lines"] == [1]
+    assert report["examples"] == 2
+    assert time.monotonic() - started < 45  # it used to run for minutes
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
+def test_workers_die_with_a_killed_validate(tmp_path):
+    data = tmp_path / "data.jsonl"
+    line = json.dumps({"messages": [{"role": "user", "content": "tell me about the weather " * 30},
+                                    {"role": "assistant", "content": "it is sunny today " * 30}]})
+    data.write_text((line + "\n") * 40_000)
+    proc = subprocess.Popen([sys.executable, "-m", "ftctl", "validate", str(data), "--model", "open-mistral-7b",
+                             "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tempfile.gettempdir(), env=ftctl_env())
+    try:
+        end = time.monotonic() + 30
+        workers: list[int] = []
+        while time.monotonic() < end and len(workers) < 2 and proc.poll() is None:
+            workers = _children(proc.pid)
+            time.sleep(0.05)
+        assert len(workers) >= 2, "validate never started its workers"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _write_examples(path: Path, n: int, tag: str) -> Path:
+    with open(path, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"messages": [{"role": "user", "content": f"{tag} question {i} " + "x" * 200},
+                                              {"role": "assistant", "content": f"answer {i}"}]}) + "\n")
+    return path
+
+
+def test_prepare_killed_mid_write_leaves_the_previous_output_whole(tmp_path):
+    source = _write_examples(tmp_path / "raw.jsonl", 150_000, "new")
+    out = _write_examples(tmp_path / "out.jsonl", 10, "old")
+    before = out.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "ftctl", "prepare", str(source), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
+                            env=ftctl_env())
+    try:
+        end = time.monotonic() + 60
+        tmp = []
+        while time.monotonic() < end and not tmp and proc.poll() is None:
+            tmp = [p for p in tmp_path.glob(".out.jsonl.*.tmp") if p.stat().st_size > 0]
+            time.sleep(0.01)
+        assert tmp, "prepare never started writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.read_bytes() == before  # the old file, whole; never a partial new one
+
+
+def test_prepare_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, monkeypatch):
+    from ftctl.controller.preflight import prepare as prep
+
+    source = _write_examples(tmp_path / "raw.jsonl", 50, "new")
+    out = _write_examples(tmp_path / "out.jsonl", 10, "old")
+    before = out.read_bytes()
+    real = prep._write_chosen
+
+    def full_disk(src, dst, *args):
+        real(src, dst, *args)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(prep, "_write_chosen", full_disk)
+    with pytest.raises(prep.PrepareError) as err:
+        prep.prepare(source, out)
+    assert str(err.value) == f"{out}: cannot write (No space left on device); nothing was changed there"
+    assert out.read_bytes() == before
+    assert list(tmp_path.glob(".out.jsonl.*")) == []
