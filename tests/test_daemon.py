@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import REPO, ftctl_env, run_ftctl
+from tests.conftest import assert_no_key, REPO, ftctl_env, run_ftctl
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +97,8 @@ def test_sigint_mid_campaign_exits_zero_and_a_restart_finishes(make_config):
 
 
 def test_sigkill_at_random_moments_never_creates_a_job_twice(make_config):
+    from tests.conftest import Daemon
+
     agents = ("content", "legal", "qa", "support", "analyst", "triage", "sales")
     cfg = make_config(agents=agents, concurrency=4, max_concurrent=2, queue_time="0.2s", validate_time="0.3s",
                       train_time="1s", poll="0.1s", fail_rate=0.2, seed=9, backoff_initial="0.2s",
@@ -104,18 +106,21 @@ def test_sigkill_at_random_moments_never_creates_a_job_twice(make_config):
     run_ftctl("submit", "--all", config=cfg)
     db = cfg.parent / "ftctl.db"
     rng = random.Random(2026)
-    kills = 0
+    kills = mid_campaign = 0
     for _ in range(40):
         if all(s == "succeeded" for s in states(db)):
             break
-        daemon = start_daemon(cfg)
-        time.sleep(rng.uniform(0.2, 1.6))
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(timeout=10)
+        daemon = Daemon(cfg)
+        # kill relative to the moment the daemon is up and acting, not to its spawn
+        assert daemon.wait_for("daemon started", timeout=30), daemon.stderr[-2000:]
+        time.sleep(rng.uniform(0.0, 1.2))
+        before = states(db)
+        daemon.kill()
         kills += 1
+        mid_campaign += any(s != "succeeded" for s in before) and daemon.saw("transition")
+    assert kills >= 5 and mid_campaign >= 5, (kills, mid_campaign)  # the kills landed while jobs moved
     final = start_daemon(cfg, "--until-done")
     assert final.wait(timeout=120) == 0, final.stderr.read()
-    assert kills >= 5
     assert states(db) == ["succeeded"] * len(agents)
     with sqlite3.connect(cfg.parent / "sim-sim.db") as sim, sqlite3.connect(db) as ours:
         at_sim = sim.execute("SELECT id, suffix, status FROM jobs").fetchall()
@@ -149,7 +154,7 @@ def test_daemon_against_an_emulator_process(tmp_path, kind):
         daemon = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(cfg), "daemon", "--until-done"],
                                 capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(), env=env)
         assert daemon.returncode == 0, daemon.stderr[-2000:]
-        assert FAKE_KEY not in daemon.stderr + daemon.stdout
+        assert_no_key(daemon.stderr + daemon.stdout)
         models = json.loads(run_ftctl("models", "--format", "json", config=cfg, env=env).stdout)
         assert len(models) == 5 and all(m.startswith("ft:") for m in models.values())
         state = httpx.get(url + "/_emulator/state").json()

@@ -416,7 +416,7 @@ def test_library_log_lines_are_redacted_too():
         configure("warning")
     text = stream.getvalue()
     assert "Bearer ***" in text and "RuntimeError: boom ***" in text
-    assert FAKE_KEY not in text
+    assert_no_key(text)
 
 
 def test_a_metrics_port_in_use_is_a_one_line_error(make_config):
