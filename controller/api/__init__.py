@@ -1,3 +1,38 @@
-"""ftctl: LLM fine-tuning jobs on hosted providers as persistent state machines."""
+"""ftctl: LLM fine-tuning jobs on hosted providers as persistent state machines.
+
+The Python API the `ftctl` command line is built on:
+
+    import ftctl
+
+    with ftctl.open("controller.toml") as ft:   # a config, and its database
+        ft.submit(["qa", "legal"])              # -> [Result(job_id, created, note, ...)]
+        ft.status(active=True)                  # -> [{"id", "agent", "state", "reason", ...}]
+        ft.show(3)                              # -> the job with its events and attempts
+        ft.cancel(3); ft.retry(3)
+        ft.wait([3, 4], timeout=7200)           # -> the jobs, once all are finished
+        ft.models()                             # -> {"qa": "ft:open-mistral-7b:...", ...}
+
+Errors are ftctl.FtctlError subclasses (BadInput, NotFound, Refused,
+DatabaseUnavailable, TimedOut), each carrying the CLI's exit code.
+The rooms behind it: ftctl.controller (engine, preflight, cli, service),
+ftctl.models (tables, store, locks, migrations), ftctl.providers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.2.0"
+
+_API = ("open", "Ftctl", "FtctlError", "BadInput", "NotFound", "Refused", "DatabaseUnavailable", "TimedOut",
+        "Cancelled")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    # loaded on first use: `import ftctl` (and every CLI start) stays cheap
+    if name in _API:
+        from ftctl import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'ftctl' has no attribute {name!r}")

@@ -11,8 +11,10 @@ running); 4 the database cannot be used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -50,6 +52,19 @@ def die(message: str, code: int = EXIT_INPUT) -> NoReturn:
     first_line = text.splitlines()[0] if text else "error"
     print(f"ftctl: error: {first_line}", file=sys.stderr)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def api() -> Iterator[Any]:
+    """The Python API (ftctl.Ftctl) on this command line's config; an
+    FtctlError anywhere inside becomes its one line and its exit code."""
+    import ftctl
+
+    try:
+        with ftctl.open(state.config_path) as ft:
+            yield ft
+    except ftctl.FtctlError as exc:
+        die(str(exc), exc.exit_code)
 
 
 def get_config() -> Config:

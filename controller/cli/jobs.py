@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT, _job_id, app, die,
-                                      emit_json, get_config, open_store, out, read_store)
+from rich.markup import escape
+
+from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, _job_id, api, app, die, emit_json, out
 
 
 # -- submit ------------------------------------------------------------------------
@@ -47,21 +47,13 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check, estimate and store `prepared` jobs from the config's agents, or one ad hoc job."""
-    from ftctl.controller.preflight.submit import SubmitError, plan_submissions, store_submissions
-
-    config = get_config()
-    adhoc = any(v is not None for v in (agent, file, model, provider)) or bool(hp)
-    try:
-        plans = plan_submissions(config, agents or [], all_agents=all_agents, adhoc=adhoc, agent=agent,
-                                 file=file, model=model, provider=provider,
-                                 hyperparameters=_parse_hp(hp or []), allow_pii=allow_pii, quote=quote)
-    except SubmitError as exc:
-        die(str(exc))
-    store = open_store(config)
-    try:
-        results = store_submissions(store, plans, force=force)
-    finally:
-        store.close()
+    adhoc = None
+    if any(v is not None for v in (agent, file, model, provider)) or hp:
+        adhoc = {"agent": agent, "file": file, "model": model, "provider": provider,
+                 "hyperparameters": _parse_hp(hp or [])}
+    with api() as ft:
+        results = ft.submit(agents or [], all_agents=all_agents, adhoc=adhoc, force=force, allow_pii=allow_pii,
+                            quote=quote)
     if as_json:
         emit_json([r.as_dict() for r in results])
         return
@@ -87,33 +79,20 @@ def status(
 ) -> None:
     """One line a job: state, attempt, age, and why it waits (or its model)."""
     from ftctl.controller.engine.states import TERMINAL
-    from ftctl.controller.cli.views import job_dict, live_facts, status_table
-    from ftctl.controller.engine.reasons import Live
+    from ftctl.controller.cli.views import status_table
     from ftctl.models import utcnow
-
-    config = get_config()
-
-    def load():
-        store = read_store(config)
-        if store is None:
-            return [], Live()
-        rows = store.list_jobs(agent=agent)
-        live = live_facts(store, config)
-        store.close()
-        return ([j for j in rows if j.state not in TERMINAL] if active else rows), live
+    from ftctl.records import job_dict
 
     if watch:
         if as_json:
             die("--watch and --json do not go together")
         import time
 
-        from rich.live import Live
-
         from rich.live import Live as LiveDisplay
 
         def table(title: str):
-            jobs, live = load()
-            return status_table(jobs, title=title, live=live)
+            with api() as ft:
+                return status_table(ft.jobs(agent=agent, active=active), title=title, live=ft.live())
 
         with LiveDisplay(table("ftctl status"), console=out, auto_refresh=False) as display:
             try:
@@ -122,21 +101,20 @@ def status(
                     display.update(table(f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
             except KeyboardInterrupt:
                 return
-    jobs, live = load()
-    now = utcnow()
-    if as_json:
-        emit_json([job_dict(j, now, live) for j in jobs])
-        return
-    if not jobs:
-        out.print("no jobs")
-        return
-    out.print(status_table(jobs, now, live=live))
-    if any(j.state not in TERMINAL for j in jobs):
-        store = read_store(config)
-        holder = store.daemon_holder() if store is not None else None
-        out.print(f"daemon: running ({holder})" if holder else
-                  "daemon: not running: nothing moves until `ftctl daemon` (or the systemd unit) runs",
-                  markup=False)
+    with api() as ft:
+        jobs, live, now = ft.jobs(agent=agent, active=active), ft.live(), utcnow()
+        if as_json:
+            emit_json([job_dict(j, now, live) for j in jobs])
+            return
+        if not jobs:
+            out.print("no jobs")
+            return
+        out.print(status_table(jobs, now, live=live))
+        if any(j.state not in TERMINAL for j in jobs):
+            holder = ft.daemon()
+            out.print(f"daemon: running ({holder})" if holder else
+                      "daemon: not running: nothing moves until `ftctl daemon` (or the systemd unit) runs",
+                      markup=False)
 
 
 class ModelFormat(str, Enum):
@@ -152,11 +130,10 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
 ) -> None:
     """Each agent's latest fine-tuned model id, ready to paste into its config."""
-    from ftctl.controller.cli.views import latest_models, models_text
+    from ftctl.controller.cli.views import models_text
 
-    config = get_config()
-    store = read_store(config)
-    found = latest_models(store.list_jobs(states=["succeeded"])) if store else {}
+    with api() as ft:
+        found = ft.models()
     fmt_name = "json" if as_json else fmt.value
     if fmt_name == "table":
         from rich.table import Table
@@ -179,101 +156,49 @@ def show(
     """A job and its full transition history."""
     from rich.table import Table
 
-    from ftctl.controller.cli.views import event_dict, job_dict
-
-    job_id = _job_id(job)
-    config = get_config()
-    store = read_store(config)
-    row = store.get_job(job_id) if store else None
-    if row is None:
-        die(f"no job {job_id} (see `ftctl status`)")
-    events = store.events(job_id)
-    attempts = store.attempts(job_id)
+    with api() as ft:
+        d = ft.show(_job_id(job))
     if as_json:
-        data = job_dict(row)
-        data["events"] = [event_dict(e) for e in events]
-        data["attempts"] = [{"number": a.number, "client_token": a.client_token,
-                             "provider_job_id": a.provider_job_id, "outcome": a.outcome, "counted": a.counted,
-                             "submitted_at": a.submitted_at.isoformat() + "Z"} for a in attempts]
-        emit_json(data)
+        emit_json(d)
         return
-    d = job_dict(row)
     for key in ("id", "agent", "provider", "model", "state", "attempt", "reason", "fine_tuned_model",
                 "provider_job_id", "provider_status", "training_file", "hyperparameters", "estimated_cost",
                 "actual_cost", "last_error", "not_before", "created_at", "updated_at"):
         if d[key] not in (None, "", {}):
-            out.print(f"[bold]{key:>17}[/]  {d[key]}")
+            out.print(f"[bold]{key:>17}[/]  {escape(str(d[key]))}")
     table = Table(title="history", title_justify="left")
     for col in ("AT", "FROM", "TO", "TRIGGER", "PROVIDER", "REASON"):
         table.add_column(col)
-    for e in events:
-        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.from_state or "-", e.to_state, e.trigger,
-                      e.provider_status or "", e.reason or "")
+    for e in d["events"]:
+        table.add_row(e["at"].replace("T", " ").rstrip("Z"), e["from"] or "-", e["to"], e["trigger"],
+                      e["provider_status"] or "", escape(e["reason"] or ""))
     out.print(table)
 
 
 # -- write commands ---------------------------------------------------------------------
 
 
-def _user_move(job: str, trigger: str) -> Any:
-    from ftctl.controller.engine.jobs import JobNotFound, StaleState, Twin, user_transition
-    from ftctl.controller.engine.states import InvalidTransition
-
-    job_id = _job_id(job)
-    config = get_config()
-    store = read_store(config)
-    if store is None:
-        die(f"no job {job_id} (see `ftctl status`)")
-    try:
-        current = store.get_job(job_id)
-        if current is not None and trigger == "retry" and current.cancel_pending:
-            die(f"job {job_id}: its cancellation at the provider is still pending; retry after the next tick",
-                EXIT_REFUSED)
-        _, row = user_transition(store, job_id, trigger)
-    except JobNotFound:
-        die(f"no job {job_id} (see `ftctl status`)")
-    except Twin as twin:
-        die(f"job {job_id}: {twin}; retrying it would train the same job twice", EXIT_REFUSED)
-    except InvalidTransition as exc:
-        die(f"job {job_id}: {exc}", EXIT_REFUSED)
-    except StaleState:
-        die(f"job {job_id} changed while this command ran; look at `ftctl show {job_id}` and try again",
-            EXIT_REFUSED)
-    return config, store, row
-
-
 @app.command()
 def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Cancel a job (at the provider too)."""
-    config, store, row = _user_move(job, "cancel")
-    message = f"job {row.id} cancelled"
-    if row.cancel_pending and row.provider_job_id and row.provider in config.providers:
-        from ftctl.controller.engine.jobs import cancelled_at_provider
-        from ftctl.providers import build_provider
-        from ftctl.providers.base import ProviderError
-
-        try:
-            provider = build_provider(row.provider, config.providers[row.provider], config.provider_env())
-            try:
-                pj = provider.cancel_job(row.provider_job_id)
-            finally:
-                provider.close()
-            cancelled_at_provider(store, row.id, pj.id, pj.raw_status)
-            message += f"; provider job {row.provider_job_id} is {pj.raw_status}"
-        except ProviderError as exc:
-            message += f"; the daemon will cancel it at the provider ({exc.kind} error: {exc.message})"
-    elif row.cancel_pending:
+    with api() as ft:
+        done = ft.cancel(_job_id(job))
+    message = f"job {done.job['id']} cancelled"
+    if done.provider_status:
+        message += f"; provider job {done.job['provider_job_id']} is {done.provider_status}"
+    elif done.provider_error:
+        message += f"; the daemon will cancel it at the provider ({done.provider_error})"
+    elif done.job["cancel_pending"]:
         message += "; the daemon will cancel it at the provider"
-    store.close()
-    out.print(message)
+    out.print(message, markup=False)
 
 
 @app.command()
 def retry(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Put a failed or cancelled job back to `prepared`, with fresh attempts."""
-    _, store, row = _user_move(job, "retry")
-    store.close()
-    out.print(f"job {row.id} is prepared again (attempts reset)")
+    with api() as ft:
+        row = ft.retry(_job_id(job))
+    out.print(f"job {row['id']} is prepared again (attempts reset)")
 
 
 @app.command()
@@ -283,33 +208,16 @@ def wait(
     interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
 ) -> None:
     """Block until the jobs are finished; exit 0 only if all succeeded (1 if not, 5 on timeout)."""
-    import time
-
     from ftctl.controller.config import parse_duration
-    from ftctl.controller.engine.reasons import render
-    from ftctl.controller.engine.states import TERMINAL
 
     ids = [_job_id(j) for j in jobs]
     try:
         limit = parse_duration(timeout) if timeout else None
     except ValueError as exc:
         die(f"--timeout: {exc}")
-    config = get_config()
-    store = read_store(config)
-    missing = [i for i in ids if store is None or store.get_job(i) is None]
-    if missing:
-        die(f"no job {missing[0]} (see `ftctl status`)")
-    deadline = None if limit is None else time.monotonic() + limit
-    while True:
-        rows = [store.get_job(i) for i in ids]
-        if all(r.state in TERMINAL for r in rows):
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            waiting = ", ".join(f"{r.id} {r.state}" for r in rows if r.state not in TERMINAL)
-            print(f"ftctl: error: timed out after {timeout} waiting for {waiting}", file=sys.stderr)
-            raise typer.Exit(EXIT_TIMEOUT)
-        time.sleep(interval)
+    with api() as ft:
+        rows = ft.wait(ids, timeout=limit, interval=interval)
     for r in rows:
-        detail = r.fine_tuned_model if r.state == "succeeded" else (render(r.reason_code, r.reason_args) or "")
-        out.print(f"job {r.id} ({r.agent}): {r.state} {detail}".rstrip(), markup=False)
-    raise typer.Exit(EXIT_OK if all(r.state == "succeeded" for r in rows) else EXIT_FAILED)
+        detail = r["fine_tuned_model"] if r["state"] == "succeeded" else (r["reason"] or "")
+        out.print(f"job {r['id']} ({r['agent']}): {r['state']} {detail}".rstrip(), markup=False)
+    raise typer.Exit(EXIT_OK if all(r["state"] == "succeeded" for r in rows) else EXIT_FAILED)
