@@ -86,7 +86,8 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
 
 def quote(config: Config, provider_name: str, path: Path, model: str, hyperparameters: dict[str, Any]) -> float | None:
     """The provider's own price for this job, where it gives one (Mistral and
-    the simulated provider: create with auto_start=False, read, cancel).
+    the simulated provider: create with auto_start=False, read, cancel;
+    Together: a price call that creates nothing).
 
     The file is uploaded once per content hash, as for a real job. The quote
     job is recorded in the database: it never counts as a slot, and the
@@ -108,9 +109,10 @@ def quote(config: Config, provider_name: str, path: Path, model: str, hyperparam
             file_id = provider.upload_file(path, digest)
             store.remember_upload(provider_name, digest, file_id)
         got = provider.quote(file_id, model, hyperparameters)
-        store.add_quote(provider_name, got.job_id)
-        if got.settled:
-            store.settle_quote(provider_name, got.job_id)
+        if got.job_id is not None:  # a price call that made no job leaves nothing to cancel
+            store.add_quote(provider_name, got.job_id)
+            if got.settled:
+                store.settle_quote(provider_name, got.job_id)
         return got.cost
     finally:
         provider.close()
