@@ -124,10 +124,21 @@ class ProviderKind:
     def build(self, name: str, section: ProviderSection, env: BuildEnv | None = None) -> "Provider":
         """A client for provider `name`, from its own section; ProviderUnavailable
         (one line that names the fix) when it cannot be had here."""
-        if self.sdk and importlib.util.find_spec(self.sdk) is None:
-            raise ProviderUnavailable(f"providers.{name}: the {self.sdk} SDK is not installed"
+        missing = ProviderUnavailable(f"providers.{name}: the {self.sdk} SDK is not installed"
                                       + (f" ({self.install_hint})" if self.install_hint else ""))
-        return self.client(name, section, env or BuildEnv())
+        if self.sdk:
+            try:
+                found = importlib.util.find_spec(self.sdk) is not None
+            except (ImportError, ValueError):  # a broken or blocked module
+                found = False
+            if not found:
+                raise missing
+        try:
+            return self.client(name, section, env or BuildEnv())
+        except ImportError as exc:  # found, but it cannot be imported
+            if self.sdk and (exc.name or "").split(".")[0] == self.sdk:
+                raise missing from None
+            raise
 
     def client(self, name: str, section: Any, env: BuildEnv) -> "Provider":  # pragma: no cover
         raise NotImplementedError
