@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 EMULATORS: dict[str, tuple[str, str]] = {
     "mistral": ("ftctl.providers.emulator.mistral_api", "MistralEmulator"),
     "openai": ("ftctl.providers.emulator.openai_api", "OpenAIEmulator"),
+    "together": ("ftctl.providers.emulator.together_api", "TogetherEmulator"),
 }
 
 
