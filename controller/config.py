@@ -87,7 +87,9 @@ class AgentConfig(Section):
     provider: str
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
-    hyperparameters: dict[str, float | int] = Field(default_factory=dict)
+    # numbers, switches (lora = true) and names (training_method = "dpo");
+    # each provider's descriptor says which it knows
+    hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
 
 class Config(Section):

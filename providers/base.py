@@ -106,11 +106,13 @@ class LogEntry:
 
 @dataclass(frozen=True)
 class Quote:
-    """The provider's own price for a job, read from a job created with
-    auto_start=False; `settled`: the provider confirmed that job cancelled."""
+    """The provider's own price for a job. Mistral's comes from a job created
+    with auto_start=False (`job_id`; `settled`: the provider confirmed it
+    cancelled); Together's from a price call that creates no job (`job_id`
+    None, nothing to settle)."""
 
     cost: float | None
-    job_id: str
+    job_id: str | None
     settled: bool
 
 

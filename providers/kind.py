@@ -26,6 +26,7 @@ from ftctl.providers.settings import Section, bounded_duration, resolve_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from ftctl.providers.base import Provider
+    from ftctl.providers.formats import ExampleFormat
     from ftctl.providers.tokenizers import Counter
 
 
@@ -115,6 +116,13 @@ class ProviderKind:
     training_log: ClassVar[bool] = False
     # the provider signs webhooks about its jobs (Standard Webhooks)
     webhooks: ClassVar[bool] = False
+    # a job may continue from an upstream job's model (JobSpec.upstream_job_id)
+    chaining: ClassVar[bool] = False
+    # the training methods this kind takes (the first is the default), each
+    # with its data format (providers.formats), and the hyperparameter that
+    # picks one
+    methods: ClassVar[tuple[str, ...]] = ("sft",)
+    method_key: ClassVar[str | None] = None
     # the SDK module the client needs, and how to install it from a checkout
     sdk: ClassVar[str | None] = None
     install_hint: ClassVar[str | None] = None
@@ -124,10 +132,21 @@ class ProviderKind:
     def build(self, name: str, section: ProviderSection, env: BuildEnv | None = None) -> "Provider":
         """A client for provider `name`, from its own section; ProviderUnavailable
         (one line that names the fix) when it cannot be had here."""
-        if self.sdk and importlib.util.find_spec(self.sdk) is None:
-            raise ProviderUnavailable(f"providers.{name}: the {self.sdk} SDK is not installed"
+        missing = ProviderUnavailable(f"providers.{name}: the {self.sdk} SDK is not installed"
                                       + (f" ({self.install_hint})" if self.install_hint else ""))
-        return self.client(name, section, env or BuildEnv())
+        if self.sdk:
+            try:
+                found = importlib.util.find_spec(self.sdk) is not None
+            except (ImportError, ValueError):  # a broken or blocked module
+                found = False
+            if not found:
+                raise missing
+        try:
+            return self.client(name, section, env or BuildEnv())
+        except ImportError as exc:  # found, but it cannot be imported
+            if self.sdk and (exc.name or "").split(".")[0] == self.sdk:
+                raise missing from None
+            raise
 
     def client(self, name: str, section: Any, env: BuildEnv) -> "Provider":  # pragma: no cover
         raise NotImplementedError
@@ -145,6 +164,24 @@ class ProviderKind:
             raise PermanentError(f"hyperparameters not known to {self.kind}: {', '.join(unknown)} "
                                  f"(known: {', '.join(sorted(self.hyperparameters))})")
         return {self.hyperparameters[k]: v for k, v in hyperparameters.items()}
+
+    def training_method(self, hyperparameters: dict[str, Any] | None = None) -> str:
+        """The training method a job's hyperparameters choose (ValueError, in one
+        line, for one this kind does not know)."""
+        value = (hyperparameters or {}).get(self.method_key) if self.method_key else None
+        return self.methods[0] if value is None else self._known_method(value)
+
+    def example_format(self, method: str | None = None) -> "ExampleFormat":
+        """What one line of a training file holds for `method` (default: this kind's first)."""
+        from ftctl.providers.formats import format_for
+
+        return format_for(self._known_method(method or self.methods[0]), self.example_keys)
+
+    def _known_method(self, method: Any) -> str:
+        if method not in self.methods:
+            where = f"{self.method_key} " if self.method_key else "training method "
+            raise ValueError(f"{where}{method!r} is not known to {self.kind} (known: {', '.join(self.methods)})")
+        return method
 
     # -- models ---------------------------------------------------------------
 

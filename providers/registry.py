@@ -6,11 +6,13 @@ from ftctl.providers.kind import ProviderKind
 from ftctl.providers.mistral import KIND as MISTRAL
 from ftctl.providers.openai import KIND as OPENAI
 from ftctl.providers.simulated import KIND as SIMULATED
+from ftctl.providers.together import KIND as TOGETHER
 
 KINDS: dict[str, ProviderKind] = {k.kind: k for k in (
     SIMULATED,
     MISTRAL,
     OPENAI,
+    TOGETHER,
 )}
 
 

@@ -1,7 +1,9 @@
 """Token counts that match the provider's, offline.
 
-Mistral models: the official tokenizers shipped in `mistral-common`, in
-fine-tuning validation mode (the conversation must end with the assistant).
+Mistral models (and the Mistral family on other providers): the official
+tokenizers shipped in `mistral-common`, in fine-tuning validation mode (the
+conversation must end with the assistant). Models with no offline tokenizer
+here get an approximate counter whose name says so.
 OpenAI models: the model's real encoding from `bpe-openai` (which ships
 o200k_base and cl100k_base; tiktoken would download them at run time), plus
 the chat format's per-message overhead.
@@ -99,7 +101,12 @@ def mistral_counter(model: str) -> Counter:
     if found is None:
         raise TokenizerUnavailable(f"no Mistral tokenizer known for model {model!r} "
                                    f"(known: {', '.join(sorted(MISTRAL_TOKENIZERS))})")
-    filename, label = found
+    return mistral_file_counter("mistral", model, *found)
+
+
+def mistral_file_counter(provider: str, model: str, filename: str, label: str) -> Counter:
+    """A count with one of mistral-common's tokenizer files (a Mistral-family
+    model served by another provider uses the same tokenizer)."""
     tokenizer = _mistral_tokenizer(filename)
     from mistral_common.exceptions import MistralCommonException
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
@@ -116,7 +123,7 @@ def mistral_counter(model: str) -> Counter:
         except MistralCommonException as exc:
             raise ExampleRejected(str(exc)) from None
 
-    return Counter("mistral", model, f"mistral-common {label}", count)
+    return Counter(provider, model, f"mistral-common {label}", count)
 
 
 @lru_cache(maxsize=4)
@@ -150,3 +157,30 @@ def openai_counter(model: str) -> Counter:
         return total
 
     return Counter("openai", model, f"bpe-openai {name}", count)
+
+
+def approximate_counter(provider: str, model: str, *, per_message: int = 5, priming: int = 1) -> Counter:
+    """For a model without an offline tokenizer here (Llama 3, Qwen ...): its
+    text in cl100k_base (shipped by bpe-openai; Llama 3's 128k vocabulary
+    extends it, so counts come out close but not equal) plus a chat
+    template's tokens per message. Its name says it is an approximation."""
+    enc = _encoding("cl100k_base")
+
+    def count(messages: list[dict[str, Any]]) -> int:
+        total = priming
+        for m in messages:
+            total += per_message
+            content = m.get("content")
+            if isinstance(content, str):
+                total += len(enc.encode(content))
+            elif isinstance(content, list):
+                total += sum(len(enc.encode(p["text"])) for p in content
+                             if isinstance(p, dict) and isinstance(p.get("text"), str))
+            if m.get("tool_calls"):
+                import json
+
+                total += len(enc.encode(json.dumps(m["tool_calls"])))
+        return total
+
+    return Counter(provider, model, f"approximate (cl100k_base + {per_message} a message; no offline tokenizer "
+                                    f"for {model})", count)

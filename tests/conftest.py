@@ -192,11 +192,12 @@ def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.
 def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, concurrency: int = 2,
                         timeout: str = "2s", max_attempts: int = 5, backoff_initial: str = "0.2s",
                         backoff_max: str = "1s", hyperparameters: str | None = None, poll: str = "0.2s",
-                        create_margin: str = "1s") -> Path:
-    base = url if kind == "mistral" else url + "/v1"
-    hp = hyperparameters or ("{ training_steps = 10, learning_rate = 0.0001 }" if kind == "mistral"
-                             else "{ epochs = 3 }")
-    model = "open-mistral-7b" if kind == "mistral" else "gpt-4o-mini-2024-07-18"
+                        create_margin: str = "1s", extra: str = "") -> Path:
+    base = url + ("/v1" if kind == "openai" else "")
+    hp = hyperparameters or {"mistral": "{ training_steps = 10, learning_rate = 0.0001 }",
+                             "openai": "{ epochs = 3 }", "together": "{ epochs = 2 }"}[kind]
+    model = {"mistral": "open-mistral-7b", "openai": "gpt-4o-mini-2024-07-18",
+             "together": "mistralai/Mistral-7B-Instruct-v0.2"}[kind]
     block = f"""\
         [providers.{kind}]
         kind = "{kind}"
@@ -207,7 +208,7 @@ def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, 
         """
     return _site(directory, agents, database="sqlite:///ftctl.db", poll=poll, max_attempts=max_attempts,
                  backoff_initial=backoff_initial, backoff_max=backoff_max, provider_block=block, provider=kind,
-                 model=model, hyperparameters=hp, create_margin=create_margin)
+                 model=model, hyperparameters=hp, create_margin=create_margin, extra=extra)
 
 
 def reason_of(job, live=None) -> str | None:

@@ -196,7 +196,7 @@ def test_budget_keeps_an_expensive_job_out_of_the_provider(make_config, clock):
     jobs = {j.agent: j for j in store.list_jobs()}
     assert jobs["qa"].state == jobs["legal"].state == "queued"
     assert jobs["support"].state == "prepared"
-    from ftctl.controller.cli.views import live_facts
+    from ftctl.records import live_facts
 
     assert reason_of(jobs["support"], live_facts(store, cfg)) == "over budget: estimate $4.00 > $2.00 left"
     for _ in range(60):

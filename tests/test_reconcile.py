@@ -302,6 +302,15 @@ def test_a_capacity_refusal_on_create_requeues_without_counting():
         ("requeue", 0, None, ("capacity", False))
 
 
+def test_a_capacity_refusal_on_create_teaches_the_limit_the_provider_runs_at():
+    refused = CapacityError("HTTP 429: You have reached the maximum number of concurrent fine-tuning jobs (2)")
+    t, learned = rc.after_create(job(1, "queued", attempt=1, client_token="qa-1"), "qa-1", refused, sent_at=NOW,
+                                 arrived_at=NOW + timedelta(seconds=1), content_hash="h", policy=POLICY,
+                                 rng=random.Random(0), settle=5, active_at_provider=2)
+    assert t.trigger == "requeue" and t.attempt_outcome == ("capacity", False)
+    assert learned == rc.ProviderUpdate("sim", learned_limit=2, learned_at=NOW + timedelta(seconds=1))
+
+
 def test_auth_quota_and_a_missing_sdk_on_create_pause_the_provider():
     for err, why, until in ((AuthError("HTTP 401"), "auth", None),
                             (QuotaError("HTTP 402: billing"), "quota", NOW + timedelta(seconds=1 + 600)),

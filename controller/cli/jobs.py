@@ -16,19 +16,24 @@ from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, _job_id, api, app, di
 # -- submit ------------------------------------------------------------------------
 
 
-def _parse_hp(values: list[str]) -> dict[str, float | int]:
-    out: dict[str, float | int] = {}
+def _parse_hp(values: list[str]) -> dict[str, bool | int | float | str]:
+    """KEY=VALUE pairs: integers, numbers, true/false, anything else as text
+    (e.g. training_method=dpo); the provider's schema is checked at submit."""
+    out: dict[str, bool | int | float | str] = {}
     for item in values:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or not raw:
             die(f"--hp {item!r}: expected KEY=VALUE, e.g. training_steps=10")
+        if raw.lower() in ("true", "false"):
+            out[key] = raw.lower() == "true"
+            continue
         try:
             out[key] = int(raw)
         except ValueError:
             try:
                 out[key] = float(raw)
             except ValueError:
-                die(f"--hp {item!r}: {raw!r} is not a number")
+                out[key] = raw
     return out
 
 

@@ -10,6 +10,9 @@ import typer
 from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, app, die, emit_json, get_config, out, read_store, state
 from ftctl.controller.config import Config, ConfigError
 
+METHOD_HELP = "the training method whose data format to check (e.g. sft, dpo; default: the provider's first)"
+
+
 def maybe_config() -> Config | None:
     """The config when one is given or found; these commands also work without."""
     from ftctl.controller.config import find_config
@@ -44,6 +47,7 @@ def validate(
     allow_pii: Annotated[bool, typer.Option("--allow-pii", help="personal data is not a failure")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="processes counting tokens "
                                                 "(default: all CPUs for files over 8 MB)")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help=METHOD_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the full report")] = False,
 ) -> None:
     """Check a training file line by line (streamed); exit 0 only when clean."""
@@ -53,7 +57,8 @@ def validate(
     config = maybe_config()
     kind, _ = _kind(config, provider, model)
     try:
-        result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False, jobs=jobs)
+        result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False, jobs=jobs,
+                               method=method)
     except preflight.PreflightError as exc:
         die(str(exc))
     report = result.report
@@ -88,7 +93,9 @@ def estimate(
     model: Annotated[str, typer.Option("--model")],
     epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
     training_steps: Annotated[Optional[int], typer.Option("--training-steps")] = None,
-    no_quote: Annotated[bool, typer.Option("--no-quote", help="do not ask the provider for its own quote")] = False,
+    quote: Annotated[bool, typer.Option("--quote/--no-quote", help="ask a configured provider for its own quote "
+                                        "(the default, where it gives one)")] = True,
+    method: Annotated[Optional[str], typer.Option("--method", help=METHOD_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """What training on FILE costs: tokens x epochs x price, and the provider's own quote."""
@@ -100,17 +107,19 @@ def estimate(
     kind, configured = _kind(config, provider, model)
     try:
         result = preflight.run(file, kind=kind, model=model, config=config, epochs=epochs,
-                               training_steps=training_steps)
+                               training_steps=training_steps, method=method)
     except preflight.PreflightError as exc:
         die(str(exc))
     est, report = result.estimate, result.report
     quote_note = None
     from ftctl.providers.registry import kind as kind_of
 
-    if configured and not no_quote and kind_of(kind).quotes:
+    if configured and quote and kind_of(kind).quotes:
         from ftctl.providers.base import ProviderError
 
         hp = {"training_steps": training_steps} if training_steps else ({"epochs": epochs} if epochs else {})
+        if method and kind_of(kind).method_key:
+            hp[kind_of(kind).method_key] = method
         try:
             est.quote = preflight.quote(config, configured, file, model, hp)
         except ProviderError as exc:

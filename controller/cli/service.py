@@ -13,10 +13,10 @@ from rich.markup import escape
 from ftctl.controller.cli.app import (EXIT_DATABASE, EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_REFUSED, app, die,
                                       emit_json, get_config, open_store, out, setup_logging, state)
 from ftctl.controller.config import ConfigError
+from ftctl.providers.emulator import EMULATORS
 
-class EmulatorKind(str, Enum):
-    mistral = "mistral"
-    openai = "openai"
+# the --kind choices: every emulator providers.emulator lists (a cheap import)
+EmulatorKind = Enum("EmulatorKind", {k: k for k in EMULATORS}, type=str)
 
 
 @app.command()
@@ -25,7 +25,8 @@ def emulator(
     port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one)")] = 8089,
     host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
     state_file: Annotated[Optional[Path], typer.Option("--state-file", help="the service's own SQLite file")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="jobs it runs at once; more fail like Mistral's")] = 2,
+    limit: Annotated[int, typer.Option("--limit", help="jobs it runs at once; more are refused the way the "
+                                       "emulated provider refuses them")] = 2,
     queue_time: Annotated[str, typer.Option("--queue-time")] = "2s",
     validate_time: Annotated[str, typer.Option("--validate-time")] = "2s",
     train_time: Annotated[str, typer.Option("--train-time")] = "10s",
@@ -35,7 +36,7 @@ def emulator(
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="accept only the key in this "
                                                        "environment variable (default: any non-empty key)")] = None,
 ) -> None:
-    """Serve a local HTTP emulator of Mistral's or OpenAI's fine-tuning API."""
+    """Serve a local HTTP emulator of a provider's fine-tuning API (Mistral, OpenAI, Together ...)."""
     import os
     import signal
     import tempfile
@@ -43,6 +44,8 @@ def emulator(
 
     from ftctl.controller.config import parse_duration
     from ftctl.providers.emulator import make_emulator
+
+    kind = kind.value
     from ftctl.providers.simulated.engine import EngineSettings
 
     try:
@@ -58,15 +61,14 @@ def emulator(
         key = os.environ.get(api_key_env)
         if not key:
             die(f"emulator: --api-key-env: ${api_key_env} is not set")
-    path = state_file or Path(tempfile.mkdtemp(prefix=f"ftctl-{kind.value}-emulator-")) / "state.db"
+    path = state_file or Path(tempfile.mkdtemp(prefix=f"ftctl-{kind}-emulator-")) / "state.db"
     try:
-        server = make_emulator(kind.value, path, settings, api_key=key).serve(host, port)
+        server = make_emulator(kind, path, settings, api_key=key).serve(host, port)
     except OSError as exc:
         die(f"emulator: cannot listen on {host}:{port}: {exc.strerror or exc}")
-    base = server.url if kind is EmulatorKind.mistral else server.url + "/v1"
-    out.print(f"{kind.value} emulator on {server.url} (state {path}); Ctrl-C stops it")
-    out.print(f'in controller.toml: [providers.{kind.value}] kind = "{kind.value}", base_url = "{base}"',
-              markup=False)
+    base = server.url + server.emulator.base_path
+    out.print(f"{kind} emulator on {server.url} (state {path}); Ctrl-C stops it")
+    out.print(f'in controller.toml: [providers.{kind}] kind = "{kind}", base_url = "{base}"', markup=False)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

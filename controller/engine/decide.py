@@ -491,9 +491,11 @@ def begin_submit(job: JobView, token: str, now: datetime) -> Transition:
 
 def after_create(job: JobView, token: str, outcome: ProviderJob | ProviderError, *, sent_at: datetime,
                  arrived_at: datetime, content_hash: str, policy: Policy, rng: random.Random,
-                 settle: float) -> list[Decision]:
+                 settle: float, active_at_provider: int | None = None) -> list[Decision]:
     """What follows a create call made at `sent_at` for `token`, whose answer
-    (a job, or an error of a class) arrived at `arrived_at`."""
+    (a job, or an error of a class) arrived at `arrived_at`. `active_at_provider`:
+    after a capacity refusal, how many jobs the provider was running (read
+    right after), which is the limit it allows."""
     if isinstance(outcome, ProviderJob):
         return [Note(job.id, QUEUED, {"provider_job_id": outcome.id, "provider_status": outcome.raw_status,
                                       **Reason("queued_at", {"status": outcome.raw_status}).stored()},
@@ -502,8 +504,11 @@ def after_create(job: JobView, token: str, outcome: ProviderJob | ProviderError,
     uncounted = {"attempt": max(0, job.attempt - 1), "client_token": None, "intent_at": None,
                  "last_error": err.message}
     if isinstance(err, CapacityError):
-        return [Transition(job.id, QUEUED, "requeue", Reason("capacity", {"status": err.message}), uncounted,
-                           attempt_outcome=("capacity", False))]
+        out: list[Decision] = [Transition(job.id, QUEUED, "requeue", Reason("capacity", {"status": err.message}),
+                                          uncounted, attempt_outcome=("capacity", False))]
+        if active_at_provider is not None:  # refused at the door (Together): learn the limit, as for a failed job
+            out.append(ProviderUpdate(job.provider, learned_limit=max(1, active_at_provider), learned_at=arrived_at))
+        return out
     pause = pause_for(err, job.provider, arrived_at, policy)
     if pause is not None:
         reason = Reason("paused", {"why": pause.paused_why, "message": err.message})
@@ -514,7 +519,7 @@ def after_create(job: JobView, token: str, outcome: ProviderJob | ProviderError,
     # transient, or the provider lost a file: the job keeps its token and
     # tries again from the answer's arrival (Retry-After counts from there)
     until = arrived_at + timedelta(seconds=_retry_delay(err, job.attempt, policy, rng))
-    out: list[Decision] = []
+    out = []
     if isinstance(err, NotFoundError):
         out.append(ForgetUpload(job.provider, content_hash))
     if err.ambiguous:

@@ -27,7 +27,8 @@ from ftctl.controller.engine.policy import Budget, Policy
 from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.states import STATES, TERMINAL, UNFINISHED, InvalidTransition
 from ftctl.models import Job, ProviderState, Store, utcnow
-from ftctl.providers.base import JobSpec, NotFoundError, Provider, ProviderError, ProviderJob, TransientError
+from ftctl.providers.base import (CapacityError, JobSpec, NotFoundError, Provider, ProviderError, ProviderJob,
+                                  TransientError)
 from ftctl.providers.kind import RemoteSection
 
 # how far back the provider's own list is read (to count foreign active jobs)
@@ -84,6 +85,7 @@ class Ticker:
         # a provider that answered 429/503 with Retry-After is not asked again before then
         self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
         self._result: TickResult | None = None
+        self._active: dict[str, int] = {}
         self.log = logger or structlog.get_logger("ftctl")
 
     # -- providers -------------------------------------------------------------
@@ -138,6 +140,7 @@ class Ticker:
 
     def tick(self) -> TickResult:
         now = self.clock()
+        self._active = {}
         rows = self.store.jobs_to_reconcile(list(UNFINISHED))
         views = [rc.JobView.of(j) for j in rows]
         states = self.store.provider_states()
@@ -368,6 +371,7 @@ class Ticker:
         except Exception as exc:  # noqa: BLE001 - whatever happened, the outcome decides
             outcome = self._as_provider_error(exc)
         arrived_at = self.clock()
+        active = self._active_at(row.provider, provider) if isinstance(outcome, CapacityError) else None
         if isinstance(outcome, ProviderError):
             if self._result is not None:
                 self._result.errors.append((row.provider, outcome.kind))
@@ -381,7 +385,20 @@ class Ticker:
                          client_token=token)
         self._apply_all(rc.after_create(queued, token, outcome, sent_at=sent_at, arrived_at=arrived_at,
                                         content_hash=row.content_hash, policy=self.policy, rng=self.rng,
-                                        settle=self.settle(row.provider)), {row.id: row}, now)
+                                        settle=self.settle(row.provider), active_at_provider=active),
+                        {row.id: row}, now)
+
+    def _active_at(self, name: str, provider: Provider) -> int | None:
+        """How many jobs `name` runs right now, ours and others' (never quote
+        jobs): read once a tick, after a create it refused for capacity."""
+        if name not in self._active:
+            try:
+                listing = provider.list_jobs(created_after=self.clock() - LISTING_WINDOW)
+            except Exception:  # noqa: BLE001 - nothing is learned this time
+                return None
+            quotes = set(self.store.quote_ids(name))
+            self._active[name] = sum(1 for pj in listing if pj.active and pj.id not in quotes)
+        return self._active[name]
 
     def _upload(self, provider: Provider, view: rc.JobView, job: Job, now: datetime,
                 expect_state: str = "prepared") -> str | None:

@@ -57,24 +57,30 @@ def epochs_and_steps(hyperparameters: dict[str, Any]) -> tuple[float | None, int
 
 def run(path: Path, *, kind: str, model: str | None, config: Config | None = None,
         epochs: float | None = None, training_steps: int | None = None, need_estimate: bool = True,
-        jobs: int | None = None) -> Preflight:
-    """Validate (and count tokens of) a file, then estimate what training costs."""
+        jobs: int | None = None, method: str | None = None) -> Preflight:
+    """Validate (and count tokens of) a file, then estimate what training costs.
+    `method`: the training method (its data format and price); default: the
+    kind's first (SFT)."""
     path = Path(path)
     if not path.is_file():
         raise PreflightError(f"{path}: no such file")
+    try:
+        method = registry.kind(kind).example_format(method).name
+    except ValueError as exc:
+        raise PreflightError(f"--method: {exc}") from None
     counter, price = None, None
     if model:
         overrides = config.price_overrides if config is not None else None
         try:
             counter = registry.kind(kind).counter(model)
-            price = price_for(kind, model, overrides)
+            price = price_for(kind, model, overrides, method=method)
         except (TokenizerUnavailable, PriceUnknown) as exc:
             if need_estimate:
                 raise PreflightError(str(exc)) from None
     if jobs is None:  # worker processes pay off on big files only
         jobs = default_jobs() if path.stat().st_size > 8 * 2**20 else 1
     report = validate(path, provider=kind, counter=counter, context=price.context if price else None,
-                      jobs=jobs)
+                      jobs=jobs, method=method)
     est = None
     if price is not None and need_estimate:
         try:
@@ -86,7 +92,8 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
 
 def quote(config: Config, provider_name: str, path: Path, model: str, hyperparameters: dict[str, Any]) -> float | None:
     """The provider's own price for this job, where it gives one (Mistral and
-    the simulated provider: create with auto_start=False, read, cancel).
+    the simulated provider: create with auto_start=False, read, cancel;
+    Together: a price call that creates nothing).
 
     The file is uploaded once per content hash, as for a real job. The quote
     job is recorded in the database: it never counts as a slot, and the
@@ -108,9 +115,10 @@ def quote(config: Config, provider_name: str, path: Path, model: str, hyperparam
             file_id = provider.upload_file(path, digest)
             store.remember_upload(provider_name, digest, file_id)
         got = provider.quote(file_id, model, hyperparameters)
-        store.add_quote(provider_name, got.job_id)
-        if got.settled:
-            store.settle_quote(provider_name, got.job_id)
+        if got.job_id is not None:  # a price call that made no job leaves nothing to cancel
+            store.add_quote(provider_name, got.job_id)
+            if got.settled:
+                store.settle_quote(provider_name, got.job_id)
         return got.cost
     finally:
         provider.close()

@@ -16,9 +16,12 @@ from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ftctl.providers.formats import DESCRIPTIONS as FORMAT_DESCRIPTIONS
+from ftctl.providers.formats import ExampleFormat
 from ftctl.providers.registry import kind as kind_of
 from ftctl.providers.tokenizers import Counter as TokenCounter
 from ftctl.providers.tokenizers import ExampleRejected
@@ -42,6 +45,7 @@ DESCRIPTIONS = {
     "too_long": "longer than the model's context",
     "duplicate": "exact duplicate of an earlier example",
     "extra_field": "field the provider rejects",
+    **FORMAT_DESCRIPTIONS,
 }
 
 
@@ -150,6 +154,7 @@ class Report:
     model: str | None = None
     tokenizer: str | None = None
     context: int | None = None
+    method: str | None = None  # the training method whose format was checked
     lines: int = 0
     examples: int = 0  # examples that passed every check
     bytes: int = 0
@@ -199,6 +204,7 @@ class Report:
             "model": self.model,
             "tokenizer": self.tokenizer,
             "context": self.context,
+            "training_method": self.method,
             "lines": self.lines,
             "examples": self.examples,
             "bytes": self.bytes,
@@ -212,32 +218,34 @@ class Report:
         }
 
 
-def _check_messages(record: dict[str, Any], provider: str, ex: Example) -> list[dict[str, Any]] | None:
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        ex.problems.append(("missing_messages", "missing or empty \"messages\""))
-        return None
-    roles = kind_of(provider).roles
+def _check_messages(messages: list[dict[str, Any]], where: str, roles: frozenset[str], ex: Example) -> bool:
+    """One conversation: known roles, no empty content, ends with the assistant."""
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            ex.problems.append(("bad_message", f"messages[{i}] has no role"))
-            return None
+            ex.problems.append(("bad_message", f"{where}[{i}] has no role"))
+            return False
         if m["role"] not in roles:
-            ex.problems.append(("unknown_role", f"messages[{i}] has unknown role {m['role']!r} "
+            ex.problems.append(("unknown_role", f"{where}[{i}] has unknown role {m['role']!r} "
                                                 f"(allowed: {', '.join(sorted(roles))})"))
-            return None
+            return False
     for i, m in enumerate(messages):
         content = m.get("content")
         if m.get("tool_calls"):
             continue
         if content is None or (isinstance(content, str) and not content.strip()) or content == []:
-            ex.problems.append(("empty_content", f"messages[{i}] ({m['role']}) has empty content"))
-            return None
+            ex.problems.append(("empty_content", f"{where}[{i}] ({m['role']}) has empty content"))
+            return False
     if messages[-1]["role"] != "assistant":
         ex.problems.append(("not_assistant_last", f"the conversation ends with {messages[-1]['role']!r}, "
                                                   f"not the assistant"))
-        return None
-    return messages
+        return False
+    return True
+
+
+@lru_cache(maxsize=32)
+def _format(provider: str, method: str | None) -> tuple[ExampleFormat, frozenset[str]]:
+    descriptor = kind_of(provider)
+    return descriptor.example_format(method), descriptor.roles
 
 
 def _texts(messages: list[dict[str, Any]]) -> Iterator[str]:
@@ -252,7 +260,7 @@ def _texts(messages: list[dict[str, Any]]) -> Iterator[str]:
 
 
 def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter | None,
-               context: int | None) -> Example:
+               context: int | None, method: str | None = None) -> Example:
     """Everything that can be said of one line alone (duplicates need the
     others: `digest` lets the caller find them)."""
     ex = Example(number)
@@ -277,28 +285,35 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
         ex.problems.append(("not_an_object", "not a JSON object"))
         return ex
     ex.weight, ex.source_agent = record.get("weight"), record.get("source_agent")
-    # top-level keys the provider accepts; anything else (weight,
-    # source_agent, target_agent ...) it rejects
-    allowed = kind_of(provider).example_keys
-    ex.extra_keys = tuple(sorted(k for k in record if k not in allowed))
+    # the format (by the provider and the training method) says which top-level
+    # keys an example may hold; anything else (weight, source_agent, ...) the
+    # provider rejects
+    fmt, roles = _format(provider, method)
+    ex.extra_keys = tuple(sorted(k for k in record if k not in fmt.keys))
     if ex.extra_keys:
         ex.problems.append(("extra_field", f"field{'s' if len(ex.extra_keys) > 1 else ''} "
                                            f"{', '.join(ex.extra_keys)} rejected by {provider}"))
-    messages = _check_messages(record, provider, ex)
-    if messages is None:
+    split = fmt.split(record)
+    ex.problems.extend(split.problems)
+    if split.problems or not all(_check_messages(m, where, roles, ex) for where, m in split.conversations):
         return ex
-    for t in _texts(messages):
+    conversations = [m for _, m in split.conversations]
+    seen: set[int] = set()  # a preference pair shares its prompt: its personal data counts once
+    unique = [m for c in conversations for m in c if id(m) not in seen and not seen.add(id(m))]
+    for t in _texts(unique):
         ex.emails += len(EMAIL.findall(t))
         ex.phones += len(find_phones(t))
     if counter is not None:
         try:
-            ex.tokens = counter.count(messages)
+            counts = [counter.count(c) for c in conversations]
         except ExampleRejected as exc:
             ex.problems.append(("invalid_structure", f"{counter.name}: {exc}"))
             return ex
-        if context and ex.tokens > context:
-            ex.problems.append(("too_long", f"{ex.tokens:,} tokens, over the model's context of {context:,}"))
-    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        ex.tokens = sum(counts)
+        if context and max(counts) > context:
+            ex.problems.append(("too_long", f"{max(counts):,} tokens, over the model's context of {context:,}"))
+    canonical = json.dumps(conversations[0] if len(conversations) == 1 else conversations, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
     ex.digest = int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
     return ex
 
@@ -366,16 +381,17 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _init_worker(provider: str, kind: str | None, model: str | None, context: int | None) -> None:
+def _init_worker(provider: str, kind: str | None, model: str | None, context: int | None,
+                 method: str | None = None) -> None:
     _die_with_parent()
-    _worker.update(provider=provider, context=context,
+    _worker.update(provider=provider, context=context, method=method,
                    counter=kind_of(kind).counter(model) if kind and model else None)
 
 
 def _check_chunk(chunk: list[tuple[int, bytes]]) -> list[Example]:
     w = _worker
-    return [check_line(n, raw, provider=w["provider"], counter=w["counter"], context=w["context"])
-            for n, raw in chunk]
+    return [check_line(n, raw, provider=w["provider"], counter=w["counter"], context=w["context"],
+                       method=w["method"]) for n, raw in chunk]
 
 
 def _chunks(path: Path, limit: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -390,16 +406,17 @@ def _chunks(path: Path, limit: int) -> Iterator[list[tuple[int, bytes]]]:
 
 
 def _checked(path: Path, provider: str, counter: TokenCounter | None, context: int | None,
-             jobs: int) -> Iterator[Example]:
+             jobs: int, method: str | None = None) -> Iterator[Example]:
     if jobs <= 1 or counter is None:
         for number, raw in _lines(path, line_limit(context)):
-            yield check_line(number, raw, provider=provider, counter=counter, context=context)
+            yield check_line(number, raw, provider=provider, counter=counter, context=context, method=method)
         return
     import multiprocessing
     from collections import deque
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(provider, provider, counter.model, context)) as pool:
+    initargs = (provider, provider, counter.model, context, method)
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque = deque()
         for chunk in _chunks(path, line_limit(context)):
             pending.append(pool.apply_async(_check_chunk, (chunk,)))
@@ -410,22 +427,25 @@ def _checked(path: Path, provider: str, counter: TokenCounter | None, context: i
 
 
 def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
-                  context: int | None = None, dedupe: bool = True, jobs: int = 1) -> Iterator[Example]:
+                  context: int | None = None, dedupe: bool = True, jobs: int = 1,
+                  method: str | None = None) -> Iterator[Example]:
     """Each non-blank line of `path`, checked, in order. Streams: a few
     thousand lines in memory at most, spread over `jobs` processes."""
     seen = DigestSet() if dedupe else None
-    for ex in _checked(path, provider, counter, context, jobs):
+    for ex in _checked(path, provider, counter, context, jobs, method):
         if seen is not None and ex.digest is not None and not seen.add(ex.digest):
             ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
         yield ex
 
 
 def validate(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
-             context: int | None = None, jobs: int = 1) -> Report:
+             context: int | None = None, jobs: int = 1, method: str | None = None) -> Report:
+    """`method`: the training method whose data format the file must have
+    (default: the provider's first, conversational SFT)."""
     report = Report(str(path), provider, counter.model if counter else None,
-                    counter.name if counter else None, context)
+                    counter.name if counter else None, context, method=_format(provider, method)[0].name)
     report.bytes = Path(path).stat().st_size
-    for ex in iter_examples(path, provider=provider, counter=counter, context=context, jobs=jobs):
+    for ex in iter_examples(path, provider=provider, counter=counter, context=context, jobs=jobs, method=method):
         report.lines += 1
         for code, message in ex.problems:
             report.problems.setdefault(code, Finding()).add(ex.line, message)

@@ -41,11 +41,14 @@ def _match(entries: dict[str, Any], model: str) -> str | None:
     return None
 
 
-def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None) -> Price:
+def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None, method: str | None = None) -> Price:
     """The price of training `model` on a provider of `kind`, by the price
     table its descriptor names; a fine-tuned model is priced as its root.
     controller.toml's [prices."kind/model"] entries win over the shipped
-    table, field by field."""
+    table, field by field. A training method other than the kind's default
+    is billed at `<method>_train_per_m` where the entry gives one (DPO costs
+    more than SFT). An entry's `source` (a URL) and `checked` (a date) say
+    where its figures come from."""
     from ftctl.providers.registry import kind as kind_of
 
     descriptor = kind_of(kind)
@@ -56,16 +59,21 @@ def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None) ->
     name = _match(entries, model)
     base: dict[str, Any] = dict(entries[name]) if name else {}
     source = f"price table {table.get('version', '?')}" if name else ""
+    if base.get("source"):
+        source += f", {base['source']}" + (f" (checked {base['checked']})" if base.get("checked") else "")
     for key in (f"{kind}/{model}", f"{table_kind}/{model}"):
         if overrides and key in overrides:
             base.update({k: v for k, v in overrides[key].items() if v is not None})
             source = "controller.toml" if not source else f"{source} + controller.toml"
             name = name or model
             break
-    if not base or base.get("train_per_m") is None:
+    per_m = base.get("train_per_m")
+    if method and method != descriptor.methods[0] and base.get(f"{method}_train_per_m") is not None:
+        per_m = base[f"{method}_train_per_m"]
+    if not base or per_m is None:
         raise PriceUnknown(f"no price for {table_kind}/{model}: add [prices.\"{table_kind}/{model}\"] "
                            f"train_per_m = ... to controller.toml")
-    return Price(table_kind, name, float(base["train_per_m"]), float(base.get("min_fee") or 0.0),
+    return Price(table_kind, name, float(per_m), float(base.get("min_fee") or 0.0),
                  base.get("context"), base.get("tokens_per_step"), source)
 
 

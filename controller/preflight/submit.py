@@ -71,18 +71,24 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
     kind = config.providers[plan.provider].kind
     descriptor = kind_of(kind)
     unknown = descriptor.unknown_hyperparameters(plan.hyperparameters)
+    hp_where = "--hp" if where == "--file" else f"agents.{plan.agent}.hyperparameters"
     if unknown:
-        hp_where = "--hp" if where == "--file" else f"agents.{plan.agent}.hyperparameters"
         raise SubmitError(f"{hp_where}: {', '.join(unknown)} not known to {kind} "
                           f"(known: {', '.join(sorted(descriptor.hyperparameters))})")
+    try:
+        # the training method picks the data format (SFT conversations, DPO pairs) and the price
+        method = descriptor.training_method(plan.hyperparameters)
+    except ValueError as exc:
+        raise SubmitError(f"{hp_where}: {exc}") from None
     epochs, steps = preflight.epochs_and_steps(plan.hyperparameters)
     try:
         result = preflight.run(plan.training_file, kind=kind, model=plan.model, config=config, epochs=epochs,
-                               training_steps=steps)
+                               training_steps=steps, method=method)
     except preflight.PreflightError as exc:
         raise SubmitError(f"{where}: {exc}") from None
     report, est = result.report, result.estimate
-    hint = f" (see `ftctl validate {plan.training_file} --provider {plan.provider} --model {plan.model}`)"
+    hint = (f" (see `ftctl validate {plan.training_file} --provider {plan.provider} --model {plan.model}"
+            + (f" --method {method}`)" if method != descriptor.methods[0] else "`)"))
     if report.problem_count:
         more = report.problem_count - 1
         raise SubmitError(f"{where}: {plan.training_file} {report.first_problem()}"

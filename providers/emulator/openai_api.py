@@ -76,6 +76,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
 
 class OpenAIEmulator(Emulator):
     kind = "openai"
+    base_path = "/v1"
 
     def file_json(self, row: dict[str, Any]) -> Any:
         return _file(row)

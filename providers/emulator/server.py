@@ -20,9 +20,10 @@ Faults are rules matched against each request, set in process
 `{"fail": false}`; `POST /_emulator/reject {"marker": "TEXT"}` makes the
 service refuse (FAILED_VALIDATION) files that contain TEXT.
 
-`times` (default: forever) counts matching requests; `path` is a prefix;
-`delay` is seconds or a [low, high] range drawn per request; `chance` (0..1,
-seeded) makes a rule apply to only that share of matching requests.
+`times` (default: forever) counts matching requests; `path` is a prefix
+(`"exact": true`: that path only); `delay` is seconds or a [low, high] range
+drawn per request; `chance` (0..1, seeded) makes a rule apply to only that
+share of matching requests.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Fault:
     after: bool = False  # do the work, then delay the answer (a client timeout that took effect)
     times: int | None = None
     chance: float = 1.0
+    exact: bool = False  # the path itself, not every path under it
     hits: int = 0
 
     def seconds(self, rng: random.Random) -> float:
@@ -66,7 +68,7 @@ class Fault:
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method.upper() != method:
             return False
-        if not path.startswith(self.path):
+        if not (path == self.path if self.exact else path.startswith(self.path)):
             return False
         return self.times is None or self.hits < self.times
 
@@ -129,6 +131,15 @@ class Request:
         return parts
 
 
+@dataclass
+class Reply:
+    """What a handler returns when 200 and a JSON body will not do (a redirect)."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 Handler = Callable[[Request], Any]
 
 
@@ -136,6 +147,8 @@ class Emulator:
     """Routes, key check and faults; subclasses add the provider's routes."""
 
     kind = "generic"
+    # what a client's base_url adds to the server's address
+    base_path = ""
 
     def __init__(self, engine: SimEngine, api_key: str | None = None):
         self.engine = engine
@@ -234,6 +247,8 @@ class Emulator:
                     return exc.status_code, self.error_body(exc.status_code, exc.message), headers
                 if delay and fault.after:
                     time.sleep(delay)
+                if isinstance(result, Reply):
+                    return result.status, result.body, result.headers
                 return 200, result, {}
         return 404, self.error_body(404, f"no route for {req.method} {req.path}"), {}
 
@@ -305,7 +320,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout we caused on purpose)
 
-    do_GET = do_POST = do_DELETE = do_PATCH = _dispatch
+    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _dispatch
 
 
 class RunningServer:
@@ -316,8 +331,9 @@ class RunningServer:
         self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name=f"{emulator.kind}-emulator",
-                                       daemon=True)
+        # a short poll: stop() returns in 50 ms, not the default 500
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name=f"{emulator.kind}-emulator", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:

@@ -151,7 +151,10 @@ class SimEngine:
 
     # -- files ---------------------------------------------------------------
 
-    def upload_file(self, filename: str, content: bytes, purpose: str = "fine-tune") -> dict[str, Any]:
+    def upload_file(self, filename: str, content: bytes, purpose: str = "fine-tune",
+                    file_id: str | None = None) -> dict[str, Any]:
+        """`file_id`: the id a service announced before the content arrived
+        (Together's upload: an id and an upload URL first, the bytes after)."""
         self.maybe_fail()
         lines, problem = 0, None
         for number, raw in enumerate(content.splitlines(), start=1):
@@ -174,7 +177,7 @@ class SimEngine:
             problem = f"Invalid file format: line {number}: the provider refused this example"
         now = self.clock()
         row = {
-            "id": str(uuid.uuid4()),
+            "id": file_id or str(uuid.uuid4()),
             "filename": filename,
             "bytes": len(content),
             "sha256": hashlib.sha256(content).hexdigest(),
