@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT, _job_id, app, die,
-                                      emit_json, get_config, open_store, out, read_store)
+from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT, PHONE_REGION_HELP, _job_id,
+                                      app, die, emit_json, get_config, open_store, out, read_store)
 
 
 # -- submit ------------------------------------------------------------------------
@@ -42,7 +42,9 @@ def submit(
     provider: Annotated[Optional[str], typer.Option("--provider", help="ad hoc: a provider from the config")] = None,
     hp: Annotated[Optional[list[str]], typer.Option("--hp", help="ad hoc: a hyperparameter KEY=VALUE")] = None,
     force: Annotated[bool, typer.Option("--force", help="submit even if the same job exists")] = False,
-    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="submit data that holds personal data")] = False,
+    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="submit data that holds personal data (a secret "
+                                            "is never allowed)")] = False,
+    phone_region: Annotated[Optional[str], typer.Option("--phone-region", help=PHONE_REGION_HELP)] = None,
     quote: Annotated[bool, typer.Option("--quote", help="also ask the provider for its own quote")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -54,7 +56,8 @@ def submit(
     try:
         plans = plan_submissions(config, agents or [], all_agents=all_agents, adhoc=adhoc, agent=agent,
                                  file=file, model=model, provider=provider,
-                                 hyperparameters=_parse_hp(hp or []), allow_pii=allow_pii, quote=quote)
+                                 hyperparameters=_parse_hp(hp or []), allow_pii=allow_pii, quote=quote,
+                                 phone_region=phone_region)
     except SubmitError as exc:
         die(str(exc))
     store = open_store(config)
