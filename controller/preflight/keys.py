@@ -136,8 +136,12 @@ def _encoded_text(token: str) -> bool:
     return decoded.replace("\n", " ").replace("\t", " ").isprintable()
 
 
-def _has_digit_and_letter(s: str) -> bool:
-    return any(c.isdigit() for c in s) and any(c.isalpha() for c in s)
+def _key_like(s: str) -> bool:
+    """A value worth calling a key once something names it: letters and
+    digits, or both cases outside word-like runs (not "Authorization")."""
+    if any(c.isdigit() for c in s):
+        return any(c.isalpha() for c in s)
+    return s.upper() != s != s.lower() and sum(len(w) for w in _WORDLIKE.findall(s)) < 0.4 * len(s)
 
 
 def _mixed(s: str) -> bool:
@@ -176,7 +180,7 @@ def spans(text: str) -> list[tuple[int, int]]:
     lower = text.lower()
     named = [p for p, words in ((_BEARER, ("bearer", "basic")), (_NAMED, _KEY_WORDS)) if any(w in lower for w in words)]
     for pattern in named:
-        out += [(m.start(1), m.end(1)) for m in pattern.finditer(text) if _has_digit_and_letter(m.group(1))]
+        out += [(m.start(1), m.end(1)) for m in pattern.finditer(text) if _key_like(m.group(1))]
     joined = "\n".join(m.group() for m in chunks if m.end() - m.start() >= 20)  # no key shape is shorter
     for plugin in shape_plugins if joined else ():
         out += _at(text, set(plugin.analyze_string(joined)))
