@@ -79,6 +79,10 @@ def test_random_keys_without_a_name_are_secrets_and_identifiers_are_not(us):
     for ident in ("AbstractSingletonProxyFactoryBean2", "X509Certificate2Collection", "getUserAccountById2024Handler",
                   "sha256WithRSAEncryption2048", "file-abc123XYZ456def789GHI"):
         assert us.find(f"see {ident} here") == [], ident
+    import base64
+
+    payload = base64.b64encode(rng.randbytes(600)).decode()  # an image pasted as base64: data, not a key
+    assert us.find(f"the logo is {payload} in base64") == []
 
 
 # -- the commands ----------------------------------------------------------------

@@ -35,8 +35,10 @@ _DROP_DIGITS = str.maketrans("", "", "0123456789")
 # letters and digits are looked at (a key header and a URL password aside)
 _CHUNK = re.compile(r"\S{12,}")
 _KEY_HEADERS = ("PRIVATE KEY", "PuTTY-User-Key")
-_PEM = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----)?",
-                  re.S)
+# the block under a header (an 8192-bit RSA key is about 6.5 kB): bounded, so
+# headers without an end do not make the search quadratic
+_PEM = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+                  r"(?:.{0,16384}?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----)?", re.S)
 # shapes detect-secrets does not know (its OpenAI plugin needs the T3BlbkFJ marker)
 _SHAPES = re.compile(
     r"(?<![\w-])(?:"
@@ -102,14 +104,15 @@ def _random_looking(token: str) -> bool:
     upper and lower case and digits, not hex, high entropy, the character
     class changes often (a capital starting a word is no change: about one
     change in two characters in a random string, one a word in CamelCase),
-    and little of it is in word-like runs (Handler, account).
+    and little of it is in word-like runs (Handler, account). Longer than
+    256 characters it is a payload (base64 of an image), not a key.
 
     On random base62 keys of 24 to 64 characters this finds about 94%
     (benchmarks/pii.py measures it); keys a name or a known shape announces
     are found by the rules above whatever their entropy."""
     core = token.rstrip("=")
     n = len(core)
-    if n < 20 or _HEX.fullmatch(core) or _TYPED_ID.match(core) or _encoded_text(token):
+    if not 20 <= n <= 256 or _HEX.fullmatch(core) or _TYPED_ID.match(core) or _encoded_text(token):
         return False
     if not (any(c.isupper() for c in core) and any(c.islower() for c in core) and any(c.isdigit() for c in core)):
         return False
