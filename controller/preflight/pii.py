@@ -136,6 +136,8 @@ def _phones(text: str, region: str) -> list[Match]:
 
 # -- payment card ---------------------------------------------------------------
 
+# a run of 12 digits or more with spaces or dashes, found fast (no lookbehind), then checked
+_CARD_RUN = re.compile(r"\d[\d -]{10,}\d")
 _CARD = re.compile(r"(?<![\w-])(?<!\d[.,])(?:\d{12,19}|\d{3,6}(?:[ -]\d{2,6}){1,4})(?![\w-]|[.,]\d|[ -]\d)")
 # (first digits, lengths): card networks' IIN ranges
 _NETWORKS = (
@@ -158,10 +160,12 @@ def _cards(text: str) -> list[Match]:
     from stdnum import luhn
 
     out = []
-    for m in _CARD.finditer(text):
-        digits = m.group().replace(" ", "").replace("-", "")
-        if 12 <= len(digits) <= 19 and _card_network(digits) and luhn.is_valid(digits):
-            out.append(Match("card", m.start(), m.end()))
+    for run in _CARD_RUN.finditer(text):
+        # endpos 2 past the run, so the lookahead still sees what follows it
+        for m in _CARD.finditer(text, run.start(), run.end() + 2):
+            digits = m.group().replace(" ", "").replace("-", "")
+            if 12 <= len(digits) <= 19 and _card_network(digits) and luhn.is_valid(digits):
+                out.append(Match("card", m.start(), m.end()))
     return out
 
 
