@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftctl.providers.registry import KINDS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, parse_duration
@@ -72,6 +72,19 @@ class BudgetSection(Section):
     period: Duration = Field(default=30 * 86400.0, gt=0)
 
 
+class PreflightSection(Section):
+    # the country a phone number written without +CC belongs to (validate,
+    # prepare --scrub-pii, submit); --phone-region overrides it
+    phone_region: str = "US"
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        from ftctl.controller.preflight.pii import check_region
+
+        return check_region(value)  # its RegionError is a ValueError: "preflight.phone_region: unknown ..."
+
+
 class PriceOverride(Section):
     train_per_m: float | None = Field(default=None, ge=0)
     min_fee: float | None = Field(default=None, ge=0)
@@ -97,6 +110,7 @@ class Config(Section):
     retry: RetrySection = RetrySection()
     budget: BudgetSection = BudgetSection()
     metrics: MetricsSection = MetricsSection()
+    preflight: PreflightSection = PreflightSection()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ftctl.controller.engine import decide as rc
-from ftctl.controller.preflight.dataset import find_phones, validate
+from ftctl.controller.preflight.dataset import validate
+from ftctl.controller.preflight.pii import Detector
 from ftctl.controller.preflight.pricing import estimate, price_for
 from ftctl.controller.preflight.prepare import allocate, prepare
 from ftctl.providers.registry import kind as kind_of
@@ -273,7 +274,8 @@ def test_prepare_strips_scrubs_and_drops_bad_lines(tmp_path):
         "not json", ex(1, weight=1, source_agent="qa"),
         {"messages": [{"role": "user", "content": "q"}]},
     ])
-    res = prepare(src, tmp_path / "out.jsonl", strip_extra=True, scrub_pii=True)
+    # 020 7946 0958 is a London number written without +44: found when the region is GB
+    res = prepare(src, tmp_path / "out.jsonl", strip_extra=True, scrub_pii=True, phone_region="GB")
     rows = [json.loads(l) for l in open(tmp_path / "out.jsonl")]
     assert res.kept == 2 and set(res.removed) == {"invalid_json", "duplicate", "not_assistant_last"}
     assert all(set(r) == {"messages"} for r in rows)
@@ -299,9 +301,12 @@ def test_allocation_sums_and_rounds_fairly():
 
 
 def test_phone_detection_avoids_dates_and_plain_numbers():
-    assert find_phones("call +44 20 7946 0958 now") == ["+44 20 7946 0958"]
-    assert find_phones("(415) 555-0123") == ["(415) 555-0123"]
-    assert find_phones("on 2026-11-27 12:30:45 revenue was 138000000") == []
+    def phones(text):
+        return [text[m.start:m.end] for m in Detector("US").find(text) if m.kind == "phone"]
+
+    assert phones("call +44 20 7946 0958 now") == ["+44 20 7946 0958"]
+    assert phones("(415) 555-0123") == ["(415) 555-0123"]
+    assert phones("on 2026-11-27 12:30:45 revenue was 138000000") == []
 
 
 def test_worker_processes_give_the_same_report(malformed, tmp_path, monkeypatch):

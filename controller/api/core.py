@@ -122,9 +122,11 @@ class Ftctl:
     # -- writes ------------------------------------------------------------------------
 
     def submit(self, agents: Sequence[str] = (), *, all_agents: bool = False, adhoc: dict[str, Any] | None = None,
-               force: bool = False, allow_pii: bool = False, quote: bool = False) -> list["Result"]:
+               force: bool = False, allow_pii: bool = False, quote: bool = False,
+               phone_region: str | None = None) -> list["Result"]:
         """Check, estimate and store `prepared` jobs (nothing is stored unless
-        every one passed). `adhoc`: agent, file, model, provider, hyperparameters."""
+        every one passed). `adhoc`: agent, file, model, provider, hyperparameters.
+        `phone_region`: where numbers without a country code are from."""
         from ftctl.controller.preflight.submit import SubmitError, plan_submissions, store_submissions
 
         adhoc = dict(adhoc or {})
@@ -133,7 +135,7 @@ class Ftctl:
                                      agent=adhoc.get("agent"), file=adhoc.get("file"), model=adhoc.get("model"),
                                      provider=adhoc.get("provider"),
                                      hyperparameters=adhoc.get("hyperparameters") or {}, allow_pii=allow_pii,
-                                     quote=quote)
+                                     quote=quote, phone_region=phone_region)
         except SubmitError as exc:
             raise BadInput(str(exc)) from None
         return store_submissions(self.store(create=True), plans, force=force)

@@ -23,6 +23,8 @@ from rich.console import Console
 from ftctl.controller.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_REFUSED, EXIT_DATABASE, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+PHONE_REGION_HELP = ("the country of phone numbers written without +CC, e.g. US, GB, DE "
+                     "(default: \\[preflight] phone_region, else US)")
 
 app = typer.Typer(
     name="ftctl",

@@ -10,7 +10,7 @@ import typer
 
 from rich.markup import escape
 
-from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, _job_id, api, app, die, emit_json, out
+from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, die, emit_json, out
 
 
 # -- submit ------------------------------------------------------------------------
@@ -47,7 +47,9 @@ def submit(
     provider: Annotated[Optional[str], typer.Option("--provider", help="ad hoc: a provider from the config")] = None,
     hp: Annotated[Optional[list[str]], typer.Option("--hp", help="ad hoc: a hyperparameter KEY=VALUE")] = None,
     force: Annotated[bool, typer.Option("--force", help="submit even if the same job exists")] = False,
-    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="submit data that holds personal data")] = False,
+    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="submit data that holds personal data (a secret "
+                                            "is never allowed)")] = False,
+    phone_region: Annotated[Optional[str], typer.Option("--phone-region", help=PHONE_REGION_HELP)] = None,
     quote: Annotated[bool, typer.Option("--quote", help="also ask the provider for its own quote")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -58,7 +60,7 @@ def submit(
                  "hyperparameters": _parse_hp(hp or [])}
     with api() as ft:
         results = ft.submit(agents or [], all_agents=all_agents, adhoc=adhoc, force=force, allow_pii=allow_pii,
-                            quote=quote)
+                            quote=quote, phone_region=phone_region)
     if as_json:
         emit_json([r.as_dict() for r in results])
         return

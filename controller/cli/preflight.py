@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, app, die, emit_json, get_config, out, read_store, state
+from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, app, die, emit_json, get_config, out,
+                                      read_store, state)
 from ftctl.controller.config import Config, ConfigError
 
 METHOD_HELP = "the training method whose data format to check (e.g. sft, dpo; default: the provider's first)"
 
+if TYPE_CHECKING:
+    from ftctl.controller.preflight.dataset import Report
 
 def maybe_config() -> Config | None:
     """The config when one is given or found; these commands also work without."""
@@ -39,12 +42,32 @@ def _lines_text(lines: list[int], line_count: int) -> str:
     return f"line{'s' if line_count > 1 else ''} {shown}{more}"
 
 
+def sensitive_lines(report: Report, allow_pii: bool) -> list[str]:
+    """What validate says of personal data and secrets: kinds, counts and
+    line numbers, never the values."""
+    from ftctl.controller.preflight.pii import KINDS, describe
+
+    lines = []
+    if report.pii:
+        parts = [f"{describe(k, report.pii[k].count)} ({_lines_text(report.pii[k].lines, report.pii[k].line_count)})"
+                 for k in KINDS if k in report.pii]
+        lines.append("personal data: " + "; ".join(parts) + (" (allowed by --allow-pii)" if allow_pii else ""))
+    if report.secrets.count:
+        f = report.secrets
+        lines.append(f"secrets: {describe('secret', f.count)} ({_lines_text(f.lines, f.line_count)}): API keys, "
+                     f"tokens or private keys are never allowed in training data, not even with --allow-pii; "
+                     f"remove them, or `ftctl prepare --scrub-pii` a copy with [SECRET] in their place")
+    return lines
+
+
 @app.command()
 def validate(
     file: Annotated[Path, typer.Argument(help="a JSONL training file")],
     provider: Annotated[Optional[str], typer.Option("--provider", help="a provider from the config, or a kind")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="count tokens with this model's tokenizer")] = None,
-    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="personal data is not a failure")] = False,
+    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="personal data (emails, phones, cards, IBANs) "
+                                            "is not a failure; a secret always is")] = False,
+    phone_region: Annotated[Optional[str], typer.Option("--phone-region", help=PHONE_REGION_HELP)] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="processes counting tokens "
                                                 "(default: all CPUs for files over 8 MB)")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help=METHOD_HELP)] = None,
@@ -58,7 +81,7 @@ def validate(
     kind, _ = _kind(config, provider, model)
     try:
         result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False, jobs=jobs,
-                               method=method)
+                               method=method, region=phone_region)
     except preflight.PreflightError as exc:
         die(str(exc))
     report = result.report
@@ -71,10 +94,8 @@ def validate(
     for code, finding in sorted(report.problems.items(), key=lambda kv: kv[1].lines[:1]):
         out.print(f"  {DESCRIPTIONS.get(code, code):<40} {finding.count:>7,}  {_lines_text(finding.lines, finding.line_count)}"
                   f"  (first: {finding.first_message})", markup=False)
-    if report.pii:
-        parts = [f"{f.count:,} {'email address' if k == 'email' else 'phone number'}{'es' if k == 'email' and f.count > 1 else ('s' if f.count > 1 else '')} "
-                 f"({_lines_text(f.lines, f.line_count)})" for k, f in report.pii.items()]
-        out.print("personal data: " + "; ".join(parts), markup=False)
+    for line in sensitive_lines(report, allow_pii):
+        out.print(line, markup=False, soft_wrap=True)
     stats = report.token_stats()
     if stats:
         out.print(f"tokens ({report.tokenizer}, {report.model}): {report.data_tokens:,} data tokens in "
@@ -82,7 +103,14 @@ def validate(
                   f"median {stats['median']:,}, max {stats['max']:,}", markup=False)
     elif not model:
         out.print("tokens: pass --model (and --provider) to count them with the provider's tokenizer")
-    out.print("OK" if clean else "NOT OK: fix the lines above, or `ftctl prepare` a cleaned copy")
+    if clean:
+        out.print("OK")
+    elif report.problem_count or not report.examples:
+        out.print("NOT OK: fix the lines above, or `ftctl prepare` a cleaned copy")
+    elif report.secret_count:
+        out.print("NOT OK: remove the secrets, or `ftctl prepare --scrub-pii` a copy")
+    else:
+        out.print("NOT OK: `ftctl prepare --scrub-pii` a copy, or pass --allow-pii to accept personal data")
     raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
 
 
@@ -153,7 +181,9 @@ def prepare(
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", min=1)] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="USD", min=0.01)] = None,
     strip_extra: Annotated[bool, typer.Option("--strip-extra", help="drop fields the provider rejects")] = False,
-    scrub_pii: Annotated[bool, typer.Option("--scrub-pii", help="replace emails and phone numbers")] = False,
+    scrub_pii: Annotated[bool, typer.Option("--scrub-pii", help="replace emails, phone numbers, card numbers, IBANs "
+                                            "and secrets with [EMAIL], [PHONE], [CARD], [IBAN], [SECRET]")] = False,
+    phone_region: Annotated[Optional[str], typer.Option("--phone-region", help=PHONE_REGION_HELP)] = None,
     seed: Annotated[int, typer.Option("--seed", help="the sample's seed")] = 0,
     provider: Annotated[Optional[str], typer.Option("--provider")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="count tokens and cost for this model")] = None,
@@ -162,7 +192,9 @@ def prepare(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample."""
-    from ftctl.controller.preflight.check import default_jobs
+    from ftctl.controller.preflight.check import PreflightError, default_jobs
+    from ftctl.controller.preflight.check import phone_region as region_of
+    from ftctl.controller.preflight.pii import KINDS, describe
     from ftctl.controller.preflight.prepare import PrepareError
     from ftctl.controller.preflight.prepare import prepare as run_prepare
     from ftctl.controller.preflight.pricing import PriceUnknown, price_for
@@ -173,6 +205,10 @@ def prepare(
         die(f"{source}: no such file")
     config = maybe_config()
     kind, _ = _kind(config, provider, model)
+    try:
+        region = region_of(config, phone_region)
+    except PreflightError as exc:
+        die(str(exc))
     counter = price = None
     if model:
         try:
@@ -183,7 +219,7 @@ def prepare(
     try:
         result = run_prepare(source, output, provider=kind, counter=counter, price=price, epochs=epochs,
                              max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
-                             scrub_pii=scrub_pii, seed=seed,
+                             scrub_pii=scrub_pii, seed=seed, phone_region=region,
                              jobs=jobs or (default_jobs() if source.stat().st_size > 8 * 2**20 else 1))
     except PrepareError as exc:
         die(str(exc))
@@ -200,7 +236,11 @@ def prepare(
         out.print(f"  warning: {result.unstripped_extra:,} examples keep fields the provider rejects "
                   f"(--strip-extra removes them)", markup=False)
     if scrub_pii:
-        out.print(f"  personal data replaced: {result.pii_replaced:,}", markup=False)
+        replaced = ", ".join(describe(k, result.replaced[k]) for k in KINDS if result.replaced[k]) or "none"
+        out.print(f"  replaced: {replaced}", markup=False)
+    elif result.unscrubbed:
+        out.print(f"  warning: {result.unscrubbed:,} examples hold personal data or secrets "
+                  f"(--scrub-pii replaces them)", markup=False)
     if len(d["weight_share_in"]) > 1 or list(d["weight_share_in"]) != ["-"]:
         out.print("  weight share in -> out: " + ", ".join(
             f"{k}: {v:.1f}% -> {d['weight_share_out'].get(k, 0.0):.1f}%" for k, v in d["weight_share_in"].items()),

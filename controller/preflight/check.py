@@ -55,13 +55,26 @@ def epochs_and_steps(hyperparameters: dict[str, Any]) -> tuple[float | None, int
     return (float(epochs) if epochs is not None else None), (int(steps) if steps is not None else None)
 
 
+def phone_region(config: Config | None, option: str | None) -> str:
+    """--phone-region, else [preflight] phone_region, else US."""
+    from ftctl.controller.preflight.pii import DEFAULT_REGION, RegionError, check_region
+
+    if option is None:
+        return config.preflight.phone_region if config is not None else DEFAULT_REGION
+    try:
+        return check_region(option)
+    except RegionError as exc:
+        raise PreflightError(f"--phone-region: {exc}") from None
+
+
 def run(path: Path, *, kind: str, model: str | None, config: Config | None = None,
         epochs: float | None = None, training_steps: int | None = None, need_estimate: bool = True,
-        jobs: int | None = None, method: str | None = None) -> Preflight:
+        jobs: int | None = None, method: str | None = None, region: str | None = None) -> Preflight:
     """Validate (and count tokens of) a file, then estimate what training costs.
     `method`: the training method (its data format and price); default: the
-    kind's first (SFT)."""
+    kind's first (SFT). `region`: --phone-region, if given."""
     path = Path(path)
+    region = phone_region(config, region)
     if not path.is_file():
         raise PreflightError(f"{path}: no such file")
     try:
@@ -80,7 +93,7 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
     if jobs is None:  # worker processes pay off on big files only
         jobs = default_jobs() if path.stat().st_size > 8 * 2**20 else 1
     report = validate(path, provider=kind, counter=counter, context=price.context if price else None,
-                      jobs=jobs, method=method)
+                      jobs=jobs, method=method, phone_region=region)
     est = None
     if price is not None and need_estimate:
         try:

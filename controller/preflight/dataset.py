@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from array import array
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ftctl.controller.preflight.pii import DEFAULT_REGION, KINDS, PERSONAL, Detector
 from ftctl.providers.formats import DESCRIPTIONS as FORMAT_DESCRIPTIONS
 from ftctl.providers.formats import ExampleFormat
 from ftctl.providers.registry import kind as kind_of
@@ -27,10 +27,6 @@ from ftctl.providers.tokenizers import Counter as TokenCounter
 from ftctl.providers.tokenizers import ExampleRejected
 
 FIRST_LINES = 10
-
-EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-PHONE_CANDIDATE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().-]{7,18}\d(?![\w.])")
-DATE_LIKE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}")
 
 DESCRIPTIONS = {
     "invalid_json": "invalid JSON",
@@ -47,29 +43,6 @@ DESCRIPTIONS = {
     "extra_field": "field the provider rejects",
     **FORMAT_DESCRIPTIONS,
 }
-
-
-def find_phones(text: str) -> list[str]:
-    out = []
-    for match in PHONE_CANDIDATE.finditer(text):
-        candidate = match.group(0).strip()
-        digits = sum(c.isdigit() for c in candidate)
-        if not 9 <= digits <= 15 or DATE_LIKE.search(candidate):
-            continue
-        if candidate.startswith("+") or any(c in candidate for c in " -.()"):
-            out.append(candidate)
-    return out
-
-
-def scrub(text: str) -> tuple[str, int]:
-    """Personal data replaced by placeholders; returns (text, replacements)."""
-    n = 0
-    text, k = EMAIL.subn("[EMAIL]", text)
-    n += k
-    for phone in find_phones(text):
-        text = text.replace(phone, "[PHONE]")
-        n += 1
-    return text, n
 
 
 class DigestSet:
@@ -119,8 +92,7 @@ class Example:
     line: int
     problems: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
     tokens: int | None = None
-    emails: int = 0
-    phones: int = 0
+    found: dict[str, int] = field(default_factory=dict)  # personal data and secrets: kind -> how many
     extra_keys: tuple[str, ...] = ()
     digest: int | None = None  # of the conversation, for exact duplicates
     weight: Any = None  # cross-agent sets: the example's weight and source agent
@@ -159,7 +131,9 @@ class Report:
     examples: int = 0  # examples that passed every check
     bytes: int = 0
     problems: dict[str, Finding] = field(default_factory=dict)
-    pii: dict[str, Finding] = field(default_factory=dict)
+    pii: dict[str, Finding] = field(default_factory=dict)  # personal data by kind: email, phone, card, iban
+    secrets: Finding = field(default_factory=Finding)  # API keys, tokens, private keys: never allowed
+    phone_region: str = DEFAULT_REGION
     extra_fields: Counter = field(default_factory=Counter)
     data_tokens: int = 0
     token_histogram: Counter = field(default_factory=Counter)
@@ -172,8 +146,14 @@ class Report:
     def pii_count(self) -> int:
         return sum(f.count for f in self.pii.values())
 
+    @property
+    def secret_count(self) -> int:
+        return self.secrets.count
+
     def clean(self, allow_pii: bool = False) -> bool:
-        return self.problem_count == 0 and (allow_pii or self.pii_count == 0) and self.examples > 0
+        """No problem and no secret; no personal data unless allowed."""
+        return (self.problem_count == 0 and self.secret_count == 0 and (allow_pii or self.pii_count == 0)
+                and self.examples > 0)
 
     def token_stats(self) -> dict[str, int] | None:
         if not self.token_histogram:
@@ -211,7 +191,10 @@ class Report:
             "clean": self.clean(),
             "problems": {code: {"count": f.count, "lines": f.lines, "description": DESCRIPTIONS.get(code, code),
                                 "first": f.first_message} for code, f in self.problems.items()},
-            "personal_data": {kind: {"count": f.count, "lines": f.lines} for kind, f in self.pii.items()},
+            "personal_data": {kind: {"count": self.pii[kind].count, "lines": self.pii[kind].lines}
+                              for kind in KINDS if kind in self.pii},
+            "secrets": {"count": self.secrets.count, "lines": self.secrets.lines},
+            "phone_region": self.phone_region,
             "extra_fields": dict(self.extra_fields),
             "data_tokens": self.data_tokens if self.tokenizer else None,
             "tokens_per_example": self.token_stats(),
@@ -259,8 +242,13 @@ def _texts(messages: list[dict[str, Any]]) -> Iterator[str]:
                     yield part["text"]
 
 
+@lru_cache(maxsize=4)
+def detector(phone_region: str = DEFAULT_REGION) -> Detector:
+    return Detector(phone_region)
+
+
 def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter | None,
-               context: int | None, method: str | None = None) -> Example:
+               context: int | None, method: str | None = None, phone_region: str = DEFAULT_REGION) -> Example:
     """Everything that can be said of one line alone (duplicates need the
     others: `digest` lets the caller find them)."""
     ex = Example(number)
@@ -300,9 +288,11 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
     conversations = [m for _, m in split.conversations]
     seen: set[int] = set()  # a preference pair shares its prompt: its personal data counts once
     unique = [m for c in conversations for m in c if id(m) not in seen and not seen.add(id(m))]
+    found: Counter = Counter()
+    find = detector(phone_region).count
     for t in _texts(unique):
-        ex.emails += len(EMAIL.findall(t))
-        ex.phones += len(find_phones(t))
+        found.update(find(t))
+    ex.found = dict(found)
     if counter is not None:
         try:
             counts = [counter.count(c) for c in conversations]
@@ -312,10 +302,14 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
         ex.tokens = sum(counts)
         if context and max(counts) > context:
             ex.problems.append(("too_long", f"{max(counts):,} tokens, over the model's context of {context:,}"))
-    canonical = json.dumps(conversations[0] if len(conversations) == 1 else conversations, sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
-    ex.digest = int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
+    ex.digest = conversation_digest(conversations[0] if len(conversations) == 1 else conversations)
     return ex
+
+
+def conversation_digest(messages: list[Any]) -> int:
+    """8 bytes that tell exact duplicates apart."""
+    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
 
 
 # No provider takes an example anywhere near this long; a longer line is
@@ -382,16 +376,16 @@ def _die_with_parent() -> None:
 
 
 def _init_worker(provider: str, kind: str | None, model: str | None, context: int | None,
-                 method: str | None = None) -> None:
+                 method: str | None = None, phone_region: str = DEFAULT_REGION) -> None:
     _die_with_parent()
-    _worker.update(provider=provider, context=context, method=method,
+    _worker.update(provider=provider, context=context, method=method, phone_region=phone_region,
                    counter=kind_of(kind).counter(model) if kind and model else None)
 
 
 def _check_chunk(chunk: list[tuple[int, bytes]]) -> list[Example]:
     w = _worker
     return [check_line(n, raw, provider=w["provider"], counter=w["counter"], context=w["context"],
-                       method=w["method"]) for n, raw in chunk]
+                       method=w["method"], phone_region=w["phone_region"]) for n, raw in chunk]
 
 
 def _chunks(path: Path, limit: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -406,16 +400,17 @@ def _chunks(path: Path, limit: int) -> Iterator[list[tuple[int, bytes]]]:
 
 
 def _checked(path: Path, provider: str, counter: TokenCounter | None, context: int | None,
-             jobs: int, method: str | None = None) -> Iterator[Example]:
+             jobs: int, method: str | None = None, phone_region: str = DEFAULT_REGION) -> Iterator[Example]:
     if jobs <= 1 or counter is None:
         for number, raw in _lines(path, line_limit(context)):
-            yield check_line(number, raw, provider=provider, counter=counter, context=context, method=method)
+            yield check_line(number, raw, provider=provider, counter=counter, context=context, method=method,
+                             phone_region=phone_region)
         return
     import multiprocessing
     from collections import deque
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    initargs = (provider, provider, counter.model, context, method)
+    initargs = (provider, provider, counter.model, context, method, phone_region)
     with ctx.Pool(jobs, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque = deque()
         for chunk in _chunks(path, line_limit(context)):
@@ -428,33 +423,38 @@ def _checked(path: Path, provider: str, counter: TokenCounter | None, context: i
 
 def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
                   context: int | None = None, dedupe: bool = True, jobs: int = 1,
-                  method: str | None = None) -> Iterator[Example]:
+                  method: str | None = None, phone_region: str = DEFAULT_REGION) -> Iterator[Example]:
     """Each non-blank line of `path`, checked, in order. Streams: a few
     thousand lines in memory at most, spread over `jobs` processes."""
     seen = DigestSet() if dedupe else None
-    for ex in _checked(path, provider, counter, context, jobs, method):
+    for ex in _checked(path, provider, counter, context, jobs, method, phone_region):
         if seen is not None and ex.digest is not None and not seen.add(ex.digest):
             ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
         yield ex
 
 
 def validate(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
-             context: int | None = None, jobs: int = 1, method: str | None = None) -> Report:
+             context: int | None = None, jobs: int = 1, method: str | None = None,
+             phone_region: str = DEFAULT_REGION) -> Report:
     """`method`: the training method whose data format the file must have
-    (default: the provider's first, conversational SFT)."""
+    (default: the provider's first, conversational SFT); `phone_region`:
+    where phone numbers without a country code are from."""
     report = Report(str(path), provider, counter.model if counter else None,
-                    counter.name if counter else None, context, method=_format(provider, method)[0].name)
+                    counter.name if counter else None, context, method=_format(provider, method)[0].name,
+                    phone_region=phone_region)
     report.bytes = Path(path).stat().st_size
-    for ex in iter_examples(path, provider=provider, counter=counter, context=context, jobs=jobs, method=method):
+    for ex in iter_examples(path, provider=provider, counter=counter, context=context, jobs=jobs, method=method,
+                            phone_region=phone_region):
         report.lines += 1
         for code, message in ex.problems:
             report.problems.setdefault(code, Finding()).add(ex.line, message)
         for key in ex.extra_keys:
             report.extra_fields[key] += 1
-        if ex.emails:
-            report.pii.setdefault("email", Finding()).add(ex.line, "email address", ex.emails)
-        if ex.phones:
-            report.pii.setdefault("phone", Finding()).add(ex.line, "phone number", ex.phones)
+        for kind in KINDS:  # in this order, so the report lists the kinds in it
+            n = ex.found.get(kind)
+            if n:
+                finding = report.pii.setdefault(kind, Finding()) if kind in PERSONAL else report.secrets
+                finding.add(ex.line, kind, n)
         if ex.tokens is not None:
             report.data_tokens += ex.tokens
             report.token_histogram[ex.tokens] += 1

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.preflight.dataset import iter_examples, scrub
+from ftctl.controller.preflight.dataset import DigestSet, conversation_digest, detector, iter_examples
+from ftctl.controller.preflight.pii import DEFAULT_REGION
 from ftctl.controller.preflight.pricing import Price, estimate
 from ftctl.providers.tokenizers import Counter as TokenCounter
 
@@ -52,7 +53,8 @@ class PrepareResult:
     kept: int = 0
     removed: Counter = field(default_factory=Counter)
     stripped: Counter = field(default_factory=Counter)
-    pii_replaced: int = 0
+    replaced: Counter = field(default_factory=Counter)  # --scrub-pii: placeholders put in, by kind
+    unscrubbed: int = 0  # without --scrub-pii: kept examples holding personal data or secrets
     unstripped_extra: int = 0
     weights_in: Counter = field(default_factory=Counter)
     weights_out: Counter = field(default_factory=Counter)
@@ -62,6 +64,10 @@ class PrepareResult:
     cost: float | None = None
     seed: int = 0
 
+    @property
+    def pii_replaced(self) -> int:
+        return sum(self.replaced.values())
+
     def as_dict(self) -> dict[str, Any]:
         def shares(c: Counter) -> dict[str, float]:
             total = sum(c.values()) or 1
@@ -69,7 +75,8 @@ class PrepareResult:
 
         return {"source": self.source, "output": self.output, "lines": self.lines, "kept": self.kept,
                 "removed": dict(self.removed), "stripped_fields": dict(self.stripped),
-                "pii_replaced": self.pii_replaced, "seed": self.seed,
+                "pii_replaced": self.pii_replaced, "replaced": dict(self.replaced),
+                "unscrubbed_examples": self.unscrubbed, "seed": self.seed,
                 "weight_share_in": shares(self.weights_in), "weight_share_out": shares(self.weights_out),
                 "source_agent_share_in": shares(self.agents_in), "source_agent_share_out": shares(self.agents_out),
                 "data_tokens": self.data_tokens, "estimated_cost": self.cost}
@@ -93,10 +100,25 @@ def _choose(strata: dict[tuple, Stratum], take: dict[tuple, int], seed: int) -> 
     return {k: sorted(rng.sample(range(len(strata[k].lines)), take[k])) for k in sorted(strata)}
 
 
+def _scrub_messages(messages: list[dict[str, Any]], scrub: Any, replaced: Counter) -> None:
+    """Every text validate checks: string contents and the text of content parts."""
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            m["content"], found = scrub(content)
+            replaced.update(found)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part["text"], found = scrub(part["text"])
+                    replaced.update(found)
+
+
 def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
             price: Price | None = None, epochs: float | None = None, training_steps: int | None = None,
             max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
-            scrub_pii: bool = False, seed: int = 0, jobs: int = 1) -> PrepareResult:
+            scrub_pii: bool = False, seed: int = 0, jobs: int = 1,
+            phone_region: str = DEFAULT_REGION) -> PrepareResult:
     if max_examples is not None and max_cost is not None:
         raise PrepareError("give --max-examples or --max-cost, not both")
     if max_cost is not None and (price is None or counter is None):
@@ -107,12 +129,15 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
         raise PrepareError("the output must be another file than the input")
     result = PrepareResult(str(source), str(output), seed=seed)
     strata: dict[tuple, Stratum] = {}
-    for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs):
+    sensitive = array("I")  # usable lines that hold personal data or secrets, in order
+    for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs, phone_region=phone_region):
         result.lines += 1
         blocking = [code for code, _ in ex.problems if code not in FIXABLE]
         if blocking:
             result.removed[blocking[0]] += 1
             continue
+        if ex.found:
+            sensitive.append(ex.line)
         key = (_key(ex.weight), _key(ex.source_agent))
         stratum = strata.setdefault(key, Stratum())
         stratum.lines.append(ex.line)
@@ -157,11 +182,14 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     allowed = kind_of(provider).example_keys
     try:
         with open(source, "rb") as src, atomic_output(output) as dst:
-            _write_chosen(src, dst, selected, result, allowed, strip_extra, scrub_pii, counter)
+            _write_chosen(src, dst, selected, result, allowed, strip_extra, scrub_pii, counter, sensitive,
+                          phone_region)
     except OSError as exc:
         raise PrepareError(f"{output}: cannot write ({os.strerror(exc.errno) if exc.errno else exc}); "
                            f"nothing was changed there") from None
-    result.removed["not sampled"] = eligible - result.kept
+    result.removed["not sampled"] = eligible - result.kept - result.removed["duplicate once scrubbed"]
+    if not result.removed["duplicate once scrubbed"]:
+        del result.removed["duplicate once scrubbed"]
     if not result.removed["not sampled"]:
         del result.removed["not sampled"]
     if price is not None and counter is not None:
@@ -196,15 +224,17 @@ def atomic_output(path: Path) -> Iterator[Any]:
 
 
 def _write_chosen(src: Any, dst: Any, selected: bytearray, result: PrepareResult, allowed: Any,
-                  strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None) -> None:
+                  strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None, sensitive: array,
+                  phone_region: str) -> None:
     """The second pass: the chosen lines, stripped and scrubbed as asked."""
+    scrub = detector(phone_region).scrub
+    next_sensitive = 0
+    written = DigestSet() if scrub_pii else None  # scrubbing can make two examples the same
     for number, raw in enumerate(src, start=1):
         if number >= len(selected) or not selected[number]:
             continue
         record = json.loads(raw)
         key = (_key(record.get("weight")), _key(record.get("source_agent")))
-        result.weights_out[key[0]] += 1
-        result.agents_out[key[1]] += 1
         extra = [k for k in record if k not in allowed]
         if strip_extra:
             for k in extra:
@@ -212,11 +242,18 @@ def _write_chosen(src: Any, dst: Any, selected: bytearray, result: PrepareResult
                 del record[k]
         elif extra:
             result.unstripped_extra += 1
-        if scrub_pii:
-            for m in record.get("messages", []):
-                if isinstance(m.get("content"), str):
-                    m["content"], replaced = scrub(m["content"])
-                    result.pii_replaced += replaced
+        while next_sensitive < len(sensitive) and sensitive[next_sensitive] < number:
+            next_sensitive += 1
+        if next_sensitive < len(sensitive) and sensitive[next_sensitive] == number:
+            if scrub_pii:
+                _scrub_messages(record["messages"], scrub, result.replaced)
+            else:
+                result.unscrubbed += 1
+        if written is not None and not written.add(conversation_digest(record["messages"])):
+            result.removed["duplicate once scrubbed"] += 1
+            continue
+        result.weights_out[key[0]] += 1
+        result.agents_out[key[1]] += 1
         if counter is not None:
             result.data_tokens += counter.count(record["messages"])
         dst.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -60,12 +60,13 @@ def _check_file(path: Path, where: str) -> str:
         raise SubmitError(f"{where}: training file {path} is not readable") from None
 
 
-def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote: bool) -> Plan:
+def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote: bool,
+               phone_region: str | None) -> Plan:
     """Data checked, tokens counted, cost estimated and within the per-job cap."""
     from dataclasses import replace
 
     from ftctl.controller.preflight import check as preflight
-
+    from ftctl.controller.preflight.pii import describe
     from ftctl.providers.registry import kind as kind_of
 
     kind = config.providers[plan.provider].kind
@@ -83,7 +84,7 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
     epochs, steps = preflight.epochs_and_steps(plan.hyperparameters)
     try:
         result = preflight.run(plan.training_file, kind=kind, model=plan.model, config=config, epochs=epochs,
-                               training_steps=steps, method=method)
+                               training_steps=steps, method=method, region=phone_region)
     except preflight.PreflightError as exc:
         raise SubmitError(f"{where}: {exc}") from None
     report, est = result.report, result.estimate
@@ -93,6 +94,11 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
         more = report.problem_count - 1
         raise SubmitError(f"{where}: {plan.training_file} {report.first_problem()}"
                           + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "") + hint)
+    if report.secret_count:
+        raise SubmitError(f"{where}: {plan.training_file} holds {describe('secret', report.secret_count)} "
+                          f"(API keys, tokens or private keys; first at line {report.secrets.lines[0]}), never "
+                          f"allowed in training data, not even with --allow-pii: remove them, or write a copy "
+                          f"with `ftctl prepare --scrub-pii`" + hint)
     if report.pii_count and not allow_pii:
         kinds = ", ".join(f"{f.count} {k}" for k, f in report.pii.items())
         first = min(f.lines[0] for f in report.pii.values())
@@ -120,10 +126,11 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
 def plan_submissions(config: Config, names: list[str], *, all_agents: bool = False, adhoc: bool = False,
                      agent: str | None = None, file: Path | None = None, model: str | None = None,
                      provider: str | None = None, hyperparameters: dict[str, Any] | None = None,
-                     allow_pii: bool = False, quote: bool = False) -> list[Plan]:
+                     allow_pii: bool = False, quote: bool = False, phone_region: str | None = None) -> list[Plan]:
     plans = _plan(config, names, all_agents=all_agents, adhoc=adhoc, agent=agent, file=file, model=model,
                   provider=provider, hyperparameters=hyperparameters)
-    return [_preflight(config, p, _where(p, adhoc), allow_pii=allow_pii, quote=quote) for p in plans]
+    return [_preflight(config, p, _where(p, adhoc), allow_pii=allow_pii, quote=quote, phone_region=phone_region)
+            for p in plans]
 
 
 def _where(plan: Plan, adhoc: bool) -> str:
