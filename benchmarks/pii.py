@@ -1,6 +1,6 @@
 """Precision and recall of the personal data and secret detector, per kind.
 
-On the labelled corpus in tests/pii_corpus.py (fake values only) against
+On the labelled corpus in tests/preflight/pii_corpus.py (fake values only) against
 issue 12's targets: recall >= 0.95 per kind, and no false positive on the
 negatives (order numbers, IPs, versions, invoice ids, dates, ISBNs, UUIDs,
 hashes ...). Then, beyond the corpus, two generated sets that show what the
@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # tests.pii_corpus
+sys.path.insert(0, str(REPO))  # tests.preflight.pii_corpus
 
 from ftctl.controller.preflight.pii import KINDS, Detector  # noqa: E402
-from tests.pii_corpus import NEGATIVES, POSITIVES, REGIONAL, score  # noqa: E402
+from tests.preflight.pii_corpus import NEGATIVES, POSITIVES, REGIONAL, score  # noqa: E402
 
 TARGET_RECALL = 0.95
 WORDS = ("get set user account by id handler http client connection manager factory proxy bean singleton "
@@ -38,7 +38,7 @@ PROSE = ("the model answers with a short and precise explanation of the invoice,
 
 def corpus(detector: Detector) -> bool:
     counts = score(detector)
-    print(f"corpus: {len(POSITIVES)} positives, {len(NEGATIVES)} negatives (tests/pii_corpus.py), "
+    print(f"corpus: {len(POSITIVES)} positives, {len(NEGATIVES)} negatives (tests/preflight/pii_corpus.py), "
           f"phone region {detector.region}")
     print(f"{'kind':<8} {'positives':>9} {'found':>6} {'missed':>6} {'false pos':>9} {'recall':>7} "
           f"{'precision':>9}  target (recall >= {TARGET_RECALL}, no false positive)")

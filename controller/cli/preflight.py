@@ -14,7 +14,7 @@ from ftctl.controller.config import Config, ConfigError
 METHOD_HELP = "the training method whose data format to check (e.g. sft, dpo; default: the provider's first)"
 
 if TYPE_CHECKING:
-    from ftctl.controller.preflight.dataset import Report
+    from ftctl.controller.preflight.report import Report
 
 def maybe_config() -> Config | None:
     """The config when one is given or found; these commands also work without."""
@@ -75,7 +75,7 @@ def validate(
 ) -> None:
     """Check a training file line by line (streamed); exit 0 only when clean."""
     from ftctl.controller.preflight import check as preflight
-    from ftctl.controller.preflight.dataset import DESCRIPTIONS
+    from ftctl.controller.preflight.report import DESCRIPTIONS
 
     config = maybe_config()
     kind, _ = _kind(config, provider, model)

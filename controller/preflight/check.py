@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.controller.config import Config
-from ftctl.controller.preflight.dataset import Report, validate
+from ftctl.controller.preflight.dataset import validate
+from ftctl.controller.preflight.report import Report
 from ftctl.controller.preflight.pricing import Estimate, PriceUnknown, estimate, price_for
 from ftctl.providers import registry
 from ftctl.providers.tokenizers import TokenizerUnavailable

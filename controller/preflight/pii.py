@@ -13,7 +13,7 @@ prefilter so that text without a candidate costs a few regex scans:
 - card: digits that pass the Luhn check (`python-stdnum`) and have a card
   network's length and prefix;
 - iban: country format and mod-97 checksum (`python-stdnum`);
-- secret: API keys, tokens and private keys (controller/preflight/keys.py:
+- secret: API keys, tokens and private keys (controller/preflight/secret_scan.py:
   `detect-secrets`' plugins and the shapes they lack, bearer tokens, a token
   named as a key, random-looking tokens).
 
@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ftctl.controller.preflight import keys
+from ftctl.controller.preflight import secret_scan
 
 KINDS = ("email", "phone", "card", "iban", "secret")
 PERSONAL = ("email", "phone", "card", "iban")  # --allow-pii allows these; a secret never
@@ -194,7 +194,7 @@ def _ibans(text: str) -> list[Match]:
 # -- secrets ----------------------------------------------------------------------
 
 def _secrets(text: str) -> list[Match]:
-    return [Match("secret", start, end) for start, end in keys.spans(text)]
+    return [Match("secret", start, end) for start, end in secret_scan.spans(text)]
 
 
 # -- all kinds --------------------------------------------------------------------

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.preflight.dataset import DigestSet, conversation_digest, detector, iter_examples
+from ftctl.controller.preflight.dataset import conversation_digest, detector, iter_examples
+from ftctl.controller.preflight.report import DigestSet
 from ftctl.controller.preflight.pii import DEFAULT_REGION
 from ftctl.controller.preflight.pricing import Price, estimate
 from ftctl.providers.tokenizers import Counter as TokenCounter

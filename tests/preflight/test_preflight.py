@@ -323,7 +323,7 @@ def test_worker_processes_give_the_same_report(malformed, tmp_path, monkeypatch)
 
 
 def test_digest_set_finds_every_repeat_across_growth():
-    from ftctl.controller.preflight.dataset import DigestSet
+    from ftctl.controller.preflight.report import DigestSet
 
     rng = random.Random(5)
     values = [rng.getrandbits(64) for _ in range(50_000)] + [0]

@@ -8,7 +8,7 @@ import pytest
 
 from ftctl.controller.preflight.pii import KINDS, PLACEHOLDERS, Detector, RegionError, check_region
 from tests.conftest import run_ftctl
-from tests.pii_corpus import NEGATIVES, POSITIVES, REGIONAL, score
+from tests.preflight.pii_corpus import NEGATIVES, POSITIVES, REGIONAL, score
 
 
 @pytest.fixture(scope="module")

@@ -232,7 +232,7 @@ def test_retry_after_on_a_create_counts_from_the_answers_arrival(tmp_path):
 
 
 def test_the_watchdog_stops_when_every_tick_fails(make_config, tmp_path):
-    from tests.test_service import NotifySocket
+    from tests.service.test_service import NotifySocket
 
     sock_dir = tempfile.mkdtemp(prefix="ftw-")
     notify = NotifySocket(os.path.join(sock_dir, "notify"))

@@ -1,0 +1,169 @@
+"""What the decision step takes in and gives out: plain, frozen data.
+
+In: a JobView per stored job, a ProviderView per observed provider. Out:
+decisions (a transition, a note, a submission, a cancel, a provider update,
+...) that the shell (`engine.tick`) applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ftctl.controller.engine.reasons import Reason
+from ftctl.providers.base import ProviderError, ProviderJob
+
+UNCHANGED: Any = object()
+
+
+# -- inputs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    agent: str
+    provider: str
+    state: str
+    attempt: int = 0
+    client_token: str | None = None
+    provider_job_id: str | None = None
+    # when the latest create call for client_token went out
+    intent_at: datetime | None = None
+    not_before: datetime | None = None
+    created_at: datetime | None = None
+    cancel_pending: bool = False
+    reason_code: str | None = None
+    reason_args: Mapping[str, Any] | None = None
+    provider_status: str | None = None
+    estimated_cost: float | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def of(cls, row: Any) -> "JobView":
+        if isinstance(row, Mapping):
+            return cls(**{f: row[f] for f in cls.__dataclass_fields__ if f in row})
+        return cls(**{f: getattr(row, f) for f in cls.__dataclass_fields__})
+
+    @property
+    def reason(self) -> Reason | None:
+        return Reason(self.reason_code, self.reason_args or {}) if self.reason_code else None
+
+
+@dataclass(frozen=True)
+class ProviderView:
+    name: str
+    configured_limit: int
+    jobs: tuple[ProviderJob, ...] | None  # None: the provider could not be observed
+    error: ProviderError | None = None
+    learned_limit: int | None = None
+    learned_at: datetime | None = None
+    paused_why: str | None = None
+    paused_message: str | None = None
+    paused_until: datetime | None = None
+    # our provider job ids that the provider says it does not know
+    missing: frozenset[str] = frozenset()
+    # when the listing in `jobs` was asked for, and how long after a create
+    # call went out it may still land (the client's timeout plus a margin)
+    listed_at: datetime | None = None
+    settle: float = 0.0
+    # estimate quote jobs (auto_start=False) we made: never a slot of ours or
+    # anyone's; those not yet confirmed cancelled are cancelled again
+    quote_ids: frozenset[str] = frozenset()
+    pending_quotes: tuple[str, ...] = ()
+
+
+# -- decisions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    job_id: int
+    expect: str
+    trigger: str
+    reason: Reason | None
+    updates: dict[str, Any] = field(default_factory=dict)
+    provider_status: str | None = None
+    # how the provider attempt ended: (outcome, counted)
+    attempt_outcome: tuple[str, bool] | None = None
+
+
+@dataclass(frozen=True)
+class Note:
+    """New facts about a job that do not change its state; written only if
+    the job is still in `expect` (and still carries `expect_token`)."""
+
+    job_id: int
+    expect: str
+    updates: dict[str, Any]
+    expect_token: str | None = None
+    event: tuple[str, str] | None = None  # (trigger, text) for the history
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Hand a job to its provider. client_token None: a new submission
+    (prepared -> queued, a new token); a token: create again for an intent
+    that a listing, read after the first call could have landed, does not show."""
+
+    job_id: int
+    client_token: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelAtProvider:
+    job_id: int
+    provider_job_id: str
+
+
+@dataclass(frozen=True)
+class CancelQuote:
+    """A quote job still active at the provider: cancel it (again)."""
+
+    provider: str
+    provider_job_id: str
+
+
+@dataclass(frozen=True)
+class QuoteSettled:
+    """A quote job is no longer active at the provider: nothing more is owed."""
+
+    provider: str
+    provider_job_id: str
+
+
+@dataclass(frozen=True)
+class ForgetUpload:
+    """The provider lost an uploaded file: upload it again next time."""
+
+    provider: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class ProviderUpdate:
+    name: str
+    learned_limit: Any = UNCHANGED
+    learned_at: Any = UNCHANGED
+    paused_why: Any = UNCHANGED
+    paused_message: Any = UNCHANGED
+    paused_until: Any = UNCHANGED
+
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "name" and v is not UNCHANGED}
+
+
+@dataclass(frozen=True)
+class Slots:
+    """What admission saw on a provider: stored for status lines and metrics."""
+
+    name: str
+    used: int
+    limit: int
+    waiting: int  # prepared jobs told to wait for a slot
+
+
+Decision = (Transition | Note | Submit | CancelAtProvider | CancelQuote | QuoteSettled | ForgetUpload
+            | ProviderUpdate | Slots)
