@@ -32,6 +32,9 @@ class ControllerSection(Section):
     # after this many ticks in a row that raise, the systemd watchdog is no
     # longer fed (and systemd restarts the daemon)
     failed_ticks_limit: int = Field(default=5, ge=1, le=1000)
+    # PostgreSQL: how long a leader's lease lasts; a standby takes over within
+    # about this long (plus a poll interval) after the leader is gone
+    lease: bounded_duration(600.0) = Field(default=15.0, ge=1.0)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _database_kind(self) -> "ControllerSection":

@@ -1,7 +1,7 @@
-"""ftctl.models: the SQLModel tables, the store (SQLite or PostgreSQL), the
-daemon lock and the Alembic migrations."""
+"""ftctl.models: the SQLModel tables, the store (SQLite or PostgreSQL),
+leadership (which daemon acts, the others stand by) and the Alembic migrations."""
 
-from ftctl.models.locks import LockError, LockHeld, LockLost
+from ftctl.models.leadership import LockError, LockHeld, LockLost
 from ftctl.models.store import Store, StoreError, utcnow
 from ftctl.models.tables import Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
-from ftctl.models.locks import DaemonLock
+from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
 from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
 # a fixed advisory-lock key on PostgreSQL: "a schema migration is running"
@@ -60,14 +60,19 @@ class Store:
             if url.startswith("postgresql://") or url.startswith("postgres://"):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             try:
-                self.engine = create_engine(url, pool_pre_ping=True)
+                # a database that does not answer is an error in seconds, not a hang
+                self.engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
             except ImportError:
                 raise StoreError(f"cannot open database {_redact_url(self.url)}: its driver is not installed "
                                  f"(for PostgreSQL: pip install 'ftctl[postgres]')") from None
             except SQLAlchemyError as exc:
                 raise StoreError(f"cannot open database {_redact_url(self.url)}: {exc}") from None
-        self.lock = DaemonLock(self.engine, self.sqlite_path,
-                               str(self.sqlite_path) if self.sqlite_path else _redact_url(self.url))
+        where = str(self.sqlite_path) if self.sqlite_path else _redact_url(self.url)
+        self.leadership: Leadership = (FileLeadership(self.engine, self.sqlite_path, where) if self.is_sqlite
+                                       else LeaseLeadership(self.engine, where))
+        # set while this store's process leads: every write transaction first
+        # proves it still does (the epoch compare-and-set)
+        self.fenced = False
         try:
             self._init_schema()
         except SQLAlchemyError as exc:
@@ -140,6 +145,8 @@ class Store:
         bind = self.engine.execution_options(ftctl_write=True) if self.is_sqlite else self.engine
         with Session(bind, expire_on_commit=False) as session:
             with session.begin():
+                if self.fenced:
+                    self.leadership.fence(session.connection())
                 yield session
 
     def lock_job(self, session: Session, job_id: int) -> Job | None:
@@ -283,23 +290,25 @@ class Store:
                 stmt = stmt.where(QuoteJob.created_at >= since)
             return set(s.exec(stmt))
 
-    # -- the daemon lock ---------------------------------------------------------
+    # -- leadership (models.leadership) ----------------------------------------------
 
     def acquire_daemon_lock(self) -> None:
-        """Only one daemon (or `ftctl tick`) drives a database at a time
-        (models.locks); LockHeld if another does."""
-        self.lock.acquire()
+        """Lead this database (LockHeld if another daemon does); from then on
+        every write transaction of this store is fenced on the epoch."""
+        self.leadership.acquire_or_raise()
+        self.fenced = True
 
     def assert_lock_held(self) -> None:
-        """LockLost unless this process still holds the daemon lock (asked
-        right before every provider mutation)."""
-        self.lock.check()
+        """LockLost unless this process still leads (asked right before every
+        provider mutation)."""
+        self.leadership.check()
 
     def daemon_holder(self) -> str | None:
-        return self.lock.holder()
+        return self.leadership.holder()
 
     def release_daemon_lock(self) -> None:
-        self.lock.release()
+        self.fenced = False
+        self.leadership.release()
 
     def close(self) -> None:
         self.release_daemon_lock()

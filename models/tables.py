@@ -12,7 +12,7 @@ from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 # a job in one of these states blocks an identical submission (same agent,
 # provider, model, data and hyperparameters): never pay twice for one job
@@ -134,3 +134,31 @@ class QuoteJob(SQLModel, table=True):
     provider_job_id: str
     created_at: datetime = Field(sa_type=DateTime)
     settled_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+
+
+class Leadership(SQLModel, table=True):
+    """Who leads this database (one row, id 1), and since which epoch."""
+
+    __tablename__ = "leadership"
+
+    id: int = Field(primary_key=True)
+    holder: Optional[str] = None  # the leading daemon's member id
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    epoch: int = 0  # grows with each takeover; job writes are fenced on it
+    since: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    renewed_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    lease_until: Optional[datetime] = Field(default=None, sa_type=DateTime)  # PostgreSQL's lease
+
+
+class Daemon(SQLModel, table=True):
+    """A daemon on this database, leading or standing by, with its heartbeat."""
+
+    __tablename__ = "daemons"
+
+    member: str = Field(primary_key=True)
+    host: str
+    pid: int
+    role: str  # leader, standby
+    started_at: datetime = Field(sa_type=DateTime)
+    heartbeat_at: datetime = Field(sa_type=DateTime)

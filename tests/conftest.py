@@ -144,33 +144,74 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", _pg_user(), "--"] + cmd
 
 
+class PostgresServer:
+    """A PostgreSQL server of this test session's own (one per xdist worker)."""
+
+    def __init__(self, base: Path, port: int):
+        self.base, self.port = base, port
+        self.data, self.sock, self.log = base / "data", base / "sock", base / "pg.log"
+        self.url = f"postgresql+psycopg://ftctl@/ftctl_test?host={self.sock}&port={port}"
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args]),
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        self.ctl("-l", str(self.log), "-w", "-o",
+                 f"-p {self.port} -k {self.sock} -c listen_addresses='' -c fsync=off", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.ctl("-m", mode, "-w", "stop")
+
+    @classmethod
+    def create(cls) -> "PostgresServer":
+        """initdb in a temporary folder, start, and make the ftctl_test database."""
+        import tempfile
+
+        base = Path(tempfile.mkdtemp(prefix="ftctl-pg-"))
+        (base / "sock").mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(base, _pg_user())
+            shutil.chown(base / "sock", _pg_user())
+        server = cls(base, 55432 + os.getpid() % 1000)
+        subprocess.run(_as_postgres_user([str(PG_BIN / "initdb"), "-D", str(server.data), "-U", "ftctl", "-A",
+                                          "trust", "--no-sync"]), check=True, capture_output=True)
+        server.start()
+        subprocess.run(_as_postgres_user([str(PG_BIN / "createdb"), "-h", str(server.sock), "-p", str(server.port),
+                                          "-U", "ftctl", "ftctl_test"]), check=True, capture_output=True)
+        return server
+
+    def destroy(self) -> None:
+        subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def database(self, name: str) -> str:
+        """A fresh, empty database on this server; its URL."""
+        import sqlalchemy
+
+        admin = sqlalchemy.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        return self.url.replace("/ftctl_test?", f"/{name}?")
+
+
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_server():
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="ftctl-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(base, _pg_user())
-        shutil.chown(sock, _pg_user())
-    port = 55432 + os.getpid() % 1000
-    subprocess.run(_as_postgres_user([str(PG_BIN / "initdb"), "-D", str(data), "-U", "ftctl", "-A", "trust",
-                                      "--no-sync"]), check=True, capture_output=True)
-    log = base / "pg.log"
-    subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                                      f"-p {port} -k {sock} -c listen_addresses='' -c fsync=off", "start"]),
-                   check=True, capture_output=True)
-    subprocess.run(_as_postgres_user([str(PG_BIN / "createdb"), "-h", str(sock), "-p", str(port), "-U", "ftctl",
-                                      "ftctl_test"]), check=True, capture_output=True)
+    server = PostgresServer.create()
     try:
-        yield f"postgresql+psycopg://ftctl@/ftctl_test?host={sock}&port={port}"
+        yield server
     finally:
-        subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server):
+    return postgres_server.url
 
 
 # -- provider emulators (real HTTP on 127.0.0.1) -----------------------------------------------
@@ -192,7 +233,7 @@ def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.
 def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, concurrency: int = 2,
                         timeout: str = "2s", max_attempts: int = 5, backoff_initial: str = "0.2s",
                         backoff_max: str = "1s", hyperparameters: str | None = None, poll: str = "0.2s",
-                        create_margin: str = "1s", extra: str = "") -> Path:
+                        create_margin: str = "1s", extra: str = "", database: str = "sqlite:///ftctl.db") -> Path:
     base = url + ("/v1" if kind == "openai" else "")
     hp = hyperparameters or {"mistral": "{ training_steps = 10, learning_rate = 0.0001 }",
                              "openai": "{ epochs = 3 }", "together": "{ epochs = 2 }"}[kind]
@@ -206,7 +247,7 @@ def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, 
         api_key_env = "{KEY_ENV}"
         timeout = "{timeout}"
         """
-    return _site(directory, agents, database="sqlite:///ftctl.db", poll=poll, max_attempts=max_attempts,
+    return _site(directory, agents, database=database, poll=poll, max_attempts=max_attempts,
                  backoff_initial=backoff_initial, backoff_max=backoff_max, provider_block=block, provider=kind,
                  model=model, hyperparameters=hp, create_margin=create_margin, extra=extra)
 

@@ -237,6 +237,24 @@ class Ftctl:
         store = self.store()
         return store.daemon_holder() if store is not None else None
 
+    def daemons(self) -> dict[str, Any]:
+        """The daemon that leads (host, pid, since, epoch) and those standing
+        by with their last heartbeat, from any host."""
+        from ftctl.records import iso
+
+        store = self.store()
+        if store is None:
+            return {"leader": None, "standbys": []}
+        leadership = store.leadership
+        leader = leadership.leader()
+        members = leadership.members()
+        if leader is not None:
+            leader = {"host": leader["host"], "pid": leader["pid"], "epoch": leader["epoch"],
+                      "since": iso(leader["since"])}
+        standbys = [{"host": m["host"], "pid": m["pid"], "heartbeat_at": iso(m["heartbeat_at"])}
+                    for m in members if m["role"] == "standby"]
+        return {"leader": leader, "standbys": standbys}
+
     def wait(self, job_ids: Iterable[int], *, timeout: float | None = None,
              interval: float = 5.0) -> list[dict[str, Any]]:
         """Block until every job is finished; TimedOut after `timeout` seconds."""

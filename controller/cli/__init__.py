@@ -29,6 +29,16 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    except Exception as exc:  # a bug: one line (the traceback with FTCTL_DEBUG=1), never a key
+        import os
+
+        if os.environ.get("FTCTL_DEBUG"):
+            raise
+        from ftctl.providers.keys import redact
+
+        print(redact(f"ftctl: internal error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                     f" (run with FTCTL_DEBUG=1 for the traceback)"), file=sys.stderr)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

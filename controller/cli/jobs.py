@@ -118,10 +118,7 @@ def status(
             return
         out.print(status_table(jobs, now, live=live))
         if any(j.state not in TERMINAL for j in jobs):
-            holder = ft.daemon()
-            out.print(f"daemon: running ({holder})" if holder else
-                      "daemon: not running: nothing moves until `ftctl daemon` (or the systemd unit) runs",
-                      markup=False)
+            out.print(daemon_line(ft), markup=False)
 
 
 class ModelFormat(str, Enum):
@@ -180,6 +177,33 @@ def show(
         table.add_row(e["at"].replace("T", " ").rstrip("Z"), e["from"] or "-", e["to"], e["trigger"],
                       e["provider_status"] or "", escape(e["reason"] or ""))
     out.print(table)
+
+
+def daemon_line(ft) -> str:
+    """`daemon: running (...)`, with the leader and its standbys where known."""
+    from ftctl.controller.cli.views import age_text
+    from ftctl.models import utcnow
+
+    holder = ft.daemon()
+    if not holder:
+        return "daemon: not running: nothing moves until `ftctl daemon` (or the systemd unit) runs"
+    seen = ft.daemons()
+    leader, standbys = seen["leader"], seen["standbys"]
+    text = f"daemon: running ({holder})"
+    if leader is not None:
+        text = (f"daemon: running (leader host {leader['host']} pid {leader['pid']} since "
+                f"{leader['since'].replace('T', ' ').rstrip('Z')} UTC, epoch {leader['epoch']})")
+    if standbys:
+        now = utcnow()
+
+        def ago(at: str) -> str:
+            from datetime import datetime
+
+            return age_text((now - datetime.fromisoformat(at.rstrip("Z"))).total_seconds())
+
+        text += "; standing by: " + ", ".join(f"host {s['host']} pid {s['pid']} (heartbeat {ago(s['heartbeat_at'])} "
+                                              f"ago)" for s in standbys)
+    return text
 
 
 # -- write commands ---------------------------------------------------------------------

@@ -153,8 +153,10 @@ def tick(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def daemon(
     until_done: Annotated[bool, typer.Option("--until-done", help="exit 0 once every job is terminal")] = False,
+    no_standby: Annotated[bool, typer.Option("--no-standby", help="exit 3 if another daemon leads the database "
+                                             "(and 6 if this one loses the lead) instead of standing by")] = False,
 ) -> None:
-    """Run the reconcile loop until SIGTERM/SIGINT."""
+    """Run the reconcile loop until SIGTERM/SIGINT (or stand by while another daemon leads)."""
     from ftctl.controller.service.daemon import Daemon
     from ftctl.controller.service.metrics import MetricsUnavailable
     from ftctl.models import LockHeld, StoreError
@@ -162,7 +164,7 @@ def daemon(
     config = get_config()
     setup_logging(config)
     try:
-        code = Daemon(config, until_done=until_done).run()
+        code = Daemon(config, until_done=until_done, standby=not no_standby).run()
     except LockHeld as exc:
         die(str(exc), EXIT_REFUSED)
     except StoreError as exc:

@@ -37,6 +37,9 @@ class Metrics:
         self.actual = Gauge("ftctl_cost_actual_dollars", "Sum of costs the providers reported", ["provider"],
                             registry=self.registry)
         self.ticks = Counter("ftctl_ticks", "Reconcile passes completed", registry=self.registry)
+        self.leading = Gauge("ftctl_leader", "1 on the daemon that leads the database, 0 on a standby", ["host"],
+                             registry=self.registry)
+        self.renewals = Counter("ftctl_lease_renewals", "Leases renewed by this daemon", registry=self.registry)
         try:
             self.server, self.thread = start_http_server(int(port), addr=host or "127.0.0.1",
                                                          registry=self.registry)
@@ -65,6 +68,12 @@ class Metrics:
             self.slots_allowed.labels(name).set(slots.limit)
         for provider, kind in result.errors:
             self.errors.labels(provider, kind).inc()
+
+    def leader(self, host: str, leading: bool) -> None:
+        self.leading.labels(host).set(1 if leading else 0)
+
+    def renewed(self) -> None:
+        self.renewals.inc()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -323,11 +323,20 @@ class _HTTPHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _dispatch
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client that went away (a killed daemon): nothing to report
+        super().handle_error(request, client_address)
+
+
 class RunningServer:
     def __init__(self, emulator: Emulator, host: str, port: int):
         handler = type("Handler", (_HTTPHandler,), {"emulator": emulator})
         self.emulator = emulator
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _Server((host, port), handler)
         self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"

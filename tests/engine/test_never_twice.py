@@ -85,10 +85,11 @@ def test_late_landing_creates_and_kills_aimed_at_the_create_never_bill_twice(tmp
         assert sum(1 for j in srv.emulator.engine.all_jobs() if j["status"] == "SUCCESS") == len(agents)
 
 
-def test_a_removed_lock_file_stops_the_daemon_that_held_it(make_config):
+@pytest.mark.parametrize("standby", [False, True], ids=["no-standby exits 6", "stands by"])
+def test_a_removed_lock_file_stops_the_daemon_that_held_it(make_config, standby):
     cfg = make_config(agents=("qa", "legal", "support"), concurrency=1, train_time="2s", poll="0.2s")
     assert run_ftctl("submit", "--all", config=cfg).returncode == 0
-    first = Daemon(cfg)
+    first = Daemon(cfg, *([] if standby else ["--no-standby"]))
     second = None
     try:
         assert first.wait_for("daemon started")
@@ -96,12 +97,19 @@ def test_a_removed_lock_file_stops_the_daemon_that_held_it(make_config):
         assert wait_until(lambda: "running" in states(db) or "queued" in states(db))
         (cfg.parent / "ftctl.db.lock").unlink()
         second = Daemon(cfg)
-        assert second.wait_for("daemon started")
-        assert first.wait(timeout=15) == 6  # it found out before its next move and stopped
-        lost = [l for l in first.lines if l["event"].startswith("daemon lock lost")]
+        assert second.wait_for("leading")
+        if standby:  # it found out before its next move, and stands by behind the new leader
+            assert first.wait_for("standing by", timeout=15), first.stderr[-2000:]
+            assert first.proc.poll() is None
+        else:  # it found out before its next move and stopped
+            assert first.wait(timeout=15) == 6
+        lost = [l for l in first.lines if l["event"].startswith("leadership lost")]
         assert len(lost) == 1 and ("removed" in lost[0]["error"] or "replaced" in lost[0]["error"])
         assert second.proc.poll() is None
         assert wait_until(lambda: states(db) == ["succeeded"] * 3, timeout=60)
+        moves = [l for l in first.lines if l["event"] in ("transition", "created at provider")]
+        after = first.lines.index(lost[0])
+        assert all(first.lines.index(m) < after for m in moves)  # nothing after it lost the lead
     finally:
         first.kill()
         if second is not None:
@@ -110,40 +118,6 @@ def test_a_removed_lock_file_stops_the_daemon_that_held_it(make_config):
     with sqlite3.connect(cfg.parent / "sim-sim.db") as sim:
         per_suffix = Counter(r[0] for r in sim.execute("SELECT suffix FROM jobs"))
     assert set(per_suffix.values()) == {1}
-
-
-@pytest.mark.postgres
-def test_a_lost_database_session_stops_the_daemon(tmp_path, postgres_url):
-    import sqlalchemy
-
-    db = postgres_url.replace("ftctl_test", "ftctl_lock")
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sqlalchemy.text("DROP DATABASE IF EXISTS ftctl_lock"))
-        c.execute(sqlalchemy.text("CREATE DATABASE ftctl_lock"))
-    cfg = write_config(tmp_path / "site", agents=("qa",), train_time="1h", poll="0.2s", database=db)
-    env = ftctl_env()
-    assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
-    first = Daemon(cfg, env=env)
-    second = None
-    try:
-        assert first.wait_for("daemon started"), first.stderr[-2000:]
-        engine = sqlalchemy.create_engine(db, isolation_level="AUTOCOMMIT")
-        with engine.connect() as c:
-            killed = c.execute(sqlalchemy.text(
-                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
-                " AND l.objid = :k"), {"k": 0x66746374}).scalars().all()
-        assert killed == [True]
-        assert first.wait(timeout=15) == 6
-        assert any(l["event"].startswith("daemon lock lost") for l in first.lines)
-        second = Daemon(cfg, env=env)
-        assert second.wait_for("daemon started")
-    finally:
-        first.kill()
-        if second is not None:
-            second.kill()
-        engine.dispose()
-        admin.dispose()
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

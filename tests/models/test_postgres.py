@@ -19,8 +19,9 @@ pytestmark = pytest.mark.postgres
 def pg_store(postgres_url):
     store = Store(postgres_url)
     with store.write() as s:
-        for table in ("attempts", "job_events", "uploaded_files", "provider_state", "jobs"):
+        for table in ("attempts", "job_events", "uploaded_files", "provider_state", "jobs", "daemons"):
             s.connection().exec_driver_sql(f"DELETE FROM {table}")
+        s.connection().exec_driver_sql("UPDATE leadership SET holder = NULL, lease_until = NULL")
     yield store
     store.close()
 
@@ -74,8 +75,38 @@ def test_daemon_probe_on_postgres(postgres_url, pg_store):
     try:
         assert other.daemon_holder() is None
         pg_store.acquire_daemon_lock()
-        assert other.daemon_holder().startswith("backend pid ")
+        assert other.daemon_holder().startswith(f"host {pg_store.leadership.host} pid ")
         pg_store.release_daemon_lock()
         assert other.daemon_holder() is None
+    finally:
+        other.close()
+
+
+def test_a_lease_runs_out_and_a_standby_takes_over_with_a_new_epoch(postgres_url, pg_store):
+    import time
+
+    from ftctl.models import LockLost
+
+    pg_store.leadership.lease = 1.0
+    other = Store(postgres_url)
+    other.leadership.lease = 1.0
+    try:
+        pg_store.acquire_daemon_lock()
+        first_epoch = pg_store.leadership.epoch
+        assert not other.leadership.acquire()
+        assert pg_store.leadership.renew()  # the leader renews while alive
+        time.sleep(1.1)  # ... then stops renewing (paused, killed, cut off)
+        with pytest.raises(LockLost, match="ran out"):
+            pg_store.assert_lock_held()  # it knows by itself, before anyone takes over
+        assert other.leadership.acquire()
+        assert other.leadership.epoch == first_epoch + 1
+        # the old leader's writes are fenced, and so is its renewal
+        with pytest.raises(LockLost):
+            with pg_store.write():
+                pass
+        assert pg_store.leadership.renew() is False
+        other.fenced = True
+        with other.write():
+            pass  # the new leader writes
     finally:
         other.close()

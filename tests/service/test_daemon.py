@@ -51,7 +51,7 @@ def test_shipped_config_campaign_then_sigterm(shipped):
     daemon = start_daemon(shipped)
     try:
         db = shipped.parent / "ftctl.db"
-        assert wait_until(lambda: f"daemon: running (pid {daemon.pid})" in run_ftctl("status", config=shipped).stdout,
+        assert wait_until(lambda: f"pid {daemon.pid} since " in run_ftctl("status", config=shipped).stdout,
                           timeout=30)
         done = wait_until(lambda: states(db) == ["succeeded"] * 5, timeout=90)
         status = json.loads(run_ftctl("status", "--json", config=shipped).stdout)
@@ -60,11 +60,19 @@ def test_shipped_config_campaign_then_sigterm(shipped):
         models = json.loads(run_ftctl("models", "--format", "json", config=shipped).stdout)
         assert sorted(models) == ["analyst", "content", "legal", "qa", "support"]
         assert models["qa"] == next(j["fine_tuned_model"] for j in status if j["agent"] == "qa")
-        # a second daemon on the same database is refused
-        second = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(shipped), "daemon"],
+        # a second daemon on the same database is refused with --no-standby ...
+        second = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(shipped), "daemon", "--no-standby"],
                                 capture_output=True, text=True, timeout=30, cwd=tempfile.gettempdir(), env=ftctl_env())
         assert second.returncode == 3
         assert "another ftctl daemon is driving" in second.stderr and len(second.stderr.splitlines()) == 1
+        # ... and stands by without it
+        from tests.conftest import Daemon
+
+        standby = Daemon(shipped)
+        assert standby.wait_for("standing by", timeout=30), standby.stderr[-2000:]
+        assert not standby.saw("leading")
+        standby.proc.send_signal(signal.SIGTERM)
+        assert standby.wait(timeout=15) == 0
         tick = run_ftctl("tick", config=shipped)
         assert tick.returncode == 3 and "another ftctl daemon" in tick.stderr
         started = time.monotonic()
