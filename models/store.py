@@ -171,6 +171,13 @@ class Store:
                 stmt = stmt.where(Job.agent == agent)
             return list(s.exec(stmt.order_by(Job.id)))
 
+    def finished_since(self, provider: str, since: datetime) -> int:
+        """Jobs of ours on `provider` that ended (succeeded, failed, cancelled) since `since`."""
+        with self.read() as s:
+            stmt = select(func.count()).where(Job.provider == provider, Job.updated_at >= since,
+                                              Job.state.in_(["succeeded", "failed", "cancelled"]))
+            return s.exec(stmt).one()
+
     def live_twin(self, identity: str) -> Job | None:
         """The oldest live job with this identity."""
         from ftctl.models.tables import LIVE_STATES

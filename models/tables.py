@@ -115,6 +115,7 @@ class ProviderState(SQLModel, table=True):
     name: str = Field(primary_key=True)
     learned_limit: Optional[int] = None
     learned_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    probe_hold: Optional[float] = None  # seconds until the next probe above the learned limit
     paused_why: Optional[str] = None  # auth, quota, unavailable
     paused_message: Optional[str] = None
     paused_until: Optional[datetime] = Field(default=None, sa_type=DateTime)

@@ -95,10 +95,6 @@ class _ProviderStep:
                 paused = True
             else:
                 self.out.append(ProviderUpdate(pv.name, paused_why=None, paused_message=None, paused_until=None))
-        limit = effective_limit(pv, self.now, self.policy)
-        if pv.learned_limit and limit == pv.configured_limit:
-            self.out.append(ProviderUpdate(pv.name, learned_limit=None, learned_at=None))
-
         by_id = {pj.id: pj for pj in pv.jobs}
         by_token = {pj.client_token: pj for pj in pv.jobs if pj.client_token}
         for job in self.jobs:
@@ -107,12 +103,22 @@ class _ProviderStep:
             elif job.state in IN_FLIGHT:
                 self._in_flight(job, by_id, by_token)
 
+        waiting = any(j.state == PREPARED for j in self.jobs)
+        limit, _probe = effective_limit(pv, self.now, self.policy, waiting=waiting)
         if self.capacity_hit:
             still_active = sum(1 for pj in pv.jobs if pj.active and pj.id not in pv.quote_ids)
-            learned = max(1, min(limit, still_active))
-            self.out.append(ProviderUpdate(pv.name, learned_limit=learned, learned_at=self.now))
+            learned = max(1, min(pv.configured_limit, still_active))
+            hold = pv.probe_hold or self.policy.capacity_hold
+            # a rejection while a limit was known already is a probe that found no room
+            self.out.append(ProviderUpdate(pv.name, learned_limit=learned, learned_at=self.now,
+                                           probe_hold=hold * 2 if pv.learned_limit else None))
             limit = learned
-
+        elif pv.learned_limit:
+            running = sum(1 for pj in pv.jobs if pj.status == P_RUNNING and pj.id not in pv.quote_ids)
+            if running > pv.learned_limit:  # evidence of more room: the provider runs more than we thought
+                more = None if running >= pv.configured_limit else running
+                self.out.append(ProviderUpdate(pv.name, learned_limit=more, learned_at=self.now, probe_hold=None))
+                limit = max(limit, min(running, pv.configured_limit))
         self._admit(limit, paused)
         self.out.extend(_quotes(pv))
         return self.out

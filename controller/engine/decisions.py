@@ -60,6 +60,10 @@ class ProviderView:
     error: ProviderError | None = None
     learned_limit: int | None = None
     learned_at: datetime | None = None
+    # after a rejected probe above the learned limit, how long until the next
+    # (None: capacity_hold); and how many of our jobs there finished since
+    probe_hold: float | None = None
+    finished_since_learned: int = 0
     paused_why: str | None = None
     paused_message: str | None = None
     paused_until: datetime | None = None
@@ -147,6 +151,7 @@ class ProviderUpdate:
     name: str
     learned_limit: Any = UNCHANGED
     learned_at: Any = UNCHANGED
+    probe_hold: Any = UNCHANGED
     paused_why: Any = UNCHANGED
     paused_message: Any = UNCHANGED
     paused_until: Any = UNCHANGED

@@ -12,10 +12,22 @@ from ftctl.controller.engine.reasons import Reason
 from ftctl.providers.base import AuthError, ProviderError, ProviderUnavailable, QuotaError
 
 
-def effective_limit(pv: ProviderView, now: datetime, policy: Policy) -> int:
-    if pv.learned_limit and pv.learned_at and (now - pv.learned_at).total_seconds() < policy.capacity_hold:
-        return max(1, min(pv.configured_limit, pv.learned_limit))
-    return pv.configured_limit
+def effective_limit(pv: ProviderView, now: datetime, policy: Policy, *, waiting: bool = False) -> tuple[int, bool]:
+    """(how many jobs may hold a slot now, whether one of them is a probe).
+
+    A limit learned from a capacity rejection holds until there is evidence
+    of more room (the provider runs more jobs than it). While jobs wait, one
+    job above it may probe, once the hold since the last rejection has passed
+    (capacity_hold, doubled after each rejected probe) and the learned limit
+    has been filled twice over by jobs of ours that finished since."""
+    if not pv.learned_limit:
+        return pv.configured_limit, False
+    learned = max(1, min(pv.configured_limit, pv.learned_limit))
+    hold = pv.probe_hold or policy.capacity_hold
+    if (waiting and learned < pv.configured_limit and pv.learned_at is not None
+            and (now - pv.learned_at).total_seconds() >= hold and pv.finished_since_learned >= 2 * learned):
+        return learned + 1, True
+    return learned, False
 
 
 def pause_for(err: ProviderError, name: str, now: datetime, policy: Policy) -> ProviderUpdate | None:

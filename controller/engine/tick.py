@@ -119,7 +119,7 @@ class Ticker(Submission):
                 provider.close()
             if old is not None and new is not None and old.concurrency != new.concurrency:
                 # a limit learned under the old concurrency no longer applies
-                self._provider_update(rc.ProviderUpdate(name, learned_limit=None, learned_at=None))
+                self._provider_update(rc.ProviderUpdate(name, learned_limit=None, learned_at=None, probe_hold=None))
         for section in ("controller", "retry", "budget", "prices", "agents"):
             if getattr(self.config, section) != getattr(config, section):
                 changes.append(section)
@@ -182,8 +182,11 @@ class Ticker(Submission):
                  quotes: tuple[str, ...], now: datetime) -> rc.ProviderView:
         conf = self.config.providers[name]
         state = state or ProviderState(name=name)
+        finished = (self.store.finished_since(name, state.learned_at)
+                    if state.learned_limit and state.learned_at else 0)
         base = dict(name=name, configured_limit=conf.concurrency, learned_limit=state.learned_limit,
-                    learned_at=state.learned_at, paused_why=state.paused_why,
+                    learned_at=state.learned_at, probe_hold=state.probe_hold, finished_since_learned=finished,
+                    paused_why=state.paused_why,
                     paused_message=state.paused_message, paused_until=state.paused_until,
                     settle=self.settle(name), quote_ids=frozenset(self.store.quote_ids(name)),
                     pending_quotes=tuple(quotes))

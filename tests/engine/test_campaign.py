@@ -277,3 +277,41 @@ def test_upload_is_reused_for_unchanged_content(make_config, clock):
     jobs = store.list_jobs()
     assert len(jobs) == 2 and jobs[0].provider_file_id == jobs[1].provider_file_id
     assert len(rec.providers["sim"].inner.engine.list_files()) == 1
+
+
+@pytest.mark.parametrize("train,step", [("3s", 1.0), ("45m", 30.0), ("3h", 120.0)])
+def test_the_seed_batch_wastes_at_most_three_creates_whatever_the_job_length(make_config, clock, train, step):
+    """5 agents, a provider that runs 2 at once, ftctl told 5: the first wave
+    teaches the limit (3 creates refused) and nothing after it is wasted."""
+    cfg, store = setup(make_config, clock, concurrency=5, max_concurrent=2, train_time=train, queue_time="10s",
+                       validate_time="20s")
+    rec, _ = reconciler(cfg, store, clock)
+    run_until_done(rec, clock, store, limit_ticks=4000, step=step)
+    jobs = sim_jobs(rec)
+    wasted = [j for j in jobs if j["status"] == "FAILED_VALIDATION"]
+    assert len(jobs) - 5 == len(wasted) <= 3, Counter(j["status"] for j in jobs)
+    assert [j.state for j in store.list_jobs()] == ["succeeded"] * 5
+
+
+def test_a_probe_finds_room_once_the_provider_allows_more(make_config, clock):
+    agents = tuple(f"a{i}" for i in range(20))
+    path = make_config(agents=agents, concurrency=4, max_concurrent=2, train_time="60s", queue_time="5s",
+                       validate_time="5s")
+    path.write_text(path.read_text().replace("[retry]\n", '[retry]\ncapacity_hold = "1m"\n'))
+    cfg = load_config(path)
+    store = Store(cfg.database_url)
+    store_submissions(store, plan_submissions(cfg, [], all_agents=True))
+    rec, faulty = reconciler(cfg, store, clock)
+    engine = faulty.inner.engine
+    seen_limits = []
+
+    def on_tick(_):
+        state = store.provider_states().get("sim")
+        seen_limits.append(state.learned_limit if state else None)
+        if len([j for j in store.list_jobs() if j.state == "succeeded"]) >= 5:
+            engine.settings.limit = 3  # the provider raised its limit mid-batch
+
+    run_until_done(rec, clock, store, limit_ticks=6000, step=10.0, on_tick=on_tick)
+    from itertools import groupby
+    assert 2 in seen_limits and seen_limits[-1] in (3, None), [k for k, _ in groupby(seen_limits)]
+    assert [j.state for j in store.list_jobs()] == ["succeeded"] * len(agents)

@@ -106,15 +106,35 @@ def test_capacity_rejection_requeues_without_counting_and_lowers_the_limit():
     assert of(rc.Submit, out) == []
 
 
-def test_learned_limit_holds_then_expires():
+def test_a_learned_limit_holds_until_a_probe_finds_room():
     jobs = [job(1, "running", provider_job_id="p1"), job(2, "running", provider_job_id="p2"), job(3)]
     listing = [pj("p1", "running"), pj("p2", "running")]
-    held = view(listing, limit=5, learned_limit=2, learned_at=NOW - timedelta(minutes=5))
-    assert of(rc.Submit, decide(jobs, held)) == []
-    expired = view(listing, limit=5, learned_limit=2, learned_at=NOW - timedelta(hours=2))
-    out = decide(jobs, expired)
+    learned = dict(limit=5, learned_limit=2, learned_at=NOW - timedelta(hours=5))
+    # it does not expire with time alone: long jobs would waste creates again mid-batch
+    assert of(rc.Submit, decide(jobs, view(listing, **learned))) == []
+    # once the limit was filled twice over since, one job (no more) probes above it
+    out = decide(jobs + [job(4)], view(listing, finished_since_learned=4, **learned))
     assert [d.job_id for d in of(rc.Submit, out)] == [3]
-    assert of(rc.ProviderUpdate, out)[0].learned_limit is None
+    # nothing waiting: no probe
+    assert of(rc.Submit, decide(jobs[:2], view(listing, finished_since_learned=4, **learned))) == []
+
+
+def test_a_rejected_probe_doubles_the_hold_and_a_running_one_raises_the_limit():
+    probe = job(3, "queued", provider_job_id="p3", attempt=1, client_token="t3")
+    running = [job(1, "running", provider_job_id="p1"), job(2, "running", provider_job_id="p2")]
+    listing = [pj("p1", "running"), pj("p2", "running")]
+    learned = dict(limit=5, learned_limit=2, learned_at=NOW - timedelta(hours=2), finished_since_learned=4)
+    rejected = [*listing, pj("p3", "failed", "t3", raw_status="FAILED_VALIDATION", failure="capacity",
+                             message="You have reached the maximum number of jobs you can run concurrently.")]
+    (upd,) = of(rc.ProviderUpdate, decide(running + [probe], view(rejected, **learned)))
+    assert (upd.learned_limit, upd.learned_at, upd.probe_hold) == (2, NOW, 2 * POLICY.capacity_hold)
+    # a hold doubled once already doubles again
+    (upd,) = of(rc.ProviderUpdate, decide(running + [probe], view(rejected, probe_hold=7200, **learned)))
+    assert upd.probe_hold == 14400
+    # the probe runs: the provider has room for three
+    (upd,) = of(rc.ProviderUpdate, decide(running + [probe], view([*listing, pj("p3", "running", "t3")],
+                                                                  **learned)))
+    assert (upd.learned_limit, upd.probe_hold) == (3, None)
 
 
 def test_training_failure_backs_off_with_capped_exponential_jitter():

@@ -1,4 +1,4 @@
-"""leadership with an epoch, and the daemons that stand by
+"""leadership with an epoch, the daemons that stand by, and the probe hold of a learned limit
 
 Revision ID: 0005
 Revises: 0004
@@ -36,8 +36,12 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(), nullable=False),
     )
+    with op.batch_alter_table("provider_state") as batch:
+        batch.add_column(sa.Column("probe_hold", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("provider_state") as batch:
+        batch.drop_column("probe_hold")
     op.drop_table("daemons")
     op.drop_table("leadership")
