@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
+from ftctl.models.events import EventQueries
 from ftctl.models.locks import DaemonLock
 from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
@@ -29,8 +30,6 @@ class StoreError(Exception):
     """The database cannot be used (one line, no secrets)."""
 
 
-
-
 def _redact_url(url: str) -> str:
     # never print a password that may sit in a database URL
     if "@" in url and "://" in url:
@@ -41,7 +40,7 @@ def _redact_url(url: str) -> str:
     return url
 
 
-class Store:
+class Store(EventQueries):
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
