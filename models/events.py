@@ -108,7 +108,7 @@ class EventQueries:
             stmt = (select(Job, LogCursor)
                     .join(LogCursor, LogCursor.provider_job_id == Job.provider_job_id, isouter=True)
                     .where(Job.provider_job_id != None)  # noqa: E711
-                    .where(or_(LogCursor.fetched_at == None, LogCursor.fetched_at < fetched_before))  # noqa: E711
+                    .where(or_(LogCursor.fetched_at == None, LogCursor.fetched_at <= fetched_before))  # noqa: E711
                     .where(or_(Job.state == "running",
                                and_(Job.state.in_(TERMINAL), Job.updated_at >= finished_since,
                                     or_(LogCursor.final == None, LogCursor.final == False))))  # noqa: E711,E712

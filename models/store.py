@@ -282,6 +282,29 @@ class Store(EventQueries):
                 stmt = stmt.where(QuoteJob.created_at >= since)
             return set(s.exec(stmt))
 
+    # -- wake-ups (models.wake) ------------------------------------------------------
+
+    def wake(self, reason: str) -> bool:
+        """Tell the daemon to look now (a hint: False when nobody listens)."""
+        from ftctl.models import wake
+
+        if self.sqlite_path is not None:
+            return wake.send_sqlite(self.sqlite_path, reason)
+        if not self.is_sqlite:
+            return wake.send_postgres(self.engine, reason)
+        return False
+
+    def wake_listener(self, callback):
+        """A started listener that calls `callback(reason)` for each wake-up
+        (None for an in-memory database); OSError if it cannot listen."""
+        from ftctl.models import wake
+
+        if self.sqlite_path is not None:
+            return wake.SqliteListener(self.sqlite_path, callback).start()
+        if not self.is_sqlite:
+            return wake.PostgresListener(self.engine, callback).start()
+        return None
+
     # -- the daemon lock ---------------------------------------------------------
 
     def acquire_daemon_lock(self) -> None:
