@@ -169,7 +169,10 @@ class PostgresListener(Listener):
         return conn
 
     def _open(self) -> None:
-        self.conn = self._connect()
+        try:
+            self.conn = self._connect()
+        except Exception:  # noqa: BLE001 - the server is away now: the thread listens once it is back
+            self.conn = None
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -32,10 +32,13 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 class LogFetcher:
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], datetime] = utcnow,
-                 providers: dict[str, Provider] | None = None, logger: Any = None):
+                 providers: dict[str, Provider] | None = None, logger: Any = None,
+                 should_stop: Callable[[], bool] = lambda: False):
         self.config = config
         self.store = store
         self.clock = clock
+        # checked between reads: a stopping daemon waits for one read at most
+        self.should_stop = should_stop
         # its own clients: a pass may run while a tick uses the tick's
         self.providers: dict[str, Provider] = dict(providers or {})
         self.log = logger or structlog.get_logger("ftctl")
@@ -73,6 +76,8 @@ class LogFetcher:
                                          finished_since=now - FINAL_WINDOW, limit=conf.batch)
         stored = 0
         for job, _cursor in targets:
+            if self.should_stop():
+                break
             final = job.state in TERMINAL
             section = self.config.providers.get(job.provider)
             why = None

@@ -272,7 +272,7 @@ class Daemon:
     def _start_training_logs(self) -> None:
         from ftctl.controller.engine.trainlogs import LogFetcher
 
-        self.trainlogs = LogFetcher(self.config, self.store)
+        self.trainlogs = LogFetcher(self.config, self.store, should_stop=self.stop_event.is_set)
 
         def run() -> None:
             if self.stop_event.is_set():
@@ -335,6 +335,7 @@ class Daemon:
             finally:
                 self.notifier.stopping()
                 self.wakes.signal.set()
+                self._close("webhooks", "listener")  # nothing new comes in
                 # wait=True: the tick in hand finishes before we exit
                 self.scheduler.shutdown(wait=True)
                 waker.join(timeout=60)
@@ -345,8 +346,13 @@ class Daemon:
             self.log.info("daemon stopped", ticks=self.ticks, exit_code=self.exit_code)
             return self.exit_code
         finally:
-            for part in (self.listener, self.webhooks, self.metrics, self.reconciler, self.trainlogs):
-                if part is not None:
-                    part.close()
+            self._close("webhooks", "listener", "metrics", "reconciler", "trainlogs")
             self.store.close()
             self.notifier.close()
+
+    def _close(self, *parts: str) -> None:
+        for name in parts:
+            part = getattr(self, name)
+            if part is not None:
+                setattr(self, name, None)
+                part.close()
