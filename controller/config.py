@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ftctl.controller.service.settings import HookConfig, LogsSection, WebhooksSection
 from ftctl.providers.registry import KINDS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, parse_duration
 
@@ -113,6 +114,9 @@ class Config(Section):
     retry: RetrySection = RetrySection()
     budget: BudgetSection = BudgetSection()
     metrics: MetricsSection = MetricsSection()
+    webhooks: WebhooksSection = WebhooksSection()
+    hooks: list[HookConfig] = Field(default_factory=list)
+    logs: LogsSection = LogsSection()
     preflight: PreflightSection = PreflightSection()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
@@ -135,6 +139,8 @@ class Config(Section):
                 raise ValueError(f"prices.{key}: name a price as \"kind/model\", e.g. \"mistral/open-mistral-7b\"")
         if self.retry.backoff_max < self.retry.backoff_initial:
             raise ValueError("retry.backoff_max: must not be shorter than retry.backoff_initial")
+        if self.webhooks.listen and self.metrics.listen == self.webhooks.listen:
+            raise ValueError("webhooks.listen: the same address as metrics.listen")
         return self
 
     @property
@@ -197,11 +203,13 @@ def find_config(explicit: str | Path | None) -> Path:
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = [str(part) for part in first["loc"]]
+    loc = list(first["loc"])
     # drop the discriminator tag pydantic inserts into the location
     if len(loc) >= 3 and loc[0] == "providers" and loc[2] in KINDS:
         loc.pop(2)
-    key = ".".join(loc)
+    key = ""
+    for part in loc:  # hooks[0].url
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     kind = first["type"]
     msg = first["msg"]
     if kind == "extra_forbidden":
@@ -217,6 +225,8 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         msg = msg[len("Value error, "):]
         if not key or msg.startswith((f"{key}.", f"{key}:")):  # the message names its key already
             return f"{path}: {msg}"
+        if msg.startswith("."):  # a section's check names its own key: ".url: ..."
+            return f"{path}: {key}{msg}"
     return f"{path}: {key}: {msg}" if key else f"{path}: {msg}"
 
 

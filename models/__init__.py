@@ -3,7 +3,8 @@ leadership (which daemon acts, the others stand by) and the Alembic migrations."
 
 from ftctl.models.leadership import LockError, LockHeld, LockLost
 from ftctl.models.store import Store, StoreError, utcnow
-from ftctl.models.tables import Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
+from ftctl.models.tables import (Attempt, Job, JobEvent, LogCursor, LogPoint, OutboxEvent, ProviderState, QuoteJob,
+                                 UploadedFile, WebhookDelivery)
 
-__all__ = ["Attempt", "Job", "JobEvent", "LockError", "LockHeld", "LockLost", "ProviderState", "QuoteJob", "Store",
-           "StoreError", "UploadedFile", "utcnow"]
+__all__ = ["Attempt", "Job", "JobEvent", "LockError", "LockHeld", "LockLost", "LogCursor", "LogPoint", "OutboxEvent",
+           "ProviderState", "QuoteJob", "Store", "StoreError", "UploadedFile", "WebhookDelivery", "utcnow"]

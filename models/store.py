@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
+from ftctl.models.events import EventQueries
 from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
 from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
@@ -29,8 +30,6 @@ class StoreError(Exception):
     """The database cannot be used (one line, no secrets)."""
 
 
-
-
 def _redact_url(url: str) -> str:
     # never print a password that may sit in a database URL
     if "@" in url and "://" in url:
@@ -41,7 +40,7 @@ def _redact_url(url: str) -> str:
     return url
 
 
-class Store:
+class Store(EventQueries):
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -296,6 +295,29 @@ class Store:
             if since is not None:
                 stmt = stmt.where(QuoteJob.created_at >= since)
             return set(s.exec(stmt))
+
+    # -- wake-ups (models.wake) ------------------------------------------------------
+
+    def wake(self, reason: str) -> bool:
+        """Tell the daemon to look now (a hint: False when nobody listens)."""
+        from ftctl.models import wake
+
+        if self.sqlite_path is not None:
+            return wake.send_sqlite(self.sqlite_path, reason)
+        if not self.is_sqlite:
+            return wake.send_postgres(self.engine, reason)
+        return False
+
+    def wake_listener(self, callback):
+        """A started listener that calls `callback(reason)` for each wake-up
+        (None for an in-memory database); OSError if it cannot listen."""
+        from ftctl.models import wake
+
+        if self.sqlite_path is not None:
+            return wake.SqliteListener(self.sqlite_path, callback).start()
+        if not self.is_sqlite:
+            return wake.PostgresListener(self.engine, callback).start()
+        return None
 
     # -- leadership (models.leadership) ----------------------------------------------
 

@@ -7,12 +7,13 @@ from typing import Any, Optional
 
 import hashlib
 import json
+import uuid
 
 from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 # a job in one of these states blocks an identical submission (same agent,
 # provider, model, data and hyperparameters): never pay twice for one job
@@ -67,8 +68,16 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=DateTime)
 
 
+def new_event_id() -> str:
+    """An event's id: stable once written, what hook receivers dedupe on."""
+    return "evt_" + uuid.uuid4().hex
+
+
 class JobEvent(SQLModel, table=True):
+    """The history: every transition, promotion and note of a job."""
+
     __tablename__ = "job_events"
+    __table_args__ = (Index("ux_job_events_event_id", "event_id", unique=True),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="jobs.id", index=True)
@@ -78,6 +87,77 @@ class JobEvent(SQLModel, table=True):
     trigger: str
     reason: Optional[str] = None
     provider_status: Optional[str] = None
+    event_id: Optional[str] = Field(default_factory=new_event_id)
+    # what happened, in a word: the state a transition reached, "promoted",
+    # or a note's trigger ("found", "provider-cancel", ...)
+    name: Optional[str] = None
+
+
+class OutboxEvent(SQLModel, table=True):
+    """An event owed to the hooks: written in the transaction of the
+    transition it reports, delivered (at least once) by the daemon."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "delivered_at", "next_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    name: str
+    # what the hooks are told, as it was when it happened
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_type=DateTime)
+    next_at: datetime = Field(sa_type=DateTime)
+    attempts: int = 0
+    # the keys of the hooks that have it already
+    done: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    delivered_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    gave_up_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    last_error: Optional[str] = None
+
+
+class LogPoint(SQLModel, table=True):
+    """One point of a provider job's training log (an event, a metric, a
+    checkpoint), stored once by its key."""
+
+    __tablename__ = "log_points"
+    __table_args__ = (UniqueConstraint("provider_job_id", "key"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    provider_job_id: str
+    key: str
+    kind: str  # event, metric, checkpoint
+    at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    step: Optional[int] = None
+    message: Optional[str] = None
+    metrics: Optional[dict[str, float]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    fetched_at: datetime = Field(sa_type=DateTime)
+
+
+class LogCursor(SQLModel, table=True):
+    """When a provider job's training log was last read, and whether the
+    read after it finished is done (nothing more will come)."""
+
+    __tablename__ = "log_cursors"
+
+    provider_job_id: str = Field(primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    fetched_at: datetime = Field(sa_type=DateTime)
+    final: bool = False
+    error: Optional[str] = None
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """A verified webhook by its webhook-id: a sender's retry is answered
+    2xx and not acted on twice."""
+
+    __tablename__ = "webhook_deliveries"
+
+    provider: str = Field(primary_key=True)
+    webhook_id: str = Field(primary_key=True)
+    event_type: Optional[str] = None
+    received_at: datetime = Field(sa_type=DateTime, index=True)
 
 
 class Attempt(SQLModel, table=True):

@@ -105,6 +105,26 @@ class LogEntry:
 
 
 @dataclass(frozen=True)
+class WebhookEvent:
+    """A provider's webhook, verified: only a hint that one of its jobs
+    changed (the job's state is still read from the provider's API)."""
+
+    id: str  # the `webhook-id`: the same on every retry of one delivery
+    type: str  # e.g. fine_tuning.job.succeeded
+    job_id: str | None = None
+
+
+class WebhookRejected(Exception):
+    """A webhook that is not the provider's, or too old: answered with
+    `status` (4xx) and acted on in no way."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
 class Quote:
     """The provider's own price for a job. Mistral's comes from a job created
     with auto_start=False (`job_id`; `settled`: the provider confirmed it
@@ -226,7 +246,9 @@ class Provider(Protocol):
         """One chat completion from `model` (used by the evaluation gate)."""
 
     def training_log(self, job_id: str) -> list[LogEntry]:
-        """The job's events, metrics and checkpoints as the provider reports them."""
+        """The job's events, metrics and checkpoints as the provider reports
+        them (descriptor.training_log); a client may return only what is new
+        since its last call for that job: the caller stores points by key."""
 
 
 def error_from_status(status_code: int, message: str, retry_after: float | None = None) -> ProviderError:

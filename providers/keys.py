@@ -87,26 +87,26 @@ def redact_value(value):
     return value
 
 
-def _clean(value: str, where: str, source: str) -> str:
+def _clean(value: str, where: str, source: str, noun: str = "key") -> str:
     """A key is one line of printable characters; anything else is refused
     without quoting it."""
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise SecretError(f"{where}: the key in {source} holds control characters; "
+        raise SecretError(f"{where}: the {noun} in {source} holds control characters; "
                           f"it must be one line of printable characters")
     return value
 
 
-def _read_key_file(path: Path, where: str, *, check_mode: bool) -> str:
+def _read_key_file(path: Path, where: str, *, check_mode: bool, noun: str = "key") -> str:
     try:
         link = path.lstat()
         info = path.stat()
     except FileNotFoundError:
-        raise SecretError(f"{where}: key file {path} does not exist") from None
+        raise SecretError(f"{where}: {noun} file {path} does not exist") from None
     except PermissionError:
-        raise SecretError(f"{where}: key file {path} is not readable") from None
-    what = f"key file {path}"
+        raise SecretError(f"{where}: {noun} file {path} is not readable") from None
+    what = f"{noun} file {path}"
     if stat.S_ISLNK(link.st_mode):
-        what = f"key file {path} (a symlink to {os.path.realpath(path)})"
+        what = f"{noun} file {path} (a symlink to {os.path.realpath(path)})"
     if not stat.S_ISREG(info.st_mode):
         raise SecretError(f"{where}: {what} is not a regular file")
     if check_mode:
@@ -126,35 +126,44 @@ def _read_key_file(path: Path, where: str, *, check_mode: bool) -> str:
     lines = text.splitlines()
     value = lines[0].strip() if lines else ""
     if not value:
-        raise SecretError(f"{where}: {what} is empty (the key goes on its first line)")
+        raise SecretError(f"{where}: {what} is empty (the {noun} goes on its first line)")
     register_secret(value)
-    return _clean(value, where, what)
+    return _clean(value, where, what, noun)
+
+
+def resolve_secret(where: str, *, env: str | None, file: str | Path | None, credential: str | None,
+                   prefix: str = "api_key", noun: str = "key") -> str:
+    """A secret from the first source named: a systemd credential, a file
+    only its owner can read, an environment variable. Registered for
+    redaction before anything else can see it; errors name the config key
+    (`{where}.{prefix}_file`) and never the secret."""
+    if credential:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if directory:
+            path = Path(directory) / credential
+            if path.exists():
+                # systemd made this file for our process alone
+                value = _read_key_file(path, f"{where}.{prefix}_credential", check_mode=False, noun=noun)
+                register_secret(value)
+                return value
+        if not file and not env:
+            raise SecretError(f"{where}.{prefix}_credential: no credential {credential!r} "
+                              f"(is LoadCredential= set and $CREDENTIALS_DIRECTORY present?)")
+    if file:
+        value = _read_key_file(Path(file), f"{where}.{prefix}_file", check_mode=True, noun=noun)
+        register_secret(value)
+        return value
+    if env:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise SecretError(f"{where}.{prefix}_env: ${env} is not set")
+        register_secret(value)
+        return _clean(value, f"{where}.{prefix}_env", f"${env}", noun)
+    raise SecretError(f"{where}: no {noun} source (set {prefix}_env, {prefix}_file or {prefix}_credential)")
 
 
 def resolve_api_key(provider: str, *, api_key_env: str | None, api_key_file: str | Path | None,
                     api_key_credential: str | None) -> str:
     """The key for `provider`, from the first source its config names."""
-    where = f"providers.{provider}"
-    if api_key_credential:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if directory:
-            path = Path(directory) / api_key_credential
-            if path.exists():
-                # systemd made this file for our process alone
-                key = _read_key_file(path, f"{where}.api_key_credential", check_mode=False)
-                register_secret(key)
-                return key
-        if not api_key_file and not api_key_env:
-            raise SecretError(f"{where}.api_key_credential: no credential {api_key_credential!r} "
-                              f"(is LoadCredential= set and $CREDENTIALS_DIRECTORY present?)")
-    if api_key_file:
-        key = _read_key_file(Path(api_key_file), f"{where}.api_key_file", check_mode=True)
-        register_secret(key)
-        return key
-    if api_key_env:
-        key = os.environ.get(api_key_env, "").strip()
-        if not key:
-            raise SecretError(f"{where}.api_key_env: ${api_key_env} is not set")
-        register_secret(key)
-        return _clean(key, f"{where}.api_key_env", f"${api_key_env}")
-    raise SecretError(f"{where}: no API key source (set api_key_env, api_key_file or api_key_credential)")
+    return resolve_secret(f"providers.{provider}", env=api_key_env, file=api_key_file,
+                          credential=api_key_credential)

@@ -25,7 +25,7 @@ from ftctl.providers.base import ProviderUnavailable
 from ftctl.providers.settings import Section, bounded_duration, resolve_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ftctl.providers.base import Provider
+    from ftctl.providers.base import Provider, WebhookEvent
     from ftctl.providers.formats import ExampleFormat
     from ftctl.providers.tokenizers import Counter
 
@@ -150,6 +150,13 @@ class ProviderKind:
 
     def client(self, name: str, section: Any, env: BuildEnv) -> "Provider":  # pragma: no cover
         raise NotImplementedError
+
+    def verify_webhook(self, body: bytes, headers: dict[str, str], secret: str) -> "WebhookEvent":
+        """A webhook this provider signed (descriptor.webhooks), verified with
+        its own SDK; WebhookRejected (with the 4xx to answer) otherwise."""
+        from ftctl.providers.base import WebhookRejected
+
+        raise WebhookRejected(f"{self.kind} sends no webhooks", status=404)
 
     # -- data -----------------------------------------------------------------
 

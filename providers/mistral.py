@@ -19,6 +19,7 @@ from ftctl.providers.base import (
     FAIL_TRAINING,
     MISTRAL_STATUS,
     JobSpec,
+    LogEntry,
     Quote,
     ProviderError,
     ProviderJob,
@@ -76,6 +77,10 @@ def failure_message(job: Any) -> str | None:
 
 def _unset(value: Any) -> Any:
     return None if value is None or type(value).__name__ == "Unset" else value
+
+
+def _utc(ts: float | int | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None) if ts is not None else None
 
 
 class MistralProvider:
@@ -178,6 +183,23 @@ class MistralProvider:
         meta = _unset(job.metadata)
         return Quote(_unset(meta.cost) if meta is not None else None, job.id, settled)
 
+    def training_log(self, job_id: str) -> list[LogEntry]:
+        """The job's events and checkpoints (train_loss, valid_loss,
+        valid_mean_token_accuracy by step), from one `jobs.get`."""
+        job = self._call(self.client.fine_tuning.jobs.get, job_id=job_id)
+        out: list[LogEntry] = []
+        for i, ev in enumerate(_unset(getattr(job, "events", None)) or []):
+            data = _unset(ev.data) or {}
+            detail = data.get("status") if isinstance(data, dict) and isinstance(data.get("status"), str) else None
+            text = redact(f"{ev.name}: {detail}" if detail else ev.name)
+            out.append(LogEntry(f"event:{ev.created_at}:{i}:{ev.name}", _utc(ev.created_at), "event", None, text))
+        for c in _unset(getattr(job, "checkpoints", None)) or []:
+            metrics = {k: float(v) for k in ("train_loss", "valid_loss", "valid_mean_token_accuracy")
+                       if isinstance(v := _unset(getattr(c.metrics, k, None)), (int, float))}
+            out.append(LogEntry(f"checkpoint:{c.step_number}", _utc(c.created_at), "checkpoint", c.step_number,
+                                None, metrics or None))
+        return out
+
     def find_by_token(self, token: str) -> list[ProviderJob]:
         res = self._call(self.client.fine_tuning.jobs.list, suffix=token, page_size=PAGE_SIZE)
         return [self._to_job(j) for j in (res.data or []) if not getattr(j, "is_unknown", False)]
@@ -230,6 +252,7 @@ class MistralKind(ProviderKind):
     price_key = "mistral"
     quotes = True
     file_weights = True
+    training_log = True
     sdk = "mistralai"
     install_hint = "pip install . from a checkout"
 

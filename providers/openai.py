@@ -21,10 +21,13 @@ from ftctl.providers.base import (
     P_RUNNING,
     P_SUCCEEDED,
     JobSpec,
+    LogEntry,
     ProviderError,
     ProviderJob,
     TransientError,
     Unreachable,
+    WebhookEvent,
+    WebhookRejected,
     error_from_status,
     is_concurrency_limit_message,
     message_from_body,
@@ -48,6 +51,15 @@ HYPERPARAMETERS = {"epochs": "n_epochs", "n_epochs": "n_epochs", "batch_size": "
                    "learning_rate_multiplier": "learning_rate_multiplier"}
 
 
+def _utc(ts: float | int | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None) if ts is not None else None
+
+
+def _numbers(data: Any, skip: tuple[str, ...] = ("step", "total_steps")) -> dict[str, float]:
+    items = data.items() if isinstance(data, dict) else []
+    return {k: float(v) for k, v in items if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _data_error(code: str | None, message: str | None) -> bool:
     text = f"{code or ''} {message or ''}".lower()
     return (code or "").startswith("invalid") or "training file" in text or "invalid file" in text
@@ -61,6 +73,8 @@ class OpenAIProvider:
         self.name = name
         # retries are the controller's business (and must never create twice)
         self.client = OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+        # the newest event id read per job: the next read stops there
+        self._newest_event: dict[str, str] = {}
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import openai
@@ -133,6 +147,35 @@ class OpenAIProvider:
         page = self._call(self.client.fine_tuning.jobs.list, metadata={TOKEN_KEY: token}, limit=PAGE_SIZE)
         return [self._to_job(j) for j in page.data]
 
+    def training_log(self, job_id: str) -> list[LogEntry]:
+        """The job's events (messages, and metrics per step) newer than the
+        last read, newest first page by page; and its checkpoints' metrics."""
+        out: list[LogEntry] = []
+        known, newest, after = self._newest_event.get(job_id), None, None
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, **({"after": after} if after else {})}
+            page = self._call(self.client.fine_tuning.jobs.list_events, job_id, **kwargs)
+            data = list(page.data)
+            newest = newest or (data[0].id if data else None)
+            ids = [e.id for e in data]
+            fresh = data[:ids.index(known)] if known in ids else data
+            for e in fresh:
+                metrics = _numbers(e.data) if e.type == "metrics" else None
+                step = (e.data or {}).get("step") if isinstance(e.data, dict) else None
+                out.append(LogEntry(f"event:{e.id}", _utc(e.created_at), "metric" if metrics else "event",
+                                    int(step) if isinstance(step, (int, float)) else None, redact(e.message),
+                                    metrics or None))
+            if len(fresh) < len(data) or not data or not page.has_more:
+                break
+            after = data[-1].id
+        if newest:
+            self._newest_event[job_id] = newest
+        page = self._call(self.client.fine_tuning.jobs.checkpoints.list, job_id, limit=PAGE_SIZE)
+        for c in page.data:
+            out.append(LogEntry(f"checkpoint:{c.id}", _utc(c.created_at), "checkpoint", c.step_number,
+                                c.fine_tuned_model_checkpoint, _numbers(c.metrics.model_dump()) or None))
+        return out
+
     def close(self) -> None:
         try:
             self.client.close()
@@ -175,11 +218,16 @@ class OpenAISection(RemoteSection):
     default_key_env: ClassVar[str] = "OPENAI_API_KEY"
 
 
+_verifiers: dict[str, Any] = {}
+
+
 class OpenAIKind(ProviderKind):
     kind = "openai"
     section = OpenAISection
     hyperparameters = HYPERPARAMETERS
     price_key = "openai"
+    training_log = True
+    webhooks = True
     roles = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
     example_keys = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
     sdk = "openai"
@@ -187,6 +235,31 @@ class OpenAIKind(ProviderKind):
 
     def client(self, name: str, section: OpenAISection, env: BuildEnv) -> OpenAIProvider:
         return OpenAIProvider(name, section.api_key(name), base_url=section.base_url, timeout=section.timeout)
+
+    def verify_webhook(self, body: bytes, headers: dict[str, str], secret: str) -> WebhookEvent:
+        """`fine_tuning.job.*` and the rest, verified with the SDK's
+        `webhooks.unwrap` (signature, and a timestamp within 5 minutes)."""
+        import openai
+
+        client = _verifiers.get(secret)
+        if client is None:
+            client = _verifiers[secret] = openai.OpenAI(api_key="webhooks-only", webhook_secret=secret,
+                                                        max_retries=0)
+        try:
+            event = client.webhooks.unwrap(body, headers)
+        except openai.InvalidWebhookSignatureError as exc:
+            if "timestamp" in str(exc).lower():
+                raise WebhookRejected("webhook-timestamp is more than 5 minutes off", status=400) from None
+            raise WebhookRejected("the signature does not match", status=401) from None
+        except ValueError as exc:  # a header missing, a body that is not JSON
+            raise WebhookRejected(clip(f"malformed webhook: {exc}", 200), status=400) from None
+        data = getattr(event, "data", None)
+        job_id = getattr(data, "id", None) if data is not None else None
+        if job_id is None and isinstance(data, dict):
+            job_id = data.get("id")
+        wid = next((v for k, v in headers.items() if k.lower() == "webhook-id"), "")
+        return WebhookEvent(id=wid, type=str(getattr(event, "type", None) or "unknown"),
+                            job_id=job_id if isinstance(job_id, str) else None)
 
     def claims(self, model: str) -> bool:
         from ftctl.providers.tokenizers import OPENAI_ENCODINGS, prefix_lookup

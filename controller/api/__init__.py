@@ -11,6 +11,8 @@ The Python API the `ftctl` command line is built on:
         ft.cancel(3); ft.retry(3)
         ft.wait([3, 4], timeout=7200)           # -> the jobs, once all are finished
         ft.models()                             # -> {"qa": "ft:open-mistral-7b:...", ...}
+        ft.events(job_id=3)                     # -> [{"id": "evt_...", "event": "succeeded", ...}]
+        ft.logs(3)                              # -> {"points": [{"step", "metrics": {"train_loss"...}}], ...}
 
 Errors are ftctl.FtctlError subclasses (BadInput, NotFound, Refused,
 DatabaseUnavailable, TimedOut), each carrying the CLI's exit code.

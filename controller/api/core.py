@@ -138,7 +138,17 @@ class Ftctl:
                                      quote=quote, phone_region=phone_region)
         except SubmitError as exc:
             raise BadInput(str(exc)) from None
-        return store_submissions(self.store(create=True), plans, force=force)
+        store = self.store(create=True)
+        results = store_submissions(store, plans, force=force)
+        if any(r.created for r in results):
+            self.wake("submit")
+        return results
+
+    def wake(self, reason: str = "cli") -> bool:
+        """Tell the daemon to reconcile now rather than at its next poll
+        (every write here does it; False when no daemon listens)."""
+        store = self.store()
+        return store.wake(reason) if store is not None else False
 
     def _move(self, job_id: int, trigger: str) -> "Job":
         from ftctl.controller.engine.jobs import JobNotFound, StaleState, Twin, user_transition
@@ -159,6 +169,7 @@ class Ftctl:
         except StaleState:
             raise Refused(f"job {job_id} changed while this command ran; look at `ftctl show {job_id}` "
                           f"and try again") from None
+        self.wake(trigger)
         return row
 
     def cancel(self, job_id: int) -> Cancelled:
@@ -216,14 +227,60 @@ class Ftctl:
 
     def show(self, job_id: int) -> dict[str, Any]:
         """A job, its history and its attempts."""
-        from ftctl.records import attempt_dict, event_dict, job_dict
+        from ftctl.records import attempt_dict, event_dict, job_dict, training_summary
 
         row = self._row(job_id)
         store = self.store()
         data = job_dict(row, live=self.live())
         data["events"] = [event_dict(e) for e in store.events(job_id)]
         data["attempts"] = [attempt_dict(a) for a in store.attempts(job_id)]
+        data["training"] = training_summary(store.log_points(job_id, row.provider_job_id)) \
+            if row.provider_job_id else None
         return data
+
+    def events(self, *, job_id: int | None = None, after: int = 0, limit: int | None = None,
+               newest: bool = False) -> list[dict[str, Any]]:
+        """Every transition, promotion and note (oldest first), each with its
+        stable `id` and its `seq` (pass the last seq as `after` to follow);
+        `newest`: only the last `limit`."""
+        from ftctl.records import event_dict
+
+        if job_id is not None:
+            self._row(job_id)
+        store = self.store()
+        if store is None:
+            return []
+        return [event_dict(e, agent, provider)
+                for e, agent, provider in store.events_after(after, job_id=job_id, limit=limit, newest=newest)]
+
+    def logs(self, job_id: int, *, after: int = 0) -> dict[str, Any]:
+        """A job's training log as stored: its provider's events and metrics
+        (points with `kind`, `step`, `metrics` such as train_loss), for its
+        current provider job; `done` once nothing more will come."""
+        from ftctl.controller.engine.states import TERMINAL
+        from ftctl.records import point_dict
+
+        row = self._row(job_id)
+        store = self.store()
+        rows = store.log_points(job_id, row.provider_job_id, after_id=after) if row.provider_job_id else []
+        cursor = store.log_cursor(row.provider_job_id) if row.provider_job_id else None
+        return {"job_id": row.id, "agent": row.agent, "provider": row.provider, "state": row.state,
+                "provider_job_id": row.provider_job_id, "points": [point_dict(p) for p in rows],
+                "last_id": max([p.id for p in rows], default=after),
+                "read_at": cursor.fetched_at.isoformat(timespec="seconds") + "Z" if cursor else None,
+                "note": cursor.error if cursor else None,
+                "done": row.state in TERMINAL and (not row.provider_job_id or bool(cursor and cursor.final))}
+
+    def undelivered(self) -> dict[str, Any]:
+        """Events owed to the configured hooks: pending (with the oldest and
+        the last error) and given up."""
+        from ftctl.controller.engine.states import EVENTS
+
+        names = [e for e in EVENTS if any(h.wants(e) for h in self.config.hooks)]
+        store = self.store()
+        if store is None or not names:
+            return {"pending": 0, "gave_up": 0, "oldest": None, "last_error": None}
+        return store.undelivered(names)
 
     def models(self) -> dict[str, str]:
         """Each agent's newest fine-tuned model id."""

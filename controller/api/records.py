@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ftctl.controller.engine.reasons import Live, render
-from ftctl.models import Attempt, Job, JobEvent, utcnow
+from ftctl.models import Attempt, Job, JobEvent, LogPoint, utcnow
 
 
 def iso(at: datetime | None) -> str | None:
@@ -69,8 +69,12 @@ def job_dict(job: Job, now: datetime | None = None, live: Live | None = None) ->
     }
 
 
-def event_dict(ev: JobEvent) -> dict[str, Any]:
-    return {
+def event_dict(ev: JobEvent, agent: str | None = None, provider: str | None = None) -> dict[str, Any]:
+    out = {
+        "id": ev.event_id,
+        "seq": ev.id,
+        "job_id": ev.job_id,
+        "event": ev.name or ev.to_state,
         "at": iso(ev.at),
         "from": ev.from_state,
         "to": ev.to_state,
@@ -78,6 +82,33 @@ def event_dict(ev: JobEvent) -> dict[str, Any]:
         "reason": ev.reason,
         "provider_status": ev.provider_status,
     }
+    if agent is not None:
+        out.update(agent=agent, provider=provider)
+    return out
+
+
+def point_dict(p: LogPoint) -> dict[str, Any]:
+    return {"kind": p.kind, "step": p.step, "at": iso(p.at), "message": p.message, "metrics": p.metrics or {},
+            "provider_job_id": p.provider_job_id, "key": p.key}
+
+
+def series(points: list[dict[str, Any]], metric: str) -> list[list[float]]:
+    """[step, value] of one metric from points (point_dict), a value a step
+    (the last one read wins)."""
+    by_step: dict[int, float] = {}
+    for p in points:
+        value = (p["metrics"] or {}).get(metric)
+        if p["step"] is not None and isinstance(value, (int, float)):
+            by_step[p["step"]] = float(value)
+    return [[step, by_step[step]] for step in sorted(by_step)]
+
+
+def training_summary(points: list[LogPoint]) -> dict[str, Any] | None:
+    """What `show` says about a job's training: its loss curves."""
+    if not points:
+        return None
+    dicts = [point_dict(p) for p in points]
+    return {"points": len(dicts), "train_loss": series(dicts, "train_loss"), "valid_loss": series(dicts, "valid_loss")}
 
 
 def attempt_dict(a: Attempt) -> dict[str, Any]:
@@ -94,3 +125,19 @@ def latest_models(jobs: list[Job]) -> dict[str, str]:
             if job.agent not in best or (job.updated_at, job.id) > (best[job.agent].updated_at, best[job.agent].id):
                 best[job.agent] = job
     return {agent: best[agent].fine_tuned_model for agent in sorted(best)}
+
+
+def undelivered_text(owed: dict[str, Any], now: datetime, daemon: bool = True) -> str:
+    """`hooks: 3 event(s) undelivered (oldest 2m10s ago; last error: ...)`."""
+    from ftctl.providers.settings import duration_text
+
+    parts = []
+    if owed["pending"]:
+        age = (f"oldest {duration_text(max(1, int((now - owed['oldest']).total_seconds())))} ago"
+               if owed["oldest"] else "")
+        error = f"last error: {owed['last_error']}" if owed["last_error"] else ""
+        detail = "; ".join(x for x in (age, error, "" if daemon else "the daemon delivers them") if x)
+        parts.append(f"{owed['pending']} event(s) undelivered" + (f" ({detail})" if detail else ""))
+    if owed["gave_up"]:
+        parts.append(f"{owed['gave_up']} given up")
+    return "hooks: " + ", ".join(parts)

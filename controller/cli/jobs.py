@@ -88,7 +88,7 @@ def status(
     from ftctl.controller.engine.states import TERMINAL
     from ftctl.controller.cli.views import status_table
     from ftctl.models import utcnow
-    from ftctl.records import job_dict
+    from ftctl.records import job_dict, undelivered_text
 
     if watch:
         if as_json:
@@ -117,8 +117,12 @@ def status(
             out.print("no jobs")
             return
         out.print(status_table(jobs, now, live=live))
+        holder = ft.daemon()
         if any(j.state not in TERMINAL for j in jobs):
             out.print(daemon_line(ft), markup=False)
+        owed = ft.undelivered()
+        if owed["pending"] or owed["gave_up"]:
+            out.print(undelivered_text(owed, now, daemon=bool(holder)), markup=False)
 
 
 class ModelFormat(str, Enum):
@@ -177,6 +181,13 @@ def show(
         table.add_row(e["at"].replace("T", " ").rstrip("Z"), e["from"] or "-", e["to"], e["trigger"],
                       e["provider_status"] or "", escape(e["reason"] or ""))
     out.print(table)
+    if d["training"]:
+        from ftctl.controller.cli.views import curve_line
+
+        for name in ("train_loss", "valid_loss"):
+            line = curve_line(name, d["training"][name])
+            if line:
+                out.print(line, markup=False, highlight=False)
 
 
 def daemon_line(ft) -> str:

@@ -35,6 +35,10 @@ def emulator(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="accept only the key in this "
                                                        "environment variable (default: any non-empty key)")] = None,
+    webhook_url: Annotated[Optional[str], typer.Option("--webhook-url", help="POST signed webhooks here when "
+                                                       "jobs finish (openai)")] = None,
+    webhook_secret_env: Annotated[Optional[str], typer.Option("--webhook-secret-env", help="the environment "
+                                                              "variable holding the webhooks' signing secret")] = None,
 ) -> None:
     """Serve a local HTTP emulator of a provider's fine-tuning API (Mistral, OpenAI, Together ...)."""
     import os
@@ -61,14 +65,33 @@ def emulator(
         key = os.environ.get(api_key_env)
         if not key:
             die(f"emulator: --api-key-env: ${api_key_env} is not set")
+    secret = None
+    if webhook_url is not None:
+        if not webhook_url.startswith(("http://", "https://")):
+            die(f"emulator: --webhook-url: {webhook_url!r} is not an http:// or https:// URL")
+        if not webhook_secret_env:
+            die("emulator: --webhook-url needs --webhook-secret-env NAME (the secret that signs the webhooks)")
+        secret = os.environ.get(webhook_secret_env, "").strip()
+        if not secret:
+            die(f"emulator: --webhook-secret-env: ${webhook_secret_env} is not set")
+        from ftctl.providers.keys import register_secret
+
+        register_secret(secret)
+    elif webhook_secret_env:
+        die("emulator: --webhook-secret-env goes with --webhook-url")
     path = state_file or Path(tempfile.mkdtemp(prefix=f"ftctl-{kind}-emulator-")) / "state.db"
     try:
-        server = make_emulator(kind, path, settings, api_key=key).serve(host, port)
+        server = make_emulator(kind, path, settings, api_key=key, webhook_url=webhook_url,
+                               webhook_secret=secret).serve(host, port)
+    except ValueError as exc:
+        die(f"emulator: --webhook-url: {exc}")
     except OSError as exc:
         die(f"emulator: cannot listen on {host}:{port}: {exc.strerror or exc}")
     base = server.url + server.emulator.base_path
     out.print(f"{kind} emulator on {server.url} (state {path}); Ctrl-C stops it")
     out.print(f'in controller.toml: [providers.{kind}] kind = "{kind}", base_url = "{base}"', markup=False)
+    if webhook_url:
+        out.print(f"signed webhooks go to {webhook_url} when jobs finish", markup=False)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -138,10 +161,23 @@ def tick(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     except LockHeld as exc:
         store.close()
         die(f"{exc}; it reconciles already", EXIT_REFUSED)
+    from ftctl.controller.engine.trainlogs import LogFetcher
+    from ftctl.controller.service.hooks import Dispatcher, hook_secrets
+
+    try:
+        secrets = hook_secrets(config)
+    except ConfigError as exc:
+        store.close()
+        die(str(exc))
     reconciler = Ticker(config, store)
+    logs = LogFetcher(config, store)
     try:
         result = reconciler.tick()
+        logs.run_once()  # the training logs of running jobs, as the daemon reads them
+        if config.hooks:  # and the events owed to the hooks
+            Dispatcher(store, config, secrets, guard=store.assert_lock_held).run_once()
     finally:
+        logs.close()
         reconciler.close()
         store.close()
     if as_json:
@@ -169,7 +205,7 @@ def daemon(
         die(str(exc), EXIT_REFUSED)
     except StoreError as exc:
         die(str(exc), EXIT_DATABASE)
-    except MetricsUnavailable as exc:
+    except (MetricsUnavailable, ConfigError) as exc:
         die(str(exc), EXIT_INPUT)
     raise typer.Exit(code)
 

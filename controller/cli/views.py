@@ -72,3 +72,50 @@ def models_text(models: dict[str, str], fmt: str) -> str:
             out.append(f"{key}={model}")
         return "\n".join(out)
     raise ValueError(fmt)
+
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 48) -> str:
+    """A curve in one line of block characters (averaged down to `width`)."""
+    if not values:
+        return ""
+    if len(values) > width:
+        n = len(values)
+        chunks = [values[i * n // width:(i + 1) * n // width] for i in range(width)]
+        values = [sum(c) / len(c) for c in chunks if c]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(BARS[min(len(BARS) - 1, int((v - low) / span * (len(BARS) - 1) + 0.5))] for v in values)
+
+
+def curve_line(name: str, points: list[list[float]]) -> str | None:
+    """`train_loss  ▇▆▅▄▃▂▁  2.41 -> 0.35 (steps 1-10)`, or None without points."""
+    if not points:
+        return None
+    values = [v for _, v in points]
+    first, last = points[0], points[-1]
+    steps = f"step {int(first[0])}" if len(points) == 1 else f"steps {int(first[0])}-{int(last[0])}"
+    return f"{name:<11} {sparkline(values)}  {first[1]:.4g} -> {last[1]:.4g} (min {min(values):.4g}, {steps})"
+
+
+def point_text(p: dict) -> str:
+    """One stored training-log point, on one line."""
+    when = (p["at"] or "").replace("T", " ").rstrip("Z") or "-"
+    step = f"step {p['step']}" if p["step"] is not None else ""
+    metrics = "  ".join(f"{k} {v:.4g}" for k, v in (p["metrics"] or {}).items())
+    text = "  ".join(x for x in (p["message"] or "", metrics) if x)
+    return f"{when:<19}  {p['kind']:<10}  {step:<10}  {text}".rstrip()
+
+
+def event_text(e: dict) -> str:
+    """One event, on one line, as `kubectl get events -w` prints them."""
+    when = e["at"].replace("T", " ").rstrip("Z")
+    move = f"{e['from'] or '-'} -> {e['to']}" if e["from"] != e["to"] else e["to"]
+    detail = e["reason"] or ""
+    if e.get("provider_status"):
+        detail = f"{detail} [{e['provider_status']}]".strip()
+    return (f"{when}  job {e['job_id']:<5} {e.get('agent') or '':<12} {e['event']:<16} {move:<22} "
+            f"{detail}").rstrip()
+

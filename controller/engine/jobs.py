@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 
+from ftctl.controller.engine.events import record, record_promotion
 from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.states import PREPARED, InvalidTransition, next_state
-from ftctl.models import Attempt, Job, JobEvent, Store, utcnow
+from ftctl.models import Attempt, Job, Store, utcnow
 from ftctl.models.tables import LIVE_STATES, job_identity
 
 
@@ -91,11 +92,11 @@ def new_job_row(*, agent: str, provider: str, model: str, training_file: Path, c
 
 
 def add_job(session: Any, job: Job, now: datetime) -> None:
-    """Insert a new job and its first history row in the caller's transaction."""
+    """Insert a new job and its first history row (an event: `prepared`) in
+    the caller's transaction."""
     session.add(job)
     session.flush()
-    session.add(JobEvent(job_id=job.id, at=now, from_state=None, to_state=PREPARED.value, trigger="create",
-                         reason="submitted"))
+    record(session, job, before=None, after=PREPARED.value, trigger="create", reason="submitted", now=now)
 
 
 def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None, reason: Reason | None = None,
@@ -103,8 +104,9 @@ def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None
          attempt_outcome: tuple[str, bool] | None = None) -> tuple[str, Job]:
     """Move a job by `trigger`; returns (previous state, job).
 
-    The state check, the row update and the history row happen in one
-    transaction, so a refused or stale transition changes nothing.
+    The state check, the row update, the history row and the event owed to
+    the hooks happen in one transaction, so a refused or stale transition
+    changes nothing and a stored one is never lost for the hooks.
     """
     now = now or utcnow()
     with store.write() as s:
@@ -124,8 +126,10 @@ def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None
         if provider_status is not None:
             job.provider_status = provider_status
         s.add(job)
-        s.add(JobEvent(job_id=job.id, at=now, from_state=before, to_state=after.value, trigger=trigger,
-                       reason=reason.text() if reason else None, provider_status=provider_status))
+        record(s, job, before=before, after=after.value, trigger=trigger, now=now,
+               reason=reason.text() if reason else None, provider_status=provider_status)
+        if after.value == "succeeded" and before != after.value:
+            record_promotion(s, job, now)
         if trigger == "submit" and job.client_token:
             s.add(Attempt(job_id=job.id, number=job.attempt, client_token=job.client_token, submitted_at=now))
         elif attempt_outcome is not None and token_before:
@@ -152,8 +156,8 @@ def _note_in(store: Store, s: Any, job_id: int, updates: dict[str, Any], *, expe
     s.add(job)
     if event is not None:
         trigger, text = event
-        s.add(JobEvent(job_id=job.id, at=now, from_state=job.state, to_state=job.state, trigger=trigger,
-                       reason=text, provider_status=job.provider_status))
+        record(s, job, before=job.state, after=job.state, trigger=trigger, reason=text,
+               provider_status=job.provider_status, now=now)
     if "provider_job_id" in updates and job.client_token:
         row = s.exec(select(Attempt).where(Attempt.client_token == job.client_token)).first()
         if row is not None and row.provider_job_id is None:

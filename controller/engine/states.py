@@ -34,6 +34,9 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 IN_FLIGHT = frozenset({QUEUED, RUNNING})
 # what the reconcile step looks at (plus finished jobs that still owe a cancel)
 UNFINISHED = frozenset({PREPARED, QUEUED, RUNNING})
+# the events a hook may ask for: the state a transition reached, or a
+# promotion (the job's model became its agent's model)
+EVENTS = (*(s.value for s in STATES), "promoted")
 
 TRANSITIONS = (
     # handed to the provider (the intent and client token are stored first)

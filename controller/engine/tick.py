@@ -135,13 +135,18 @@ class Ticker(Submission):
 
     # -- one pass ----------------------------------------------------------------
 
-    def tick(self) -> TickResult:
+    def tick(self, only: set[str] | frozenset[str] | None = None) -> TickResult:
+        """One pass; `only`: just these providers (a webhook's hint that one
+        of them has news), the others wait for the next full pass."""
         now = self.clock()
         self._active = {}
         rows = self.store.jobs_to_reconcile(list(UNFINISHED))
+        quotes = self.store.pending_quotes()
+        if only is not None:
+            rows = [r for r in rows if r.provider in only]
+            quotes = {k: v for k, v in quotes.items() if k in only}
         views = [rc.JobView.of(j) for j in rows]
         states = self.store.provider_states()
-        quotes = self.store.pending_quotes()
         observed: dict[str, rc.ProviderView] = {}
         names = {v.provider for v in views} | set(quotes)
         for name in sorted(names):

@@ -114,6 +114,71 @@ def _quotes(config: Config) -> Check | None:
                                        f"and never counts them as slots")
 
 
+def _webhooks(config: Config) -> Check | None:
+    conf = config.webhooks
+    if not conf.listen:
+        return None
+    from ftctl.providers.keys import SecretError
+    from ftctl.providers.registry import KINDS
+
+    try:
+        conf.secret("webhooks")
+    except SecretError as exc:
+        return Check("fail", "webhooks", str(exc))
+    names = sorted(n for n, p in config.providers.items() if KINDS[p.kind].webhooks)
+    where = ", ".join(f"/webhooks/{n}" for n in names) or "no provider here sends webhooks"
+    return Check("ok", "webhooks", f"{conf.listen}: {where}; secret present ({conf.secret_source()}); not shown")
+
+
+def _hooks(config: Config) -> list[Check]:
+    import os
+
+    from ftctl.providers.keys import SecretError
+
+    out = []
+    for i, hook in enumerate(config.hooks):
+        name = f"hook {hook.label}"
+        if hook.command is not None:
+            program = hook.command[0]
+            path = config.resolve(program) if "/" in program else shutil.which(program)
+            if path is None or not os.access(path, os.X_OK) or os.path.isdir(path):
+                out.append(Check("fail", name, f"hooks[{i}].command: {program} is not an executable file here"))
+                continue
+            out.append(Check("ok", name, f"runs {path} on {', '.join(hook.on)} (timeout {hook.timeout:g}s)"))
+            continue
+        try:
+            signed = f"signed ({hook.secret_source()}; not shown)" if hook.has_secret else "unsigned"
+            if hook.has_secret:
+                hook.secret(f"hooks[{i}]")
+        except SecretError as exc:
+            out.append(Check("fail", name, str(exc)))
+            continue
+        out.append(Check("ok", name, f"POST to {hook.label} on {', '.join(hook.on)}, {signed}"))
+    return out
+
+
+def _outbox(config: Config) -> Check | None:
+    """Events owed to the hooks."""
+    import ftctl
+
+    if not config.hooks or (config.sqlite_file is not None and not config.sqlite_file.exists()):
+        return None
+    try:
+        ft = ftctl.Ftctl(config)
+        try:
+            owed = ft.undelivered()
+        finally:
+            ft.close()
+    except ftctl.FtctlError:
+        return None
+    if not owed["pending"] and not owed["gave_up"]:
+        return Check("ok", "events", "every event the hooks asked for was delivered")
+    from ftctl.models import utcnow
+    from ftctl.records import undelivered_text
+
+    return Check("warn", "events", undelivered_text(owed, utcnow()).removeprefix("hooks: "))
+
+
 def _unit() -> Check:
     installed = next((p for p in UNIT_PATHS if p.exists()), None)
     if installed is None:
@@ -140,5 +205,6 @@ def run_checks(explicit_config: str | None) -> list[Check]:
     quotes = _quotes(config)
     if quotes is not None:
         results.append(quotes)
+    results.extend(c for c in (_webhooks(config), *_hooks(config), _outbox(config)) if c is not None)
     results.append(_unit())
     return results

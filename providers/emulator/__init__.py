@@ -31,11 +31,24 @@ def emulator_class(kind: str) -> "type[Emulator]":
 
 
 def make_emulator(kind: str, state_file: Path | str, settings: "EngineSettings | None" = None,
-                  api_key: str | None = None) -> "Emulator":
+                  api_key: str | None = None, webhook_url: str | None = None,
+                  webhook_secret: str | None = None) -> "Emulator":
+    """An emulator; with `webhook_url` (and its secret) it also delivers
+    signed webhooks when jobs finish (ValueError for a kind that sends none)."""
     from ftctl.providers.simulated.engine import EngineSettings, SimEngine
 
     cls = emulator_class(kind)
-    return cls(SimEngine(state_file, settings or EngineSettings()), api_key=api_key)
+    emulator = cls(SimEngine(state_file, settings or EngineSettings()), api_key=api_key)
+    if webhook_url:
+        if cls.webhook_kind is None:
+            raise ValueError(f"the {kind} emulator sends no webhooks "
+                             f"(only: {', '.join(k for k in EMULATORS if emulator_class(k).webhook_kind)})")
+        if not webhook_secret:
+            raise ValueError("a webhook secret is needed to sign the webhooks")
+        from ftctl.providers.emulator.webhooks import WebhookSender
+
+        emulator.webhooks = WebhookSender(emulator.engine, webhook_url, webhook_secret).start()
+    return emulator
 
 
 def __getattr__(name: str):

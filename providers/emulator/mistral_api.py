@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ftctl.providers.emulator.server import Emulator, Request
-from ftctl.providers.simulated.engine import ServiceError
+from ftctl.providers.simulated.engine import ServiceError, SimEngine
+from ftctl.providers.simulated.metrics import points
 
 _HYPERPARAMETERS = ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs", "seq_len",
                     "fim_ratio")
@@ -32,7 +33,14 @@ def _file(row: dict[str, Any], *, deleted: bool | None = None) -> dict[str, Any]
     return out
 
 
-def job_json(job: dict[str, Any], *, details: bool = False) -> dict[str, Any]:
+def checkpoints_json(job: dict[str, Any], engine: SimEngine) -> list[dict[str, Any]]:
+    """A checkpoint every fifth of the run, newest first, as Mistral lists them."""
+    done = [p for p in points(job, engine.clock(), engine.settings.train_time) if p["checkpoint"]]
+    return [{"metrics": {k: p.get(k) for k in ("train_loss", "valid_loss", "valid_mean_token_accuracy")},
+             "step_number": p["step"], "created_at": int(p["at"])} for p in reversed(done)]
+
+
+def job_json(job: dict[str, Any], *, details: bool = False, engine: SimEngine | None = None) -> dict[str, Any]:
     hp = {k: job["hyperparameters"][k] for k in _HYPERPARAMETERS if k in job["hyperparameters"]}
     hp.setdefault("learning_rate", 0.0001)
     meta = job["metadata"]
@@ -59,7 +67,7 @@ def job_json(job: dict[str, Any], *, details: bool = False) -> dict[str, Any]:
     }
     if details:
         out["events"] = job["events"]
-        out["checkpoints"] = []
+        out["checkpoints"] = checkpoints_json(job, engine) if engine is not None else []
     return out
 
 
@@ -117,13 +125,13 @@ class MistralEmulator(Emulator):
         return {"total": total, "data": [job_json(r) for r in rows], "object": "list"}
 
     def get_job(self, req: Request) -> Any:
-        return job_json(self.engine.get_job(req.params["job_id"]), details=True)
+        return job_json(self.engine.get_job(req.params["job_id"]), details=True, engine=self.engine)
 
     def cancel_job(self, req: Request) -> Any:
-        return job_json(self.engine.cancel_job(req.params["job_id"]), details=True)
+        return job_json(self.engine.cancel_job(req.params["job_id"]), details=True, engine=self.engine)
 
     def start_job(self, req: Request) -> Any:
-        return job_json(self.engine.start_job(req.params["job_id"]), details=True)
+        return job_json(self.engine.start_job(req.params["job_id"]), details=True, engine=self.engine)
 
     # models and a smoke test of a fine-tuned model
     def get_model(self, req: Request) -> Any:

@@ -8,7 +8,8 @@ from typing import Any
 
 from ftctl.providers.base import is_concurrency_limit_message
 from ftctl.providers.emulator.server import Emulator, Request
-from ftctl.providers.simulated.engine import ServiceError
+from ftctl.providers.simulated.engine import ServiceError, SimEngine
+from ftctl.providers.simulated.metrics import points, total_steps
 
 STATUS = {
     "QUEUED": "validating_files",
@@ -74,9 +75,66 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+MESSAGES = {"QUEUED": "Validating training file", "VALIDATING": "Files validated, moving job to queued state",
+            "RUNNING": "Fine-tuning job started", "SUCCESS": "The job has successfully completed",
+            "FAILED": "The job failed", "FAILED_VALIDATION": "The job failed", "CANCELLED": "The job was cancelled"}
+
+
+def events_json(job: dict[str, Any], engine: SimEngine) -> list[dict[str, Any]]:
+    """Status messages and one `metrics` event a step, newest first (as OpenAI lists them)."""
+    tag = job["id"][:8]
+    out = []
+    for i, ev in enumerate(job["events"]):
+        status = ev["data"].get("status")
+        text = MESSAGES.get(status, status or "update")
+        if ev["data"].get("error"):
+            text += f": {ev['data']['error']}"
+        out.append({"id": f"ftevent-{tag}-s{i}", "object": "fine_tuning.job.event", "created_at": int(ev["created_at"]),
+                    "level": "error" if status in ("FAILED", "FAILED_VALIDATION") else "info", "message": text,
+                    "data": {}, "type": "message", "_order": (ev["created_at"], 0, i)})
+    total = total_steps(job)
+    for p in points(job, engine.clock(), engine.settings.train_time):
+        out.append({"id": f"ftevent-{tag}-m{p['step']}", "object": "fine_tuning.job.event", "created_at": int(p["at"]),
+                    "level": "info", "message": f"Step {p['step']}/{total}: training loss={p['train_loss']:.4f}",
+                    "data": {"step": p["step"], "train_loss": p["train_loss"], "total_steps": total},
+                    "type": "metrics", "_order": (p["at"], 1, p["step"])})
+    out.sort(key=lambda e: e.pop("_order"), reverse=True)
+    return out
+
+
+def checkpoints_json(job: dict[str, Any], engine: SimEngine) -> list[dict[str, Any]]:
+    done = [p for p in points(job, engine.clock(), engine.settings.train_time) if p["checkpoint"]]
+    return [{"id": f"ftckpt-{job['id'][:8]}-{p['step']}", "object": "fine_tuning.job.checkpoint",
+             "created_at": int(p["at"]), "fine_tuning_job_id": job["id"], "step_number": p["step"],
+             "fine_tuned_model_checkpoint": f"ft:{job['model']}:{job['suffix'] or 'model'}:ckpt-step-{p['step']}",
+             "metrics": {"step": p["step"], "train_loss": p["train_loss"], "valid_loss": p["valid_loss"],
+                         "valid_mean_token_accuracy": p["valid_mean_token_accuracy"]}} for p in reversed(done)]
+
+
+def _page(rows: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+    limit = int(query.get("limit", 20))
+    if query.get("after"):
+        ids = [r["id"] for r in rows]
+        rows = rows[ids.index(query["after"]) + 1:] if query["after"] in ids else []
+    return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit}
+
+
 class OpenAIEmulator(Emulator):
     kind = "openai"
     base_path = "/v1"
+    # it can deliver signed webhooks (providers.emulator.webhooks)
+    webhook_kind = "openai"
+
+    def routes(self) -> None:
+        super().routes()
+        self.route("GET", "/v1/fine_tuning/jobs/{job_id}/events", self.list_events)
+        self.route("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints", self.list_checkpoints)
+
+    def list_events(self, req: Request) -> Any:
+        return _page(events_json(self.engine.get_job(req.params["job_id"]), self.engine), req.query)
+
+    def list_checkpoints(self, req: Request) -> Any:
+        return _page(checkpoints_json(self.engine.get_job(req.params["job_id"]), self.engine), req.query)
 
     def file_json(self, row: dict[str, Any]) -> Any:
         return _file(row)

@@ -149,6 +149,8 @@ class Emulator:
     kind = "generic"
     # what a client's base_url adds to the server's address
     base_path = ""
+    # the provider whose signed webhooks it can deliver (None: it sends none)
+    webhook_kind: str | None = None
 
     def __init__(self, engine: SimEngine, api_key: str | None = None):
         self.engine = engine
@@ -160,6 +162,7 @@ class Emulator:
         self.requests: deque = deque(maxlen=10_000)
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._lock = threading.Lock()
+        self.webhooks: Any = None  # a started emulator.webhooks.WebhookSender, when asked for
         self.routes()
 
     # -- routing ------------------------------------------------------------------
@@ -270,7 +273,8 @@ class Emulator:
     def _control(self, req: Request) -> tuple[int, Any, dict[str, str]]:
         if req.path == "/_emulator/state" and req.method == "GET":
             return 200, {"kind": self.kind, "calls": dict(self.calls), "jobs": self.engine.all_jobs(),
-                         "requests": list(self.requests)}, {}
+                         "requests": list(self.requests),
+                         "webhooks": list(self.webhooks.sent) if self.webhooks is not None else []}, {}
         if req.path == "/_emulator/faults" and req.method == "POST":
             data = req.json()
             if data.get("clear"):
@@ -346,6 +350,8 @@ class RunningServer:
         self.thread.start()
 
     def stop(self) -> None:
+        if self.emulator.webhooks is not None:
+            self.emulator.webhooks.stop()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.emulator.engine.close()

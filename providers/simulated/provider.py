@@ -14,6 +14,7 @@ from ftctl.providers.base import (
     FAIL_TRAINING,
     MISTRAL_STATUS,
     JobSpec,
+    LogEntry,
     ProviderError,
     ProviderJob,
     Quote,
@@ -22,8 +23,13 @@ from ftctl.providers.base import (
 )
 from ftctl.providers.simulated import KIND
 from ftctl.providers.simulated.engine import EngineSettings, ServiceError, SimEngine
+from ftctl.providers.simulated.metrics import points
 
 PAGE_SIZE = 100
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
 
 
 def job_from_engine(raw: dict) -> ProviderJob:
@@ -107,6 +113,20 @@ class SimulatedProvider:
 
     def cancel_job(self, job_id: str) -> ProviderJob:
         return job_from_engine(self._call(self.engine.cancel_job, job_id))
+
+    def training_log(self, job_id: str) -> list[LogEntry]:
+        """Its status changes, and a train_loss a step (valid_loss too at checkpoints)."""
+        raw = self._call(self.engine.get_job, job_id)
+        out = []
+        for i, ev in enumerate(raw["events"]):
+            error = ev["data"].get("error")
+            text = f"status {ev['data'].get('status')}" + (f": {error}" if error else "")
+            out.append(LogEntry(f"event:{i}", _utc(ev["created_at"]), "event", None, text))
+        for p in points(raw, self.engine.clock(), self.engine.settings.train_time):
+            metrics = {k: p[k] for k in ("train_loss", "valid_loss", "valid_mean_token_accuracy") if k in p}
+            out.append(LogEntry(f"step:{p['step']}", _utc(p["at"]), "checkpoint" if p["checkpoint"] else "metric",
+                                p["step"], None, metrics))
+        return out
 
     def close(self) -> None:
         self.engine.close()

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.postgres
 def pg_store(postgres_url):
     store = Store(postgres_url)
     with store.write() as s:
-        for table in ("attempts", "job_events", "uploaded_files", "provider_state", "jobs", "daemons"):
+        for table in ("outbox", "log_points", "log_cursors", "webhook_deliveries", "attempts", "job_events",
+                      "uploaded_files", "provider_state", "jobs", "daemons"):
             s.connection().exec_driver_sql(f"DELETE FROM {table}")
         s.connection().exec_driver_sql("UPDATE leadership SET holder = NULL, lease_until = NULL")
     yield store
@@ -39,7 +40,8 @@ def test_transitions_and_history_on_postgres(pg_store, tmp_path):
     row = pg_store.get_job(job.id)
     assert (row.state, row.fine_tuned_model, row.hyperparameters) == ("succeeded", "ft:m:qa:1:a",
                                                                        {"training_steps": 3})
-    assert [e.trigger for e in pg_store.events(job.id)] == ["create", "submit", "start", "succeed"]
+    # a success is a promotion at once (no evaluation gate), with its own event
+    assert [e.trigger for e in pg_store.events(job.id)] == ["create", "submit", "start", "succeed", "promote"]
 
 
 def test_one_daemon_per_postgres_database(postgres_url, pg_store):

@@ -1,0 +1,126 @@
+"""`ftctl events | logs`: what happened to the jobs, and how their training went.
+
+Both answer from the database alone (the daemon stores the events as they
+happen and reads the providers' training logs), and both can follow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from ftctl.controller.cli.app import _job_id, api, app, emit_json, out
+
+# how far back `--follow` looks again for events committed out of order
+# (PostgreSQL hands out ids before commit); what was printed is not again
+REREAD = 200
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _print_event(e: dict, fmt: Output) -> None:
+    from ftctl.controller.cli.views import event_text
+
+    if fmt == Output.json:
+        print(json.dumps(e), flush=True)
+    else:
+        out.print(event_text(e), markup=False, highlight=False)
+
+
+@app.command()
+def events(
+    job: Annotated[Optional[str], typer.Option("--job", help="only this job's events")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events until Ctrl-C")] = False,
+    output: Annotated[Output, typer.Option("--output", "-o", help="text, or json (one object a line)")] = Output.text,
+    limit: Annotated[int, typer.Option("--limit", help="the most recent N (0: all)", min=0)] = 100,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between looks with --follow",
+                                            min=0.1)] = 0.5,
+) -> None:
+    """Every transition and promotion (and note) of the jobs, one line each, with its stable event id."""
+    job_id = _job_id(job) if job is not None else None
+    with api() as ft:
+        shown = ft.events(job_id=job_id, limit=limit or None, newest=True)
+        for e in shown:
+            _print_event(e, output)
+        if not follow:
+            if not shown and output == Output.text:
+                out.print("no events")
+            return
+        cursor = max((e["seq"] for e in shown), default=0)
+        seen = {e["seq"] for e in shown}
+        try:
+            while True:
+                time.sleep(interval)
+                for e in ft.events(job_id=job_id, after=max(0, cursor - REREAD)):
+                    if e["seq"] in seen:
+                        continue
+                    seen.add(e["seq"])
+                    cursor = max(cursor, e["seq"])
+                    _print_event(e, output)
+                seen = {s for s in seen if s > cursor - REREAD}
+        except KeyboardInterrupt:
+            return
+
+
+def _header(log: dict) -> str:
+    where = f", provider job {log['provider_job_id']}" if log["provider_job_id"] else ""
+    read = f"; read {log['read_at'].replace('T', ' ').rstrip('Z')}" if log["read_at"] else "; not read yet"
+    note = f" ({log['note']})" if log.get("note") else ""
+    return f"job {log['job_id']} ({log['agent']} on {log['provider']}{where}): {log['state']}{read}{note}"
+
+
+@app.command()
+def logs(
+    job: Annotated[str, typer.Argument(help="job id")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="print new points until the job is finished")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the points (with --follow: one object a line)")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between looks with --follow",
+                                            min=0.1)] = 1.0,
+) -> None:
+    """The provider's events and training metrics of a job (loss by step), with its loss curve."""
+    from ftctl.controller.cli.views import curve_line, point_text
+    from ftctl.records import series
+
+    job_id = _job_id(job)
+    with api() as ft:
+        log = ft.logs(job_id)
+        if as_json and not follow:
+            emit_json(log)
+            return
+        points = list(log["points"])
+        if as_json:
+            for p in points:
+                print(json.dumps(p), flush=True)
+        else:
+            out.print(_header(log), markup=False)
+            for p in points:
+                out.print(point_text(p), markup=False, highlight=False)
+        try:
+            while follow and not log["done"]:
+                time.sleep(interval)
+                log = ft.logs(job_id, after=log["last_id"])
+                points += log["points"]
+                for p in log["points"]:
+                    if as_json:
+                        print(json.dumps(p), flush=True)
+                    else:
+                        out.print(point_text(p), markup=False, highlight=False)
+        except KeyboardInterrupt:
+            pass
+    if as_json:
+        return
+    if not points:
+        out.print("no training log stored yet (the daemon reads it while the job runs)" if log["provider_job_id"]
+                  else "no training log: the job has not reached its provider")
+    for name in ("train_loss", "valid_loss"):
+        line = curve_line(name, series(points, name))
+        if line:
+            out.print(line, markup=False, highlight=False)
+

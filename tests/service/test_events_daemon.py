@@ -1,0 +1,230 @@
+"""The event-driven daemon for real: wake-ups with a 5-minute poll (SQLite
+and PostgreSQL), signed webhooks from the emulator process, hooks across
+SIGKILLs, and event config refused in one line at start and on reload."""
+
+import json
+import random
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import (FAKE_KEY, KEY_ENV, Daemon, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many,
+                            write_config, write_remote_config)
+
+pytestmark = pytest.mark.slow
+
+
+def wait_until(pred, timeout=20.0, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def states(cfg):
+    with sqlite3.connect(cfg.parent / "ftctl.db") as c:
+        return [r[0] for r in c.execute("SELECT state FROM jobs ORDER BY id")]
+
+
+def test_a_5m_poll_still_reacts_at_once_to_submit_sighup_and_a_signed_webhook(tmp_path):
+    from ftctl.providers.signing import new_secret
+
+    secret, port = new_secret(), free_port()
+    env = ftctl_env(**{KEY_ENV: FAKE_KEY, "WH_SECRET": secret})
+    emu = subprocess.Popen([sys.executable, "-m", "ftctl", "emulator", "--kind", "openai", "--port", "0",
+                            "--queue-time", "0.1s", "--validate-time", "0.1s", "--train-time", "0.5s",
+                            "--state-file", str(tmp_path / "emu.db"), "--api-key-env", KEY_ENV,
+                            "--webhook-url", f"http://127.0.0.1:{port}/webhooks/openai",
+                            "--webhook-secret-env", "WH_SECRET"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(), env=env)
+    daemon = None
+    try:
+        url = re.search(r"on (http://127\.0\.0\.1:\d+)", emu.stdout.readline()).group(1)
+        cfg = write_remote_config(tmp_path / "site", "openai", url, agents=("qa", "legal"), poll="5m", extra=(
+            f'\n[webhooks]\nlisten = "127.0.0.1:{port}"\nsecret_env = "WH_SECRET"\n\n[logs]\ninterval = "0.2s"\n'))
+        daemon = Daemon(cfg, env=env)
+        assert daemon.wait_for("daemon started"), daemon.stderr[-2000:]
+
+        def creates():
+            return httpx.get(url + "/_emulator/state").json()["calls"].get("POST /v1/fine_tuning/jobs", 0)
+
+        import ftctl  # the API the CLI's writes go through (a CLI submit wakes it in the tests below)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(KEY_ENV, FAKE_KEY)
+            with ftctl.open(cfg) as ft:
+                assert ft.submit(["qa"])[0].created
+        assert wait_until(lambda: creates() == 1, timeout=10)  # woken: no 5-minute wait
+        # the provider's success reaches us by its signed webhook, not by a poll
+        assert wait_until(lambda: states(cfg) == ["succeeded"], timeout=20), daemon.stderr[-2000:]
+        assert daemon.saw("webhook")
+        # a job stored without a wake-up waits for the poll; SIGHUP wakes the daemon
+        from ftctl.controller.config import load_config
+        from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+        from ftctl.models import Store
+
+        config = load_config(cfg)
+        store = Store(config.database_url)
+        store_submissions(store, plan_submissions(config, ["legal"]))
+        store.close()
+        time.sleep(0.5)
+        assert creates() == 1
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: creates() == 2, timeout=10)
+        def read_to_the_end():  # the training log's last read, after the job finished
+            with sqlite3.connect(cfg.parent / "ftctl.db") as c:
+                return c.execute("SELECT final FROM log_cursors JOIN jobs ON jobs.provider_job_id = "
+                                 "log_cursors.provider_job_id WHERE jobs.id = 1").fetchall() == [(1,)]
+
+        assert wait_until(read_to_the_end, timeout=20)
+        log, show, events = run_ftctl_many(["logs", "1", "--json"], ["show", "1"], ["events", "--job", "1", "-o",
+                                                                                    "json"], config=cfg, env=env)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        emu.send_signal(signal.SIGTERM)
+        emu.wait(timeout=10)
+    points = json.loads(log.stdout)["points"]
+    assert sorted(p["step"] for p in points if p["kind"] == "metric") == list(range(1, 31))
+    assert any(p["kind"] == "checkpoint" and "valid_loss" in p["metrics"] for p in points)
+    assert re.search(r"^train_loss +[▁▂▃▄▅▆▇█]+ +\d", show.stdout, re.M), show.stdout
+    lines = [json.loads(line) for line in events.stdout.splitlines()]
+    assert [e["event"] for e in lines if e["from"] != e["to"]] == ["prepared", "queued", "succeeded"]
+    assert lines[-1]["event"] == "promoted" and all(e["id"].startswith("evt_") for e in lines)
+    assert_no_key(daemon.stderr + log.stdout + show.stdout, key=secret)
+
+
+@pytest.mark.postgres
+def test_a_cli_write_wakes_a_daemon_on_postgresql(tmp_path, postgres_url):
+    import sqlalchemy
+
+    db = postgres_url.replace("ftctl_test", "ftctl_wake")
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text("DROP DATABASE IF EXISTS ftctl_wake"))
+        c.execute(sqlalchemy.text("CREATE DATABASE ftctl_wake"))
+    admin.dispose()
+    cfg = write_config(tmp_path / "site", agents=("qa",), train_time="1h", poll="5m", database=db)
+    daemon = Daemon(cfg)
+    try:
+        assert daemon.wait_for("listening for wake-ups"), daemon.stderr[-2000:]
+        assert daemon.wait_for("daemon started")
+        assert run_ftctl("submit", "qa", config=cfg).returncode == 0
+        assert wait_until(lambda: any(l.get("event") == "created at provider" for l in daemon.lines), timeout=15)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    finally:
+        daemon.kill()
+
+
+HOOK = """#!/bin/sh
+cd "$(dirname "$0")"
+echo "$FTCTL_EVENT_ID" >> attempts.log
+if [ "$FTCTL_JOB_ID" = 1 ]; then
+    [ -e final ] || { echo "not yet" >&2; exit 7; }    # refused until the last daemon runs
+    [ -e hung ] || { touch hung; sleep 30; }           # then its first try hangs
+fi
+echo "$FTCTL_EVENT_ID $FTCTL_EVENT $FTCTL_JOB_ID" >> delivered.log
+"""
+
+
+def test_sigkill_at_random_during_a_campaign_loses_no_terminal_event_for_a_command_hook(make_config, tmp_path):
+    hook = tmp_path / "hook" / "hook.sh"
+    hook.parent.mkdir()
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    agents = ("content", "legal", "qa", "support", "analyst")
+    cfg = make_config(agents=agents, concurrency=2, queue_time="0.1s", validate_time="0.1s", train_time="1.2s",
+                      poll="0.1s", fail_rate=0.4, seed=3, max_attempts=1, extra=(
+                          f'\n[[hooks]]\non = ["succeeded", "failed", "cancelled"]\ncommand = ["{hook}"]\n'
+                          f'timeout = "0.5s"\nbackoff_initial = "0.1s"\nbackoff_max = "0.5s"\n'))
+    assert run_ftctl("submit", "--all", config=cfg).returncode == 0
+    rng = random.Random(11)
+    kills = mid_campaign = 0
+    while kills < 5 and not all(s in ("succeeded", "failed") for s in states(cfg)):
+        daemon = Daemon(cfg)
+        assert daemon.wait_for("daemon started", timeout=30), daemon.stderr[-2000:]
+        time.sleep(rng.uniform(0.1, 1.0))
+        before = states(cfg)
+        daemon.kill()
+        kills += 1
+        mid_campaign += any(s not in ("succeeded", "failed") for s in before) and daemon.saw("transition")
+    assert kills >= 3 and mid_campaign >= 2, (kills, mid_campaign)
+    (hook.parent / "final").touch()
+    last = Daemon(cfg, "--until-done")
+    assert last.wait(timeout=90) == 0, last.stderr[-3000:]
+    with sqlite3.connect(cfg.parent / "ftctl.db") as c:
+        terminal = {r[0]: (r[1], r[2]) for r in c.execute(
+            "SELECT event_id, name, job_id FROM job_events WHERE name IN ('succeeded', 'failed', 'cancelled')")}
+    assert len(terminal) == len(agents) and {n for n, _ in terminal.values()} == {"succeeded", "failed"}
+    delivered = [line.split()[0] for line in (hook.parent / "delivered.log").read_text().splitlines()]
+    assert set(delivered) == set(terminal)  # every terminal event at least once, none lost, nothing else
+    first = next(e for e, (_, job) in terminal.items() if job == 1)
+    attempts = (hook.parent / "attempts.log").read_text().split()
+    assert attempts.count(first) >= 3  # refused (exit 7) and retried, hung and killed, then delivered
+    assert (hook.parent / "hung").exists()
+    timed_out = [l for l in last.lines if l["event"] == "hook failed" and "timed out after 0.5s; killed" in l["error"]]
+    assert timed_out and timed_out[0]["job_id"] == 1 and timed_out[0]["event_id"] == first
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).endswith(str(hook))]  # no hook outlived us
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def test_bad_event_config_refuses_a_start_and_a_reload_keeps_the_old_one(make_config, tmp_path):
+    out = tmp_path / "queued.txt"
+    good_hook = (f'\n[[hooks]]\non = ["queued"]\ncommand = ["/bin/sh", "-c", "echo $FTCTL_JOB_ID >> {out}"]\n')
+    cfg = make_config(agents=("qa",), train_time="1h", poll="5m", extra=good_hook)
+    good = cfg.read_text()
+    broken_hook = good.replace('on = ["queued"]\ncommand', 'on = ["queued"]\nurl = "https://x.example"\ncommand')
+    secretless = good + '\n[webhooks]\nlisten = "127.0.0.1:9"\nsecret_env = "FTCTL_NO_SUCH_SECRET"\n'
+    bad_start = tmp_path / "bad-start"
+    bad_start.mkdir()
+    (bad_start / "hook.toml").write_text(broken_hook)
+    (bad_start / "secret.toml").write_text(secretless)
+    refused = run_ftctl_many(["--config", str(bad_start / "hook.toml"), "daemon"],
+                             ["--config", str(bad_start / "secret.toml"), "daemon"])
+    for p, needle in zip(refused, ("hooks[0].command: a hook has either command", "webhooks.secret_env: "
+                                   "$FTCTL_NO_SUCH_SECRET is not set")):
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr
+    daemon = Daemon(cfg)
+    try:
+        assert daemon.wait_for("daemon started"), daemon.stderr[-2000:]
+        for text, needle in ((broken_hook, "hooks[0].command"), (secretless, "webhooks.secret_env")):
+            cfg.write_text(text)
+            seen = len([l for l in daemon.lines if l["event"].startswith("reload refused")])
+            daemon.proc.send_signal(signal.SIGHUP)
+            assert wait_until(lambda: len([l for l in daemon.lines if l["event"].startswith("reload refused")])
+                              > seen, timeout=10)
+            assert needle in [l for l in daemon.lines if l["event"].startswith("reload refused")][-1]["error"]
+        assert daemon.proc.poll() is None
+        assert run_ftctl("submit", "qa", config=cfg).returncode == 0
+        assert wait_until(lambda: out.exists() and out.read_text().split() == ["1"], timeout=15)  # the old hook
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    finally:
+        daemon.kill()
