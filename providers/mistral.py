@@ -178,6 +178,15 @@ class MistralProvider:
         meta = _unset(job.metadata)
         return Quote(_unset(meta.cost) if meta is not None else None, job.id, settled)
 
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+        """One answer from `model` (`client.chat.complete`), for the evaluation gate."""
+        kwargs = {"max_tokens": max_tokens} if max_tokens else {}
+        res = self._call(self.client.chat.complete, model=model, messages=messages, **kwargs)
+        content = res.choices[0].message.content if res.choices else None
+        if isinstance(content, list):  # text chunks
+            content = "".join(getattr(c, "text", "") or "" for c in content)
+        return content or ""
+
     def find_by_token(self, token: str) -> list[ProviderJob]:
         res = self._call(self.client.fine_tuning.jobs.list, suffix=token, page_size=PAGE_SIZE)
         return [self._to_job(j) for j in (res.data or []) if not getattr(j, "is_unknown", False)]
@@ -230,6 +239,7 @@ class MistralKind(ProviderKind):
     price_key = "mistral"
     quotes = True
     file_weights = True
+    chat = True
     sdk = "mistralai"
     install_hint = "pip install . from a checkout"
 

@@ -48,6 +48,7 @@ class SimulatedKind(ProviderKind):
     example_keys = MISTRAL.example_keys
     quotes = True
     file_weights = True
+    chat = True
 
     def client(self, name: str, section: SimulatedSection, env: BuildEnv):
         from pathlib import Path

@@ -108,5 +108,9 @@ class SimulatedProvider:
     def cancel_job(self, job_id: str) -> ProviderJob:
         return job_from_engine(self._call(self.engine.cancel_job, job_id))
 
+    def complete(self, model: str, messages: list[dict], *, max_tokens: int | None = None) -> str:
+        """A fine-tuned model answers what it was trained on (simulated.recall)."""
+        return self._call(self.engine.chat, model, messages)
+
     def close(self) -> None:
         self.engine.close()
