@@ -211,7 +211,7 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
                 one = stack.enter_context(atomic_output(output))
                 sink = lambda _weight: one  # noqa: E731
             _write_chosen(src, sink, selected, result, allowed, strip_extra, scrub_pii, counter, sensitive,
-                          phone_region, dedupe=not keep_duplicates, split=bool(split_by))
+                          phone_region, not keep_duplicates, bool(split_by))
     except OSError as exc:
         raise PrepareError(f"{output}: cannot write ({os.strerror(exc.errno) if exc.errno else exc}); "
                            f"nothing was changed there") from None
@@ -278,7 +278,7 @@ class _Split:
 
 def _write_chosen(src: Any, sink: Any, selected: bytearray, result: PrepareResult, allowed: Any,
                   strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None, sensitive: array,
-                  phone_region: str, *, dedupe: bool = True, split: bool = False) -> None:
+                  phone_region: str, dedupe: bool = True, split: bool = False) -> None:
     """The second pass: the chosen lines, stripped and scrubbed as asked,
     each to `sink(weight)`."""
     scrub = detector(phone_region).scrub
