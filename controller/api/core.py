@@ -223,14 +223,71 @@ class Ftctl:
         data = job_dict(row, live=self.live())
         data["events"] = [event_dict(e) for e in store.events(job_id)]
         data["attempts"] = [attempt_dict(a) for a in store.attempts(job_id)]
+        run = store.evaluations([job_id]).get(job_id)
+        if run is not None:
+            from ftctl.records import evaluation_dict
+
+            answered = sum(n for n, _ in store.eval_progress([run.id]).get(run.id, {}).values())
+            data["evaluation"] = evaluation_dict(run, answered)
         return data
 
     def models(self) -> dict[str, str]:
-        """Each agent's newest fine-tuned model id."""
-        from ftctl.records import latest_models
+        """Each agent's newest promoted model id (what [export] writes)."""
+        store = self.store()
+        return store.promoted_models() if store is not None else {}
+
+    def all_models(self) -> list[dict[str, Any]]:
+        """Every succeeded job's model with its promotion: candidates,
+        models being evaluated, promoted and rejected ones."""
+        from ftctl.records import model_dict
 
         store = self.store()
-        return latest_models(store.list_jobs(states=["succeeded"])) if store is not None else {}
+        return [model_dict(j) for j in store.list_jobs(states=["succeeded"])] if store is not None else []
+
+    # -- the gate, overridden -----------------------------------------------------------
+
+    def promote(self, job_id: int) -> dict[str, Any]:
+        """Make a succeeded job's model its agent's, whatever its evaluation
+        said (or before it ends); recorded in the job's history."""
+        return self._gate(job_id, "promote")
+
+    def reject(self, job_id: int) -> dict[str, Any]:
+        """Never deliver a succeeded job's model (it leaves the export file)."""
+        return self._gate(job_id, "reject")
+
+    def _gate(self, job_id: int, trigger: str) -> dict[str, Any]:
+        from ftctl.controller.engine.jobs import StaleState, fire_promotion
+        from ftctl.controller.engine.reasons import Reason
+        from ftctl.controller.engine.states import InvalidTransition
+        from ftctl.records import job_dict
+
+        row = self._row(job_id)
+        if row.state != "succeeded" or row.promotion is None:
+            raise Refused(f"job {job_id} is {row.state}: only a succeeded job's model can be {trigger}d")
+        reason = Reason("promoted_user" if trigger == "promote" else "rejected_user")
+        try:
+            fire_promotion(self.store(), job_id, trigger, reason=reason, expect=row.promotion)
+        except InvalidTransition as exc:
+            raise Refused(f"job {job_id}: {exc}") from None
+        except StaleState:
+            raise Refused(f"job {job_id} changed while this command ran; look at `ftctl show {job_id}` "
+                          f"and try again") from None
+        self.export()
+        return job_dict(self._row(job_id))
+
+    def export(self) -> bool:
+        """Rewrite [export]'s file if the set of promoted models changed (the
+        daemon does it too, every tick); True if it was written."""
+        conf = self.config.export
+        store = self.store()
+        if conf is None or store is None:
+            return False
+        from ftctl.controller.engine.export import sync
+
+        try:
+            return sync(self.config.resolve(conf.path), conf.fmt, store.promoted_models())
+        except OSError as exc:
+            raise FtctlError(f"export.path: cannot write {conf.path} ({exc.__class__.__name__})") from None
 
     def daemon(self) -> str | None:
         """Who drives this database now ("pid 123"), or None."""
