@@ -80,3 +80,15 @@ def test_status_show_models_promote_and_reject(tmp_path):
         "conversation", "feedback"]
     one_line(promote_missing, "no job 99")
     assert split.returncode == 0 and '{ file = "' in split.stdout and "weight = 3.0 }" in split.stdout
+
+
+def test_the_demo_site_plans_a_two_stage_agent_and_two_gates(tmp_path):
+    from ftctl.controller.config import load_config
+    from ftctl.controller.demo import AGENTS, write_demo_files
+
+    cfg = load_config(write_demo_files(tmp_path))
+    plans = {p.agent: p for p in plan_submissions(cfg, [], all_agents=True)}
+    assert sorted(plans) == sorted(AGENTS)
+    assert (plans["conversation"].model, plans["conversation"].depends_on) == ("@feedback", ("feedback",))
+    assert sorted(a for a, c in cfg.agents.items() if c.evaluation) == ["conversation", "legal"]
+    assert cfg.export is not None
