@@ -151,6 +151,11 @@ class Evaluations:
     # seconds of chat calls each evaluation may take in one tick
     eval_slice: float = 2.0
 
+    def _chat_quiet(self) -> dict[str, datetime]:
+        """provider -> until when no evaluation asks it anything (a 429's
+        Retry-After holds for every evaluation on that provider)."""
+        return self._quiet_chat
+
     def _gate_config(self, agent: str) -> Any:
         conf = self.config.agents.get(agent)
         return conf.evaluation if conf is not None else None
@@ -215,6 +220,12 @@ class Evaluations:
             self.store.reset_evaluation(run.id, file_hash=digest, examples=len(examples))
             self.log.warning("eval file changed; evaluation started over", job_id=row.id, agent=row.agent,
                              provider=row.provider, state=row.state)
+        quiet = self._chat_quiet().get(row.provider)
+        if quiet is not None and self.clock() < quiet:
+            self.store.update_evaluation(run.id, not_before=quiet)
+            note_many(self.store, [Note(row.id, "succeeded", Reason("eval_backoff", {
+                "until": quiet.isoformat(), "why": run.last_error or "the provider asked to wait"}).stored())], now)
+            return
         answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
         todo = [(i, role) for i in range(len(examples)) for role in ROLES if (i, role) not in answered]
         models = {"candidate": run.candidate_model, "compare": run.compare_model}
@@ -268,6 +279,8 @@ class Evaluations:
             wait_for = stop.retry_after if getattr(stop, "retry_after", None) is not None else \
                 backoff_seconds(failures, self.policy, self.rng)
             until = self.clock() + timedelta(seconds=wait_for)
+            if getattr(stop, "retry_after", None) is not None:
+                self._chat_quiet()[row.provider] = until
             self.store.update_evaluation(run.id, not_before=until, failures=failures, last_error=stop.message)
             reason = Reason("eval_backoff", {"until": until.isoformat(), "why": stop.message})
             self.log.warning("evaluation paused", job_id=row.id, agent=row.agent, provider=row.provider,

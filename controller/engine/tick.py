@@ -85,6 +85,8 @@ class Ticker(Submission, Evaluations):
         self.guard = guard
         # a provider that answered 429/503 with Retry-After is not asked again before then
         self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
+        # the same for the evaluation gate's chat calls (engine.evaluation)
+        self._quiet_chat: dict[str, datetime] = {}
         self._result: TickResult | None = None
         self._active: dict[str, int] = {}
         self.log = logger or structlog.get_logger("ftctl")
@@ -130,6 +132,7 @@ class Ticker(Submission, Evaluations):
         self.config = config
         self.policy = Policy.of(config.retry)
         self._quiet_until.clear()
+        self._quiet_chat.clear()
         return changes
 
     def close(self) -> None:

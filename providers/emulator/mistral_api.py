@@ -98,8 +98,12 @@ class MistralEmulator(Emulator):
         if not isinstance(hp, dict) or (hp.get("learning_rate") is not None and hp["learning_rate"] <= 0):
             raise ServiceError(422, "hyperparameters.learning_rate must be greater than 0")
         auto_start = body.get("auto_start")
+        # the weight each file was sent with, kept for inspection (`_emulator/state`, tests)
+        weights = [float(f.get("weight", 1.0)) if isinstance(f, dict) else 1.0
+                   for f in body.get("training_files") or []]
         job = self.engine.create_job(model=body.get("model", ""), training_files=files, hyperparameters=hp,
-                                     suffix=body.get("suffix"), auto_start=True if auto_start is None else auto_start)
+                                     suffix=body.get("suffix"), auto_start=True if auto_start is None else auto_start,
+                                     metadata={"training_file_weights": weights})
         return job_json(job)
 
     def list_jobs(self, req: Request) -> Any:
