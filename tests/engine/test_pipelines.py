@@ -229,3 +229,30 @@ def test_the_evaluation_is_priced_first_and_counted_in_the_budget(tmp_path, cloc
 
     with ftctl.open(cfg.path) as ft:  # a person may still decide
         assert ft.promote(2)["promotion"] == "promoted"
+
+
+def test_a_writer_killed_mid_write_leaves_the_previous_export_whole(tmp_path):
+    """kill -9 between writing the new file and renaming it over the old one:
+    a reader still finds the previous file, whole; the next writer clears
+    the leftover."""
+    import os
+    import subprocess
+    import sys
+    import tomllib
+
+    from ftctl.controller.engine.export import STALE_TEMP, sync
+
+    path = tmp_path / "agents" / "models.toml"
+    assert sync(path, "toml", {"qa": "ft:open-mistral-7b:qa-1:old"})
+    assert not sync(path, "toml", {"qa": "ft:open-mistral-7b:qa-1:old"})  # the same set: no write
+    killer = ("import os, signal, sys\n"
+              "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "from ftctl.controller.engine.export import sync\n"
+              "sync(sys.argv[1], 'toml', {f'agent{i}': 'ft:new:' + 'x' * 200 for i in range(500)})\n")
+    p = subprocess.run([sys.executable, "-c", killer, str(path)], capture_output=True, timeout=60)
+    assert p.returncode == -9
+    assert tomllib.loads(path.read_text())["models"] == {"qa": "ft:open-mistral-7b:qa-1:old"}
+    (leftover,) = path.parent.glob(".models.toml.*.tmp")
+    os.utime(leftover, (0, 0))  # older than STALE_TEMP
+    assert STALE_TEMP < 10**9 and sync(path, "toml", {"qa": "ft:open-mistral-7b:qa-2:new"})
+    assert list(path.parent.glob(".models.toml.*.tmp")) == []
