@@ -296,9 +296,13 @@ class Ftctl:
 
     def wait(self, job_ids: Iterable[int], *, timeout: float | None = None,
              interval: float = 5.0) -> list[dict[str, Any]]:
-        """Block until every job is finished; TimedOut after `timeout` seconds."""
-        from ftctl.controller.engine.states import TERMINAL
+        """Block until every job is finished, a succeeded job's model promoted
+        or rejected too (its evaluation over); TimedOut after `timeout` seconds."""
+        from ftctl.controller.engine.states import PROMOTION_OPEN, TERMINAL
         from ftctl.records import job_dict
+
+        def finished(r: "Job") -> bool:
+            return r.state in TERMINAL and r.promotion not in PROMOTION_OPEN
 
         ids = list(job_ids)
         for job_id in ids:
@@ -306,10 +310,11 @@ class Ftctl:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             rows = [self._row(i) for i in ids]
-            if all(r.state in TERMINAL for r in rows):
+            if all(finished(r) for r in rows):
                 return [job_dict(r) for r in rows]
             if deadline is not None and time.monotonic() >= deadline:
-                waiting = ", ".join(f"{r.id} {r.state}" for r in rows if r.state not in TERMINAL)
+                waiting = ", ".join(f"{r.id} {r.promotion if r.state == 'succeeded' else r.state}"
+                                    for r in rows if not finished(r))
                 from ftctl.providers.settings import duration_text
 
                 raise TimedOut(f"timed out after {duration_text(timeout)} waiting for {waiting}")

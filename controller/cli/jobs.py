@@ -253,7 +253,8 @@ def wait(
     timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
     interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
 ) -> None:
-    """Block until the jobs are finished; exit 0 only if all succeeded (1 if not, 5 on timeout)."""
+    """Block until the jobs are finished (and their models promoted or rejected); exit 0 only if all succeeded
+    (1 if not, 5 on timeout)."""
     from ftctl.controller.config import parse_duration
 
     ids = [_job_id(j) for j in jobs]
@@ -264,6 +265,8 @@ def wait(
     with api() as ft:
         rows = ft.wait(ids, timeout=limit, interval=interval)
     for r in rows:
-        detail = r["fine_tuned_model"] if r["state"] == "succeeded" else (r["reason"] or "")
+        detail = r["reason"] or ""
+        if r["state"] == "succeeded":
+            detail = f"{r['fine_tuned_model']} ({r['promotion']})"
         out.print(f"job {r['id']} ({r['agent']}): {r['state']} {detail}".rstrip(), markup=False)
     raise typer.Exit(EXIT_OK if all(r["state"] == "succeeded" for r in rows) else EXIT_FAILED)

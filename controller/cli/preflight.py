@@ -295,8 +295,8 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         emit_json(data)
         return
     out.print(f"period: the last {data['period_days']:g} days", markup=False)
-    out.print(f"spent: ${spent:,.2f} (succeeded jobs)   committed: ${committed:,.2f} (queued and running)",
-              markup=False)
+    out.print(f"spent: ${spent:,.2f} (succeeded jobs, finished evaluations)   committed: ${committed:,.2f} "
+              f"(queued and running jobs, evaluations under way)", markup=False)
     if caps.total is not None:
         out.print(f"total cap: ${caps.total:,.2f}   remaining: ${remaining:,.2f}", markup=False)
     else:

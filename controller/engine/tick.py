@@ -126,7 +126,7 @@ class Ticker(Submission, Evaluations):
             if old is not None and new is not None and old.concurrency != new.concurrency:
                 # a limit learned under the old concurrency no longer applies
                 self._provider_update(rc.ProviderUpdate(name, learned_limit=None, learned_at=None))
-        for section in ("controller", "retry", "budget", "prices", "agents"):
+        for section in ("controller", "retry", "budget", "prices", "agents", "export"):
             if getattr(self.config, section) != getattr(config, section):
                 changes.append(section)
         self.config = config
