@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -132,8 +131,7 @@ def run_scorer(command: list[str], cwd: Path, example: EvalExample, answer: str)
     from 0 to 1 on stdout."""
     payload = json.dumps({"prompt": list(example.prompt), "expected": example.expected, "answer": answer})
     try:
-        p = subprocess.run(command, input=payload, capture_output=True, text=True, timeout=SCORER_TIMEOUT,
-                           cwd=cwd, env={**os.environ})
+        p = subprocess.run(command, input=payload, capture_output=True, text=True, timeout=SCORER_TIMEOUT, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ScorerError(f"scorer {command[0]}: {exc.__class__.__name__}") from None
     if p.returncode != 0:
@@ -198,7 +196,14 @@ class Evaluations:
         kind = self.config.providers[row.provider].kind if row.provider in self.config.providers else None
         if kind is None:
             return GateView(row.id, problem=f"provider {row.provider!r} is not in the config")
-        estimate = eval_estimate(examples, kind, row.fine_tuned_model, self.config.price_overrides, conf.max_tokens)
+        key = (digest, kind, row.fine_tuned_model, conf.max_tokens)
+        estimates = self._eval_estimates
+        if key not in estimates:  # a candidate waiting for money is not counted again every tick
+            if len(estimates) > 256:
+                estimates.clear()
+            estimates[key] = eval_estimate(examples, kind, row.fine_tuned_model, self.config.price_overrides,
+                                           conf.max_tokens)
+        estimate = estimates[key]
         start = {"metric": conf.metric, "file": str(path), "file_hash": digest, "examples": len(examples),
                  "candidate_model": row.fine_tuned_model, "compare_model": compare,
                  "min_improvement": conf.min_improvement}

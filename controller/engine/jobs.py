@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 
 from ftctl.controller.engine.reasons import Reason
-from ftctl.controller.engine.states import (CANDIDATE, PREPARED, PROMOTED, SUCCEEDED, InvalidTransition, next_promotion,
-                                           next_state)
+from ftctl.controller.engine.states import (CANDIDATE, EVALUATING, PREPARED, PROMOTED, SUCCEEDED, InvalidTransition,
+                                           next_promotion, next_state)
 from ftctl.models import Attempt, Evaluation, Job, JobEvent, Store, utcnow
 from ftctl.models.tables import LIVE_STATES, job_identity
 
@@ -185,14 +185,17 @@ def fire_promotion(store: Store, job_id: int, trigger: str, *, reason: Reason | 
             raise StaleState(f"job {job_id}'s model is {job.promotion}, not {expect}")
         before = _promote_in(s, job, trigger, reason, now)
         job.reason_code, job.reason_args = (reason.code, dict(reason.args)) if reason else (None, None)
-        if evaluation is not None:
-            row = s.exec(select(Evaluation).where(Evaluation.job_id == job_id)).first()
-            if trigger == "evaluate" and row is None:
-                s.add(Evaluation(job_id=job_id, started_at=now, **evaluation))
-            elif row is not None:
-                for key, value in evaluation.items():
-                    setattr(row, key, value)
-                s.add(row)
+        row = s.exec(select(Evaluation).where(Evaluation.job_id == job_id)).first()
+        if trigger == "evaluate" and row is None and evaluation:
+            s.add(Evaluation(job_id=job_id, started_at=now, **evaluation))
+        elif row is not None and (evaluation or (before == EVALUATING and row.finished_at is None)):
+            for key, value in (evaluation or {}).items():
+                setattr(row, key, value)
+            # an evaluation left by a verdict or a person's override is over:
+            # its estimate no longer holds money back
+            if before == EVALUATING and row.finished_at is None:
+                row.finished_at = now
+            s.add(row)
     return before, job
 
 

@@ -85,8 +85,9 @@ class Ticker(Submission, Evaluations):
         self.guard = guard
         # a provider that answered 429/503 with Retry-After is not asked again before then
         self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
-        # the same for the evaluation gate's chat calls (engine.evaluation)
+        # the same for the evaluation gate's chat calls, and its cost estimates (engine.evaluation)
         self._quiet_chat: dict[str, datetime] = {}
+        self._eval_estimates: dict[tuple, float] = {}
         self._result: TickResult | None = None
         self._active: dict[str, int] = {}
         self.log = logger or structlog.get_logger("ftctl")

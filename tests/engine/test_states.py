@@ -180,3 +180,17 @@ def test_a_job_that_succeeds_becomes_a_candidate_or_is_promoted_in_the_same_writ
         fire_promotion(store, plain.id, "accept")
     assert store.get_job(plain.id).promotion == "rejected"
     assert store.events(plain.id)[-1].trigger == "reject"
+
+
+def test_an_override_ends_an_evaluation_under_way_and_frees_its_estimate(store, tmp_path):
+    from ftctl.controller.engine.jobs import fire_promotion
+
+    job = _job(store, tmp_path)
+    fire(store, job.id, "submit", updates={"client_token": "t"})
+    fire(store, job.id, "succeed", updates={"fine_tuned_model": "ft:m:1"})
+    fire_promotion(store, job.id, "evaluate", evaluation={
+        "metric": "exact", "file": "e.jsonl", "file_hash": "h", "examples": 3, "candidate_model": "ft:m:1",
+        "compare_model": "m", "min_improvement": 0.1, "estimated_cost": 2.5})
+    assert store.committed() == 2.5
+    fire_promotion(store, job.id, "promote", reason=text("by hand"))
+    assert store.evaluations([job.id])[job.id].finished_at is not None and store.committed() == 0.0
