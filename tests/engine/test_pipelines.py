@@ -256,3 +256,27 @@ def test_a_writer_killed_mid_write_leaves_the_previous_export_whole(tmp_path):
     os.utime(leftover, (0, 0))  # older than STALE_TEMP
     assert STALE_TEMP < 10**9 and sync(path, "toml", {"qa": "ft:open-mistral-7b:qa-2:new"})
     assert list(path.parent.glob(".models.toml.*.tmp")) == []
+
+
+def test_a_command_scores_the_answers_and_a_failing_scorer_rejects(tmp_path, clock):
+    import json
+    import sys
+
+    score = tmp_path / "score.py"
+    score.write_text("import json, sys\nd = json.load(sys.stdin)\n"
+                     "print(1 if d['answer'] == d['expected'] and d['prompt'][-1]['role'] == 'user' else 0)\n")
+    gate = (f'\n[agents.conversation.eval]\nfile = "data/conversation.jsonl"\nmetric = "command"\n'
+            f'command = {json.dumps([sys.executable, str(score)])}\nmin_improvement = 0.5\n')
+    cfg, store = site(tmp_path, clock, extra=gate, agents=())
+    store_submissions(store, plan_submissions(cfg, ["conversation"]))
+    rec, chat = ticker(cfg, store, clock)
+    run(rec, clock, store)
+    assert store.get_job(2).promotion == "promoted"
+    assert store.evaluations([2])[2].candidate_score == 1.0
+    score.write_text("import sys\nsys.exit(3)\n")
+    store_submissions(store, plan_submissions(cfg, ["conversation"]), force=True)
+    run(rec, clock, store)
+    (again,) = [j for j in store.list_jobs() if j.id > 2]
+    assert again.promotion == "rejected"
+    assert reason_of(again) == f"rejected: the evaluation could not run: scorer {sys.executable} exited 3"
+    assert len(store.list_jobs()) == 3  # --force made a new conversation job, and reused feedback's
