@@ -216,6 +216,9 @@ class Evaluations:
         run = self.store.evaluations([row.id]).get(row.id)
         if conf is None or run is None:
             return
+        if run.metric == "command" and not conf.command:  # the config changed under it
+            self.store.update_evaluation(run.id, error="metric \"command\" has no scorer in the config any more")
+            return
         try:
             digest, examples = load_eval_file(Path(run.file))
         except EvalFileError as exc:

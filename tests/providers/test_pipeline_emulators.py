@@ -55,7 +55,7 @@ def test_a_chain_and_the_gate_through_the_real_sdk(kind, tmp_path, monkeypatch):
     with start_emulator(kind, tmp_path, limit=2, queue_time=0.05, validate_time=0.05, train_time=0.15) as srv:
         cfg_path = write_remote_config(tmp_path / "site", kind, srv.url, agents=("qa",), extra=chain(kind))
         for name in ("feedback", "feedback-extra", "conversation"):
-            write_training_file(cfg_path.parent / "data" / f"{name}.jsonl", 3 if name == "feedback-extra" else 5)
+            write_training_file(cfg_path.parent / "data" / f"{name}.jsonl", 3)
         if kind == "mistral":  # the gate's first question is refused once, with a Retry-After that every
             # evaluation on the provider honours (one question at a time, so none is out when it comes)
             srv.emulator.faults.add(method="POST", path="/v1/chat/completions", status=429, retry_after=0.3,
@@ -84,7 +84,7 @@ def test_a_chain_and_the_gate_through_the_real_sdk(kind, tmp_path, monkeypatch):
         assert {a: j.promotion for a, j in jobs.items()} == {"qa": "rejected", "feedback": "promoted",
                                                              "conversation": "promoted"}
         chats = srv.emulator.calls["POST /v1/chat/completions"]
-        assert chats == 2 * 2 * 5 + (1 if kind == "mistral" else 0)
+        assert chats == 2 * 2 * 3 + (1 if kind == "mistral" else 0)
         if kind == "mistral":  # Mistral's weighted training files, each with its weight
             assert stage1["metadata"]["training_file_weights"] == [1.0, 2.5]
             gated = [store.evaluations([jobs[a].id])[jobs[a].id] for a in ("qa", "conversation")]
