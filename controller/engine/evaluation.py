@@ -1,11 +1,11 @@
 """The evaluation gate's I/O: the eval file, its cost, the chat calls and
 their stored answers. What follows is decided in `engine.gate`.
 
-The chat calls run inside the tick in bounded slices: each tick asks each
-evaluation's next questions, `concurrency` at a time, for at most
-`Ticker.eval_slice` seconds (a call already out is waited for; each is
-bounded by the provider's timeout), and stores every answer with its score
-the moment it comes. A daemon killed halfway resumes from the stored
+The chat calls run inside the tick in bounded slices: each tick asks the
+evaluations' next questions, `concurrency` at a time, for at most
+`Ticker.eval_slice` seconds over all of them (a call already out is waited
+for; each is bounded by the provider's timeout), and stores every answer
+with its score the moment it comes. A daemon killed halfway resumes from the stored
 answers and never asks the same question twice. A 429 stops the slice and
 the evaluation waits for its Retry-After (another passing error: a backoff);
 an error no retry can mend (a 4xx, a model the provider does not know, a
@@ -146,8 +146,15 @@ def run_scorer(command: list[str], cwd: Path, example: EvalExample, answer: str)
 class Evaluations:
     """Mixed into the Ticker: what it knows of gates, and the slices it runs."""
 
-    # seconds of chat calls each evaluation may take in one tick
+    # seconds of chat calls one tick may spend, over all evaluations
     eval_slice: float = 2.0
+
+    def _eval_deadline(self) -> float:
+        """When this tick stops asking questions (monotonic): `eval_slice`
+        seconds from its first question, over all its evaluations."""
+        if self._eval_until is None:
+            self._eval_until = time.monotonic() + self.eval_slice
+        return self._eval_until
 
     def _chat_quiet(self) -> dict[str, datetime]:
         """provider -> until when no evaluation asks it anything (a 429's
@@ -247,7 +254,9 @@ class Evaluations:
             return i, role, answer, score(run.metric, ex.expected, answer)
 
         stop: Exception | None = None
-        deadline = time.monotonic() + self.eval_slice
+        deadline = self._eval_deadline()
+        if time.monotonic() >= deadline:
+            return  # this tick's time for questions is spent: the next one goes on
         stored = len(answered)
         queue = iter(todo)
         with ThreadPoolExecutor(max_workers=conf.concurrency, thread_name_prefix="ftctl-eval") as pool:

@@ -88,6 +88,7 @@ class Ticker(Submission, Evaluations):
         # the same for the evaluation gate's chat calls, and its cost estimates (engine.evaluation)
         self._quiet_chat: dict[str, datetime] = {}
         self._eval_estimates: dict[tuple, float] = {}
+        self._eval_until: float | None = None
         self._result: TickResult | None = None
         self._active: dict[str, int] = {}
         self.log = logger or structlog.get_logger("ftctl")
@@ -146,6 +147,7 @@ class Ticker(Submission, Evaluations):
     def tick(self) -> TickResult:
         now = self.clock()
         self._active = {}
+        self._eval_until = None  # engine.evaluation: this tick's time for questions starts at the first
         rows = self.store.jobs_to_reconcile(list(UNFINISHED), list(PROMOTION_OPEN))
         views = self._views(rows)
         states = self.store.provider_states()

@@ -280,3 +280,34 @@ def test_a_command_scores_the_answers_and_a_failing_scorer_rejects(tmp_path, clo
     assert again.promotion == "rejected"
     assert reason_of(again) == f"rejected: the evaluation could not run: scorer {sys.executable} exited 3"
     assert len(store.list_jobs()) == 3  # --force made a new conversation job, and reused feedback's
+
+
+def test_each_tick_asks_for_a_bounded_time_only_and_the_next_goes_on(tmp_path, clock, monkeypatch):
+    import itertools
+
+    import ftctl.controller.engine.evaluation as evaluation
+
+    class Ticking:  # a monotonic clock that moves one second each time it is read
+        counter = itertools.count()
+
+        @classmethod
+        def monotonic(cls):
+            return float(next(cls.counter))
+
+    cfg, store = site(tmp_path, clock, extra=CONV_GATE, agents=())
+    store_submissions(store, plan_submissions(cfg, ["conversation"]))
+    rec, chat = ticker(cfg, store, clock)
+    for _ in range(60):
+        if store.get_job(2).promotion == "evaluating":
+            break
+        rec.tick()
+        clock.advance(1)
+    monkeypatch.setattr(evaluation, "time", Ticking)
+    rec.eval_slice = 3.5  # a few readings of that clock: two questions a tick
+    per_tick = []
+    while store.get_job(2).promotion == "evaluating" and len(per_tick) < 30:
+        before = len(chat.asked)
+        rec.tick()
+        per_tick.append(len(chat.asked) - before)
+    assert max(per_tick) < 10 and sum(per_tick) == 10 and len(per_tick) > 2
+    assert store.get_job(2).promotion == "promoted"
