@@ -244,7 +244,11 @@ class Evaluations:
         answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
         todo = [(i, role) for i in range(len(examples)) for role in ROLES if (i, role) not in answered]
         models = {"candidate": run.candidate_model, "compare": run.compare_model}
-        provider = self.provider(row.provider)
+        try:
+            provider = self.provider(row.provider)
+        except Exception as exc:  # noqa: BLE001 - no client (a key gone, an SDK missing): later, not a failed tick
+            self._after_slice(row, run, self._as_provider_error(exc), len(answered), len(examples), now)
+            return
 
         def ask(i: int, role: str) -> tuple[int, str, str, float]:
             ex = examples[i]
