@@ -67,14 +67,14 @@ def test_the_daemon_killed_at_random_never_creates_stage_two_twice_or_early_and_
     rng = random.Random(7)
     landed = 0
     try:
-        for _ in range(4):
+        for _ in range(3):
             daemon = Daemon(cfg_path)
             assert daemon.wait_for("daemon started", timeout=30), daemon.stderr[-2000:]
             time.sleep(rng.uniform(0.2, 1.0))
             busy = unfinished(db)
             daemon.kill()
             landed += bool(busy)
-        assert landed >= 3, landed  # the kills hit a campaign in progress
+        assert landed >= 2, landed  # the kills hit a campaign in progress
         final = Daemon(cfg_path, "--until-done")
         assert final.wait(timeout=90) == 0, final.stderr[-3000:]
     finally:
