@@ -19,7 +19,8 @@ from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, p
 
 SEARCH_PATHS = (Path("controller.toml"), Path("/etc/ftctl/controller.toml"))
 
-__all__ = ["Config", "ConfigError", "find_config", "load_config", "parse_config", "parse_duration"]
+__all__ = ["AgentConfig", "Config", "ConfigError", "EvalConfig", "ExportSection", "TrainingFileRef", "find_config",
+           "load_config", "parse_config", "parse_duration", "root_model", "upstream_closure"]
 
 
 class ConfigError(Exception):
@@ -94,19 +95,14 @@ class PriceOverride(Section):
     min_fee: float | None = Field(default=None, ge=0)
     context: int | None = Field(default=None, gt=0)
     tokens_per_step: int | None = Field(default=None, gt=0)
+    chat_per_m: float | None = Field(default=None, ge=0)  # the evaluation gate's chat calls
 
+
+from ftctl.controller.agents import (AgentConfig, EvalConfig, ExportSection, TrainingFileRef,  # noqa: E402
+                                    check_agent, check_cycles, root_model, upstream_closure)
 
 # [providers.NAME]: each kind declares its own section (providers/*.py)
 ProviderConfig = Annotated[Union[tuple(k.section for k in KINDS.values())], Field(discriminator="kind")]
-
-
-class AgentConfig(Section):
-    provider: str
-    model: str = Field(min_length=1)
-    training_file: str = Field(min_length=1)
-    # numbers, switches (lora = true) and names (training_method = "dpo");
-    # each provider's descriptor says which it knows
-    hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
 
 class Config(Section):
@@ -121,6 +117,7 @@ class Config(Section):
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    export: ExportSection | None = None
     # where the file lives; relative paths inside it are relative to this
     base_dir: Path = Field(default=Path("."), exclude=True)
     path: Path | None = Field(default=None, exclude=True)
@@ -133,6 +130,8 @@ class Config(Section):
                 raise ValueError(
                     f"agents.{name}.provider: unknown provider {agent.provider!r} (configured: {known})"
                 )
+            check_agent(self, name, agent)
+        check_cycles(self.agents)
         for key in self.prices:
             kind, sep, model = key.partition("/")
             if not sep or not model or kind not in KINDS:
@@ -227,6 +226,9 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
             return f"{path}: {msg}"
         if msg.startswith("."):  # a section's check names its own key: ".url: ..."
             return f"{path}: {key}{msg}"
+        field, sep, rest = msg.partition(": ")
+        if sep and field.isidentifier():  # a section's own field: "command: required ..."
+            return f"{path}: {key}.{field}: {rest}"
     return f"{path}: {key}: {msg}" if key else f"{path}: {msg}"
 
 

@@ -13,9 +13,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
+from ftctl.models.evaluations import EvaluationQueries
 from ftctl.models.events import EventQueries
 from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
-from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
+from ftctl.models.tables import SCHEMA_HEAD, Attempt, Evaluation, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
 # a fixed advisory-lock key on PostgreSQL: "a schema migration is running"
 _PG_MIGRATE_KEY = 0x6674636D  # "ftcm"
@@ -40,7 +41,7 @@ def _redact_url(url: str) -> str:
     return url
 
 
-class Store(EventQueries):
+class Store(EventQueries, EvaluationQueries):
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -185,11 +186,29 @@ class Store(EventQueries):
             return s.exec(select(Job).where(Job.identity == identity, Job.state.in_(LIVE_STATES))
                           .order_by(Job.id)).first()
 
-    def jobs_to_reconcile(self, active_states: Sequence[str]) -> list[Job]:
-        """Jobs not finished, and finished ones with a cancel still owed to the provider."""
+    def jobs_to_reconcile(self, active_states: Sequence[str], open_promotions: Sequence[str] = ()) -> list[Job]:
+        """Jobs not finished, finished ones with a cancel still owed to the
+        provider, and succeeded ones whose model's promotion is still open."""
         with self.read() as s:
-            stmt = select(Job).where(or_(Job.state.in_(list(active_states)), Job.cancel_pending == True))  # noqa: E712
-            return list(s.exec(stmt.order_by(Job.id)))
+            clauses = [Job.state.in_(list(active_states)), Job.cancel_pending == True]  # noqa: E712
+            if open_promotions:
+                clauses.append(Job.promotion.in_(list(open_promotions)))
+            return list(s.exec(select(Job).where(or_(*clauses)).order_by(Job.id)))
+
+    def jobs_by_id(self, ids: Sequence[int]) -> dict[int, Job]:
+        if not ids:
+            return {}
+        with self.read() as s:
+            return {j.id: j for j in s.exec(select(Job).where(Job.id.in_(sorted(set(ids)))))}
+
+    def promoted_models(self) -> dict[str, str]:
+        """Each agent's newest promoted model (the latest promoted, then the
+        highest job id): what the export file holds."""
+        with self.read() as s:
+            rows = s.exec(select(Job.agent, Job.fine_tuned_model).where(
+                Job.state == "succeeded", Job.promotion == "promoted", Job.fine_tuned_model.is_not(None))
+                .order_by(Job.promoted_at, Job.id))
+            return dict(sorted({agent: model for agent, model in rows}.items()))
 
     def spent_since(self, since: datetime) -> float:
         """What succeeded jobs finished since `since` cost (the provider's
@@ -197,13 +216,18 @@ class Store(EventQueries):
         with self.read() as s:
             cost = func.coalesce(Job.actual_cost, Job.estimated_cost, 0.0)
             stmt = select(func.coalesce(func.sum(cost), 0.0)).where(Job.state == "succeeded", Job.updated_at >= since)
-            return float(s.exec(stmt).one())
+            evals = select(func.coalesce(func.sum(Evaluation.estimated_cost), 0.0)).where(
+                Evaluation.finished_at.is_not(None), Evaluation.finished_at >= since)
+            return float(s.exec(stmt).one()) + float(s.exec(evals).one())
 
     def committed(self) -> float:
+        """What queued and running jobs, and evaluations under way, hold."""
         with self.read() as s:
             stmt = select(func.coalesce(func.sum(func.coalesce(Job.estimated_cost, 0.0)), 0.0)).where(
                 Job.state.in_(["queued", "running"]))
-            return float(s.exec(stmt).one())
+            evals = select(func.coalesce(func.sum(Evaluation.estimated_cost), 0.0)).where(
+                Evaluation.finished_at.is_(None))
+            return float(s.exec(stmt).one()) + float(s.exec(evals).one())
 
     def totals_by_provider_state(self) -> list[tuple[str, str, int, float, float]]:
         """(provider, state, jobs, estimated cost, actual cost), for metrics."""
@@ -216,6 +240,11 @@ class Store(EventQueries):
         with self.read() as s:
             rows = s.exec(select(Job.state, func.count()).group_by(Job.state))
             return {state: n for state, n in rows}
+
+    def count_open_promotions(self, states: Sequence[str]) -> int:
+        """Succeeded jobs whose model is still a candidate or being evaluated."""
+        with self.read() as s:
+            return s.exec(select(func.count()).where(Job.state == "succeeded", Job.promotion.in_(list(states)))).one()
 
     def count_waiting(self, reason_code: str) -> int:
         """Prepared jobs waiting for one reason (e.g. "slot")."""

@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 # a job in one of these states blocks an identical submission (same agent,
 # provider, model, data and hyperparameters): never pay twice for one job
@@ -21,9 +21,14 @@ LIVE_STATES = ("prepared", "queued", "running", "succeeded")
 _LIVE = text("state IN ('prepared', 'queued', 'running', 'succeeded')")
 
 
-def job_identity(agent: str, provider: str, model: str, content_hash: str, hyperparameters: dict[str, Any]) -> str:
-    """What makes two submissions the same job."""
-    key = json.dumps([agent, provider, model, content_hash, hyperparameters], sort_keys=True, separators=(",", ":"))
+def job_identity(agent: str, provider: str, model: str, content_hash: str, hyperparameters: dict[str, Any],
+                 upstream: list[int] | None = None) -> str:
+    """What makes two submissions the same job. A downstream job is the same
+    only on the same upstream jobs (`upstream`: our job ids)."""
+    parts: list[Any] = [agent, provider, model, content_hash, hyperparameters]
+    if upstream:
+        parts.append(sorted(upstream))
+    key = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -66,6 +71,60 @@ class Job(SQLModel, table=True):
     cancel_pending: bool = False
     created_at: datetime = Field(sa_type=DateTime)
     updated_at: datetime = Field(sa_type=DateTime)
+    # a pipeline: our ids of the jobs this one waits for, and of the one whose
+    # fine-tuned model it trains on (model = "@agent"); `base_model` is the
+    # model id its create named, stored with the move to `queued`
+    upstream_job_ids: Optional[list[int]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    model_job_id: Optional[int] = None
+    base_model: Optional[str] = None
+    # several training files, each with its weight: [{"file", "weight", "hash"}]
+    training_files: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # what a succeeded job's model is to its agent (engine.states.PromotionState)
+    promotion: Optional[str] = Field(default=None, index=True)
+    promoted_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+
+
+class Evaluation(SQLModel, table=True):
+    """The evaluation gate's run for one succeeded job: both models asked
+    every example of the agent's eval file, each answer stored as it comes."""
+
+    __tablename__ = "evaluations"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", unique=True)
+    metric: str
+    file: str
+    file_hash: str
+    examples: int
+    candidate_model: str
+    compare_model: str
+    min_improvement: float
+    estimated_cost: float = 0.0
+    started_at: datetime = Field(sa_type=DateTime)
+    finished_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    candidate_score: Optional[float] = None
+    compare_score: Optional[float] = None
+    improvement: Optional[float] = None
+    # after a 429 (its Retry-After) or another passing error: no question before then
+    not_before: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    failures: int = 0
+    last_error: Optional[str] = None  # the last passing error (retried)
+    error: Optional[str] = None  # why it cannot go on: the gate fails
+
+
+class EvalAnswer(SQLModel, table=True):
+    """One model's answer to one example, and its score: never asked twice."""
+
+    __tablename__ = "eval_answers"
+    __table_args__ = (UniqueConstraint("evaluation_id", "example", "role"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    evaluation_id: int = Field(foreign_key="evaluations.id", index=True)
+    example: int
+    role: str  # "candidate" or "compare"
+    answer: str
+    score: float
+    at: datetime = Field(sa_type=DateTime)
 
 
 def new_event_id() -> str:

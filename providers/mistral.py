@@ -200,6 +200,15 @@ class MistralProvider:
                                 None, metrics or None))
         return out
 
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+        """One answer from `model` (`client.chat.complete`), for the evaluation gate."""
+        kwargs = {"max_tokens": max_tokens} if max_tokens else {}
+        res = self._call(self.client.chat.complete, model=model, messages=messages, **kwargs)
+        content = res.choices[0].message.content if res.choices else None
+        if isinstance(content, list):  # text chunks
+            content = "".join(getattr(c, "text", "") or "" for c in content)
+        return content or ""
+
     def find_by_token(self, token: str) -> list[ProviderJob]:
         res = self._call(self.client.fine_tuning.jobs.list, suffix=token, page_size=PAGE_SIZE)
         return [self._to_job(j) for j in (res.data or []) if not getattr(j, "is_unknown", False)]
@@ -253,6 +262,7 @@ class MistralKind(ProviderKind):
     quotes = True
     file_weights = True
     training_log = True
+    chat = True
     sdk = "mistralai"
     install_hint = "pip install . from a checkout"
 

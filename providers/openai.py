@@ -143,6 +143,12 @@ class OpenAIProvider:
     def cancel_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id))
 
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+        """One answer from `model` (`chat.completions.create`), for the evaluation gate."""
+        kwargs = {"max_tokens": max_tokens} if max_tokens else {}
+        reply = self._call(self.client.chat.completions.create, model=model, messages=messages, **kwargs)
+        return (reply.choices[0].message.content if reply.choices else None) or ""
+
     def find_by_token(self, token: str) -> list[ProviderJob]:
         page = self._call(self.client.fine_tuning.jobs.list, metadata={TOKEN_KEY: token}, limit=PAGE_SIZE)
         return [self._to_job(j) for j in page.data]
@@ -230,6 +236,7 @@ class OpenAIKind(ProviderKind):
     webhooks = True
     roles = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
     example_keys = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
+    chat = True
     sdk = "openai"
     install_hint = "pip install '.[openai]' from a checkout"
 

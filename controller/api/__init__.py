@@ -9,8 +9,10 @@ The Python API the `ftctl` command line is built on:
         ft.status(active=True)                  # -> [{"id", "agent", "state", "reason", ...}]
         ft.show(3)                              # -> the job with its events and attempts
         ft.cancel(3); ft.retry(3)
-        ft.wait([3, 4], timeout=7200)           # -> the jobs, once all are finished
-        ft.models()                             # -> {"qa": "ft:open-mistral-7b:...", ...}
+        ft.wait([3, 4], timeout=7200)           # -> the jobs, once all are finished (and evaluated)
+        ft.models()                             # -> promoted: {"qa": "ft:open-mistral-7b:...", ...}
+        ft.all_models()                         # -> every succeeded job's model and its promotion
+        ft.promote(3); ft.reject(4)             # override the evaluation gate (in the history)
         ft.events(job_id=3)                     # -> [{"id": "evt_...", "event": "succeeded", ...}]
         ft.logs(3)                              # -> {"points": [{"step", "metrics": {"train_loss"...}}], ...}
 

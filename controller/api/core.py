@@ -236,6 +236,12 @@ class Ftctl:
         data["attempts"] = [attempt_dict(a) for a in store.attempts(job_id)]
         data["training"] = training_summary(store.log_points(job_id, row.provider_job_id)) \
             if row.provider_job_id else None
+        run = store.evaluations([job_id]).get(job_id)
+        if run is not None:
+            from ftctl.records import evaluation_dict
+
+            answered = sum(n for n, _ in store.eval_progress([run.id]).get(run.id, {}).values())
+            data["evaluation"] = evaluation_dict(run, answered)
         return data
 
     def events(self, *, job_id: int | None = None, after: int = 0, limit: int | None = None,
@@ -283,11 +289,62 @@ class Ftctl:
         return store.undelivered(names)
 
     def models(self) -> dict[str, str]:
-        """Each agent's newest fine-tuned model id."""
-        from ftctl.records import latest_models
+        """Each agent's newest promoted model id (what [export] writes)."""
+        store = self.store()
+        return store.promoted_models() if store is not None else {}
+
+    def all_models(self) -> list[dict[str, Any]]:
+        """Every succeeded job's model with its promotion: candidates,
+        models being evaluated, promoted and rejected ones."""
+        from ftctl.records import model_dict
 
         store = self.store()
-        return latest_models(store.list_jobs(states=["succeeded"])) if store is not None else {}
+        return [model_dict(j) for j in store.list_jobs(states=["succeeded"])] if store is not None else []
+
+    # -- the gate, overridden -----------------------------------------------------------
+
+    def promote(self, job_id: int) -> dict[str, Any]:
+        """Make a succeeded job's model its agent's, whatever its evaluation
+        said (or before it ends); recorded in the job's history."""
+        return self._gate(job_id, "promote")
+
+    def reject(self, job_id: int) -> dict[str, Any]:
+        """Never deliver a succeeded job's model (it leaves the export file)."""
+        return self._gate(job_id, "reject")
+
+    def _gate(self, job_id: int, trigger: str) -> dict[str, Any]:
+        from ftctl.controller.engine.jobs import StaleState, fire_promotion
+        from ftctl.controller.engine.reasons import Reason
+        from ftctl.controller.engine.states import InvalidTransition
+        from ftctl.records import job_dict
+
+        row = self._row(job_id)
+        if row.state != "succeeded" or row.promotion is None:
+            raise Refused(f"job {job_id} is {row.state}: only a succeeded job's model can be {trigger}d")
+        reason = Reason("promoted_user" if trigger == "promote" else "rejected_user")
+        try:
+            fire_promotion(self.store(), job_id, trigger, reason=reason, expect=row.promotion)
+        except InvalidTransition as exc:
+            raise Refused(f"job {job_id}: {exc}") from None
+        except StaleState:
+            raise Refused(f"job {job_id} changed while this command ran; look at `ftctl show {job_id}` "
+                          f"and try again") from None
+        self.export()
+        return job_dict(self._row(job_id))
+
+    def export(self) -> bool:
+        """Rewrite [export]'s file if the set of promoted models changed (the
+        daemon does it too, every tick); True if it was written."""
+        conf = self.config.export
+        store = self.store()
+        if conf is None or store is None:
+            return False
+        from ftctl.controller.engine.export import sync
+
+        try:
+            return sync(self.config.resolve(conf.path), conf.fmt, store.promoted_models())
+        except OSError as exc:
+            raise FtctlError(f"export.path: cannot write {conf.path} ({exc.__class__.__name__})") from None
 
     def daemon(self) -> str | None:
         """Who drives this database now ("pid 123"), or None."""
@@ -314,9 +371,13 @@ class Ftctl:
 
     def wait(self, job_ids: Iterable[int], *, timeout: float | None = None,
              interval: float = 5.0) -> list[dict[str, Any]]:
-        """Block until every job is finished; TimedOut after `timeout` seconds."""
-        from ftctl.controller.engine.states import TERMINAL
+        """Block until every job is finished, a succeeded job's model promoted
+        or rejected too (its evaluation over); TimedOut after `timeout` seconds."""
+        from ftctl.controller.engine.states import PROMOTION_OPEN, TERMINAL
         from ftctl.records import job_dict
+
+        def finished(r: "Job") -> bool:
+            return r.state in TERMINAL and r.promotion not in PROMOTION_OPEN
 
         ids = list(job_ids)
         for job_id in ids:
@@ -324,10 +385,11 @@ class Ftctl:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             rows = [self._row(i) for i in ids]
-            if all(r.state in TERMINAL for r in rows):
+            if all(finished(r) for r in rows):
                 return [job_dict(r) for r in rows]
             if deadline is not None and time.monotonic() >= deadline:
-                waiting = ", ".join(f"{r.id} {r.state}" for r in rows if r.state not in TERMINAL)
+                waiting = ", ".join(f"{r.id} {r.promotion if r.state == 'succeeded' else r.state}"
+                                    for r in rows if not finished(r))
                 from ftctl.providers.settings import duration_text
 
                 raise TimedOut(f"timed out after {duration_text(timeout)} waiting for {waiting}")

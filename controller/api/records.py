@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ftctl.controller.engine.reasons import Live, render
-from ftctl.models import Attempt, Job, JobEvent, LogPoint, utcnow
+from ftctl.models import Attempt, Evaluation, Job, JobEvent, LogPoint, utcnow
 
 
 def iso(at: datetime | None) -> str | None:
@@ -66,7 +66,25 @@ def job_dict(job: Job, now: datetime | None = None, live: Live | None = None) ->
         "cancel_pending": job.cancel_pending,
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
+        # pipelines and the gate: the jobs it waits for, the one whose model it
+        # trains on and the model id its create named; what its model is to its agent
+        "upstream_job_ids": list(job.upstream_job_ids or []),
+        "model_job_id": job.model_job_id,
+        "base_model": job.base_model,
+        "training_files": job.training_files,
+        "promotion": job.promotion,
+        "promoted_at": iso(job.promoted_at),
     }
+
+
+def evaluation_dict(ev: Evaluation, answered: int = 0) -> dict[str, Any]:
+    """The gate's run: both scores, n, and the improvement against what was needed."""
+    return {"metric": ev.metric, "file": ev.file, "n": ev.examples, "answered": answered,
+            "candidate_model": ev.candidate_model, "compare_model": ev.compare_model,
+            "candidate_score": ev.candidate_score, "compare_score": ev.compare_score,
+            "improvement": ev.improvement, "min_improvement": ev.min_improvement,
+            "estimated_cost": ev.estimated_cost, "started_at": iso(ev.started_at),
+            "finished_at": iso(ev.finished_at), "error": ev.error, "last_error": ev.last_error}
 
 
 def event_dict(ev: JobEvent, agent: str | None = None, provider: str | None = None) -> dict[str, Any]:
@@ -117,8 +135,13 @@ def attempt_dict(a: Attempt) -> dict[str, Any]:
             "ended_at": iso(a.ended_at)}
 
 
+def model_dict(job: Job) -> dict[str, Any]:
+    return {"agent": job.agent, "job_id": job.id, "model": job.fine_tuned_model, "promotion": job.promotion,
+            "promoted_at": iso(job.promoted_at), "succeeded_at": iso(job.updated_at)}
+
+
 def latest_models(jobs: list[Job]) -> dict[str, str]:
-    """Each agent's newest succeeded job's fine-tuned model id."""
+    """Each agent's newest succeeded job's fine-tuned model id, whatever its promotion."""
     best: dict[str, Job] = {}
     for job in jobs:
         if job.state == "succeeded" and job.fine_tuned_model:

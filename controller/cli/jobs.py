@@ -1,4 +1,4 @@
-"""`ftctl submit | status | show | models | cancel | retry | wait`: the jobs."""
+"""`ftctl submit | status | show | models | cancel | retry | promote | reject | wait`: the jobs."""
 
 from __future__ import annotations
 
@@ -67,10 +67,11 @@ def submit(
     for r in results:
         if r.created:
             cost = f", estimate ${r.estimated_cost:,.2f}" if r.estimated_cost is not None else ""
-            out.print(f"submitted job {r.job_id} ({r.agent} on {r.provider}, {r.model}{cost}): prepared",
+            note = f" ({r.note})" if r.note else ""
+            out.print(f"submitted job {r.job_id} ({r.agent} on {r.provider}, {r.model}{cost}): prepared{note}",
                       markup=False)
         else:
-            out.print(f"skipped {r.agent}: {r.note}")
+            out.print(f"skipped {r.agent}: {r.note}", markup=False)
 
 
 # -- read commands -------------------------------------------------------------------
@@ -136,22 +137,39 @@ class ModelFormat(str, Enum):
 def models(
     fmt: Annotated[ModelFormat, typer.Option("--format", help="table, json, toml or env")] = ModelFormat.table,
     as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="every succeeded job's model with its promotion "
+                                           "(candidates, rejected ...), not only the promoted ones")] = False,
 ) -> None:
-    """Each agent's latest fine-tuned model id, ready to paste into its config."""
+    """Each agent's newest promoted model id, ready to paste into its config."""
+    from rich.table import Table
+
     from ftctl.controller.cli.views import models_text
 
+    fmt_name = "json" if as_json else fmt.value
+    if show_all:
+        if fmt_name not in ("table", "json"):
+            die(f"--all lists every model with its promotion: use the table or --json, not --format {fmt_name}")
+        with api() as ft:
+            rows = ft.all_models()
+        if fmt_name == "json":
+            emit_json(rows)
+            return
+        table = Table()
+        for col in ("AGENT", "JOB", "PROMOTION", "FINE-TUNED MODEL"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["agent"], str(r["job_id"]), r["promotion"] or "-", r["model"] or "")
+        out.print(table if rows else "no succeeded jobs yet")
+        return
     with api() as ft:
         found = ft.models()
-    fmt_name = "json" if as_json else fmt.value
     if fmt_name == "table":
-        from rich.table import Table
-
         table = Table()
         table.add_column("AGENT")
         table.add_column("FINE-TUNED MODEL")
         for a, m in found.items():
             table.add_row(a, m)
-        out.print(table if found else "no succeeded jobs yet")
+        out.print(table if found else "no promoted models yet (`ftctl models --all` shows candidates too)")
         return
     print(models_text(found, fmt_name))
 
@@ -169,11 +187,16 @@ def show(
     if as_json:
         emit_json(d)
         return
-    for key in ("id", "agent", "provider", "model", "state", "attempt", "reason", "fine_tuned_model",
-                "provider_job_id", "provider_status", "training_file", "hyperparameters", "estimated_cost",
-                "actual_cost", "last_error", "not_before", "created_at", "updated_at"):
-        if d[key] not in (None, "", {}):
+    for key in ("id", "agent", "provider", "model", "base_model", "upstream_job_ids", "state", "attempt", "reason",
+                "fine_tuned_model", "promotion", "provider_job_id", "provider_status", "training_file",
+                "training_files", "hyperparameters", "estimated_cost", "actual_cost", "last_error", "not_before",
+                "created_at", "updated_at"):
+        if d[key] not in (None, "", {}, []):
             out.print(f"[bold]{key:>17}[/]  {escape(str(d[key]))}")
+    if d.get("evaluation"):
+        from ftctl.controller.cli.views import evaluation_text
+
+        out.print(f"[bold]{'evaluation':>17}[/]  {escape(evaluation_text(d['evaluation']))}")
     table = Table(title="history", title_justify="left")
     for col in ("AT", "FROM", "TO", "TRIGGER", "PROVIDER", "REASON"):
         table.add_column(col)
@@ -236,6 +259,22 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
 
 
 @app.command()
+def promote(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Make a succeeded job's model its agent's, overriding the evaluation gate (recorded in its history)."""
+    with api() as ft:
+        row = ft.promote(_job_id(job))
+    out.print(f"job {row['id']} ({row['agent']}): {row['fine_tuned_model']} promoted", markup=False)
+
+
+@app.command()
+def reject(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Never deliver a succeeded job's model, overriding the evaluation gate (recorded in its history)."""
+    with api() as ft:
+        row = ft.reject(_job_id(job))
+    out.print(f"job {row['id']} ({row['agent']}): {row['fine_tuned_model']} rejected", markup=False)
+
+
+@app.command()
 def retry(job: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Put a failed or cancelled job back to `prepared`, with fresh attempts."""
     with api() as ft:
@@ -249,7 +288,8 @@ def wait(
     timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
     interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
 ) -> None:
-    """Block until the jobs are finished; exit 0 only if all succeeded (1 if not, 5 on timeout)."""
+    """Block until the jobs are finished (and their models promoted or rejected); exit 0 only if all succeeded
+    (1 if not, 5 on timeout)."""
     from ftctl.controller.config import parse_duration
 
     ids = [_job_id(j) for j in jobs]
@@ -260,6 +300,8 @@ def wait(
     with api() as ft:
         rows = ft.wait(ids, timeout=limit, interval=interval)
     for r in rows:
-        detail = r["fine_tuned_model"] if r["state"] == "succeeded" else (r["reason"] or "")
+        detail = r["reason"] or ""
+        if r["state"] == "succeeded":
+            detail = f"{r['fine_tuned_model']} ({r['promotion']})"
         out.print(f"job {r['id']} ({r['agent']}): {r['state']} {detail}".rstrip(), markup=False)
     raise typer.Exit(EXIT_OK if all(r["state"] == "succeeded" for r in rows) else EXIT_FAILED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -15,6 +16,10 @@ METHOD_HELP = "the training method whose data format to check (e.g. sft, dpo; de
 
 if TYPE_CHECKING:
     from ftctl.controller.preflight.report import Report
+
+class SplitBy(str, Enum):
+    weight = "weight"
+
 
 def maybe_config() -> Config | None:
     """The config when one is given or found; these commands also work without."""
@@ -177,7 +182,8 @@ def estimate(
 @app.command()
 def prepare(
     source: Annotated[Path, typer.Argument(help="the raw JSONL file")],
-    output: Annotated[Path, typer.Argument(help="where to write the provider-ready file")],
+    output: Annotated[Path, typer.Argument(help="where to write the provider-ready file (with --split-by: a "
+                                           "folder)")],
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", min=1)] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="USD", min=0.01)] = None,
     strip_extra: Annotated[bool, typer.Option("--strip-extra", help="drop fields the provider rejects")] = False,
@@ -189,9 +195,13 @@ def prepare(
     model: Annotated[Optional[str], typer.Option("--model", help="count tokens and cost for this model")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="processes counting tokens")] = None,
+    keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="keep exact duplicates (judged on "
+                                                  "the messages and, where given, the target agent)")] = False,
+    split_by: Annotated[Optional[SplitBy], typer.Option("--split-by", help="weight: one file per weight value "
+                                                        "in the OUTPUT folder, and their training_files")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample."""
+    """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample or split by weight."""
     from ftctl.controller.preflight.check import PreflightError, default_jobs
     from ftctl.controller.preflight.check import phone_region as region_of
     from ftctl.controller.preflight.pii import KINDS, describe
@@ -220,14 +230,16 @@ def prepare(
         result = run_prepare(source, output, provider=kind, counter=counter, price=price, epochs=epochs,
                              max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
                              scrub_pii=scrub_pii, seed=seed, phone_region=region,
-                             jobs=jobs or (default_jobs() if source.stat().st_size > 8 * 2**20 else 1))
+                             jobs=jobs or (default_jobs() if source.stat().st_size > 8 * 2**20 else 1),
+                             keep_duplicates=keep_duplicates, split_by=split_by.value if split_by else None)
     except PrepareError as exc:
         die(str(exc))
     if as_json:
         emit_json(result.as_dict())
         return
     d = result.as_dict()
-    out.print(f"wrote {output}: kept {result.kept:,} of {result.lines:,} lines (seed {seed})", markup=False)
+    written = f"{len(result.files)} files in {output}" if split_by else str(output)
+    out.print(f"wrote {written}: kept {result.kept:,} of {result.lines:,} lines (seed {seed})", markup=False)
     for reason, n in sorted(result.removed.items()):
         out.print(f"  removed {n:,}: {reason}", markup=False)
     if result.stripped:
@@ -251,6 +263,10 @@ def prepare(
             for k, v in d["source_agent_share_in"].items()), markup=False)
     if result.cost is not None:
         out.print(f"  {result.data_tokens:,} data tokens; estimate ${result.cost:,.2f}", markup=False)
+    if split_by:
+        out.print("\nfor the agent in controller.toml (paths relative to the file, adjust them if it lives "
+                  "elsewhere):", markup=False)
+        out.print(result.training_files_snippet(), markup=False)
 
 
 @app.command()
@@ -279,8 +295,8 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         emit_json(data)
         return
     out.print(f"period: the last {data['period_days']:g} days", markup=False)
-    out.print(f"spent: ${spent:,.2f} (succeeded jobs)   committed: ${committed:,.2f} (queued and running)",
-              markup=False)
+    out.print(f"spent: ${spent:,.2f} (succeeded jobs, finished evaluations)   committed: ${committed:,.2f} "
+              f"(queued and running jobs, evaluations under way)", markup=False)
     if caps.total is not None:
         out.print(f"total cap: ${caps.total:,.2f}   remaining: ${remaining:,.2f}", markup=False)
     else:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from rich.markup import escape
@@ -42,11 +41,36 @@ def status_table(jobs: list[Job], now: datetime | None = None, title: str | None
         table.add_column(col, no_wrap=col != "REASON / FINE-TUNED MODEL", justify="right" if col == "COST" else "left")
     for job in jobs:
         style = STATE_STYLE.get(job.state, "")
-        detail = job.fine_tuned_model if job.state == "succeeded" else (reason_text(job, live) or "")
-        table.add_row(str(job.id), job.agent, job.provider, job.model, f"[{style}]{job.state}[/]",
+        detail = reason_text(job, live) or ""
+        if job.state == "succeeded":  # its model, and what the gate made of it
+            why = reason_text(job, live) if job.reason_code not in (None, "no_gate") else None
+            detail = (job.fine_tuned_model or "") + (f" {why}" if why else f" ({job.promotion})"
+                                                     if job.promotion not in (None, "promoted") else "")
+        table.add_row(str(job.id), job.agent, job.provider, model_text(job), f"[{style}]{job.state}[/]",
                       str(job.attempt), age_text((now - job.created_at).total_seconds()), cost_text(job),
                       escape(detail))
     return table
+
+
+def model_text(job: Job) -> str:
+    """The model column: a downstream job shows the chain it is part of."""
+    text = job.model
+    if job.model_job_id is not None:
+        text += f" (job {job.model_job_id})"
+    others = [i for i in job.upstream_job_ids or () if i != job.model_job_id]
+    if others:
+        text += f", after job{'s' if len(others) > 1 else ''} {', '.join(str(i) for i in others)}"
+    return text
+
+
+def evaluation_text(ev: dict) -> str:
+    """show: both scores, n, and the improvement against what was needed."""
+    if ev["improvement"] is None:
+        state = f"error: {ev['error']}" if ev["error"] else f"{ev['answered']}/{2 * ev['n']} answers so far"
+        return f"{ev['metric']} on n={ev['n']} examples, {state} (estimate ${ev['estimated_cost']:.4f})"
+    return (f"{ev['metric']} on n={ev['n']} examples: candidate {ev['candidate_score']:.2f}, "
+            f"{ev['compare_model']} {ev['compare_score']:.2f}; improvement {ev['improvement']:+.2f} "
+            f"(needed {ev['min_improvement']:+.2f})")
 
 
 def cost_text(job: Job) -> str:
@@ -59,19 +83,9 @@ def cost_text(job: Job) -> str:
 
 
 def models_text(models: dict[str, str], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(models, indent=2)
-    if fmt == "toml":
-        lines = ["[models]"] + [f"{json.dumps(a) if not a.replace('_', '').replace('-', '').isalnum() else a} = "
-                                f"{json.dumps(m)}" for a, m in models.items()]
-        return "\n".join(lines)
-    if fmt == "env":
-        out = []
-        for agent, model in models.items():
-            key = "FTCTL_MODEL_" + "".join(c if c.isalnum() else "_" for c in agent.upper())
-            out.append(f"{key}={model}")
-        return "\n".join(out)
-    raise ValueError(fmt)
+    from ftctl.controller.engine.export import render
+
+    return render(models, fmt)
 
 
 BARS = "▁▂▃▄▅▆▇█"

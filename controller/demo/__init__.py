@@ -2,10 +2,16 @@
 
 Five agents on a simulated provider that allows 2 concurrent jobs. ftctl is
 configured (as the team once did by hand) to start 5 at once: the provider
-takes them all and then fails 3 with the concurrency-limit message; ftctl
-puts those back to `prepared` without counting an attempt, learns the limit
-of 2 and runs the rest as slots free up. One job is made to fail in
-training and is retried after a backoff.
+takes every job it is given and then fails those over its limit with the
+concurrency-limit message; ftctl puts them back to `prepared` without
+counting an attempt, learns the limit of 2 and runs the rest as slots free
+up. One job is made to fail in training and is retried after a backoff.
+
+Two of the agents are a pipeline: `conversation` trains on `feedback`'s
+fine-tuned model (model = "@feedback"), so it waits until that job
+succeeded. Two have an evaluation gate: `conversation`'s model answers its
+held-out questions and is promoted; `legal`'s learned nothing its questions
+ask, is rejected, and never reaches the export file (agents/models.toml).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-AGENTS = ("content", "legal", "qa", "support", "analyst")
+AGENTS = ("feedback", "content", "legal", "qa", "conversation")
+DATA = AGENTS + ("eval-conversation", "eval-legal")
 
 CONFIG = """\
 [controller]
@@ -39,37 +46,57 @@ queue_time = "0.5s"
 validate_time = "1s"
 train_time = "{train_time}s"
 fail_rate = 0.25        # a seeded share of jobs fails in training
-seed = 3
+seed = {seed}
+
+[export]
+path = "agents/models.toml"   # each agent's newest promoted model, for the agents to read
 """
 
 AGENT = """
 [agents.{name}]
 provider = "sim"
-model = "open-mistral-7b"
+model = "{model}"
 training_file = "data/{name}.jsonl"
 hyperparameters = {{ training_steps = 10, learning_rate = 0.0001 }}
 """
 
+PIPELINE = """depends_on = ["feedback"]       # stage 2: trains on stage 1's fine-tuned model
+"""
 
-def write_demo_files(directory: Path, train_time: float = 3.0) -> Path:
+GATE = """
+[agents.{name}.eval]
+file = "data/eval-{name}.jsonl"   # held-out questions and the answers expected
+metric = "exact"
+min_improvement = 0.5
+"""
+
+
+def write_demo_files(directory: Path, train_time: float = 3.0, seed: int = 1) -> Path:
     data = directory / "data"
     data.mkdir(parents=True, exist_ok=True)
     source = resources.files("ftctl.controller.demo") / "data"
-    for name in AGENTS:
+    for name in DATA:
         with resources.as_file(source / f"{name}.jsonl") as path:
             shutil.copyfile(path, data / f"{name}.jsonl")
+    text = CONFIG.format(train_time=train_time, seed=seed)
+    for name in AGENTS:
+        text += AGENT.format(name=name, model="@feedback" if name == "conversation" else "open-mistral-7b")
+        if name == "conversation":
+            text += PIPELINE
+        if name in ("conversation", "legal"):
+            text += GATE.format(name=name)
     config = directory / "controller.toml"
-    config.write_text(CONFIG.format(train_time=train_time) + "".join(AGENT.format(name=n) for n in AGENTS))
+    config.write_text(text)
     return config
 
 
 def run_demo(console: Console, directory: Path | None = None, *, train_time: float = 3.0,
              timeout: float = 120.0) -> int:
+    from ftctl.controller.cli.views import status_table
     from ftctl.controller.config import load_config
-    from ftctl.controller.service.logs import configure
     from ftctl.controller.engine.tick import Ticker
     from ftctl.controller.preflight.submit import plan_submissions, store_submissions
-    from ftctl.controller.cli.views import latest_models, status_table
+    from ftctl.controller.service.logs import configure
     from ftctl.models import Store
 
     workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ftctl-demo-"))
@@ -80,7 +107,8 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
     configure("info", stream=log_file, json=True)
     config = load_config(config_path)
     console.print(f"ftctl demo in {workdir} (config {config_path.name}, log {log_path.name})")
-    console.print("simulated provider: allows 2 concurrent jobs; ftctl is told 5 and learns the real limit\n")
+    console.print("simulated provider: allows 2 concurrent jobs; ftctl is told 5 and learns the real limit;\n"
+                  "conversation trains on feedback's model; conversation and legal must pass an evaluation\n")
     store = Store(config.database_url)
     store.acquire_daemon_lock()
     store_submissions(store, plan_submissions(config, [], all_agents=True))
@@ -95,19 +123,38 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
                 if result.all_terminal or time.monotonic() - started > timeout:
                     break
                 time.sleep(config.controller.poll_interval)
-        jobs = store.list_jobs()
-        attempts = [a for j in jobs for a in store.attempts(j.id)]
-        capacity = sum(1 for a in attempts if a.outcome == "capacity")
-        retries = sum(1 for a in attempts if a.outcome == "failed")
-        models = latest_models(jobs)
-        console.print(f"\n{len(models)}/{len(AGENTS)} agents succeeded in {time.monotonic() - started:.1f}s; "
-                      f"{capacity} capacity rejections absorbed (not counted as attempts), "
-                      f"{retries} training failure{'s' if retries != 1 else ''} retried\n")
-        for agent, model in models.items():
-            console.print(f"  {agent:<8} {model}")
-        console.print(f"\ntry: ftctl --config {config_path} status | show 1 | models --format toml")
-        return 0 if len(models) == len(AGENTS) and all(j.state == "succeeded" for j in jobs) else 1
+        return _summary(console, store, config, config_path, time.monotonic() - started)
     finally:
         reconciler.close()
         store.close()
         log_file.close()
+
+
+def _summary(console: Console, store, config, config_path: Path, seconds: float) -> int:
+    jobs = {j.agent: j for j in store.list_jobs()}
+    attempts = [a for j in jobs.values() for a in store.attempts(j.id)]
+    capacity = sum(1 for a in attempts if a.outcome == "capacity")
+    retries = sum(1 for a in attempts if a.outcome == "failed")
+    succeeded = sum(1 for j in jobs.values() if j.state == "succeeded")
+    promoted = sorted(a for a, j in jobs.items() if j.promotion == "promoted")
+    rejected = sorted(a for a, j in jobs.items() if j.promotion == "rejected")
+    console.print(f"\n{succeeded}/{len(AGENTS)} jobs succeeded in {seconds:.1f}s; {capacity} capacity rejections "
+                  f"absorbed (not counted as attempts), {retries} training failure{'s' if retries != 1 else ''} "
+                  f"retried; conversation trained on feedback's model; gate: {len(promoted)} promoted, "
+                  f"{len(rejected)} rejected ({', '.join(rejected) or 'none'})\n")
+    stage1, stage2 = jobs.get("feedback"), jobs.get("conversation")
+    if stage1 is not None and stage2 is not None:
+        console.print(f"  pipeline: conversation (job {stage2.id}) was created on {stage2.base_model}", markup=False)
+    for agent in ("conversation", "legal"):
+        job = jobs.get(agent)
+        if job is not None and job.promotion in ("promoted", "rejected"):
+            from ftctl.records import reason_text
+
+            console.print(f"  gate {agent}: {reason_text(job)}", markup=False)
+    export = config.resolve(config.export.path)
+    console.print(f"\n{config.export.path} (promoted models only):", markup=False)
+    console.print(export.read_text() if export.exists() else "(not written)", markup=False)
+    console.print(f"try: ftctl --config {config_path} status | show {stage2.id if stage2 else 1} | models --all")
+    ok = (succeeded == len(AGENTS) and rejected == ["legal"]
+          and stage2 is not None and stage1 is not None and stage2.base_model == stage1.fine_tuned_model)
+    return 0 if ok else 1

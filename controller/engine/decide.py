@@ -13,28 +13,43 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ftctl.controller.engine.decisions import (UNCHANGED, CancelAtProvider, CancelQuote, Decision, ForgetUpload,
-                                               JobView, Note, ProviderUpdate, ProviderView, QuoteSettled, Slots,
-                                               Submit, Transition)
+from ftctl.controller.engine.decisions import (UNCHANGED, CancelAtProvider, CancelQuote, Decision, Evaluate,
+                                               ForgetUpload, GateView, JobView, Note, Promote, ProviderUpdate,
+                                               ProviderView, QuoteSettled, Slots, Submit, Transition, UpstreamView)
+from ftctl.controller.engine.gate import decide_promotions
 from ftctl.controller.engine.outcomes import after_create, after_upload_error, begin_submit, file_problem
 from ftctl.controller.engine.policy import Budget, Policy, backoff_seconds
 from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.rules import (capacity_requeue, effective_limit, error_reason, note_if_changed,
                                            pause_for, retry_or_fail)
-from ftctl.controller.engine.states import CANCELLED, IN_FLIGHT, PREPARED, RUNNING, JobState
+from ftctl.controller.engine.states import (CANCELLED, EVALUATING, FAILED, IN_FLIGHT, PREPARED, RUNNING,
+                                           SUCCEEDED, JobState)
 from ftctl.providers.base import FAIL_CAPACITY, FAIL_DATA, P_CANCELLED, P_FAILED, P_QUEUED, P_RUNNING, P_SUCCEEDED
 
 
 def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: datetime,
-           policy: Policy, rng: random.Random, budget: Budget | None = None) -> list[Decision]:
+           policy: Policy, rng: random.Random, budget: Budget | None = None,
+           gates: dict[int, GateView] | None = None, gated: frozenset[str] = frozenset()) -> list[Decision]:
+    """`gates`: what the shell found of each succeeded job's evaluation gate;
+    `gated`: the agents that have one (a job of another agent is promoted
+    the moment it succeeds)."""
     jobs = list(jobs)
+    gates = gates or {}
     budget = budget or Budget()
     committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
+    committed += sum(gates[j.id].estimate for j in jobs if j.promotion == EVALUATING and j.id in gates)
     money = _Money(budget, budget.left(committed))
+    out: list[Decision | None] = []
     grouped: dict[str, list[JobView]] = {}
     for job in jobs:
+        if job.state == SUCCEEDED:
+            continue  # its model's promotion: below
+        if job.state == PREPARED and job.upstream:
+            held, decision = _upstream(job)
+            out.append(decision)
+            if held:
+                continue
         grouped.setdefault(job.provider, []).append(job)
-    out: list[Decision | None] = []
     for name, group in grouped.items():
         group.sort(key=lambda j: j.id)
         pv = providers.get(name)
@@ -42,25 +57,51 @@ def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: dat
             reason = Reason("unknown_provider", {"provider": name})
             out.extend(note_if_changed(j, reason) for j in group if j.state != CANCELLED)
             continue
-        out.extend(_ProviderStep(group, pv, now, policy, rng, money).run())
+        out.extend(_ProviderStep(group, pv, now, policy, rng, money, gated).run())
     for name, pv in providers.items():
         if name not in grouped and pv.jobs is not None:
             out.extend(_quotes(pv))
+    out.extend(decide_promotions([j for j in jobs if j.state == SUCCEEDED], gates, now, money))
     return [d for d in out if d is not None]
 
 
+def _upstream(job: JobView) -> tuple[bool, Decision | None]:
+    """A downstream job waits in `prepared` until every upstream job
+    succeeded, and fails, sending nothing, when one ended otherwise.
+    (held, decision): held jobs are not admitted this tick."""
+    for up in job.upstream:
+        if up.state in (FAILED, CANCELLED, "gone") or (up.state == SUCCEEDED and up.job_id == job.model_job_id
+                                                        and not up.fine_tuned_model):
+            reason = Reason("upstream_failed", {"agent": up.agent, "job": up.job_id, "state": up.state})
+            return True, Transition(job.id, PREPARED, "fail", reason, {"last_error": reason.text()})
+    for up in job.upstream:
+        if up.state != SUCCEEDED:
+            return True, note_if_changed(job, Reason("upstream", {"agent": up.agent, "job": up.job_id,
+                                                                  "state": up.state}))
+    return False, None
+
+
+def _submit(job: JobView, token: str | None = None) -> Submit:
+    """A Submit that names the upstream job's model for a job trained on it."""
+    base: UpstreamView | None = next((u for u in job.upstream if u.job_id == job.model_job_id), None)
+    if base is None:
+        return Submit(job.id, token)
+    return Submit(job.id, token, base_model=base.fine_tuned_model, upstream_ref=base.provider_job_id)
+
+
 class _Money:
-    """What is left to commit during one tick, across all providers."""
+    """What is left to commit during one tick, across all providers (jobs,
+    then evaluations)."""
 
     def __init__(self, budget: Budget, left: float | None):
         self.budget, self.left = budget, left
 
-    def refuse(self, job: JobView) -> Reason | None:
-        return self.budget.refuse(job.estimated_cost, self.left)
+    def refuse(self, cost: float | None) -> Reason | None:
+        return self.budget.refuse(cost, self.left)
 
-    def commit(self, job: JobView) -> None:
+    def commit(self, cost: float | None) -> None:
         if self.left is not None:
-            self.left -= job.estimated_cost or 0.0
+            self.left -= cost or 0.0
 
 
 def _quotes(pv: ProviderView) -> list[Decision]:
@@ -77,9 +118,9 @@ def _quotes(pv: ProviderView) -> list[Decision]:
 
 class _ProviderStep:
     def __init__(self, jobs: Sequence[JobView], pv: ProviderView, now: datetime, policy: Policy,
-                 rng: random.Random, money: _Money):
+                 rng: random.Random, money: _Money, gated: frozenset[str] = frozenset()):
         self.jobs, self.pv, self.now, self.policy, self.rng = jobs, pv, now, policy, rng
-        self.money = money
+        self.money, self.gated = money, gated
         self.out: list[Decision | None] = []
         # (provider job id, client token) of each of our jobs still holding a slot
         self.inflight: list[tuple[str | None, str | None]] = []
@@ -170,7 +211,8 @@ class _ProviderStep:
             updates = {**bound, "fine_tuned_model": pj.fine_tuned_model, "actual_cost": pj.cost,
                        "trained_tokens": pj.trained_tokens, "not_before": None, "last_error": None}
             self.out.append(Transition(job.id, job.state, "succeed", None, updates,
-                                       provider_status=pj.raw_status, attempt_outcome=("succeeded", True)))
+                                       provider_status=pj.raw_status, attempt_outcome=("succeeded", True),
+                                       promotion=None if job.agent in self.gated else "skip"))
         elif pj.status == P_CANCELLED:
             self.out.append(Transition(job.id, job.state, "cancel", Reason("cancelled_provider"), bound,
                                        provider_status=pj.raw_status, attempt_outcome=("cancelled", True)))
@@ -209,7 +251,7 @@ class _ProviderStep:
                 return
         if job.not_before and self.now < job.not_before:
             return
-        self.out.append(Submit(job.id, job.client_token))
+        self.out.append(_submit(job, job.client_token))
 
     def _retry_or_fail(self, job: JobView, why: str, *, outcome: str, provider_status: str | None = None) -> None:
         self.out.append(retry_or_fail(job, why, self.now, self.policy, self.rng, outcome=outcome,
@@ -238,20 +280,20 @@ class _ProviderStep:
             if paused:
                 self.out.append(note_if_changed(job, Reason("paused", {"why": pv.paused_why, "message": pv.paused_message})))
                 continue
-            over = self.money.refuse(job)
+            over = self.money.refuse(job.estimated_cost)
             if over:
                 self.out.append(note_if_changed(job, over))
             elif used < limit:
                 used += 1
-                self.money.commit(job)
-                self.out.append(Submit(job.id))
+                self.money.commit(job.estimated_cost)
+                self.out.append(_submit(job))
             else:
                 told_to_wait += 1
                 self.out.append(note_if_changed(job, Reason("slot", {"provider": pv.name})))
         self.out.append(Slots(pv.name, used, limit, told_to_wait))
 
 
-__all__ = ["UNCHANGED", "Budget", "CancelAtProvider", "CancelQuote", "Decision", "ForgetUpload", "JobState",
-           "JobView", "Note", "Policy", "ProviderUpdate", "ProviderView", "QuoteSettled", "Slots", "Submit",
-           "Transition", "after_create", "after_upload_error", "backoff_seconds", "begin_submit", "decide",
+__all__ = ["UNCHANGED", "Budget", "CancelAtProvider", "CancelQuote", "Decision", "Evaluate", "ForgetUpload",
+           "GateView", "JobState", "JobView", "Note", "Policy", "Promote", "ProviderUpdate", "ProviderView",
+           "QuoteSettled", "Slots", "Submit", "Transition", "UpstreamView", "after_create", "after_upload_error", "backoff_seconds", "begin_submit", "decide",
            "effective_limit", "error_reason", "file_problem", "pause_for", "retry_or_fail"]

@@ -22,6 +22,17 @@ UNCHANGED: Any = object()
 
 
 @dataclass(frozen=True)
+class UpstreamView:
+    """A job another one waits for (depends_on), as it is now."""
+
+    job_id: int
+    agent: str
+    state: str  # "gone" when the row no longer exists
+    fine_tuned_model: str | None = None
+    provider_job_id: str | None = None
+
+
+@dataclass(frozen=True)
 class JobView:
     id: int
     agent: str
@@ -40,12 +51,17 @@ class JobView:
     provider_status: str | None = None
     estimated_cost: float | None = None
     last_error: str | None = None
+    # pipelines: the job whose model this one trains on, and every job it waits for
+    model_job_id: int | None = None
+    upstream: tuple[UpstreamView, ...] = ()
+    promotion: str | None = None
 
     @classmethod
-    def of(cls, row: Any) -> "JobView":
+    def of(cls, row: Any, **extra: Any) -> "JobView":
         if isinstance(row, Mapping):
-            return cls(**{f: row[f] for f in cls.__dataclass_fields__ if f in row})
-        return cls(**{f: getattr(row, f) for f in cls.__dataclass_fields__})
+            return cls(**{f: row[f] for f in cls.__dataclass_fields__ if f in row}, **extra)
+        return cls(**{f: getattr(row, f) for f in cls.__dataclass_fields__ if f not in extra and hasattr(row, f)},
+                   **extra)
 
     @property
     def reason(self) -> Reason | None:
@@ -79,6 +95,30 @@ class ProviderView:
     pending_quotes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class GateView:
+    """A succeeded job's evaluation gate, as the shell found it: not started
+    (its cost `estimate`, or the `problem` that stops it), or under way."""
+
+    job_id: int
+    configured: bool = True
+    estimate: float = 0.0
+    problem: str | None = None
+    started: bool = False
+    examples: int = 0
+    answered: int = 0  # answers stored, both models together
+    candidate_score: float | None = None  # means so far
+    compare_score: float | None = None
+    min_improvement: float = 0.0
+    metric: str = "exact"
+    compare_model: str = ""
+    not_before: datetime | None = None
+    error: str | None = None  # the evaluation cannot go on: the gate fails
+    # for a gate not started: the evaluation record to start (metric, file,
+    # models, examples, min_improvement)
+    start: Mapping[str, Any] | None = None
+
+
 # -- decisions -------------------------------------------------------------------
 
 
@@ -92,6 +132,9 @@ class Transition:
     provider_status: str | None = None
     # how the provider attempt ended: (outcome, counted)
     attempt_outcome: tuple[str, bool] | None = None
+    # with `succeed`: the promotion trigger fired in the same transaction
+    # ("skip" when the agent has no evaluation)
+    promotion: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,10 +153,34 @@ class Note:
 class Submit:
     """Hand a job to its provider. client_token None: a new submission
     (prepared -> queued, a new token); a token: create again for an intent
-    that a listing, read after the first call could have landed, does not show."""
+    that a listing, read after the first call could have landed, does not show.
+    A downstream job names its upstream job's model (`base_model`) and, for a
+    provider that continues from a job, that job (`upstream_ref`)."""
 
     job_id: int
     client_token: str | None = None
+    base_model: str | None = None
+    upstream_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Promote:
+    """A move of a succeeded job's model (engine.states' promotion machine);
+    `evaluation`: with `evaluate`, the gate's run to start; with `accept` or
+    `decline`, its final figures."""
+
+    job_id: int
+    expect: str
+    trigger: str
+    reason: Reason | None
+    evaluation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """Ask the models the evaluation's next questions (a bounded slice)."""
+
+    job_id: int
 
 
 @dataclass(frozen=True)
@@ -171,4 +238,4 @@ class Slots:
 
 
 Decision = (Transition | Note | Submit | CancelAtProvider | CancelQuote | QuoteSettled | ForgetUpload
-            | ProviderUpdate | Slots)
+            | ProviderUpdate | Slots | Promote | Evaluate)

@@ -57,12 +57,3 @@ def record(session: Any, job: Job, *, before: str | None, after: str, trigger: s
         session.add(OutboxEvent(event_id=ev.event_id, job_id=job.id, name=name, payload=payload(job, ev),
                                 created_at=now, next_at=now))
     return ev
-
-
-def record_promotion(session: Any, job: Job, now: datetime) -> JobEvent | None:
-    """A succeeded job's model becomes its agent's model. ftctl has no
-    evaluation gate yet, so a success is a promotion at once."""
-    if not job.fine_tuned_model:
-        return None
-    return record(session, job, before=job.state, after=job.state, trigger="promote", now=now, name="promoted",
-                  reason=f"{job.fine_tuned_model} is {job.agent}'s model now")

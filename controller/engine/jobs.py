@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 
-from ftctl.controller.engine.events import record, record_promotion
+from ftctl.controller.engine.events import record
 from ftctl.controller.engine.reasons import Reason
-from ftctl.controller.engine.states import PREPARED, InvalidTransition, next_state
-from ftctl.models import Attempt, Job, Store, utcnow
+from ftctl.controller.engine.states import (CANDIDATE, EVALUATING, PREPARED, PROMOTED, SUCCEEDED, InvalidTransition,
+                                           next_promotion, next_state)
+from ftctl.models import Attempt, Evaluation, Job, Store, utcnow
 from ftctl.models.tables import LIVE_STATES, job_identity
 
 
@@ -55,7 +56,9 @@ def new_client_token(agent: str) -> str:
 
 def create_job(store: Store, *, agent: str, provider: str, model: str, training_file: Path,
                content_hash: str, hyperparameters: dict[str, Any], now: datetime | None = None,
-               estimated_cost: float | None = None, data_tokens: int | None = None, force: bool = True) -> Job:
+               estimated_cost: float | None = None, data_tokens: int | None = None, force: bool = True,
+               upstream_job_ids: list[int] | None = None, model_job_id: int | None = None,
+               training_files: list[dict[str, Any]] | None = None) -> Job:
     """Store a new `prepared` job. Unless `force`, Twin if an identical job
     is live: the check and the insert are one transaction, and a unique
     index on (identity, replica) among live jobs backs it against a
@@ -66,7 +69,9 @@ def create_job(store: Store, *, agent: str, provider: str, model: str, training_
             with store.write() as s:
                 job = new_job_row(agent=agent, provider=provider, model=model, training_file=training_file,
                                   content_hash=content_hash, hyperparameters=hyperparameters, now=now,
-                                  estimated_cost=estimated_cost, data_tokens=data_tokens)
+                                  estimated_cost=estimated_cost, data_tokens=data_tokens,
+                                  upstream_job_ids=upstream_job_ids, model_job_id=model_job_id,
+                                  training_files=training_files)
                 live = s.exec(select(Job).where(Job.identity == job.identity, Job.state.in_(LIVE_STATES))
                               .order_by(Job.id)).first()
                 if live is not None and not force:
@@ -83,12 +88,14 @@ def create_job(store: Store, *, agent: str, provider: str, model: str, training_
 
 def new_job_row(*, agent: str, provider: str, model: str, training_file: Path, content_hash: str,
                 hyperparameters: dict[str, Any], now: datetime, estimated_cost: float | None = None,
-                data_tokens: int | None = None) -> Job:
+                data_tokens: int | None = None, upstream_job_ids: list[int] | None = None,
+                model_job_id: int | None = None, training_files: list[dict[str, Any]] | None = None) -> Job:
     return Job(agent=agent, provider=provider, model=model, training_file=str(training_file),
                content_hash=content_hash, hyperparameters=dict(hyperparameters), state=PREPARED.value,
-               identity=job_identity(agent, provider, model, content_hash, dict(hyperparameters)),
+               identity=job_identity(agent, provider, model, content_hash, dict(hyperparameters), upstream_job_ids),
                estimated_cost=estimated_cost, data_tokens=data_tokens, **Reason("daemon").stored(),
-               created_at=now, updated_at=now)
+               upstream_job_ids=list(upstream_job_ids) if upstream_job_ids else None, model_job_id=model_job_id,
+               training_files=training_files, created_at=now, updated_at=now)
 
 
 def add_job(session: Any, job: Job, now: datetime) -> None:
@@ -101,12 +108,14 @@ def add_job(session: Any, job: Job, now: datetime) -> None:
 
 def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None, reason: Reason | None = None,
          expect: str | None = None, updates: dict[str, Any] | None = None, provider_status: str | None = None,
-         attempt_outcome: tuple[str, bool] | None = None) -> tuple[str, Job]:
+         attempt_outcome: tuple[str, bool] | None = None, promotion: str | None = None) -> tuple[str, Job]:
     """Move a job by `trigger`; returns (previous state, job).
 
     The state check, the row update, the history row and the event owed to
     the hooks happen in one transaction, so a refused or stale transition
-    changes nothing and a stored one is never lost for the hooks.
+    changes nothing and a stored one is never lost for the hooks. A job
+    that succeeds gets its model's promotion state (`candidate`), moved at
+    once by `promotion` where given ("skip": the agent has no evaluation).
     """
     now = now or utcnow()
     with store.write() as s:
@@ -128,8 +137,10 @@ def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None
         s.add(job)
         record(s, job, before=before, after=after.value, trigger=trigger, now=now,
                reason=reason.text() if reason else None, provider_status=provider_status)
-        if after.value == "succeeded" and before != after.value:
-            record_promotion(s, job, now)
+        if after == SUCCEEDED and job.promotion is None:
+            job.promotion = CANDIDATE.value
+            if promotion is not None:
+                _promote_in(s, job, promotion, Reason("no_gate") if promotion == "skip" else None, now)
         if trigger == "submit" and job.client_token:
             s.add(Attempt(job_id=job.id, number=job.attempt, client_token=job.client_token, submitted_at=now))
         elif attempt_outcome is not None and token_before:
@@ -140,6 +151,54 @@ def fire(store: Store, job_id: int, trigger: str, *, now: datetime | None = None
                 row.provider_job_id = row.provider_job_id or job.provider_job_id or (updates or {}).get(
                     "provider_job_id")
                 s.add(row)
+    return before, job
+
+
+def _promote_in(session: Any, job: Job, trigger: str, reason: Reason | None, now: datetime) -> str:
+    """Move a succeeded job's model by `trigger` (the promotion machine) and
+    write its history row, in the caller's transaction; returns the state before."""
+    before = job.promotion or CANDIDATE.value
+    after = next_promotion(before, trigger)
+    job.promotion = after.value
+    if after == PROMOTED:
+        job.promoted_at = now
+    job.updated_at = now
+    session.add(job)
+    # a promotion or a rejection is an event too (the hooks' `promoted`, `rejected`)
+    record(session, job, before=before, after=after.value, trigger=trigger, now=now,
+           reason=reason.text() if reason else None)
+    return before
+
+
+def fire_promotion(store: Store, job_id: int, trigger: str, *, reason: Reason | None = None,
+                   expect: str | None = None, evaluation: dict[str, Any] | None = None,
+                   now: datetime | None = None) -> tuple[str, Job]:
+    """A succeeded job's model moves (promotion machine): its reason, its
+    history row and its evaluation's record (started with `evaluate`, its
+    final figures with a verdict) in one transaction. StaleState if its
+    promotion is no longer `expect`; InvalidTransition if not allowed."""
+    now = now or utcnow()
+    with store.write() as s:
+        job = store.lock_job(s, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.state != SUCCEEDED.value or job.promotion is None:
+            raise InvalidTransition(trigger, job.state)
+        if expect is not None and job.promotion != expect:
+            raise StaleState(f"job {job_id}'s model is {job.promotion}, not {expect}")
+        before = _promote_in(s, job, trigger, reason, now)
+        job.reason_code, job.reason_args = (reason.code, dict(reason.args)) if reason else (None, None)
+        row = s.exec(select(Evaluation).where(Evaluation.job_id == job_id)).first()
+        if trigger == "evaluate" and row is None and evaluation:
+            s.add(Evaluation(job_id=job_id, started_at=now, **evaluation))
+        elif row is not None and (evaluation or (before == EVALUATING and row.finished_at is None)):
+            for key, value in (evaluation or {}).items():
+                setattr(row, key, value)
+            # an evaluation left by a verdict or a person's override is over:
+            # its estimate no longer holds money back
+            if before == EVALUATING and row.finished_at is None:
+                row.finished_at = now
+            s.add(row)
     return before, job
 
 
@@ -207,16 +266,43 @@ def user_transition(store: Store, job_id: int, trigger: str) -> tuple[str, Job]:
     if trigger == "cancel" and (job.provider_job_id or job.client_token):
         updates["cancel_pending"] = True
     if trigger == "retry":
-        updates.update(attempt=0, client_token=None, provider_job_id=None, intent_at=None, not_before=None,
-                       fine_tuned_model=None, last_error=None, cancel_pending=False, provider_status=None)
+        updates.update(RETRY_RESET)
     reason = Reason({"cancel": "cancelled_user", "retry": "retried"}.get(trigger, "text"),
                     {} if trigger in ("cancel", "retry") else {"text": f"{trigger} by the user"})
     try:
-        return fire(store, job_id, trigger, reason=reason, expect=job.state, updates=updates)
+        result = fire(store, job_id, trigger, reason=reason, expect=job.state, updates=updates)
     except IntegrityError:
         # back to waiting while an identical job is live: that would be a twin
         raise Twin(store.live_twin(job.identity)) from None
+    if trigger == "retry":
+        retry_downstream(store, job_id)
+    return result
+
+
+RETRY_RESET = dict(attempt=0, client_token=None, provider_job_id=None, intent_at=None, not_before=None,
+                   fine_tuned_model=None, last_error=None, cancel_pending=False, provider_status=None,
+                   base_model=None)
+
+
+def retry_downstream(store: Store, job_id: int) -> list[int]:
+    """The jobs that failed because `job_id` (or one of them) ended badly go
+    back to `prepared` with it: retrying an upstream job brings its chain back."""
+    revived: list[int] = []
+    todo = [job_id]
+    while todo:
+        upstream = todo.pop()
+        for job in store.list_jobs(states=["failed"]):
+            if job.reason_code == "upstream_failed" and upstream in (job.upstream_job_ids or ()):
+                try:
+                    fire(store, job.id, "retry", reason=Reason("retried_upstream", {"job": job_id}),
+                         expect="failed", updates=dict(RETRY_RESET))
+                except (StaleState, InvalidTransition, IntegrityError):
+                    continue
+                revived.append(job.id)
+                todo.append(job.id)
+    return revived
 
 
 __all__ = ["InvalidTransition", "JobNotFound", "StaleState", "Twin", "add_job", "cancelled_at_provider", "create_job",
-           "file_sha256", "fire", "new_client_token", "new_job_row", "note", "note_many", "user_transition"]
+           "file_sha256", "fire", "fire_promotion", "new_client_token", "new_job_row", "note", "note_many",
+           "retry_downstream", "user_transition"]

@@ -70,6 +70,20 @@ def _create_unknown(a: Mapping[str, Any], live: Live | None) -> str:
             f"after {clock_text(a['until'])} shows no such job")
 
 
+def _eval_budget(a: Mapping[str, Any], live: Live | None) -> str:
+    left = live.budget_left if live else None
+    over = f"${max(left, 0.0):.2f} left" if left is not None else "what is left"
+    return f"evaluation waits, over budget: estimate ${a['estimate']:.2f} > {over}"
+
+
+def _verdict(a: Mapping[str, Any], live: Live | None) -> str:
+    scores = (f"{a['metric']} {a['candidate']:.2f} vs {a['compare']:.2f} for {a['compare_model']}, "
+              f"n={a['n']}")
+    if a["passed"]:
+        return f"promoted: improvement {a['improvement']:+.2f} >= {a['min']:+.2f} ({scores})"
+    return f"rejected: improvement {a['improvement']:+.2f} < {a['min']:+.2f} ({scores})"
+
+
 _TEXT: dict[str, Callable[[Mapping[str, Any], Live | None], str]] = {
     "text": lambda a, _: a["text"],
     "daemon": lambda a, _: "waiting for the daemon",
@@ -98,6 +112,20 @@ _TEXT: dict[str, Callable[[Mapping[str, Any], Live | None], str]] = {
     "cancelled_provider": lambda a, _: "cancelled at the provider",
     "cancelled_user": lambda a, _: "cancelled by the user",
     "retried": lambda a, _: "retried by the user",
+    # pipelines
+    "upstream": lambda a, _: f"waiting for {a['agent']} (job {a['job']}, {a['state']})",
+    "upstream_failed": lambda a, _: (f"upstream {a['agent']} (job {a['job']}) is {a['state']}; nothing was sent "
+                                     f"(`ftctl retry {a['job']}` brings the chain back)"),
+    "retried_upstream": lambda a, _: f"retried with its upstream job {a['job']}",
+    # the evaluation gate and the promotion of a succeeded job's model
+    "evaluating": lambda a, _: f"evaluating ({a['done']}/{a['total']} answers)",
+    "eval_budget": _eval_budget,
+    "eval_backoff": lambda a, _: f"evaluation paused until {clock_text(a['until'])}: {a['why']}",
+    "gate": _verdict,
+    "eval_error": lambda a, _: f"rejected: the evaluation could not run: {a['message']}",
+    "no_gate": lambda a, _: "promoted (no evaluation configured)",
+    "promoted_user": lambda a, _: "promoted by the user (gate overridden)",
+    "rejected_user": lambda a, _: "rejected by the user (gate overridden)",
 }
 CODES = frozenset(_TEXT)
 

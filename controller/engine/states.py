@@ -1,10 +1,13 @@
-"""The job lifecycle: states, triggers and which moves are allowed.
+"""The job lifecycle and the promotion of its model: states, triggers and
+which moves are allowed.
 
-One `transitions.Machine` is shared by every job: a stored row is attached
-to it with its own state (``add_model(..., initial=stored)``, never the
-machine's default), fired, and detached again. The machine is the single
-source of truth for what is allowed; the store writes the result and its
-history row in one transaction.
+Two small `transitions.Machine`s, each shared by every job: a stored row is
+attached with its own state (``add_model(..., initial=stored)``, never the
+machine's default), fired, and detached again. The lifecycle machine says
+how a job moves (prepared -> ... -> succeeded); the promotion machine says
+what becomes of a succeeded job's model (candidate -> evaluating ->
+promoted | rejected). They are the single source of truth for what is
+allowed; the store writes the result and its history row in one transaction.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ IN_FLIGHT = frozenset({QUEUED, RUNNING})
 UNFINISHED = frozenset({PREPARED, QUEUED, RUNNING})
 # the events a hook may ask for: the state a transition reached, or a
 # promotion (the job's model became its agent's model)
-EVENTS = (*(s.value for s in STATES), "promoted")
+EVENTS = (*(s.value for s in STATES), "promoted", "rejected")
 
 TRANSITIONS = (
     # handed to the provider (the intent and client token are stored first)
@@ -58,12 +61,42 @@ TRANSITIONS = (
 TRIGGERS = tuple(sorted({t["trigger"] for t in TRANSITIONS}))
 
 
+class PromotionState(StrEnum):
+    """What a succeeded job's model is to its agent; None before it succeeded."""
+
+    CANDIDATE = "candidate"
+    EVALUATING = "evaluating"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+
+
+CANDIDATE, EVALUATING = PromotionState.CANDIDATE, PromotionState.EVALUATING
+PROMOTED, REJECTED = PromotionState.PROMOTED, PromotionState.REJECTED
+PROMOTION_STATES = tuple(PromotionState)
+# a model whose promotion is still open: the daemon is not done with it
+PROMOTION_OPEN = frozenset({CANDIDATE, EVALUATING})
+
+PROMOTION_TRANSITIONS = (
+    # the agent has an evaluation: ask both models every example
+    {"trigger": "evaluate", "source": CANDIDATE, "dest": EVALUATING},
+    # the agent has no evaluation: the model is the agent's at once
+    {"trigger": "skip", "source": CANDIDATE, "dest": PROMOTED},
+    # the gate's verdict
+    {"trigger": "accept", "source": EVALUATING, "dest": PROMOTED},
+    {"trigger": "decline", "source": [CANDIDATE, EVALUATING], "dest": REJECTED},
+    # a person overrides the gate (`ftctl promote JOB`, `ftctl reject JOB`)
+    {"trigger": "promote", "source": [CANDIDATE, EVALUATING, REJECTED], "dest": PROMOTED},
+    {"trigger": "reject", "source": [CANDIDATE, EVALUATING, PROMOTED], "dest": REJECTED},
+)
+PROMOTION_TRIGGERS = tuple(sorted({t["trigger"] for t in PROMOTION_TRANSITIONS}))
+
+
 class InvalidTransition(Exception):
-    def __init__(self, trigger: str, state: str):
+    def __init__(self, trigger: str, state: str, what: str = "job"):
         self.trigger = trigger
         self.state = state
-        allowed = ", ".join(allowed_triggers(state)) or "nothing (it is final)"
-        super().__init__(f"cannot {trigger} a {state} job (allowed from {state}: {allowed})")
+        allowed = ", ".join((_PROMOTION if what == "model" else _LIFECYCLE).allowed(state)) or "nothing (it is final)"
+        super().__init__(f"cannot {trigger} a {state} {what} (allowed from {state}: {allowed})")
 
 
 class _Carrier:
@@ -72,40 +105,66 @@ class _Carrier:
     __slots__ = ("state", "__dict__")
 
 
-_machine = Machine(
-    model=None,
-    states=[s.value for s in STATES],
-    # plain strings: transitions would name Enum states by their member names
-    transitions=[{k: (v if k == "trigger" else [str(s) for s in v] if isinstance(v, list) else str(v))
-                  for k, v in t.items()} for t in TRANSITIONS],
-    initial=PREPARED.value,
-    auto_transitions=False,
-    ignore_invalid_triggers=False,
-)
-_lock = threading.Lock()
+class _SharedMachine:
+    """One machine for every row; rows are attached only while fired."""
+
+    def __init__(self, states: tuple, transitions: tuple, what: str):
+        self.states = states
+        self.triggers = tuple(sorted({t["trigger"] for t in transitions}))
+        self.what = what
+        self.machine = Machine(
+            model=None,
+            states=[s.value for s in states],
+            # plain strings: transitions would name Enum states by their member names
+            transitions=[{k: (v if k == "trigger" else [str(s) for s in v] if isinstance(v, list) else str(v))
+                          for k, v in t.items()} for t in transitions],
+            initial=states[0].value,
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+        )
+        self.lock = threading.Lock()
+
+    def next(self, state: str, trigger: str) -> str:
+        if state not in self.states or trigger not in self.triggers:
+            raise InvalidTransition(trigger, state, self.what)
+        carrier = _Carrier()
+        with self.lock:
+            self.machine.add_model(carrier, initial=str(state))
+            try:
+                carrier.trigger(trigger)
+            except MachineError:
+                raise InvalidTransition(trigger, state, self.what) from None
+            finally:
+                self.machine.remove_model(carrier)
+        return carrier.state
+
+    def allowed(self, state: str) -> list[str]:
+        if state not in self.states:
+            return []
+        return sorted(t for t in self.machine.get_triggers(str(state)) if t in self.triggers)
+
+
+_LIFECYCLE = _SharedMachine(STATES, TRANSITIONS, "job")
+_PROMOTION = _SharedMachine(PROMOTION_STATES, PROMOTION_TRANSITIONS, "model")
 
 
 def next_state(state: str, trigger: str) -> JobState:
     """The state `trigger` leads to from `state`, or InvalidTransition."""
-    if state not in STATES:
-        raise InvalidTransition(trigger, state)
-    if trigger not in TRIGGERS:
-        raise InvalidTransition(trigger, state)
-    carrier = _Carrier()
-    with _lock:
-        _machine.add_model(carrier, initial=str(state))
-        try:
-            carrier.trigger(trigger)
-        except MachineError:
-            raise InvalidTransition(trigger, state) from None
-        finally:
-            _machine.remove_model(carrier)
-    return JobState(carrier.state)
+    return JobState(_LIFECYCLE.next(state, trigger))
 
 
 def allowed_triggers(state: str) -> list[str]:
-    return sorted(t for t in _machine.get_triggers(str(state)) if t in TRIGGERS) if state in STATES else []
+    return _LIFECYCLE.allowed(state)
 
 
 def can(state: str, trigger: str) -> bool:
     return trigger in allowed_triggers(state)
+
+
+def next_promotion(state: str, trigger: str) -> PromotionState:
+    """The promotion state `trigger` leads to from `state`, or InvalidTransition."""
+    return PromotionState(_PROMOTION.next(state, trigger))
+
+
+def promotion_triggers(state: str) -> list[str]:
+    return _PROMOTION.allowed(state)

@@ -15,7 +15,7 @@ from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.jobs import file_sha256, new_client_token, note_many
 from ftctl.controller.engine.reasons import Reason
 from ftctl.models import Job
-from ftctl.providers.base import CapacityError, JobSpec, Provider, ProviderError, ProviderJob
+from ftctl.providers.base import CapacityError, JobSpec, NotFoundError, Provider, ProviderError, ProviderJob
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class Submission:
     """Mixed into the Ticker: the methods that hand a job to its provider."""
 
-    def _submit(self, row: Job, token: str | None, now: datetime) -> None:
+    def _submit(self, row: Job, d: rc.Submit, now: datetime) -> None:
         """Upload, store the intent, create, store the provider's id.
 
         A new submission stores its client token with the move to `queued`
@@ -33,18 +33,19 @@ class Submission:
         and create it again only once a listing read after the call could
         have landed shows nothing.
         """
+        token = d.client_token
         view = rc.JobView.of(row)
         provider = self.provider(row.provider)
         if token is None:
-            file_id = self._upload(provider, view, row, now)
-            if file_id is None:
+            files = self._upload_all(provider, view, row, now)
+            if files is None:
                 return
             token = new_client_token(row.agent)
             self.guard()
-            if self._transition(rc.begin_submit(view, token, self.clock()), now) is None:
+            if self._transition(rc.begin_submit(view, token, self.clock(), d.base_model), now) is None:
                 return
         else:
-            file_id = self.store.uploaded_file(row.provider, row.content_hash)
+            files = self._uploaded(row)
             # creating again: ask for the token itself first, the last guard against a twin
             try:
                 found = provider.find_by_token(token)
@@ -60,15 +61,17 @@ class Submission:
                     **Reason("queued_at", {"status": pj.raw_status}).stored()}, expect_token=token,
                     event=("found", f"found at the provider by its token as {pj.id}"))], now)
                 return
-            if file_id is None:
-                file_id = self._upload(provider, view, row, now, expect_state=row.state)
-                if file_id is None:
+            if files is None:
+                files = self._upload_all(provider, view, row, now, expect_state=row.state)
+                if files is None:
                     return
             self.guard()
             note_many(self.store, [rc.Note(row.id, row.state, {"intent_at": self.clock()}, expect_token=token)], now)
         sent_at = self.clock()
-        spec = JobSpec(agent=row.agent, model=row.model, training_files=((file_id, 1.0),),
-                       hyperparameters=dict(row.hyperparameters), client_token=token)
+        # a downstream job names its upstream job's fine-tuned model, never "@agent"
+        model = d.base_model or row.base_model or row.model
+        spec = JobSpec(agent=row.agent, model=model, training_files=files, hyperparameters=dict(row.hyperparameters),
+                       client_token=token, upstream_job_id=d.upstream_ref)
         self.guard()
         try:
             outcome: ProviderJob | ProviderError = provider.create_job(spec)
@@ -76,6 +79,9 @@ class Submission:
             outcome = self._as_provider_error(exc)
         arrived_at = self.clock()
         active = self._active_at(row.provider, provider) if isinstance(outcome, CapacityError) else None
+        if isinstance(outcome, NotFoundError) and row.training_files:  # a weighted file was lost: each again
+            for _, digest, _ in self._training_files(row):
+                self.store.forget_upload(row.provider, digest)
         if isinstance(outcome, ProviderError):
             if self._result is not None:
                 self._result.errors.append((row.provider, outcome.kind))
@@ -106,16 +112,44 @@ class Submission:
             self._active[name] = sum(1 for pj in listing if pj.active and pj.id not in quotes)
         return self._active[name]
 
+    def _training_files(self, job: Job) -> list[tuple[Path, str, float]]:
+        """(path, content hash, weight) of each of the job's training files."""
+        if job.training_files:
+            return [(Path(f["file"]), f["hash"], float(f["weight"])) for f in job.training_files]
+        return [(Path(job.training_file), job.content_hash, 1.0)]
+
+    def _uploaded(self, job: Job) -> tuple[tuple[str, float], ...] | None:
+        """The provider's file ids of every training file, if all were uploaded."""
+        out = []
+        for _, digest, weight in self._training_files(job):
+            file_id = self.store.uploaded_file(job.provider, digest)
+            if file_id is None:
+                return None
+            out.append((file_id, weight))
+        return tuple(out)
+
+    def _upload_all(self, provider: Provider, view: rc.JobView, job: Job, now: datetime,
+                    expect_state: str = "prepared") -> tuple[tuple[str, float], ...] | None:
+        out = []
+        for path, digest, weight in self._training_files(job):
+            file_id = self._upload(provider, view, job, now, expect_state, path, digest)
+            if file_id is None:
+                return None
+            out.append((file_id, weight))
+        return tuple(out)
+
     def _upload(self, provider: Provider, view: rc.JobView, job: Job, now: datetime,
-                expect_state: str = "prepared") -> str | None:
-        path = Path(job.training_file)
+                expect_state: str = "prepared", path: Path | None = None,
+                expected: str | None = None) -> str | None:
+        path = Path(path or job.training_file)
+        expected = expected or job.content_hash
         try:
             digest = file_sha256(path)
         except OSError as exc:
             problem = Reason("file_unreadable", {"path": str(path), "error": exc.__class__.__name__})
             self._transition(replace(rc.file_problem(view, problem), expect=expect_state), now)
             return None
-        if digest != job.content_hash:
+        if digest != expected:
             problem = Reason("file_changed", {"path": str(path)})
             self._transition(replace(rc.file_problem(view, problem), expect=expect_state), now)
             return None
@@ -132,6 +166,6 @@ class Submission:
                                                       rng=self.rng), {job.id: job}, now)
                 return None
             self.store.remember_upload(job.provider, digest, file_id)
-        if job.provider_file_id != file_id:
+        if job.provider_file_id != file_id and path == Path(job.training_file):
             note_many(self.store, [rc.Note(job.id, job.state, {"provider_file_id": file_id})], now)
         return file_id

@@ -20,9 +20,10 @@ import structlog
 
 from ftctl.controller.config import Config
 from ftctl.controller.engine import decide as rc
-from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, note_many
+from ftctl.controller.engine.evaluation import Evaluations
+from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, fire_promotion, note_many
 from ftctl.controller.engine.policy import Budget, Policy
-from ftctl.controller.engine.states import STATES, TERMINAL, UNFINISHED, InvalidTransition
+from ftctl.controller.engine.states import PROMOTION_OPEN, STATES, SUCCEEDED, TERMINAL, UNFINISHED, InvalidTransition
 from ftctl.controller.engine.submission import Submission
 from ftctl.models import Job, ProviderState, Store, utcnow
 from ftctl.providers.base import NotFoundError, Provider, ProviderError, TransientError
@@ -41,17 +42,20 @@ class TickResult:
     # (provider, error class) of every provider call that failed this tick
     errors: list[tuple[str, str]] = field(default_factory=list)
     slots: dict[str, rc.Slots] = field(default_factory=dict)
+    # succeeded jobs whose model is not yet promoted or rejected
+    promotions_open: int = 0
 
     @property
     def all_terminal(self) -> bool:
-        return all(self.states[s] == 0 for s in STATES if s not in TERMINAL)
+        return all(self.states[s] == 0 for s in STATES if s not in TERMINAL) and not self.promotions_open
 
     def summary(self) -> str:
         """One line: for systemd's STATUS=, `ftctl tick` and the logs."""
         s = self.states
         other = max(0, s["prepared"] - self.waiting_for_slot)
-        return (f"{s['running']} running, {s['queued']} queued, {self.waiting_for_slot} waiting for a slot, "
+        line = (f"{s['running']} running, {s['queued']} queued, {self.waiting_for_slot} waiting for a slot, "
                 f"{other} waiting otherwise, {s['failed']} failed, {s['succeeded']} succeeded")
+        return line + (f", {self.promotions_open} being evaluated" if self.promotions_open else "")
 
 
 def _never() -> bool:
@@ -62,7 +66,7 @@ def _no_guard() -> None:
     return None
 
 
-class Ticker(Submission):
+class Ticker(Submission, Evaluations):
     def __init__(self, config: Config, store: Store, providers: dict[str, Provider] | None = None, *,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
                  logger: Any = None, should_stop: Callable[[], bool] = _never,
@@ -81,6 +85,10 @@ class Ticker(Submission):
         self.guard = guard
         # a provider that answered 429/503 with Retry-After is not asked again before then
         self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
+        # the same for the evaluation gate's chat calls, and its cost estimates (engine.evaluation)
+        self._quiet_chat: dict[str, datetime] = {}
+        self._eval_estimates: dict[tuple, float] = {}
+        self._eval_until: float | None = None
         self._result: TickResult | None = None
         self._active: dict[str, int] = {}
         self.log = logger or structlog.get_logger("ftctl")
@@ -120,12 +128,13 @@ class Ticker(Submission):
             if old is not None and new is not None and old.concurrency != new.concurrency:
                 # a limit learned under the old concurrency no longer applies
                 self._provider_update(rc.ProviderUpdate(name, learned_limit=None, learned_at=None, probe_hold=None))
-        for section in ("controller", "retry", "budget", "prices", "agents"):
+        for section in ("controller", "retry", "budget", "prices", "agents", "export"):
             if getattr(self.config, section) != getattr(config, section):
                 changes.append(section)
         self.config = config
         self.policy = Policy.of(config.retry)
         self._quiet_until.clear()
+        self._quiet_chat.clear()
         return changes
 
     def close(self) -> None:
@@ -140,20 +149,23 @@ class Ticker(Submission):
         of them has news), the others wait for the next full pass."""
         now = self.clock()
         self._active = {}
-        rows = self.store.jobs_to_reconcile(list(UNFINISHED))
+        self._eval_until = None  # engine.evaluation: this tick's time for questions starts at the first
+        rows = self.store.jobs_to_reconcile(list(UNFINISHED), list(PROMOTION_OPEN))
         quotes = self.store.pending_quotes()
         if only is not None:
             rows = [r for r in rows if r.provider in only]
             quotes = {k: v for k, v in quotes.items() if k in only}
-        views = [rc.JobView.of(j) for j in rows]
+        views = self._views(rows)
         states = self.store.provider_states()
         observed: dict[str, rc.ProviderView] = {}
-        names = {v.provider for v in views} | set(quotes)
+        names = {v.provider for v in views if v.state != SUCCEEDED} | set(quotes)
         for name in sorted(names):
             if name in self.config.providers:
-                mine = [v for v in views if v.provider == name]
+                mine = [v for v in views if v.provider == name and v.state != SUCCEEDED]
                 observed[name] = self._observe(name, mine, states.get(name), quotes.get(name, ()), now)
-        decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now))
+        gated = frozenset(name for name, agent in self.config.agents.items() if agent.evaluation is not None)
+        decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now), self._gates(rows),
+                              gated)
         by_id = {r.id: r for r in rows}
         result = TickResult(at=now, decisions=len(decisions))
         self._result = result
@@ -174,7 +186,34 @@ class Ticker(Submission):
             self._apply(decision, by_id, now)
         result.states = Counter(self.store.count_by_state())
         result.waiting_for_slot = self.store.count_waiting("slot")
+        result.promotions_open = self.store.count_open_promotions(list(PROMOTION_OPEN))
+        self._export()
         return result
+
+    def _views(self, rows: list[Job]) -> list[rc.JobView]:
+        """JobViews, each downstream job with the jobs it waits for as they are now."""
+        ids = {i for r in rows for i in (r.upstream_job_ids or ())}
+        found = self.store.jobs_by_id(sorted(ids))
+        views = []
+        for row in rows:
+            upstream = tuple(
+                rc.UpstreamView(i, found[i].agent, found[i].state, found[i].fine_tuned_model, found[i].provider_job_id)
+                if i in found else rc.UpstreamView(i, "?", "gone") for i in (row.upstream_job_ids or ()))
+            views.append(rc.JobView.of(row, upstream=upstream))
+        return views
+
+    def _export(self) -> None:
+        """[export]: rewrite the file when the set of promoted models changed."""
+        conf = self.config.export
+        if conf is None:
+            return
+        from ftctl.controller.engine.export import sync
+
+        try:
+            if sync(self.config.resolve(conf.path), conf.fmt, self.store.promoted_models()):
+                self.log.info("export written", path=str(self.config.resolve(conf.path)))
+        except OSError as exc:
+            self.log.error("export failed", path=conf.path, error=f"{exc.__class__.__name__}: {exc}")
 
     def _budget(self, now: datetime) -> Budget | None:
         caps = self.config.budget
@@ -242,7 +281,7 @@ class Ticker(Submission):
         elif isinstance(d, rc.Note):
             note_many(self.store, [d], now)
         elif isinstance(d, rc.Submit):
-            self._submit(rows[d.job_id], d.client_token, now)
+            self._submit(rows[d.job_id], d, now)
         elif isinstance(d, rc.CancelAtProvider):
             self._cancel_at_provider(rows[d.job_id], d.provider_job_id, now)
         elif isinstance(d, rc.CancelQuote):
@@ -253,6 +292,10 @@ class Ticker(Submission):
             self.store.forget_upload(d.provider, d.content_hash)
         elif isinstance(d, rc.ProviderUpdate):
             self._provider_update(d)
+        elif isinstance(d, rc.Promote):
+            self._promote(d, now)
+        elif isinstance(d, rc.Evaluate):
+            self._evaluate(rows[d.job_id], now)
 
     def _apply_all(self, decisions: list[rc.Decision], rows: dict[int, Job], now: datetime) -> None:
         for d in decisions:
@@ -261,7 +304,8 @@ class Ticker(Submission):
     def _transition(self, d: rc.Transition, now: datetime) -> Job | None:
         try:
             before, job = fire(self.store, d.job_id, d.trigger, expect=d.expect, reason=d.reason, updates=d.updates,
-                               provider_status=d.provider_status, attempt_outcome=d.attempt_outcome, now=now)
+                               provider_status=d.provider_status, attempt_outcome=d.attempt_outcome, now=now,
+                               promotion=d.promotion)
         except StaleState:
             return None
         except InvalidTransition as exc:
@@ -271,6 +315,17 @@ class Ticker(Submission):
                       from_state=before, trigger=d.trigger, reason=d.reason.text() if d.reason else None,
                       provider_job_id=job.provider_job_id, fine_tuned_model=job.fine_tuned_model)
         return job
+
+    def _promote(self, d: rc.Promote, now: datetime) -> None:
+        try:
+            before, job = fire_promotion(self.store, d.job_id, d.trigger, reason=d.reason, expect=d.expect,
+                                         evaluation=d.evaluation, now=now)
+        except (StaleState, InvalidTransition) as exc:  # a person moved it meanwhile
+            self.log.info("promotion skipped", job_id=d.job_id, trigger=d.trigger, error=str(exc))
+            return
+        self.log.info("promotion", job_id=job.id, agent=job.agent, provider=job.provider, state=job.state,
+                      promotion=job.promotion, from_promotion=before, trigger=d.trigger,
+                      reason=d.reason.text() if d.reason else None, fine_tuned_model=job.fine_tuned_model)
 
     def _cost_of(self, job: Job, trained_tokens: int) -> float | None:
         """A provider that reports trained tokens but no cost (OpenAI): price them."""

@@ -35,8 +35,9 @@ class Example:
     found: dict[str, int] = field(default_factory=dict)  # personal data and secrets: kind -> how many
     extra_keys: tuple[str, ...] = ()
     digest: int | None = None  # of the conversation, for exact duplicates
-    weight: Any = None  # cross-agent sets: the example's weight and source agent
+    weight: Any = None  # cross-agent sets: the example's weight, source and target agents
     source_agent: Any = None
+    target_agent: Any = None
 
     @property
     def ok(self) -> bool:
@@ -114,7 +115,8 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
     if not isinstance(record, dict):
         ex.problems.append(("not_an_object", "not a JSON object"))
         return ex
-    ex.weight, ex.source_agent = record.get("weight"), record.get("source_agent")
+    ex.weight, ex.source_agent, ex.target_agent = record.get("weight"), record.get("source_agent"), \
+        record.get("target_agent")
     # the format (by the provider and the training method) says which top-level
     # keys an example may hold; anything else (weight, source_agent, ...) the
     # provider rejects
@@ -144,12 +146,16 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
         ex.tokens = sum(counts)
         if context and max(counts) > context:
             ex.problems.append(("too_long", f"{max(counts):,} tokens, over the model's context of {context:,}"))
-    ex.digest = conversation_digest(conversations[0] if len(conversations) == 1 else conversations)
+    ex.digest = conversation_digest(conversations[0] if len(conversations) == 1 else conversations, ex.target_agent)
     return ex
 
 
-def conversation_digest(messages: list[Any]) -> int:
-    """8 bytes that tell exact duplicates apart."""
+def conversation_digest(messages: list[Any], target_agent: Any = None) -> int:
+    """8 bytes that tell exact duplicates apart. In cross-agent data the same
+    conversation sent to several target agents is meant: with a target
+    agent, it is part of what makes an example the same."""
+    if target_agent is not None:
+        messages = [{"target_agent": target_agent}, messages]
     canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
 
@@ -271,7 +277,11 @@ def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounte
     seen = DigestSet() if dedupe else None
     for ex in _checked(path, provider, counter, context, jobs, method, phone_region):
         if seen is not None and ex.digest is not None and not seen.add(ex.digest):
-            ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
+            if ex.target_agent is None:
+                ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
+            else:
+                ex.problems.append(("duplicate_for_target", "exact duplicate of an earlier example for the same "
+                                                            "target agent"))
         yield ex
 
 

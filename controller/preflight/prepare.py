@@ -64,6 +64,8 @@ class PrepareResult:
     data_tokens: int = 0
     cost: float | None = None
     seed: int = 0
+    # --split-by weight: weight -> the file its examples went to
+    files: dict[float, str] = field(default_factory=dict)
 
     @property
     def pii_replaced(self) -> int:
@@ -80,7 +82,14 @@ class PrepareResult:
                 "unscrubbed_examples": self.unscrubbed, "seed": self.seed,
                 "weight_share_in": shares(self.weights_in), "weight_share_out": shares(self.weights_out),
                 "source_agent_share_in": shares(self.agents_in), "source_agent_share_out": shares(self.agents_out),
-                "data_tokens": self.data_tokens, "estimated_cost": self.cost}
+                "data_tokens": self.data_tokens, "estimated_cost": self.cost,
+                "files": {f"{w:g}": path for w, path in sorted(self.files.items())} or None}
+
+    def training_files_snippet(self) -> str:
+        """--split-by weight: the agent's `training_files`, ready to paste."""
+        lines = ["training_files = ["]
+        lines += [f"  {{ file = {json.dumps(path)}, weight = {float(w)!r} }}," for w, path in sorted(self.files.items())]
+        return "\n".join(lines + ["]"])
 
 
 def allocate(sizes: dict[tuple, int], n: int) -> dict[tuple, int]:
@@ -119,7 +128,12 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
             price: Price | None = None, epochs: float | None = None, training_steps: int | None = None,
             max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
             scrub_pii: bool = False, seed: int = 0, jobs: int = 1,
-            phone_region: str = DEFAULT_REGION) -> PrepareResult:
+            phone_region: str = DEFAULT_REGION, keep_duplicates: bool = False,
+            split_by: str | None = None) -> PrepareResult:
+    """`keep_duplicates`: keep exact duplicates (duplicates are judged on the
+    messages and, where the data names one, the target agent). `split_by`
+    "weight": `output` is a folder that gets one file per weight value, each
+    example's `weight` becoming its file's."""
     if max_examples is not None and max_cost is not None:
         raise PrepareError("give --max-examples or --max-cost, not both")
     if max_cost is not None and (price is None or counter is None):
@@ -128,12 +142,19 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
         raise PrepareError("with training steps the cost does not depend on the data: use --max-examples")
     if Path(source).resolve() == Path(output).resolve():
         raise PrepareError("the output must be another file than the input")
+    if split_by not in (None, "weight"):
+        raise PrepareError(f"--split-by {split_by!r}: only weight is known")
+    if split_by and Path(output).exists() and not Path(output).is_dir():
+        raise PrepareError(f"{output}: with --split-by weight the output is a folder, and this is a file")
     result = PrepareResult(str(source), str(output), seed=seed)
     strata: dict[tuple, Stratum] = {}
     sensitive = array("I")  # usable lines that hold personal data or secrets, in order
-    for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs, phone_region=phone_region):
+    for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs, phone_region=phone_region,
+                            dedupe=not keep_duplicates):
         result.lines += 1
         blocking = [code for code, _ in ex.problems if code not in FIXABLE]
+        if split_by and weight_value(ex.weight) is None:
+            blocking.insert(0, "invalid_weight")
         if blocking:
             result.removed[blocking[0]] += 1
             continue
@@ -182,9 +203,15 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
 
     allowed = kind_of(provider).example_keys
     try:
-        with open(source, "rb") as src, atomic_output(output) as dst:
-            _write_chosen(src, dst, selected, result, allowed, strip_extra, scrub_pii, counter, sensitive,
-                          phone_region)
+        with open(source, "rb") as src, contextlib.ExitStack() as stack:
+            if split_by:
+                Path(output).mkdir(parents=True, exist_ok=True)
+                sink = _Split(Path(output), stack, result)
+            else:
+                one = stack.enter_context(atomic_output(output))
+                sink = lambda _weight: one  # noqa: E731
+            _write_chosen(src, sink, selected, result, allowed, strip_extra, scrub_pii, counter, sensitive,
+                          phone_region, not keep_duplicates, bool(split_by))
     except OSError as exc:
         raise PrepareError(f"{output}: cannot write ({os.strerror(exc.errno) if exc.errno else exc}); "
                            f"nothing was changed there") from None
@@ -224,18 +251,45 @@ def atomic_output(path: Path) -> Iterator[Any]:
             os.close(dir_fd)
 
 
-def _write_chosen(src: Any, dst: Any, selected: bytearray, result: PrepareResult, allowed: Any,
+def weight_value(value: Any) -> float | None:
+    """An example's weight as a number (none given: 1.0); None if it is not one."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+class _Split:
+    """--split-by weight: one provider-ready file per weight, each written
+    whole or not at all (all of them are dropped if one write fails)."""
+
+    def __init__(self, folder: Path, stack: contextlib.ExitStack, result: PrepareResult):
+        self.folder, self.stack, self.result = folder, stack, result
+        self.handles: dict[float, Any] = {}
+
+    def __call__(self, weight: float) -> Any:
+        if weight not in self.handles:
+            path = self.folder / f"weight-{weight:g}.jsonl"
+            self.handles[weight] = self.stack.enter_context(atomic_output(path))
+            self.result.files[weight] = str(path)
+        return self.handles[weight]
+
+
+def _write_chosen(src: Any, sink: Any, selected: bytearray, result: PrepareResult, allowed: Any,
                   strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None, sensitive: array,
-                  phone_region: str) -> None:
-    """The second pass: the chosen lines, stripped and scrubbed as asked."""
+                  phone_region: str, dedupe: bool = True, split: bool = False) -> None:
+    """The second pass: the chosen lines, stripped and scrubbed as asked,
+    each to `sink(weight)`."""
     scrub = detector(phone_region).scrub
     next_sensitive = 0
-    written = DigestSet() if scrub_pii else None  # scrubbing can make two examples the same
+    written = DigestSet() if scrub_pii and dedupe else None  # scrubbing can make two examples the same
     for number, raw in enumerate(src, start=1):
         if number >= len(selected) or not selected[number]:
             continue
         record = json.loads(raw)
         key = (_key(record.get("weight")), _key(record.get("source_agent")))
+        weight = weight_value(record.pop("weight", None)) if split else 1.0
         extra = [k for k in record if k not in allowed]
         if strip_extra:
             for k in extra:
@@ -250,12 +304,13 @@ def _write_chosen(src: Any, dst: Any, selected: bytearray, result: PrepareResult
                 _scrub_messages(record["messages"], scrub, result.replaced)
             else:
                 result.unscrubbed += 1
-        if written is not None and not written.add(conversation_digest(record["messages"])):
+        if written is not None and not written.add(conversation_digest(record["messages"],
+                                                                     record.get("target_agent"))):
             result.removed["duplicate once scrubbed"] += 1
             continue
         result.weights_out[key[0]] += 1
         result.agents_out[key[1]] += 1
         if counter is not None:
             result.data_tokens += counter.count(record["messages"])
-        dst.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sink(weight).write(json.dumps(record, ensure_ascii=False) + "\n")
         result.kept += 1

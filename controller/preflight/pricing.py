@@ -24,6 +24,13 @@ class Price:
     context: int | None = None
     tokens_per_step: int | None = None
     source: str = ""
+    # per million tokens asked and answered (the evaluation gate's chat calls);
+    # where the table gives none, the training price stands in (an upper bound)
+    chat_per_m: float | None = None
+
+    @property
+    def chat_rate(self) -> float:
+        return self.chat_per_m if self.chat_per_m is not None else self.train_per_m
 
 
 @lru_cache(maxsize=1)
@@ -73,8 +80,10 @@ def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None, me
     if not base or per_m is None:
         raise PriceUnknown(f"no price for {table_kind}/{model}: add [prices.\"{table_kind}/{model}\"] "
                            f"train_per_m = ... to controller.toml")
+    chat = base.get("chat_per_m")
     return Price(table_kind, name, float(per_m), float(base.get("min_fee") or 0.0),
-                 base.get("context"), base.get("tokens_per_step"), source)
+                 base.get("context"), base.get("tokens_per_step"), source,
+                 float(chat) if chat is not None else None)
 
 
 @dataclass

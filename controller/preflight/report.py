@@ -26,6 +26,7 @@ DESCRIPTIONS = {
     "invalid_structure": "rejected by the provider's tokenizer",
     "too_long": "longer than the model's context",
     "duplicate": "exact duplicate of an earlier example",
+    "duplicate_for_target": "exact duplicate of an earlier example for the same target agent",
     "extra_field": "field the provider rejects",
     **FORMAT_DESCRIPTIONS,
 }

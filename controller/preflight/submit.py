@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.config import Config
+import hashlib
+import json
+
+from ftctl.controller.config import Config, root_model, upstream_closure
 from ftctl.controller.engine.jobs import Twin, create_job, file_sha256
 from ftctl.models import Store
 
@@ -29,6 +32,16 @@ class Plan:
     estimated_cost: float | None = None
     data_tokens: int | None = None
     examples: int | None = None
+    # several weighted files: (path, weight, content hash) each
+    training_files: tuple[tuple[Path, float, str], ...] = ()
+    # a pipeline: the agents this job waits for, and whether it was asked
+    # for by name (an upstream agent comes along, reusing an identical job)
+    depends_on: tuple[str, ...] = ()
+    named: bool = True
+
+    @property
+    def upstream_model(self) -> str | None:
+        return self.model[1:] if self.model.startswith("@") else None
 
 
 @dataclass(frozen=True)
@@ -66,11 +79,12 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
     from dataclasses import replace
 
     from ftctl.controller.preflight import check as preflight
-    from ftctl.controller.preflight.pii import describe
     from ftctl.providers.registry import kind as kind_of
 
     kind = config.providers[plan.provider].kind
     descriptor = kind_of(kind)
+    # a model trained on an upstream agent's: counted and priced as the chain's root
+    model = root_model(config, plan.agent) if plan.upstream_model and plan.agent in config.agents else plan.model
     unknown = descriptor.unknown_hyperparameters(plan.hyperparameters)
     hp_where = "--hp" if where == "--file" else f"agents.{plan.agent}.hyperparameters"
     if unknown:
@@ -81,36 +95,25 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
         method = descriptor.training_method(plan.hyperparameters)
     except ValueError as exc:
         raise SubmitError(f"{hp_where}: {exc}") from None
+    _check_eval(config, plan.agent)
     epochs, steps = preflight.epochs_and_steps(plan.hyperparameters)
-    try:
-        result = preflight.run(plan.training_file, kind=kind, model=plan.model, config=config, epochs=epochs,
-                               training_steps=steps, method=method, region=phone_region)
-    except preflight.PreflightError as exc:
-        raise SubmitError(f"{where}: {exc}") from None
-    report, est = result.report, result.estimate
-    hint = (f" (see `ftctl validate {plan.training_file} --provider {plan.provider} --model {plan.model}"
-            + (f" --method {method}`)" if method != descriptor.methods[0] else "`)"))
-    if report.problem_count:
-        more = report.problem_count - 1
-        raise SubmitError(f"{where}: {plan.training_file} {report.first_problem()}"
-                          + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "") + hint)
-    if report.secret_count:
-        raise SubmitError(f"{where}: {plan.training_file} holds {describe('secret', report.secret_count)} "
-                          f"(API keys, tokens or private keys; first at line {report.secrets.lines[0]}), never "
-                          f"allowed in training data, not even with --allow-pii: remove them, or write a copy "
-                          f"with `ftctl prepare --scrub-pii`" + hint)
-    if report.pii_count and not allow_pii:
-        kinds = ", ".join(f"{f.count} {k}" for k, f in report.pii.items())
-        first = min(f.lines[0] for f in report.pii.values())
-        raise SubmitError(f"{where}: {plan.training_file} holds personal data ({kinds}; first at line {first}); "
-                          f"scrub it with `ftctl prepare --scrub-pii` or pass --allow-pii")
-    if report.examples == 0:
-        raise SubmitError(f"{where}: {plan.training_file} has no examples")
-    if quote:
+    files = [p for p, _, _ in plan.training_files] or [plan.training_file]
+    data_tokens = examples = 0
+    for path in files:
+        checked = _check_data(config, plan, path, where, kind=kind, model=model, method=method, epochs=epochs,
+                              steps=steps, allow_pii=allow_pii, phone_region=phone_region)
+        data_tokens += checked.report.data_tokens
+        examples += checked.report.examples
+    est = checked.estimate
+    if len(files) > 1:  # one job over every file: the price of their tokens together
+        from ftctl.controller.preflight.pricing import estimate
+
+        est = estimate(est.price, data_tokens, examples, epochs=epochs, training_steps=steps)
+    if quote and len(files) == 1:
         from ftctl.providers.base import ProviderError
 
         try:
-            est.quote = preflight.quote(config, plan.provider, plan.training_file, plan.model, plan.hyperparameters)
+            est.quote = preflight.quote(config, plan.provider, plan.training_file, model, plan.hyperparameters)
         except ProviderError as exc:
             raise SubmitError(f"{where}: the provider's quote failed: {exc.message}") from None
     cost = round(est.total, 2)
@@ -120,7 +123,56 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
                           f"({est.trained_tokens:,} trained tokens at ${est.price.train_per_m:g}/M)")
     # budget.total is not checked here: the reconcile step holds a job that
     # does not fit what is left in `prepared`, saying so, until the budget allows
-    return replace(plan, estimated_cost=cost, data_tokens=report.data_tokens, examples=report.examples)
+    return replace(plan, estimated_cost=cost, data_tokens=data_tokens, examples=examples)
+
+
+def _check_eval(config: Config, agent: str) -> None:
+    """The agent's eval file, read whole now: the gate must not find it
+    missing or broken only after the money for training is spent."""
+    conf = config.agents.get(agent)
+    if conf is None or conf.evaluation is None:
+        return
+    from ftctl.controller.engine.evaluation import EvalFileError, load_eval_file
+
+    try:
+        load_eval_file(config.resolve(conf.evaluation.file))
+    except EvalFileError as exc:
+        raise SubmitError(f"agents.{agent}.eval.file: {exc}") from None
+
+
+def _check_data(config: Config, plan: Plan, path: Path, where: str, *, kind: str, model: str, method: str,
+                epochs: float | None, steps: int | None, allow_pii: bool, phone_region: str | None) -> Any:
+    """One training file checked, counted and priced; SubmitError at its first problem."""
+    from ftctl.controller.preflight import check as preflight
+    from ftctl.controller.preflight.pii import describe
+    from ftctl.providers.registry import kind as kind_of
+
+    descriptor = kind_of(kind)
+    try:
+        result = preflight.run(path, kind=kind, model=model, config=config, epochs=epochs,
+                               training_steps=steps, method=method, region=phone_region)
+    except preflight.PreflightError as exc:
+        raise SubmitError(f"{where}: {exc}") from None
+    report = result.report
+    hint = (f" (see `ftctl validate {path} --provider {plan.provider} --model {model}"
+            + (f" --method {method}`)" if method != descriptor.methods[0] else "`)"))
+    if report.problem_count:
+        more = report.problem_count - 1
+        raise SubmitError(f"{where}: {path} {report.first_problem()}"
+                          + (f" (+{more} more problem{'s' if more > 1 else ''})" if more else "") + hint)
+    if report.secret_count:
+        raise SubmitError(f"{where}: {path} holds {describe('secret', report.secret_count)} "
+                          f"(API keys, tokens or private keys; first at line {report.secrets.lines[0]}), never "
+                          f"allowed in training data, not even with --allow-pii: remove them, or write a copy "
+                          f"with `ftctl prepare --scrub-pii`" + hint)
+    if report.pii_count and not allow_pii:
+        kinds = ", ".join(f"{f.count} {k}" for k, f in report.pii.items())
+        first = min(f.lines[0] for f in report.pii.values())
+        raise SubmitError(f"{where}: {path} holds personal data ({kinds}; first at line {first}); "
+                          f"scrub it with `ftctl prepare --scrub-pii` or pass --allow-pii")
+    if report.examples == 0:
+        raise SubmitError(f"{where}: {path} has no examples")
+    return result
 
 
 def plan_submissions(config: Config, names: list[str], *, all_agents: bool = False, adhoc: bool = False,
@@ -134,7 +186,9 @@ def plan_submissions(config: Config, names: list[str], *, all_agents: bool = Fal
 
 
 def _where(plan: Plan, adhoc: bool) -> str:
-    return "--file" if adhoc else f"agents.{plan.agent}.training_file"
+    if adhoc:
+        return "--file"
+    return f"agents.{plan.agent}.training_files" if plan.training_files else f"agents.{plan.agent}.training_file"
 
 
 def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, agent: str | None,
@@ -150,6 +204,9 @@ def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, ag
         if provider not in config.providers:
             known = ", ".join(sorted(config.providers)) or "none"
             raise SubmitError(f"--provider: unknown provider {provider!r} (configured: {known})")
+        if model.startswith("@"):
+            raise SubmitError(f"--model {model}: a model from an upstream agent works only for an agent in the "
+                              f"config (model = \"{model}\" with depends_on)")
         path = Path(file).expanduser().resolve()
         return [Plan(agent, provider, model, path, _check_file(path, "--file"), dict(hyperparameters or {}))]
     if all_agents and names:
@@ -160,33 +217,64 @@ def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, ag
             raise SubmitError(f"{config.path}: no [agents.*] to submit")
     if not names:
         raise SubmitError("name the agents to submit, or pass --all (see `ftctl submit --help`)")
-    plans = []
     for name in dict.fromkeys(names):
-        conf = config.agents.get(name)
-        if conf is None:
+        if name not in config.agents:
             known = ", ".join(sorted(config.agents)) or "none"
             raise SubmitError(f"unknown agent {name!r} (agents in {config.path}: {known})")
+    # upstream agents come first, and come along
+    return [_agent_plan(config, name, named=name in names) for name in upstream_closure(config, list(names))]
+
+
+def _agent_plan(config: Config, name: str, *, named: bool) -> Plan:
+    from ftctl.providers.registry import kind as kind_of
+
+    conf = config.agents[name]
+    if not conf.training_files:
         path = config.resolve(conf.training_file).resolve()
         digest = _check_file(path, f"agents.{name}.training_file")
-        plans.append(Plan(name, conf.provider, conf.model, path, digest, dict(conf.hyperparameters)))
-    return plans
+        return Plan(name, conf.provider, conf.model, path, digest, dict(conf.hyperparameters),
+                    depends_on=tuple(conf.depends_on), named=named)
+    where = f"agents.{name}.training_files"
+    kind = config.providers[conf.provider].kind
+    if not kind_of(kind).file_weights and (len(conf.training_files) > 1 or conf.training_files[0].weight != 1.0):
+        raise SubmitError(f"{where}: provider {conf.provider!r} ({kind}) takes one training file without a "
+                          f"weight; give training_file, or use a provider with weighted files (mistral)")
+    files = []
+    for ref in conf.training_files:
+        path = config.resolve(ref.file).resolve()
+        files.append((path, float(ref.weight), _check_file(path, where)))
+    # what the files are together: the identity of the job's data
+    combined = hashlib.sha256(json.dumps([[h, w] for _, w, h in files]).encode()).hexdigest()
+    return Plan(name, conf.provider, conf.model, files[0][0], combined, dict(conf.hyperparameters),
+                training_files=tuple(files), depends_on=tuple(conf.depends_on), named=named)
 
 
 def store_submissions(store: Store, plans: list[Plan], *, force: bool = False) -> list[Result]:
     """A job identical to one that is waiting, running or succeeded is
     skipped (never pay twice for the same job) unless `force`; the database
-    holds that rule even against concurrent submits."""
+    holds that rule even against concurrent submits. An upstream agent that
+    came along (not named) reuses its identical job, whatever `force` says,
+    and a downstream job is stored with the ids of the jobs it waits for."""
     results = []
+    ids: dict[str, int] = {}
     for plan in plans:
+        upstream = [ids[a] for a in plan.depends_on if a in ids]
+        files = [{"file": str(p), "weight": w, "hash": h} for p, w, h in plan.training_files] or None
         try:
             job = create_job(store, agent=plan.agent, provider=plan.provider, model=plan.model,
                              training_file=plan.training_file, content_hash=plan.content_hash,
                              hyperparameters=plan.hyperparameters, estimated_cost=plan.estimated_cost,
-                             data_tokens=plan.data_tokens, force=force)
+                             data_tokens=plan.data_tokens, force=force and plan.named,
+                             upstream_job_ids=upstream or None, training_files=files,
+                             model_job_id=ids.get(plan.upstream_model or ""))
         except Twin as twin:
-            results.append(Result(plan.agent, plan.provider, plan.model, twin.job_id, False,
-                                  f"{twin} (--force submits it again)"))
+            ids[plan.agent] = twin.job_id
+            note = (f"{twin} (--force submits it again)" if plan.named else
+                    f"upstream: uses job {twin.job_id} ({twin.state}), which has the same data and settings")
+            results.append(Result(plan.agent, plan.provider, plan.model, twin.job_id, False, note))
             continue
-        results.append(Result(plan.agent, plan.provider, plan.model, job.id, True,
+        ids[plan.agent] = job.id
+        note = "" if plan.named else "upstream of " + ", ".join(p.agent for p in plans if plan.agent in p.depends_on)
+        results.append(Result(plan.agent, plan.provider, plan.model, job.id, True, note,
                               estimated_cost=plan.estimated_cost))
     return results

@@ -194,6 +194,26 @@ def _unit() -> Check:
     return Check("ok", "systemd unit", detail)
 
 
+def _gates(config: Config) -> list[Check]:
+    """Each [agents.NAME.eval] file readable and well formed, before a job's
+    model needs it."""
+    from ftctl.controller.engine.evaluation import EvalFileError, load_eval_file
+
+    out = []
+    for name, agent in sorted(config.agents.items()):
+        if agent.evaluation is None:
+            continue
+        try:
+            _, examples = load_eval_file(config.resolve(agent.evaluation.file))
+        except EvalFileError as exc:
+            out.append(Check("fail", f"eval {name}", str(exc)))
+            continue
+        out.append(Check("ok", f"eval {name}", f"{len(examples)} examples, {agent.evaluation.metric}, at least "
+                                               f"{agent.evaluation.min_improvement:+g} over "
+                                               f"{agent.evaluation.compare_to}"))
+    return out
+
+
 def run_checks(explicit_config: str | None) -> list[Check]:
     config, check = _config(explicit_config)
     results = [check]
@@ -202,6 +222,7 @@ def run_checks(explicit_config: str | None) -> list[Check]:
     results.append(_database(config))
     results.extend(_credentials(config))
     results.extend(_providers(config))
+    results.extend(_gates(config))
     quotes = _quotes(config)
     if quotes is not None:
         results.append(quotes)

@@ -106,8 +106,12 @@ class MistralEmulator(Emulator):
         if not isinstance(hp, dict) or (hp.get("learning_rate") is not None and hp["learning_rate"] <= 0):
             raise ServiceError(422, "hyperparameters.learning_rate must be greater than 0")
         auto_start = body.get("auto_start")
+        # the weight each file was sent with, kept for inspection (`_emulator/state`, tests)
+        weights = [float(f.get("weight", 1.0)) if isinstance(f, dict) else 1.0
+                   for f in body.get("training_files") or []]
         job = self.engine.create_job(model=body.get("model", ""), training_files=files, hyperparameters=hp,
-                                     suffix=body.get("suffix"), auto_start=True if auto_start is None else auto_start)
+                                     suffix=body.get("suffix"), auto_start=True if auto_start is None else auto_start,
+                                     metadata={"training_file_weights": weights})
         return job_json(job)
 
     def list_jobs(self, req: Request) -> Any:
@@ -151,14 +155,13 @@ class MistralEmulator(Emulator):
     def chat(self, req: Request) -> Any:
         body = req.json()
         model = body.get("model", "")
-        if model.startswith("ft:") and self.fine_tuned_job(model) is None:
-            raise ServiceError(404, f"model {model} not found")
         messages = body.get("messages") or []
-        last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
-        text = f"(emulated {model}) you said: {last}"
+        # a fine-tuned model answers what it was trained on (simulated.recall)
+        text = self.engine.chat(model, messages)
+        prompt = sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
         return {"id": f"cmpl-{int(time.time() * 1000)}", "object": "chat.completion", "model": model,
                 "created": int(time.time()),
-                "usage": {"prompt_tokens": len(str(last).split()), "completion_tokens": len(text.split()),
-                          "total_tokens": len(str(last).split()) + len(text.split())},
+                "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
+                          "total_tokens": prompt + len(text.split())},
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": text}}]}

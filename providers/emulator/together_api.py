@@ -321,11 +321,16 @@ class TogetherEmulator(Emulator):
     def chat(self, req: Request) -> Any:
         body = req.json()
         model = body.get("model", "")
-        if model.startswith(f"{ORG}/") and not any(output_name(j) == model and j["status"] == "SUCCESS"
-                                                   for j in self.engine.all_jobs()):
+        job = next((j for j in self.engine.all_jobs() if output_name(j) == model and j["status"] == "SUCCESS"), None)
+        if model.startswith(f"{ORG}/") and job is None:
             raise ServiceError(404, f"model {model} not found")
-        last = next((m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
-        text = f"(emulated {model}) you said: {last}"
+
+        def parent(j: dict[str, Any]) -> dict[str, Any] | None:  # the job it continued from
+            ref = j["hyperparameters"].get("from_checkpoint")
+            return self._job_by_checkpoint(ref) if ref else None
+
+        # a fine-tuned model answers what it was trained on (simulated.recall)
+        text = self.engine.chat(model, body.get("messages") or [], job=job, parent=parent)
         return {"id": f"chat-{int(time.time() * 1000)}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "prompt": [],
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],

@@ -49,6 +49,7 @@ class SimulatedKind(ProviderKind):
     quotes = True
     file_weights = True
     training_log = True
+    chat = True
 
     def client(self, name: str, section: SimulatedSection, env: BuildEnv):
         from pathlib import Path

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.providers.base import CONCURRENCY_LIMIT_MESSAGE
+from ftctl.providers.simulated.recall import LESSONS_SCHEMA, Recall, lessons, root_model
 
 TRAIN_TOKENS_PER_STEP = 131_072
 PRICE_PER_M_TOKENS = 1.0
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_suffix ON jobs(suffix);
+CREATE INDEX IF NOT EXISTS jobs_model ON jobs(fine_tuned_model);
 """
 
 
@@ -100,7 +102,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
-class SimEngine:
+class SimEngine(Recall):
     def __init__(self, path: Path | str, settings: EngineSettings | None = None,
                  clock: Callable[[], float] = time.time):
         self.path = Path(path)
@@ -109,7 +111,7 @@ class SimEngine:
         self._rng = random.Random(self.settings.seed)
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(_SCHEMA)
+        self._conn().executescript(_SCHEMA + LESSONS_SCHEMA)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -191,6 +193,9 @@ class SimEngine:
                 "INSERT INTO files VALUES (:id, :filename, :bytes, :sha256, :lines, :problem, :purpose, :created_at)",
                 row,
             )
+            # what a model trained on this file will have learned (see `chat`)
+            db.executemany("INSERT OR REPLACE INTO examples VALUES (?, ?, ?)",
+                           [(row["id"], k, v) for k, v in lessons(content).items()])
         return row
 
     def get_file(self, file_id: str) -> dict[str, Any]:
@@ -401,7 +406,7 @@ class SimEngine:
             else:
                 stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y%m%d")
                 tail = hashlib.sha256(job["id"].encode()).hexdigest()[:8]
-                name = f"ft:{job['model']}:{job['suffix'] or 'model'}:{stamp}:{tail}"
+                name = f"ft:{root_model(job['model'])}:{job['suffix'] or 'model'}:{stamp}:{tail}"
                 self._set_status(db, job, "SUCCESS", at, fine_tuned_model=name,
                                  trained_tokens=job["metadata"].get("train_tokens"))
             wait = waits.get(job["status"])

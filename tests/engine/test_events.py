@@ -34,7 +34,8 @@ def test_a_transition_writes_its_event_and_outbox_row_together(site):
     cfg, store = site
     fire(store, 1, "submit", updates={"client_token": "qa-1"})
     fire(store, 1, "start")
-    fire(store, 1, "succeed", updates={"fine_tuned_model": "ft:open-mistral-7b:qa-1:x"})
+    # an agent without an evaluation gate: its model is promoted with the success
+    fire(store, 1, "succeed", updates={"fine_tuned_model": "ft:open-mistral-7b:qa-1:x"}, promotion="skip")
     events = [e for e in _rows(store, JobEvent) if e.job_id == 1]
     assert [e.name for e in events] == ["prepared", "queued", "running", "succeeded", "promoted"]
     assert len({e.event_id for e in events}) == 5 and all(e.event_id.startswith("evt_") for e in events)

@@ -128,3 +128,69 @@ def test_submit_records_an_attempt_with_its_token(store, tmp_path):
     fire(store, job.id, "requeue", updates={"client_token": None}, attempt_outcome=("capacity", False))
     (attempt,) = store.attempts(job.id)
     assert (attempt.client_token, attempt.outcome, attempt.counted) == ("qa-abc", "capacity", False)
+
+
+# -- the promotion of a succeeded job's model: the second machine -----------------------------
+
+PROMOTION = {
+    ("candidate", "evaluate"): "evaluating",
+    ("candidate", "skip"): "promoted",
+    ("candidate", "decline"): "rejected",
+    ("candidate", "promote"): "promoted",
+    ("candidate", "reject"): "rejected",
+    ("evaluating", "accept"): "promoted",
+    ("evaluating", "decline"): "rejected",
+    ("evaluating", "promote"): "promoted",
+    ("evaluating", "reject"): "rejected",
+    ("rejected", "promote"): "promoted",
+    ("promoted", "reject"): "rejected",
+}
+PROMOTION_TRIGGERS = ("evaluate", "skip", "accept", "decline", "promote", "reject")
+
+
+def test_promotion_machine_matches_the_documented_one():
+    for state in lc.PROMOTION_STATES:
+        for trigger in PROMOTION_TRIGGERS:
+            if (state, trigger) in PROMOTION:
+                assert lc.next_promotion(state, trigger) == PROMOTION[(state, trigger)]
+            else:
+                with pytest.raises(lc.InvalidTransition, match="model"):
+                    lc.next_promotion(state, trigger)
+    # the two machines do not share triggers or states
+    assert not set(PROMOTION_TRIGGERS) & set(TRIGGERS)
+    with pytest.raises(lc.InvalidTransition):
+        lc.next_state("succeeded", "promote")
+
+
+def test_a_job_that_succeeds_becomes_a_candidate_or_is_promoted_in_the_same_write(store, tmp_path):
+    from ftctl.controller.engine.jobs import fire_promotion
+
+    gated, plain = _job(store, tmp_path), _job(store, tmp_path)
+    for job, promotion in ((gated, None), (plain, "skip")):
+        fire(store, job.id, "submit", updates={"client_token": f"t{job.id}"})
+        fire(store, job.id, "succeed", updates={"fine_tuned_model": f"ft:m:{job.id}"}, promotion=promotion)
+    assert store.get_job(gated.id).promotion == "candidate"
+    row = store.get_job(plain.id)
+    assert row.promotion == "promoted" and row.promoted_at is not None
+    assert [(e.trigger, e.from_state, e.to_state) for e in store.events(plain.id)][-2:] == [
+        ("succeed", "queued", "succeeded"), ("skip", "candidate", "promoted")]
+    # a person overrides; a move the machine refuses changes nothing
+    fire_promotion(store, plain.id, "reject", reason=text("by hand"))
+    with pytest.raises(lc.InvalidTransition):
+        fire_promotion(store, plain.id, "accept")
+    assert store.get_job(plain.id).promotion == "rejected"
+    assert store.events(plain.id)[-1].trigger == "reject"
+
+
+def test_an_override_ends_an_evaluation_under_way_and_frees_its_estimate(store, tmp_path):
+    from ftctl.controller.engine.jobs import fire_promotion
+
+    job = _job(store, tmp_path)
+    fire(store, job.id, "submit", updates={"client_token": "t"})
+    fire(store, job.id, "succeed", updates={"fine_tuned_model": "ft:m:1"})
+    fire_promotion(store, job.id, "evaluate", evaluation={
+        "metric": "exact", "file": "e.jsonl", "file_hash": "h", "examples": 3, "candidate_model": "ft:m:1",
+        "compare_model": "m", "min_improvement": 0.1, "estimated_cost": 2.5})
+    assert store.committed() == 2.5
+    fire_promotion(store, job.id, "promote", reason=text("by hand"))
+    assert store.evaluations([job.id])[job.id].finished_at is not None and store.committed() == 0.0

@@ -34,14 +34,14 @@ def test_transitions_and_history_on_postgres(pg_store, tmp_path):
                      hyperparameters={"training_steps": 3})
     fire(pg_store, job.id, "submit", updates={"attempt": 1, "client_token": "qa-pg1"})
     fire(pg_store, job.id, "start")
-    fire(pg_store, job.id, "succeed", updates={"fine_tuned_model": "ft:m:qa:1:a"})
+    fire(pg_store, job.id, "succeed", updates={"fine_tuned_model": "ft:m:qa:1:a"}, promotion="skip")
     with pytest.raises(InvalidTransition):
         fire(pg_store, job.id, "cancel")
     row = pg_store.get_job(job.id)
     assert (row.state, row.fine_tuned_model, row.hyperparameters) == ("succeeded", "ft:m:qa:1:a",
                                                                        {"training_steps": 3})
     # a success is a promotion at once (no evaluation gate), with its own event
-    assert [e.trigger for e in pg_store.events(job.id)] == ["create", "submit", "start", "succeed", "promote"]
+    assert [e.trigger for e in pg_store.events(job.id)] == ["create", "submit", "start", "succeed", "skip"]
 
 
 def test_one_daemon_per_postgres_database(postgres_url, pg_store):

@@ -1,0 +1,177 @@
+"""[agents.NAME] and [export]: what each agent trains, on what, after whom,
+the gate its model must pass, and where promoted models are delivered; and
+the rules between agents (known upstream agents, no cycle, "@other" only
+with depends_on), each broken rule one line that names its key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ftctl.providers.settings import Section
+
+
+class TrainingFileRef(Section):
+    """One of an agent's weighted training files (Mistral's `training_files`)."""
+
+    file: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+
+class EvalConfig(Section):
+    """[agents.NAME.eval]: the gate a succeeded job's model must pass."""
+
+    # held-out examples in the training format; the last assistant message
+    # of each is the expected answer
+    file: str = Field(min_length=1)
+    metric: Literal["exact", "contains", "json", "command"] = "exact"
+    # metric = "command": the scorer, run once an answer (the example as JSON
+    # on stdin; a score from 0 to 1 on stdout)
+    command: list[str] | None = None
+    # the candidate's score minus the comparison's, at least (0.08: 8 points)
+    min_improvement: float = Field(default=0.01, ge=-1, le=1)
+    # "base": the model the job trained from; or another model id
+    compare_to: str = Field(default="base", min_length=1)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import shlex
+
+            return shlex.split(value)
+        return value
+
+    @model_validator(mode="after")
+    def _scorer(self) -> "EvalConfig":
+        if self.metric == "command" and not self.command:
+            raise ValueError('command: required with metric = "command" (the scorer to run, e.g. '
+                             '"python3 score.py")')
+        if self.metric != "command" and self.command:
+            raise ValueError(f'command: only used with metric = "command" (metric is {self.metric!r})')
+        return self
+
+
+class AgentConfig(Section):
+    provider: str
+    # a base model, or "@other": the fine-tuned model of agent other's job
+    model: str = Field(min_length=1)
+    training_file: str | None = Field(default=None, min_length=1)
+    training_files: list[TrainingFileRef] | None = Field(default=None, min_length=1)
+    # numbers, switches (lora = true) and names (training_method = "dpo");
+    # each provider's descriptor says which it knows
+    hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    # agents whose jobs must succeed before this one's is admitted
+    depends_on: list[str] = Field(default_factory=list)
+    evaluation: EvalConfig | None = Field(default=None, alias="eval")
+
+    @property
+    def upstream_model(self) -> str | None:
+        """`other` for model = "@other"."""
+        return self.model[1:] if self.model.startswith("@") else None
+
+    @property
+    def files(self) -> list[tuple[str, float]]:
+        """(path as written, weight) of each training file."""
+        if self.training_files:
+            return [(f.file, f.weight) for f in self.training_files]
+        return [(self.training_file or "", 1.0)]
+
+
+class ExportSection(Section):
+    """[export]: where each agent's newest promoted model id is written."""
+
+    path: str = Field(min_length=1)
+    format: Literal["toml", "json", "env"] | None = None
+
+    @model_validator(mode="after")
+    def _format(self) -> "ExportSection":
+        if self.format is None and Path(self.path).suffix not in (".toml", ".json", ".env"):
+            raise ValueError(f"export.path: cannot tell the format of {self.path!r} from its suffix: name it "
+                             f".toml, .json or .env, or set export.format")
+        return self
+
+    @property
+    def fmt(self) -> str:
+        return self.format or Path(self.path).suffix[1:]
+
+
+def check_agent(config: Any, name: str, agent: AgentConfig) -> None:
+    """One agent's files, upstream agents and evaluation, each in one line."""
+    from ftctl.providers.registry import kind as kind_of
+
+    if agent.training_file and agent.training_files:
+        raise ValueError(f"agents.{name}.training_files: give training_file or training_files, not both")
+    if not agent.training_file and not agent.training_files:
+        raise ValueError(f"agents.{name}.training_file: required key is missing (or training_files)")
+    known = ", ".join(sorted(config.agents))
+    for other in agent.depends_on:
+        if other == name:
+            raise ValueError(f"agents.{name}.depends_on: an agent cannot depend on itself")
+        if other not in config.agents:
+            raise ValueError(f"agents.{name}.depends_on: unknown agent {other!r} (agents: {known})")
+    if len(set(agent.depends_on)) != len(agent.depends_on):
+        raise ValueError(f"agents.{name}.depends_on: an agent is named twice")
+    upstream = agent.upstream_model
+    if upstream is not None:
+        if not upstream:
+            raise ValueError(f"agents.{name}.model: '@' names no agent (e.g. model = \"@feedback\")")
+        if upstream not in agent.depends_on:
+            raise ValueError(f"agents.{name}.model: {agent.model!r} trains on {upstream}'s model, so "
+                             f"depends_on must name it: depends_on = [\"{upstream}\"]")
+        if config.agents[upstream].provider != agent.provider:
+            raise ValueError(f"agents.{name}.model: {agent.model!r} is trained on provider "
+                             f"{config.agents[upstream].provider!r}, not {agent.provider!r}: a fine-tuned model "
+                             f"stays with the provider that made it")
+    if agent.evaluation is not None and not kind_of(config.providers[agent.provider].kind).chat:
+        raise ValueError(f"agents.{name}.eval: provider {agent.provider!r} cannot answer chat, so its models "
+                         f"cannot be evaluated")
+
+
+def check_cycles(agents: dict[str, AgentConfig]) -> None:
+    """depends_on must not come back to where it started; the cycle is named."""
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            raise ValueError(f"agents.{cycle[0]}.depends_on: a cycle: {' -> '.join(cycle)}")
+        if name in done:
+            return
+        for other in agents[name].depends_on:
+            visit(other, path + [name])
+        done.add(name)
+
+    for name in agents:
+        visit(name, [])
+
+
+def upstream_closure(config: Any, names: list[str]) -> list[str]:
+    """`names` and every agent they depend on, upstream agents first."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for other in config.agents[name].depends_on:
+            visit(other)
+        if name not in order:
+            order.append(name)
+
+    for name in names:
+        visit(name)
+    return order
+
+
+def root_model(config: Any, agent: str) -> str:
+    """The base model at the root of an agent's chain ("@x" followed back):
+    what its tokens are counted and its price looked up with at submit."""
+    model = config.agents[agent].model
+    seen = {agent}
+    while model.startswith("@") and model[1:] in config.agents and model[1:] not in seen:
+        seen.add(model[1:])
+        model = config.agents[model[1:]].model
+    return model

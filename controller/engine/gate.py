@@ -1,0 +1,98 @@
+"""The evaluation gate's rules: what becomes of a succeeded job's model.
+
+Pure, like `decide`: (succeeded jobs, what the shell found of their gates,
+now, money left) -> promotion moves and evaluation slices to run. The
+promotion machine itself is in `engine.states`; the chat calls and the
+stored answers are the shell's (`engine.evaluation`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ftctl.controller.engine.decisions import Decision, Evaluate, GateView, JobView, Promote
+from ftctl.controller.engine.reasons import Reason
+from ftctl.controller.engine.rules import note_if_changed
+from ftctl.controller.engine.states import CANDIDATE, EVALUATING
+
+ROLES = ("candidate", "compare")
+# scores are means of per-example scores: a hair of float noise must not
+# turn 0.08 into 0.0799999
+EPSILON = 1e-9
+
+
+def score(metric: str, expected: str, answer: str) -> float:
+    """One answer against the expected one: `exact` (equal once trimmed),
+    `contains`, `json` (parses, and equals as JSON). 1.0 or 0.0."""
+    expected, answer = expected.strip(), (answer or "").strip()
+    if metric == "exact":
+        return float(answer == expected)
+    if metric == "contains":
+        return float(bool(expected) and expected in answer)
+    if metric == "json":
+        try:
+            return float(json.loads(answer) == json.loads(expected))
+        except ValueError:
+            return 0.0
+    raise ValueError(f"metric {metric!r} is not scored here")
+
+
+def verdict(gate: GateView) -> tuple[bool, dict[str, Any]]:
+    """Whether the candidate beat the comparison by at least min_improvement,
+    and the figures that say so (the reason's arguments, stored with the run)."""
+    candidate, compare = gate.candidate_score or 0.0, gate.compare_score or 0.0
+    improvement = round(candidate - compare, 6)
+    passed = improvement + EPSILON >= gate.min_improvement
+    return passed, {"metric": gate.metric, "candidate": round(candidate, 6), "compare": round(compare, 6),
+                    "compare_model": gate.compare_model, "improvement": improvement, "min": gate.min_improvement,
+                    "n": gate.examples, "passed": passed}
+
+
+def decide_promotions(jobs: Iterable[JobView], gates: Mapping[int, GateView], now: datetime,
+                      money: Any) -> list[Decision]:
+    """For each succeeded job whose model's promotion is still open: start its
+    evaluation (when the budget allows), ask its next questions, or settle it."""
+    out: list[Decision | None] = []
+    for job in jobs:
+        gate = gates.get(job.id)
+        if job.promotion == CANDIDATE:
+            out.append(_candidate(job, gate, money))
+        elif job.promotion == EVALUATING:
+            out.append(_evaluating(job, gate, now))
+    return [d for d in out if d is not None]
+
+
+def _candidate(job: JobView, gate: GateView | None, money: Any) -> Decision | None:
+    if gate is None or not gate.configured:
+        return Promote(job.id, CANDIDATE, "skip", Reason("no_gate"))
+    if gate.problem:
+        return Promote(job.id, CANDIDATE, "decline", Reason("eval_error", {"message": gate.problem}))
+    over = money.refuse(gate.estimate)
+    if over is not None:
+        return note_if_changed(job, Reason("eval_budget", {"estimate": gate.estimate}))
+    money.commit(gate.estimate)
+    return Promote(job.id, CANDIDATE, "evaluate", Reason("evaluating", {"done": 0, "total": 2 * gate.examples}),
+                   evaluation={**(gate.start or {}), "estimated_cost": gate.estimate})
+
+
+def _evaluating(job: JobView, gate: GateView | None, now: datetime) -> Decision | None:
+    if gate is None or not gate.configured:
+        # the agent's [eval] went away while its model was evaluated
+        return Promote(job.id, EVALUATING, "accept", Reason("no_gate"), evaluation={"finished_at": now})
+    if not gate.started:
+        return Promote(job.id, EVALUATING, "decline", Reason("eval_error", {"message": "its evaluation record "
+                                                                                       "is missing"}))
+    if gate.error:
+        return Promote(job.id, EVALUATING, "decline", Reason("eval_error", {"message": gate.error}),
+                       evaluation={"finished_at": now})
+    if gate.answered >= len(ROLES) * gate.examples:
+        passed, figures = verdict(gate)
+        return Promote(job.id, EVALUATING, "accept" if passed else "decline", Reason("gate", figures),
+                       evaluation={"finished_at": now, "candidate_score": figures["candidate"],
+                                   "compare_score": figures["compare"], "improvement": figures["improvement"]})
+    if gate.not_before is not None and now < gate.not_before:
+        return None  # its reason says until when it waits
+    return Evaluate(job.id)

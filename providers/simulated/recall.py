@@ -1,0 +1,98 @@
+"""What a simulated model learned, and how it answers.
+
+Each uploaded file's examples are filed by their prompt (the conversation up
+to its last assistant answer). A fine-tuned model answers a prompt it was
+trained on, by its own job or by a job it continued from, with the answer
+it was taught; any other prompt, and any base model, gets an echo that
+answers nothing. Deterministic and cheap: an evaluation can tell a model
+that learned its data from one that did not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+LESSONS_SCHEMA = """CREATE TABLE IF NOT EXISTS examples (
+    file_id TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    PRIMARY KEY (file_id, prompt)
+);
+"""
+
+
+def prompt_key(messages: list[Any]) -> str:
+    """A conversation up to its last assistant answer, as the service files it:
+    roles and contents only, so a chat request finds what a file taught."""
+    turns = [[m.get("role"), m.get("content")] if isinstance(m, dict) else [None, m] for m in messages]
+    return hashlib.sha256(json.dumps(turns, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def lessons(content: bytes) -> dict[str, str]:
+    """prompt -> the assistant's answer, for each well-formed example of a file."""
+    out: dict[str, str] = {}
+    for raw in content.splitlines():
+        try:
+            messages = json.loads(raw).get("messages") or []
+        except (ValueError, AttributeError):
+            continue
+        if (isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict)
+                and messages[-1].get("role") == "assistant" and isinstance(messages[-1].get("content"), str)):
+            out[prompt_key(messages[:-1])] = messages[-1]["content"]
+    return out
+
+
+def root_model(model: str) -> str:
+    """`ft:ROOT:...` -> ROOT: a model trained from a fine-tuned one keeps its root's name."""
+    parts = model.split(":")
+    return parts[1] if model.startswith("ft:") and len(parts) > 1 and parts[1] else model
+
+
+class Recall:
+    """Mixed into SimEngine (its `_conn`, `_decode`, `maybe_fail`)."""
+
+    def job_by_model(self, model: str) -> dict[str, Any] | None:
+        """The succeeded job that made a fine-tuned model, if this service made it."""
+        row = self._conn().execute("SELECT * FROM jobs WHERE fine_tuned_model = ? AND status = 'SUCCESS'",
+                                   (model,)).fetchone()
+        return self._decode(row) if row is not None else None
+
+    def recall(self, job: dict[str, Any], messages: list[Any],
+               parent: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> str | None:
+        """The answer a model learned for this prompt: from the training files
+        of the job that made it, then of the jobs it was trained on (`parent`:
+        the job a job continued from; by default the one whose model it named)."""
+        parent = parent or (lambda j: self.job_by_model(j["model"]))
+        key, seen, files = prompt_key(messages), set(), []
+        while job is not None and job["id"] not in seen:
+            seen.add(job["id"])
+            files += job["training_files"]
+            job = parent(job)
+        conn = self._conn()
+        for file_id in files:
+            row = conn.execute("SELECT answer FROM examples WHERE file_id = ? AND prompt = ?",
+                               (file_id, key)).fetchone()
+            if row is not None:
+                return row["answer"]
+        return None
+
+    def chat(self, model: str, messages: list[Any], job: dict[str, Any] | None = None,
+             parent: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> str:
+        """A chat answer, deterministic and cheap: a fine-tuned model answers
+        a prompt it was trained on with the answer it was taught; any other
+        prompt, and any base model, gets an echo that answers nothing."""
+        self.maybe_fail()
+        job = job or self.job_by_model(model)
+        if job is None and model.startswith("ft:"):
+            from ftctl.providers.simulated.engine import ServiceError
+
+            raise ServiceError(404, f"model {model} not found")
+        learned = self.recall(job, messages, parent) if job is not None else None
+        if learned is not None:
+            return learned
+        last = next((m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
+                    "")
+        return f"(emulated {model}) you said: {last}"
