@@ -220,6 +220,27 @@ class Store(EventQueries, EvaluationQueries):
                 Evaluation.finished_at.is_not(None), Evaluation.finished_at >= since)
             return float(s.exec(stmt).one()) + float(s.exec(evals).one())
 
+    def spent_in(self, since: datetime, now: datetime) -> float:
+        """What the budget's period cost: succeeded jobs and evaluations
+        finished in it, and keeping the fine-tuned models through it."""
+        return self.spent_since(since) + self.storage_since(since, now)
+
+    def storage_since(self, since: datetime, now: datetime) -> float:
+        """What keeping the fine-tuned models of succeeded jobs cost between
+        `since` and `now` (a month counted as 30 days): a model kept all along
+        costs the whole span, one made within it from when it was made."""
+        month = 30 * 86400.0
+        span = max(0.0, (now - since).total_seconds())
+        with self.read() as s:
+            kept = (Job.state == "succeeded", Job.storage_per_month > 0)
+            before = s.exec(select(func.coalesce(func.sum(Job.storage_per_month), 0.0)).where(
+                *kept, Job.updated_at < since)).one()
+            recent = s.exec(select(Job.storage_per_month, Job.updated_at).where(*kept, Job.updated_at >= since)).all()
+        total = float(before) * span / month
+        for fee, at in recent:
+            total += fee * max(0.0, (now - at).total_seconds()) / month
+        return total
+
     def committed(self) -> float:
         """What queued and running jobs, and evaluations under way, hold."""
         with self.read() as s:

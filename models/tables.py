@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 # a job in one of these states blocks an identical submission (same agent,
 # provider, model, data and hyperparameters): never pay twice for one job
@@ -60,6 +60,9 @@ class Job(SQLModel, table=True):
     provider_status: Optional[str] = None
     fine_tuned_model: Optional[str] = None
     estimated_cost: Optional[float] = None
+    # what keeping its fine-tuned model costs a month (counted in the budget
+    # for every period it is kept)
+    storage_per_month: Optional[float] = None
     actual_cost: Optional[float] = None
     data_tokens: Optional[int] = None  # counted at submit with the provider's tokenizer
     trained_tokens: Optional[int] = None  # reported by the provider

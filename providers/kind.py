@@ -200,6 +200,10 @@ class ProviderKind:
                 return parts[1]
         return model
 
+    def default_epochs(self, examples: int) -> tuple[float, str]:
+        """The epochs the provider trains for when none are given, and why."""
+        return 1.0, "epochs not given: 1 assumed"
+
     def claims(self, model: str) -> bool:
         """Whether a bare model name belongs to this kind (to guess a kind offline)."""
         return False

@@ -268,6 +268,20 @@ class OpenAIKind(ProviderKind):
         return WebhookEvent(id=wid, type=str(getattr(event, "type", None) or "unknown"),
                             job_id=job_id if isinstance(job_id, str) else None)
 
+    def default_epochs(self, examples: int) -> tuple[float, str]:
+        """OpenAI's own choice when n_epochs is "auto" (the cookbook's chat
+        fine-tuning data-prep rule): 3 epochs, raised so that examples x
+        epochs reaches 100, lowered so that it stays within 25,000, and kept
+        within 1 to 25."""
+        target, low, high = 3, 100, 25_000
+        epochs = target
+        if examples and examples * target < low:
+            epochs = min(25, low // examples)
+        elif examples * target > high:
+            epochs = max(1, high // examples)
+        return float(epochs), (f"epochs not given: {epochs} by OpenAI's auto rule for {examples:,} examples "
+                               f"(3, kept within {low:,} to {high:,} examples x epochs and 1 to 25 epochs)")
+
     def claims(self, model: str) -> bool:
         from ftctl.providers.tokenizers import OPENAI_ENCODINGS, prefix_lookup
 

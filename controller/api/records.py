@@ -30,7 +30,7 @@ def live_facts(store: Any, config: Any, now: datetime | None = None) -> Live:
     left = None
     if caps.total is not None:
         now = now or utcnow()
-        budget = Budget(caps.per_job, caps.total, store.spent_since(now - timedelta(seconds=caps.period)))
+        budget = Budget(caps.per_job, caps.total, store.spent_in(now - timedelta(seconds=caps.period), now))
         left = budget.left(store.committed())
     return Live(slots=slots, budget_left=left)
 

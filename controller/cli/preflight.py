@@ -281,22 +281,25 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     caps = config.budget
     store = read_store(config)
     now = utcnow()
-    spent = store.spent_since(now - timedelta(seconds=caps.period)) if store else 0.0
+    since = now - timedelta(seconds=caps.period)
+    storage = store.storage_since(since, now) if store else 0.0
+    spent = store.spent_in(since, now) if store else 0.0
     committed = store.committed() if store else 0.0
     waiting = [j for j in store.list_jobs(states=["prepared"])] if store else []
     over = [j for j in waiting if (j.reason_code or "").startswith("budget")]
     left = Budget(caps.per_job, caps.total, spent).left(committed)
     remaining = None if left is None else round(left, 2)
     data = {"per_job_cap": caps.per_job, "total_cap": caps.total, "period_days": round(caps.period / 86400, 2),
-            "spent": round(spent, 2), "committed": round(committed, 2), "remaining": remaining,
+            "spent": round(spent, 2), "storage": round(storage, 2), "committed": round(committed, 2),
+            "remaining": remaining,
             "waiting_estimates": round(sum(j.estimated_cost or 0 for j in waiting), 2),
             "jobs_over_budget": [j.id for j in over]}
     if as_json:
         emit_json(data)
         return
     out.print(f"period: the last {data['period_days']:g} days", markup=False)
-    out.print(f"spent: ${spent:,.2f} (succeeded jobs, finished evaluations)   committed: ${committed:,.2f} "
-              f"(queued and running jobs, evaluations under way)", markup=False)
+    out.print(f"spent: ${spent:,.2f} (succeeded jobs, finished evaluations, ${storage:,.2f} keeping their models)"
+              f"   committed: ${committed:,.2f} (queued and running jobs, evaluations under way)", markup=False)
     if caps.total is not None:
         out.print(f"total cap: ${caps.total:,.2f}   remaining: ${remaining:,.2f}", markup=False)
     else:

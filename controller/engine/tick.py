@@ -219,7 +219,7 @@ class Ticker(Submission, Evaluations):
         caps = self.config.budget
         if caps.per_job is None and caps.total is None:
             return None
-        spent = self.store.spent_since(now - timedelta(seconds=caps.period)) if caps.total is not None else 0.0
+        spent = self.store.spent_in(now - timedelta(seconds=caps.period), now) if caps.total is not None else 0.0
         return Budget(per_job=caps.per_job, total=caps.total, spent=spent)
 
     def _observe(self, name: str, mine: list[rc.JobView], state: ProviderState | None,

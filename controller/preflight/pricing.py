@@ -24,6 +24,8 @@ class Price:
     context: int | None = None
     tokens_per_step: int | None = None
     source: str = ""
+    # what keeping the fine-tuned model costs a month (Mistral: $2 a model)
+    storage_per_month: float = 0.0
     # per million tokens asked and answered (the evaluation gate's chat calls);
     # where the table gives none, the training price stands in (an upper bound)
     chat_per_m: float | None = None
@@ -83,7 +85,7 @@ def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None, me
     chat = base.get("chat_per_m")
     return Price(table_kind, name, float(per_m), float(base.get("min_fee") or 0.0),
                  base.get("context"), base.get("tokens_per_step"), source,
-                 float(chat) if chat is not None else None)
+                 float(base.get("storage_per_month") or 0.0), float(chat) if chat is not None else None)
 
 
 @dataclass
@@ -104,12 +106,13 @@ class Estimate:
         return max(self.cost, self.quote or 0.0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"provider": self.price.provider, "model": self.price.model, "price_source": self.price.source,
-                "train_per_m": self.price.train_per_m, "min_fee": self.price.min_fee,
-                "examples": self.examples, "data_tokens": self.data_tokens, "epochs": self.epochs,
-                "training_steps": self.training_steps, "trained_tokens": self.trained_tokens,
-                "estimate": round(self.cost, 2), "provider_quote": self.quote, "total": round(self.total, 2),
-                "notes": self.notes}
+        return {"provider": self.price.provider, "model": self.price.model, "source": self.price.source,
+                "price_source": self.price.source, "train_per_m": self.price.train_per_m,
+                "min_fee": self.price.min_fee, "storage_per_month": self.price.storage_per_month,
+                "examples": self.examples, "tokens": self.data_tokens, "data_tokens": self.data_tokens,
+                "epochs": self.epochs, "training_steps": self.training_steps, "trained_tokens": self.trained_tokens,
+                "cost": round(self.total, 2), "estimate": round(self.cost, 2), "provider_quote": self.quote,
+                "total": round(self.total, 2), "notes": self.notes}
 
 
 def estimate(price: Price, data_tokens: int, examples: int, *, epochs: float | None = None,
@@ -126,13 +129,17 @@ def estimate(price: Price, data_tokens: int, examples: int, *, epochs: float | N
             notes.append(f"= {trained / data_tokens:.2f} epochs of {data_tokens:,} data tokens")
     else:
         if epochs is None:
-            epochs = 3.0 if price.provider == "openai" else 1.0
-            notes.append(f"epochs not given: {epochs:g} assumed"
-                         + (" (OpenAI's auto)" if price.provider == "openai" else ""))
+            from ftctl.providers.registry import kind as kind_of
+
+            epochs, why = kind_of(price.provider).default_epochs(examples)
+            notes.append(why)
         trained = math.ceil(data_tokens * float(epochs))
         notes.append(f"{data_tokens:,} data tokens x {epochs:g} epochs")
     cost = trained / 1e6 * price.train_per_m
     if cost < price.min_fee:
         notes.append(f"minimum fee ${price.min_fee:.2f} per job applies")
         cost = price.min_fee
+    if price.storage_per_month:
+        notes.append(f"keeping the model costs ${price.storage_per_month:.2f} a month more (the provider's "
+                     f"storage fee; `ftctl budget` counts it for each kept model)")
     return Estimate(price, data_tokens, examples, trained, round(cost, 4), epochs, training_steps, notes)

@@ -32,6 +32,7 @@ class Plan:
     estimated_cost: float | None = None
     data_tokens: int | None = None
     examples: int | None = None
+    storage_per_month: float = 0.0  # keeping the model, a month (Mistral's storage fee)
     # several weighted files: (path, weight, content hash) each
     training_files: tuple[tuple[Path, float, str], ...] = ()
     # a pipeline: the agents this job waits for, and whether it was asked
@@ -123,7 +124,8 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
                           f"({est.trained_tokens:,} trained tokens at ${est.price.train_per_m:g}/M)")
     # budget.total is not checked here: the reconcile step holds a job that
     # does not fit what is left in `prepared`, saying so, until the budget allows
-    return replace(plan, estimated_cost=cost, data_tokens=data_tokens, examples=examples)
+    return replace(plan, estimated_cost=cost, data_tokens=data_tokens, examples=examples,
+                   storage_per_month=est.price.storage_per_month)
 
 
 def _check_eval(config: Config, agent: str) -> None:
@@ -266,7 +268,8 @@ def store_submissions(store: Store, plans: list[Plan], *, force: bool = False) -
                              hyperparameters=plan.hyperparameters, estimated_cost=plan.estimated_cost,
                              data_tokens=plan.data_tokens, force=force and plan.named,
                              upstream_job_ids=upstream or None, training_files=files,
-                             model_job_id=ids.get(plan.upstream_model or ""))
+                             model_job_id=ids.get(plan.upstream_model or ""),
+                             storage_per_month=plan.storage_per_month)
         except Twin as twin:
             ids[plan.agent] = twin.job_id
             note = (f"{twin} (--force submits it again)" if plan.named else
