@@ -326,6 +326,8 @@ def test_metrics_show_the_state_counts_moving(make_config):
     assert any(float(v.get("running", 0)) > 0 for v in seen)
     assert 'ftctl_slots_allowed{provider="sim"} 2.0' in body
     assert "ftctl_reconcile_seconds_count" in body
+    assert re.search(r'^ftctl_leader\{host="[^"]+"\} 1\.0$', body, re.M)  # this daemon leads
+    assert re.search(r"^ftctl_lease_renewals_total \d+\.0$", body, re.M)
     assert re.search(r'ftctl_cost_estimated_dollars\{provider="sim"\} 16\.0', body)
 
 
