@@ -82,6 +82,7 @@ class Leadership:
         self.epoch: int | None = None
         self.since: datetime | None = None
         self.renewals = 0
+        self.why_lost: str | None = None  # what `renew` or `fence` found, in words
 
     @property
     def leading(self) -> bool:
@@ -213,6 +214,7 @@ class LeaseLeadership(Leadership):
                 {"m": self.member, "e": self.epoch, "lease": self.lease}).rowcount
         if renewed != 1:
             self.epoch = None
+            self.why_lost = "another daemon took over the lease"
             return False
         self._deadline = sent + self.lease * (1 - MARGIN)
         self.renewals += 1
@@ -231,7 +233,8 @@ class LeaseLeadership(Leadership):
                           {"m": self.member, "e": self.epoch}).first()
         if ok is None:
             self.epoch = None
-            raise LockLost("another daemon leads now (the epoch moved on)")
+            self.why_lost = "another daemon leads now (the epoch moved on)"
+            raise LockLost(self.why_lost)
 
     def release(self) -> None:
         if self.epoch is None:
@@ -291,8 +294,9 @@ class FileLeadership(Leadership):
     def renew(self) -> bool:
         try:
             self.check()
-        except LockLost:
+        except LockLost as exc:
             self.epoch = None
+            self.why_lost = str(exc)
             return False
         self.renewals += 1
         return True
@@ -314,7 +318,8 @@ class FileLeadership(Leadership):
         row = conn.execute(text("SELECT holder, epoch FROM leadership WHERE id = 1")).first()
         if row is None or row[0] != self.member or row[1] != self.epoch:
             self.epoch = None
-            raise LockLost("another daemon leads now (the epoch moved on)")
+            self.why_lost = "another daemon leads now (the epoch moved on)"
+            raise LockLost(self.why_lost)
 
     def leader(self) -> dict[str, Any] | None:
         if self.sqlite_path is None or self._probe() is None:

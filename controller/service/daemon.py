@@ -273,6 +273,9 @@ class Daemon:
                 self.leading.stop()
             if self.metrics is not None:
                 self.metrics.close()
+            # a clean exit hands the lead over at once, not when the lease runs out
+            self.store.fenced = False
+            self.store.leadership.release()
             self.store.leadership.leave()
             self.store.close()
             self.notifier.close()

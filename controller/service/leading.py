@@ -175,7 +175,7 @@ class Leading:
                 continue
             daemon.reachable()
             if not renewed:
-                daemon.lose("another daemon took over the lease")
+                daemon.lose(leadership.why_lost or "another daemon took over the lease")
             elif daemon.metrics is not None:
                 daemon.metrics.renewed()
 
