@@ -96,6 +96,7 @@ class PriceOverride(Section):
     context: int | None = Field(default=None, gt=0)
     tokens_per_step: int | None = Field(default=None, gt=0)
     chat_per_m: float | None = Field(default=None, ge=0)  # the evaluation gate's chat calls
+    storage_per_month: float | None = Field(default=None, ge=0)  # keeping a fine-tuned model
 
 
 from ftctl.controller.agents import (AgentConfig, EvalConfig, ExportSection, TrainingFileRef,  # noqa: E402

@@ -215,7 +215,9 @@ def test_a_killed_evaluation_resumes_without_asking_twice_and_honours_retry_afte
 
 def test_the_evaluation_is_priced_first_and_counted_in_the_budget(tmp_path, clock):
     # each training job costs its $4 minimum; the evaluation's estimate must fit what is left
-    cfg, store = site(tmp_path, clock, extra=CONV_GATE + "\n[budget]\ntotal = 8.0\n", agents=())
+    # (keeping the models is made free here, so that the $8 is all the training's)
+    free_storage = '\n[prices."mistral/open-mistral-7b"]\nstorage_per_month = 0.0\n'
+    cfg, store = site(tmp_path, clock, extra=CONV_GATE + "\n[budget]\ntotal = 8.0\n" + free_storage, agents=())
     store_submissions(store, plan_submissions(cfg, ["conversation"]))
     rec, chat = ticker(cfg, store, clock)
     for _ in range(60):
