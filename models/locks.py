@@ -22,12 +22,29 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.engine import Engine
 
 # a fixed advisory-lock key on PostgreSQL: "the daemon of this database"
 PG_LOCK_KEY = 0x66746374  # "ftct"
+
+
+def sqlite_holder(database: Path) -> str | None:
+    """Who holds the lock beside a SQLite database ("pid 123"), or None: a
+    probe that takes nothing and writes nothing (and needs no SQLAlchemy)."""
+    try:
+        fh = open(database.with_name(database.name + ".lock"))
+    except OSError:
+        return None  # no daemon ever ran here
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"pid {fh.read().strip() or '?'}"
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return None
 
 
 class LockError(Exception):
@@ -43,7 +60,7 @@ class LockLost(LockError):
 
 
 class DaemonLock:
-    def __init__(self, engine: Engine, sqlite_path: Path | None, where: str):
+    def __init__(self, engine: "Engine", sqlite_path: Path | None, where: str):
         self.engine = engine
         self.sqlite_path = sqlite_path
         self.where = where  # the database, for messages (no password)
@@ -82,6 +99,8 @@ class DaemonLock:
         self._file, self._inode = fh, (info.st_dev, info.st_ino)
 
     def _acquire_pg(self) -> None:
+        from sqlalchemy import text
+
         conn = self.engine.connect()
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
         conn.commit()
@@ -100,6 +119,9 @@ class DaemonLock:
             if (info.st_dev, info.st_ino) != self._inode:
                 raise LockLost(f"the daemon lock {self.path} was replaced by another file")
         elif self._conn is not None:
+            from sqlalchemy import text
+            from sqlalchemy.exc import SQLAlchemyError
+
             try:
                 held = self._conn.execute(text(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND granted"
@@ -115,19 +137,11 @@ class DaemonLock:
         """Who drives this database now ("pid 123"), or None: a probe that
         takes nothing and writes nothing."""
         if self.sqlite_path is not None:
-            try:
-                fh = open(self.path)
-            except OSError:
-                return None  # no daemon ever ran here
-            with fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return f"pid {fh.read().strip() or '?'}"
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-                return None
+            return sqlite_holder(self.sqlite_path)
         if self.engine.url.get_backend_name().startswith("sqlite"):
             return None
+        from sqlalchemy import text
+
         with self.engine.connect() as conn:
             pid = conn.execute(text(
                 "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
@@ -142,6 +156,9 @@ class DaemonLock:
             self._file.close()
             self._file = self._inode = None
         if self._conn is not None:
+            from sqlalchemy import text
+            from sqlalchemy.exc import SQLAlchemyError
+
             with contextlib.suppress(SQLAlchemyError):
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
                 self._conn.commit()

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from typing import Any
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import event, inspect, or_, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
 from ftctl.models.locks import DaemonLock
+from ftctl.models.schema import StoreError, redact_url as _redact_url, utcnow
 from ftctl.models.tables import SCHEMA_HEAD, Attempt, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
 # a fixed advisory-lock key on PostgreSQL: "a schema migration is running"
@@ -21,24 +23,11 @@ _PG_MIGRATE_KEY = 0x6674636D  # "ftcm"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class StoreError(Exception):
-    """The database cannot be used (one line, no secrets)."""
-
-
-
-
-def _redact_url(url: str) -> str:
-    # never print a password that may sit in a database URL
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+# what the tick loads of each job, in this order: plain columns (the decision
+# step's JobView; the few jobs a provider call acts on are read again whole)
+TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "provider_job_id", "intent_at",
+                "not_before", "created_at", "cancel_pending", "reason_code", "reason_args", "provider_status",
+                "estimated_cost", "last_error")
 
 
 class Store:
@@ -172,11 +161,37 @@ class Store:
             return s.exec(select(Job).where(Job.identity == identity, Job.state.in_(LIVE_STATES))
                           .order_by(Job.id)).first()
 
-    def jobs_to_reconcile(self, active_states: Sequence[str]) -> list[Job]:
-        """Jobs not finished, and finished ones with a cancel still owed to the provider."""
-        with self.read() as s:
-            stmt = select(Job).where(or_(Job.state.in_(list(active_states)), Job.cancel_pending == True))  # noqa: E712
-            return list(s.exec(stmt.order_by(Job.id)))
+    def jobs_to_reconcile(self, active_states: Sequence[str]) -> list[tuple]:
+        """Jobs not finished, and finished ones with a cancel still owed to the
+        provider: tuples of TICK_COLUMNS, by id. Two indexed queries (finished
+        jobs are never read), their values converted here rather than by the
+        ORM: a tick reads every unfinished job."""
+        import json
+
+        if not all(s.isidentifier() for s in active_states):
+            raise ValueError(f"not a state: {active_states!r}")
+        states = ", ".join(f"'{s}'" for s in active_states)
+        cols = ", ".join(TICK_COLUMNS)
+        sql = (f"SELECT {cols} FROM jobs WHERE state IN ({states}) UNION ALL "
+               f"SELECT {cols} FROM jobs WHERE cancel_pending AND state NOT IN ({states}) ORDER BY id")
+        decoded: dict[Any, Any] = {None: None}  # the same few reasons repeat over thousands of waiting jobs
+        when = datetime.fromisoformat
+        with self.engine.connect() as conn:
+            raw = conn.exec_driver_sql(sql).fetchall()
+        out = []
+        for (job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at, cancel,
+             code, args, status, cost, error) in raw:
+            if isinstance(args, (str, bytes)):
+                if args not in decoded:
+                    decoded[args] = json.loads(args)
+                args = decoded[args]
+            if isinstance(created_at, str):  # SQLite keeps times as text
+                intent_at = when(intent_at) if intent_at else None
+                not_before = when(not_before) if not_before else None
+                created_at = when(created_at)
+            out.append((job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at,
+                        bool(cancel), code, args, status, cost, error))
+        return out
 
     def spent_since(self, since: datetime) -> float:
         """What succeeded jobs finished since `since` cost (the provider's
@@ -274,6 +289,13 @@ class Store:
             for provider, job_id in rows:
                 out.setdefault(provider, []).append(job_id)
             return {k: tuple(v) for k, v in out.items()}
+
+    def oldest_pending_quotes(self) -> dict[str, datetime]:
+        """When the oldest quote job not yet confirmed inactive was made, by provider."""
+        with self.read() as s:
+            rows = s.exec(select(QuoteJob.provider, func.min(QuoteJob.created_at)).where(
+                QuoteJob.settled_at == None).group_by(QuoteJob.provider))  # noqa: E711
+            return {provider: at for provider, at in rows}
 
     def quote_ids(self, provider: str, since: datetime | None = None) -> set[str]:
         """Every quote job id made on a provider (never a slot user)."""

@@ -95,11 +95,12 @@ class Submission:
     def _active_at(self, name: str, provider: Provider) -> int | None:
         """How many jobs `name` runs right now, ours and others' (never quote
         jobs): read once a tick, after a create it refused for capacity."""
-        from ftctl.controller.engine.tick import LISTING_WINDOW
+        from ftctl.controller.engine.tick import LISTING_MARGIN, LISTING_WINDOW
 
         if name not in self._active:
+            since = self._floors.get(name, self.clock() - LISTING_WINDOW) - LISTING_MARGIN
             try:
-                listing = provider.list_jobs(created_after=self.clock() - LISTING_WINDOW)
+                listing = provider.list_jobs(created_after=since)
             except Exception:  # noqa: BLE001 - nothing is learned this time
                 return None
             quotes = set(self.store.quote_ids(name))

@@ -9,6 +9,7 @@ cannot be built or answers garbage pauses, the others go on.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -20,16 +21,25 @@ import structlog
 
 from ftctl.controller.config import Config
 from ftctl.controller.engine import decide as rc
-from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, note_many
+from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, note_many, note_many_in
 from ftctl.controller.engine.policy import Budget, Policy
-from ftctl.controller.engine.states import STATES, TERMINAL, UNFINISHED, InvalidTransition
+from ftctl.controller.engine.states import IN_FLIGHT, STATES, TERMINAL, UNFINISHED, InvalidTransition
 from ftctl.controller.engine.submission import Submission
 from ftctl.models import Job, ProviderState, Store, utcnow
-from ftctl.providers.base import NotFoundError, Provider, ProviderError, TransientError
+from ftctl.models.store import TICK_COLUMNS
+from ftctl.providers.base import P_FAILED, NotFoundError, Provider, ProviderError, TransientError
 from ftctl.providers.kind import RemoteSection
 
-# how far back the provider's own list is read (to count foreign active jobs)
+# The provider's listing is read newest first, back to the oldest job that
+# can still change: ours in flight, a quote not yet settled, and any job
+# (anyone's: they hold slots) the previous listing saw active. The first
+# listing after a start has no such memory and reads back this far.
 LISTING_WINDOW = timedelta(days=7)
+# read a little further back than that, for clocks that disagree
+LISTING_MARGIN = timedelta(minutes=15)
+
+# the store loads a tick's jobs as tuples in the order of the view's fields
+assert TICK_COLUMNS == tuple(rc.JobView.__dataclass_fields__), "TICK_COLUMNS must list JobView's fields"
 
 
 @dataclass
@@ -83,6 +93,9 @@ class Ticker(Submission):
         self._quiet_until: dict[str, tuple[datetime, ProviderError]] = {}
         self._result: TickResult | None = None
         self._active: dict[str, int] = {}
+        # per provider: the creation time of the oldest job the last listing saw
+        # active, or when it was read if none was (see LISTING_WINDOW)
+        self._floors: dict[str, datetime] = {}
         self.log = logger or structlog.get_logger("ftctl")
 
     # -- providers -------------------------------------------------------------
@@ -114,6 +127,7 @@ class Ticker(Submission):
             if old == new:
                 continue
             changes.append(f"providers.{name}")
+            self._floors.pop(name, None)
             provider = self.providers.pop(name, None)
             if provider is not None:
                 provider.close()
@@ -136,32 +150,45 @@ class Ticker(Submission):
     # -- one pass ----------------------------------------------------------------
 
     def tick(self) -> TickResult:
+        # a tick makes tens of thousands of short-lived objects at 10,000 jobs
+        # (views, listed jobs, decisions), all freed by reference counting:
+        # the cyclic collector passes that their allocation would trigger
+        # midway, each walking the whole heap, are left to after the tick
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._tick()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _tick(self) -> TickResult:
         now = self.clock()
         self._active = {}
         rows = self.store.jobs_to_reconcile(list(UNFINISHED))
-        views = [rc.JobView.of(j) for j in rows]
+        views = [rc.JobView(*r) for r in rows]  # TICK_COLUMNS are JobView's fields
         states = self.store.provider_states()
         quotes = self.store.pending_quotes()
+        quote_times = self.store.oldest_pending_quotes()
         observed: dict[str, rc.ProviderView] = {}
-        names = {v.provider for v in views} | set(quotes)
-        for name in sorted(names):
+        mine: dict[str, list[rc.JobView]] = {}
+        for v in views:
+            mine.setdefault(v.provider, []).append(v)
+        for name in sorted(set(mine) | set(quotes)):
             if name in self.config.providers:
-                mine = [v for v in views if v.provider == name]
-                observed[name] = self._observe(name, mine, states.get(name), quotes.get(name, ()), now)
+                observed[name] = self._observe(name, mine.get(name, []), states.get(name), quotes.get(name, ()),
+                                               quote_times.get(name), now)
         decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now))
-        by_id = {r.id: r for r in rows}
+        by_id = {v.id: v for v in views}
         result = TickResult(at=now, decisions=len(decisions))
         self._result = result
         result.errors.extend((name, pv.error.kind) for name, pv in observed.items()
                              if pv.error is not None and pv.jobs is None)
-        notes = [d for d in decisions if isinstance(d, rc.Note)]
-        note_many(self.store, notes, now)
+        self._write_facts(decisions, states, now)
         for decision in decisions:
-            if isinstance(decision, rc.Note):
-                continue
             if isinstance(decision, rc.Slots):
                 result.slots[decision.name] = decision
-                self._slots(decision, states.get(decision.name))
+            if isinstance(decision, (rc.Note, rc.Slots, rc.ProviderUpdate)):
                 continue
             if self.should_stop():
                 self.log.info("tick cut short by a stop request")
@@ -171,6 +198,32 @@ class Ticker(Submission):
         result.waiting_for_slot = self.store.count_waiting("slot")
         return result
 
+    def _write_facts(self, decisions: list[rc.Decision], states: dict[str, ProviderState], now: datetime) -> None:
+        """What the tick learned without a provider call (notes on jobs, slots,
+        provider pauses and limits): one write transaction, none if nothing changed."""
+        notes = [d for d in decisions if isinstance(d, rc.Note)]
+        updates = [d for d in decisions if isinstance(d, rc.ProviderUpdate)
+                   and not self._same(states.get(d.name), d.changes())]
+        slots = [d for d in decisions if isinstance(d, rc.Slots)
+                 and not self._same(states.get(d.name), {"slots_used": d.used, "slots_limit": d.limit})]
+        if not (notes or updates or slots):
+            return
+        with self.store.write() as s:
+            note_many_in(self.store, s, notes, now)
+            for name, changes in [(d.name, d.changes()) for d in updates] + [
+                    (d.name, {"slots_used": d.used, "slots_limit": d.limit}) for d in slots]:
+                row = s.get(ProviderState, name) or ProviderState(name=name)
+                for key, value in changes.items():
+                    setattr(row, key, value)
+                s.add(row)
+        for d in updates:
+            self.log.info("provider state", provider=d.name, **{k: str(v) for k, v in d.changes().items()})
+
+    @staticmethod
+    def _same(state: ProviderState | None, changes: dict[str, Any]) -> bool:
+        state = state or ProviderState()
+        return all(getattr(state, k) == v for k, v in changes.items())
+
     def _budget(self, now: datetime) -> Budget | None:
         caps = self.config.budget
         if caps.per_job is None and caps.total is None:
@@ -178,8 +231,18 @@ class Ticker(Submission):
         spent = self.store.spent_since(now - timedelta(seconds=caps.period)) if caps.total is not None else 0.0
         return Budget(per_job=caps.per_job, total=caps.total, spent=spent)
 
+    def _since(self, name: str, mine: list[rc.JobView], quote_since: datetime | None, now: datetime) -> datetime:
+        """How far back the listing is read: the oldest job that can still change."""
+        floor = self._floors.get(name, now - LISTING_WINDOW)
+        for v in mine:
+            if v.state in IN_FLIGHT or v.cancel_pending:
+                floor = min(floor, v.intent_at or v.created_at or floor)
+        if quote_since is not None:
+            floor = min(floor, quote_since)
+        return floor - LISTING_MARGIN
+
     def _observe(self, name: str, mine: list[rc.JobView], state: ProviderState | None,
-                 quotes: tuple[str, ...], now: datetime) -> rc.ProviderView:
+                 quotes: tuple[str, ...], quote_since: datetime | None, now: datetime) -> rc.ProviderView:
         conf = self.config.providers[name]
         state = state or ProviderState(name=name)
         base = dict(name=name, configured_limit=conf.concurrency, learned_limit=state.learned_limit,
@@ -190,22 +253,28 @@ class Ticker(Submission):
         quiet = self._quiet_until.get(name)
         if quiet and now < quiet[0]:
             return rc.ProviderView(jobs=None, error=quiet[1], **base)
-        intents = [v.intent_at for v in mine if v.intent_at]
-        since = min([now - LISTING_WINDOW, *[t - timedelta(hours=1) for t in intents]])
+        since = self._since(name, mine, quote_since, now)
         listed_at = self.clock()
         try:
             provider = self.provider(name)
             listing = provider.list_jobs(created_after=since)
-            seen = {pj.id for pj in listing}
+            at = {pj.id: i for i, pj in enumerate(listing)}
+            by_token = {pj.client_token: i for i, pj in enumerate(listing) if pj.client_token}
             missing = set()
             for v in mine:
-                if v.provider_job_id and v.provider_job_id not in seen:
+                if v.provider_job_id and v.provider_job_id not in at:
                     try:
                         listing.append(provider.get_job(v.provider_job_id))
                     except NotFoundError:
                         missing.add(v.provider_job_id)
+                    continue
+                i = at.get(v.provider_job_id) if v.provider_job_id else by_token.get(v.client_token)
+                if i is not None and v.state in IN_FLIGHT and listing[i].status == P_FAILED \
+                        and not listing[i].detailed:
+                    # a listing carries no failure details: read them for our own job, once
+                    listing[i] = provider.get_job(listing[i].id)
             for quote_id in quotes:
-                if quote_id not in seen:
+                if quote_id not in at:
                     missing.add(quote_id)
         except Exception as exc:  # noqa: BLE001 - one provider's trouble stays its own
             err = self._as_provider_error(exc)
@@ -214,6 +283,8 @@ class Ticker(Submission):
             if err.retry_after:
                 self._quiet_until[name] = (self.clock() + timedelta(seconds=err.retry_after), err)
             return rc.ProviderView(jobs=None, error=err, **base)
+        active = [pj.created_at for pj in listing if pj.active and pj.created_at is not None]
+        self._floors[name] = min(active, default=listed_at)
         return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at, **base)
 
     def _as_provider_error(self, exc: Exception) -> ProviderError:
@@ -225,16 +296,18 @@ class Ticker(Submission):
 
     # -- applying decisions ------------------------------------------------------
 
-    def _apply(self, d: rc.Decision, rows: dict[int, Job], now: datetime) -> None:
+    def _apply(self, d: rc.Decision, rows: dict[int, Any], now: datetime) -> None:
         if isinstance(d, rc.Transition):
             if d.trigger == "succeed" and d.updates.get("actual_cost") is None and d.updates.get("trained_tokens"):
-                cost = self._cost_of(rows[d.job_id], d.updates["trained_tokens"])
+                cost = self._cost_of(rows.get(d.job_id), d.updates["trained_tokens"])
                 d = replace(d, updates={**d.updates, "actual_cost": cost})
             self._transition(d, now)
         elif isinstance(d, rc.Note):
             note_many(self.store, [d], now)
         elif isinstance(d, rc.Submit):
-            self._submit(rows[d.job_id], d.client_token, now)
+            row = self.store.get_job(d.job_id)  # the whole row, for the few jobs handed to a provider
+            if row is not None:
+                self._submit(row, d.client_token, now)
         elif isinstance(d, rc.CancelAtProvider):
             self._cancel_at_provider(rows[d.job_id], d.provider_job_id, now)
         elif isinstance(d, rc.CancelQuote):
@@ -246,7 +319,7 @@ class Ticker(Submission):
         elif isinstance(d, rc.ProviderUpdate):
             self._provider_update(d)
 
-    def _apply_all(self, decisions: list[rc.Decision], rows: dict[int, Job], now: datetime) -> None:
+    def _apply_all(self, decisions: list[rc.Decision], rows: dict[int, Any], now: datetime) -> None:
         for d in decisions:
             self._apply(d, rows, now)
 
@@ -264,10 +337,14 @@ class Ticker(Submission):
                       provider_job_id=job.provider_job_id, fine_tuned_model=job.fine_tuned_model)
         return job
 
-    def _cost_of(self, job: Job, trained_tokens: int) -> float | None:
+    def _cost_of(self, job: Any, trained_tokens: int) -> float | None:
         """A provider that reports trained tokens but no cost (OpenAI): price them."""
         from ftctl.controller.preflight.pricing import PriceUnknown, price_for
 
+        if job is None or getattr(job, "model", None) is None:  # a view: the stored job knows its model
+            job = self.store.get_job(job.id) if job is not None else None
+            if job is None:
+                return None
         try:
             price = price_for(self.config.providers[job.provider].kind, job.model, self.config.price_overrides)
         except (PriceUnknown, KeyError):
@@ -284,14 +361,7 @@ class Ticker(Submission):
         self.store.save_provider_state(state)
         self.log.info("provider state", provider=d.name, **{k: str(v) for k, v in changes.items()})
 
-    def _slots(self, slots: rc.Slots, state: ProviderState | None) -> None:
-        if state is not None and (state.slots_used, state.slots_limit) == (slots.used, slots.limit):
-            return
-        state = self.store.provider_states().get(slots.name) or ProviderState(name=slots.name)
-        state.slots_used, state.slots_limit = slots.used, slots.limit
-        self.store.save_provider_state(state)
-
-    def _cancel_at_provider(self, job: Job, provider_job_id: str, now: datetime) -> None:
+    def _cancel_at_provider(self, job: Any, provider_job_id: str, now: datetime) -> None:
         self.guard()
         try:
             pj = self.provider(job.provider).cancel_job(provider_job_id)
