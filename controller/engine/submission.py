@@ -36,12 +36,12 @@ class Submission:
         view = rc.JobView.of(row)
         provider = self.provider(row.provider)
         if token is None:
-            file_id = self._upload(provider, view, row, now)
+            file_id = self._upload(provider, view, row, now, record=False)
             if file_id is None:
                 return
             token = new_client_token(row.agent)
             self.guard()
-            if self._transition(rc.begin_submit(view, token, self.clock()), now) is None:
+            if self._transition(rc.begin_submit(view, token, self.clock(), file_id), now) is None:
                 return
         else:
             file_id = self.store.uploaded_file(row.provider, row.content_hash)
@@ -108,7 +108,10 @@ class Submission:
         return self._active[name]
 
     def _upload(self, provider: Provider, view: rc.JobView, job: Job, now: datetime,
-                expect_state: str = "prepared") -> str | None:
+                expect_state: str = "prepared", record: bool = True) -> str | None:
+        """The provider's id of the job's training file, uploaded once per
+        content hash; `record`: note it on the job here (else the caller's
+        next write carries it)."""
         path = Path(job.training_file)
         try:
             digest = file_sha256(path)
@@ -133,6 +136,6 @@ class Submission:
                                                       rng=self.rng), {job.id: job}, now)
                 return None
             self.store.remember_upload(job.provider, digest, file_id)
-        if job.provider_file_id != file_id:
+        if record and job.provider_file_id != file_id:
             note_many(self.store, [rc.Note(job.id, job.state, {"provider_file_id": file_id})], now)
         return file_id
