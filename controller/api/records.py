@@ -4,42 +4,50 @@ and the live facts a waiting job's reason is rendered with."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ftctl.controller.engine.reasons import Live, render
-from ftctl.models import Attempt, Job, JobEvent, utcnow
+from ftctl.models.schema import utcnow
 
 
 def iso(at: datetime | None) -> str | None:
     return at.isoformat(timespec="seconds") + "Z" if at else None
 
 
-def live_facts(store: Any, config: Any, now: datetime | None = None) -> Live:
+def live_facts(source: Any, config: Any, now: datetime | None = None) -> Live:
     """The numbers a waiting job's reason shows, as they are now: slots busy
-    per provider (as the last tick saw them) and money left in the budget."""
-    from datetime import timedelta
-
-    from ftctl.controller.engine.policy import Budget
-
-    if store is None:
+    per provider (as the last tick saw them) and money left in the budget.
+    `source`: a Store or a models.reads.Reads. Each is read only when a
+    reason shown needs it."""
+    if source is None:
         return Live()
-    slots = {name: (s.slots_used, s.slots_limit) for name, s in store.provider_states().items()
-             if s.slots_used is not None and s.slots_limit is not None}
-    caps = config.budget
-    left = None
-    if caps.total is not None:
-        now = now or utcnow()
-        budget = Budget(caps.per_job, caps.total, store.spent_since(now - timedelta(seconds=caps.period)))
-        left = budget.left(store.committed())
+
+    def slots() -> dict[str, tuple[int, int]]:
+        if hasattr(source, "slots"):
+            return source.slots()
+        return {name: (s.slots_used, s.slots_limit) for name, s in source.provider_states().items()
+                if s.slots_used is not None and s.slots_limit is not None}
+
+    def left() -> float | None:
+        from ftctl.controller.engine.policy import Budget
+
+        caps = config.budget
+        if caps.total is None:
+            return None
+        at = now or utcnow()
+        return Budget(caps.per_job, caps.total, source.spent_since(at - timedelta(seconds=caps.period))).left(
+            source.committed())
+
     return Live(slots=slots, budget_left=left)
 
 
-def reason_text(job: Job, live: Live | None = None) -> str | None:
+def reason_text(job: Any, live: Live | None = None) -> str | None:
     return render(job.reason_code, job.reason_args, live)
 
 
-def job_dict(job: Job, now: datetime | None = None, live: Live | None = None) -> dict[str, Any]:
+def job_dict(job: Any, now: datetime | None = None, live: Live | None = None) -> dict[str, Any]:
+    """A stored job (the ORM's Job or a models.reads.JobRow) as plain data."""
     now = now or utcnow()
     return {
         "id": job.id,
@@ -69,7 +77,7 @@ def job_dict(job: Job, now: datetime | None = None, live: Live | None = None) ->
     }
 
 
-def event_dict(ev: JobEvent) -> dict[str, Any]:
+def event_dict(ev: Any) -> dict[str, Any]:
     return {
         "at": iso(ev.at),
         "from": ev.from_state,
@@ -80,15 +88,15 @@ def event_dict(ev: JobEvent) -> dict[str, Any]:
     }
 
 
-def attempt_dict(a: Attempt) -> dict[str, Any]:
+def attempt_dict(a: Any) -> dict[str, Any]:
     return {"number": a.number, "client_token": a.client_token, "provider_job_id": a.provider_job_id,
             "outcome": a.outcome, "counted": a.counted, "submitted_at": iso(a.submitted_at),
             "ended_at": iso(a.ended_at)}
 
 
-def latest_models(jobs: list[Job]) -> dict[str, str]:
+def latest_models(jobs: list[Any]) -> dict[str, str]:
     """Each agent's newest succeeded job's fine-tuned model id."""
-    best: dict[str, Job] = {}
+    best: dict[str, Any] = {}
     for job in jobs:
         if job.state == "succeeded" and job.fine_tuned_model:
             if job.agent not in best or (job.updated_at, job.id) > (best[job.agent].updated_at, best[job.agent].id):
