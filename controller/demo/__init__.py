@@ -63,13 +63,22 @@ def write_demo_files(directory: Path, train_time: float = 3.0) -> Path:
     return config
 
 
+def try_lines(config_path: Path) -> str:
+    """What to run next, one command a line, each ready to paste."""
+    import shlex
+
+    base = f"ftctl --config {shlex.quote(str(config_path))}"
+    return "try:\n" + "\n".join(f"  {base} {cmd}" for cmd in ("status", "show 1", "models -o toml"))
+
+
 def run_demo(console: Console, directory: Path | None = None, *, train_time: float = 3.0,
              timeout: float = 120.0) -> int:
     from ftctl.controller.config import load_config
     from ftctl.controller.service.logs import configure
     from ftctl.controller.engine.tick import Ticker
     from ftctl.controller.preflight.submit import plan_submissions, store_submissions
-    from ftctl.controller.cli.views import latest_models, status_table
+    from ftctl.controller.cli.views import status_table
+    from ftctl.records import latest_models
     from ftctl.models import Store
 
     workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ftctl-demo-"))
@@ -101,11 +110,11 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
         retries = sum(1 for a in attempts if a.outcome == "failed")
         models = latest_models(jobs)
         console.print(f"\n{len(models)}/{len(AGENTS)} agents succeeded in {time.monotonic() - started:.1f}s; "
-                      f"{capacity} capacity rejections absorbed (not counted as attempts), "
-                      f"{retries} training failure{'s' if retries != 1 else ''} retried\n")
+                      f"{capacity} capacity rejection{'s' if capacity != 1 else ''} absorbed (not counted as "
+                      f"attempts), {retries} training failure{'s' if retries != 1 else ''} retried\n")
         for agent, model in models.items():
             console.print(f"  {agent:<8} {model}")
-        console.print(f"\ntry: ftctl --config {config_path} status | show 1 | models --format toml")
+        console.print("\n" + try_lines(config_path), markup=False, soft_wrap=True)
         return 0 if len(models) == len(AGENTS) and all(j.state == "succeeded" for j in jobs) else 1
     finally:
         reconciler.close()

@@ -129,6 +129,17 @@ def _unit() -> Check:
     return Check("ok", "systemd unit", detail)
 
 
+def _unit_paths(config: Config) -> Check:
+    """What the unit's sandbox would hide from the service (ProtectHome=, PrivateTmp=)."""
+    from ftctl.controller.service.unit import hidden_paths, installed_paths
+
+    problems = hidden_paths(installed_paths(Path(config.path or "controller.toml").resolve()))
+    if problems:
+        return Check("warn", "unit paths", "; ".join(problems))
+    return Check("ok", "unit paths", "the executable, the interpreter, ftctl's code and the config are visible "
+                                     "to the hardened unit")
+
+
 def run_checks(explicit_config: str | None) -> list[Check]:
     config, check = _config(explicit_config)
     results = [check]
@@ -141,4 +152,5 @@ def run_checks(explicit_config: str | None) -> list[Check]:
     if quotes is not None:
         results.append(quotes)
     results.append(_unit())
+    results.append(_unit_paths(config))
     return results

@@ -68,7 +68,7 @@ def test_tick_runs_one_pass(site):
     assert json.loads(p.stdout)["states"] == {"queued": 2, "prepared": 3}
     reasons = [j["reason"] for j in json.loads(run_ftctl("status", "--json", config=site).stdout)]
     assert reasons.count("waiting for a slot (2/2 busy on sim)") == 3
-    assert "daemon: not running: nothing moves until `ftctl daemon`" in run_ftctl("status", config=site).stdout
+    assert "daemon: not running: nothing moves until `ftctl daemon`" in run_ftctl("status", config=site).stderr
 
 
 def test_cancel_and_retry(site):
