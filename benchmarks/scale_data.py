@@ -184,17 +184,26 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# runs a command and reports its rusage on stderr's last line: measured from a
+# small process, the child's peak RSS is its own (not a copy of this one's heap)
+_RUN = ("import json, os, subprocess, sys\n"
+        "p = subprocess.Popen(sys.argv[1:], stderr=subprocess.DEVNULL)\n"
+        "_, status, u = os.wait4(p.pid, 0)\n"
+        "print(json.dumps([os.waitstatus_to_exitcode(status), u.ru_utime + u.ru_stime, u.ru_maxrss]), "
+        "file=sys.stderr)\n")
+
+
 def run_cli(args: list[str], config: Path, env: dict[str, str] | None = None) -> tuple[float, float, int, int]:
     """One `ftctl` command in a fresh process: (CPU seconds, wall seconds,
     peak RSS in KB, bytes written to stdout)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(config), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _RUN, sys.executable, "-m", "ftctl", "--config", str(config),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     size = 0
     while chunk := proc.stdout.read(1 << 16):
         size += len(chunk)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ftctl {' '.join(args)} exited {proc.returncode}")
-    return usage.ru_utime + usage.ru_stime, time.perf_counter() - started, usage.ru_maxrss, size
+    code, cpu, peak = json.loads(proc.stderr.read().decode().strip().splitlines()[-1])
+    proc.wait()
+    if code != 0:
+        raise RuntimeError(f"ftctl {' '.join(args)} exited {code}")
+    return cpu, time.perf_counter() - started, peak, size
