@@ -17,12 +17,12 @@ import random
 import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.preflight.dataset import conversation_digest, detector, iter_examples
+from ftctl.controller.preflight.dataset import PROGRESS_EVERY, conversation_digest, detector, iter_examples
 from ftctl.controller.preflight.report import DigestSet
 from ftctl.controller.preflight.pii import DEFAULT_REGION
 from ftctl.controller.preflight.pricing import Price, estimate
@@ -119,7 +119,9 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
             price: Price | None = None, epochs: float | None = None, training_steps: int | None = None,
             max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
             scrub_pii: bool = False, seed: int = 0, jobs: int = 1,
-            phone_region: str = DEFAULT_REGION) -> PrepareResult:
+            phone_region: str = DEFAULT_REGION, progress: Callable[[int], Any] | None = None) -> PrepareResult:
+    """`progress(bytes)`: how far the two passes over `source` are, 0 to
+    twice its size (checking, then writing)."""
     if max_examples is not None and max_cost is not None:
         raise PrepareError("give --max-examples or --max-cost, not both")
     if max_cost is not None and (price is None or counter is None):
@@ -131,7 +133,8 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     result = PrepareResult(str(source), str(output), seed=seed)
     strata: dict[tuple, Stratum] = {}
     sensitive = array("I")  # usable lines that hold personal data or secrets, in order
-    for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs, phone_region=phone_region):
+    for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs, phone_region=phone_region,
+                            progress=progress):
         result.lines += 1
         blocking = [code for code, _ in ex.problems if code not in FIXABLE]
         if blocking:
@@ -183,8 +186,9 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     allowed = kind_of(provider).example_keys
     try:
         with open(source, "rb") as src, atomic_output(output) as dst:
+            size = os.fstat(src.fileno()).st_size
             _write_chosen(src, dst, selected, result, allowed, strip_extra, scrub_pii, counter, sensitive,
-                          phone_region)
+                          phone_region, None if progress is None else (lambda done: progress(size + done)))
     except OSError as exc:
         raise PrepareError(f"{output}: cannot write ({os.strerror(exc.errno) if exc.errno else exc}); "
                            f"nothing was changed there") from None
@@ -226,12 +230,14 @@ def atomic_output(path: Path) -> Iterator[Any]:
 
 def _write_chosen(src: Any, dst: Any, selected: bytearray, result: PrepareResult, allowed: Any,
                   strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None, sensitive: array,
-                  phone_region: str) -> None:
+                  phone_region: str, progress: Callable[[int], Any] | None = None) -> None:
     """The second pass: the chosen lines, stripped and scrubbed as asked."""
     scrub = detector(phone_region).scrub
     next_sensitive = 0
     written = DigestSet() if scrub_pii else None  # scrubbing can make two examples the same
     for number, raw in enumerate(src, start=1):
+        if progress is not None and number % PROGRESS_EVERY == 0:
+            progress(src.tell())
         if number >= len(selected) or not selected[number]:
             continue
         record = json.loads(raw)
