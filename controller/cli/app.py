@@ -35,22 +35,29 @@ app = typer.Typer(
 )
 
 
-class _Console:
-    """rich's Console, made on first use: a command that prints plain text
-    (a listing off a terminal) never imports rich."""
+_console: Any = None
 
-    _console: Any = None
+
+def console() -> Any:
+    """rich's Console for stdout, made on first use: a command that prints
+    plain text (a listing off a terminal) never imports rich."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(highlight=False, soft_wrap=False)
+        if not _console.is_terminal:
+            # piped or logged: never squeeze a reason or a model id into "…"
+            _console = Console(highlight=False, soft_wrap=False, width=240)
+    return _console
+
+
+class _Console:
+    """`out.print(...)`: console()'s methods, the console made on first use
+    (pass console() itself where a Console object is needed)."""
 
     def __getattr__(self, name: str) -> Any:
-        if _Console._console is None:
-            from rich.console import Console
-
-            console = Console(highlight=False, soft_wrap=False)
-            if not console.is_terminal:
-                # piped or logged: never squeeze a reason or a model id into "…"
-                console = Console(highlight=False, soft_wrap=False, width=240)
-            _Console._console = console
-        return getattr(_Console._console, name)
+        return getattr(console(), name)
 
 
 out: Any = _Console()

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, die, emit_json,
-                                      note, out, stdout_is_terminal)
+from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, console, die,
+                                      emit_json, note, out, stdout_is_terminal)
 
 
 # -- submit ------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def _watch(query: dict, fmt: str, no_headers: bool, interval: float) -> None:
         return status_table(rows, found.now, title=title, live=found.live, wide=fmt == "wide",
                             no_headers=no_headers)
 
-    with LiveDisplay(table("ftctl status"), console=out, auto_refresh=False) as display:
+    with LiveDisplay(table("ftctl status"), console=console(), auto_refresh=False) as display:
         try:
             while True:
                 time.sleep(interval)

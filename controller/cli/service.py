@@ -175,4 +175,6 @@ def demo(
     """Five agents on a simulated provider that allows 2 concurrent jobs."""
     from ftctl.controller.demo import run_demo
 
-    raise typer.Exit(run_demo(out, directory, train_time=train_time))
+    from ftctl.controller.cli.app import console
+
+    raise typer.Exit(run_demo(console(), directory, train_time=train_time))

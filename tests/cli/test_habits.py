@@ -175,3 +175,13 @@ def test_the_shipped_config_says_how_it_differs_from_the_demo():
         if shipped["providers"]["sim"].get(key) != demo["providers"]["sim"].get(key):
             assert key in comments, f"[providers.sim] {key} differs from the demo and no comment says so"
     assert sorted(shipped["agents"]) == sorted(demo["agents"])
+
+
+@pytest.mark.slow
+def test_the_demo_runs_and_ends_with_separate_commands(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "ftctl", "demo", "--dir", str(tmp_path / "demo"), "--train-time", "0.5"],
+                       capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(), env=ftctl_env())
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "5/5 agents succeeded" in p.stdout
+    assert p.stdout.rstrip().splitlines()[-3:] == [f"  ftctl --config {tmp_path / 'demo' / 'controller.toml'} {cmd}"
+                                                   for cmd in ("status", "show 1", "models -o toml")]

@@ -51,7 +51,7 @@ def test_shipped_config_campaign_then_sigterm(shipped):
     daemon = start_daemon(shipped)
     try:
         db = shipped.parent / "ftctl.db"
-        assert wait_until(lambda: f"daemon: running (pid {daemon.pid})" in run_ftctl("status", config=shipped).stdout,
+        assert wait_until(lambda: f"daemon: running (pid {daemon.pid})" in run_ftctl("status", config=shipped).stderr,
                           timeout=30)
         done = wait_until(lambda: states(db) == ["succeeded"] * 5, timeout=90)
         status = json.loads(run_ftctl("status", "--json", config=shipped).stdout)
