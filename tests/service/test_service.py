@@ -248,13 +248,11 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
         key.write_text(FAKE_KEY)
         key.chmod(0o644)
         cfg.write_text(cfg.read_text().replace(f'api_key_env = "{KEY_ENV}"', f'api_key_file = "{key}"'))
-        run_ftctl("submit", "--all", config=cfg)
-        tick = run_ftctl("tick", config=cfg)
-        doctor = run_ftctl("doctor", config=cfg)
-        status = run_ftctl("status", "--json", config=cfg)
+        _, tick, doctor, status, as_json = run_ftctl_many(["submit", "--all"], ["tick"], ["doctor"],
+                                                          ["status", "--json"], ["doctor", "--json"], config=cfg)
         assert doctor.returncode == 1
         assert "readable by group or others (mode 0644); run chmod 600" in doctor.stdout
-        checks = {c["check"]: c for c in json.loads(run_ftctl("doctor", "--json", config=cfg).stdout)}
+        checks = {c["check"]: c for c in json.loads(as_json.stdout)}
         assert checks["key mistral"]["level"] == "fail" and checks["config"]["level"] == "ok"
         (job,) = json.loads(status.stdout)
         assert job["state"] == "prepared" and "readable by group or others" in job["reason"]
@@ -280,13 +278,11 @@ def test_a_bad_key_file_is_refused_in_one_line_without_the_key(tmp_path, shape, 
             target = tmp_path / "link.key"
             target.symlink_to(key)
         cfg.write_text(cfg.read_text().replace(f'api_key_env = "{KEY_ENV}"', f'api_key_file = "{target}"'))
-        run_ftctl("submit", "--all", config=cfg)
-        doctor = run_ftctl("doctor", "--json", config=cfg)
+        _, doctor, tick, status = run_ftctl_many(["submit", "--all"], ["doctor", "--json"], ["tick"],
+                                                 ["status", "--json"], config=cfg)
         checks = {c["check"]: c for c in json.loads(doctor.stdout)}
         assert checks["key mistral"]["level"] == "fail" and needle in checks["key mistral"]["detail"]
         assert "\n" not in checks["key mistral"]["detail"]
-        tick = run_ftctl("tick", config=cfg)
-        status = run_ftctl("status", "--json", config=cfg)
         assert json.loads(status.stdout)[0]["state"] == "prepared"
         assert srv.emulator.calls["POST /v1/fine_tuning/jobs"] == 0
         for p in (doctor, tick, status):
