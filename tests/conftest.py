@@ -111,6 +111,17 @@ def ftctl_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def submit_jobs(config: Path, *agents: str, force: bool = False) -> list:
+    """Setup: `ftctl submit` (every agent, or these) through the Python API in
+    this process, where a test is about what happens after a submit. What
+    the submit command itself prints and exits with is tested through the
+    CLI (tests/cli)."""
+    import ftctl
+
+    with ftctl.open(config) as ft:
+        return ft.submit(list(agents), all_agents=not agents, force=force)
+
+
 def run_ftctl(*args: str, config: Path | None = None, cwd: Path | None = None, timeout: float = 60,
               env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ftctl"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_ftctl, run_ftctl_many
+from tests.conftest import submit_jobs, run_ftctl, run_ftctl_many
 
 
 def db_snapshot(site):
@@ -60,7 +60,7 @@ def test_submit_twice_skips_the_same_job(site):
 
 
 def test_tick_runs_one_pass(site):
-    run_ftctl("submit", "--all", config=site)
+    submit_jobs(site)
     p = run_ftctl("tick", "--json", config=site)  # a process of its own: it takes the daemon lock
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["states"] == {"queued": 2, "prepared": 3}
@@ -93,7 +93,7 @@ def test_refused_transition_is_one_line_and_changes_nothing(site):
 
 
 def test_unknown_job(site):
-    run_ftctl("submit", "qa", config=site)
+    submit_jobs(site, "qa")
     before = db_snapshot(site.parent)
     *missing, abc = run_ftctl_many(["show", "999999"], ["cancel", "999999"], ["retry", "999999"], ["show", "abc"],
                                    config=site)
@@ -104,14 +104,14 @@ def test_unknown_job(site):
 
 
 def test_submit_unknown_agent_or_missing_file_stores_nothing(site):
-    run_ftctl("submit", "qa", config=site)
+    submit_jobs(site, "qa")
     before = db_snapshot(site.parent)
-    assert_one_line_error(run_ftctl("submit", "qa", "nosuch", config=site), "unknown agent 'nosuch'", code=2)
     (site.parent / "data" / "legal.jsonl").unlink()
-    everything, no_file, no_provider = run_ftctl_many(
-        ["submit", "--all"], ["submit", "--agent", "x", "--file", "/nonexistent.jsonl", "--model", "m", "--provider",
-                              "sim"], ["submit", "--agent", "x", "--file", str(site), "--model", "m", "--provider",
-                                       "nope"], config=site)
+    unknown, everything, no_file, no_provider = run_ftctl_many(
+        ["submit", "qa", "nosuch"], ["submit", "--all"],
+        ["submit", "--agent", "x", "--file", "/nonexistent.jsonl", "--model", "m", "--provider", "sim"],
+        ["submit", "--agent", "x", "--file", str(site), "--model", "m", "--provider", "nope"], config=site)
+    assert_one_line_error(unknown, "unknown agent 'nosuch'", code=2)
     assert_one_line_error(everything, "agents.legal.training_file", "does not exist", code=2)
     assert_one_line_error(no_file, "--file", "does not exist", code=2)
     assert_one_line_error(no_provider, "unknown provider 'nope'", code=2)
@@ -149,9 +149,8 @@ def test_malformed_config_is_one_line_naming_the_key(site, text, needle):
     bad = site.parent / "bad.toml"
     bad.write_text("[controller]\ndatabase = 'sqlite:///ftctl.db'\n" if "[controller" not in text else "")
     bad.write_text(bad.read_text() + text)
-    submitted, *refused = run_ftctl_many(["submit", "qa"], ["--config", str(bad), "status"],
-                                         ["--config", str(bad), "submit", "--all"], config=site)
-    assert submitted.returncode == 0
+    submit_jobs(site, "qa")
+    refused = run_ftctl_many(["status"], ["submit", "--all"], config=bad)
     for p in refused:
         assert_one_line_error(p, str(bad), needle, code=2)
     snapshot = db_snapshot(site.parent)
@@ -177,7 +176,7 @@ def test_config_search_order(site, tmp_path):
 
 
 def test_read_commands_import_no_provider(site):
-    run_ftctl("submit", "--all", config=site)
+    submit_jobs(site)
     code = (
         "import sys\n"
         "from ftctl.controller.cli import app\n"

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ftctl_env, run_ftctl, run_ftctl_many, write_config, write_training_file
+from tests.conftest import REPO, ftctl_env, run_ftctl_many, submit_jobs, write_config, write_training_file
 
 
 @pytest.fixture
 def site(tmp_path):
     cfg = write_config(tmp_path / "site", agents=("qa", "legal"))
-    assert run_ftctl("submit", "--all", config=cfg).returncode == 0
+    submit_jobs(cfg)
     return cfg
 
 

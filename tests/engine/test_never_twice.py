@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import (AGENTS, FAKE_KEY, KEY_ENV, Daemon, ftctl_env, run_ftctl, run_ftctl_many,
+from tests.conftest import (submit_jobs, AGENTS, FAKE_KEY, KEY_ENV, Daemon, ftctl_env, run_ftctl, run_ftctl_many,
                             start_emulator,
                             write_config, write_remote_config)
 
@@ -57,7 +57,7 @@ def test_late_landing_creates_and_kills_aimed_at_the_create_never_bill_twice(tmp
         srv.emulator.faults.add(method="POST", path="/v1/fine_tuning/jobs", delay=[3, 5], chance=0.2)
         cfg = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=agents, concurrency=8,
                                   timeout="1s", create_margin="5s", poll="0.2s")
-        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+        submit_jobs(cfg)
         db = cfg.parent / "ftctl.db"
         rng = random.Random(11)
         landed = 0
@@ -89,7 +89,7 @@ def test_late_landing_creates_and_kills_aimed_at_the_create_never_bill_twice(tmp
 def test_a_removed_lock_file_stops_the_daemon_that_held_it(make_config):
     cfg = make_config(agents=("qa", "legal", "support"), concurrency=1, queue_time="0.3s", validate_time="0.3s",
                       train_time="1s", poll="0.2s")
-    assert run_ftctl("submit", "--all", config=cfg).returncode == 0
+    submit_jobs(cfg)
     first = Daemon(cfg)
     second = None
     try:
@@ -125,7 +125,7 @@ def test_a_lost_database_session_stops_the_daemon(tmp_path, postgres_url):
         c.execute(sqlalchemy.text("CREATE DATABASE ftctl_lock"))
     cfg = write_config(tmp_path / "site", agents=("qa",), train_time="1h", poll="0.2s", database=db)
     env = ftctl_env()
-    assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+    submit_jobs(cfg)
     first = Daemon(cfg, env=env)
     second = None
     try:
@@ -223,7 +223,7 @@ def test_retry_after_on_a_create_counts_from_the_answers_arrival(tmp_path):
         # tick's start would be 1.5 s short
         srv.emulator.faults.add(method="POST", path="/v1/fine_tuning/jobs", status=429, retry_after=2,
                                 delay=1.5, times=1)
-        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+        submit_jobs(cfg)
         daemon = Daemon(cfg, "--until-done", env=env)
         assert daemon.wait(timeout=60) == 0, daemon.stderr[-2000:]
         creates = [(at, status) for at, name, status in srv.emulator.requests if name == "POST /v1/fine_tuning/jobs"]
@@ -240,7 +240,7 @@ def test_the_watchdog_stops_when_every_tick_fails(make_config, tmp_path):
     cfg = make_config(agents=("qa",), train_time="1h", poll="0.2s",
                       extra="")
     cfg.write_text(cfg.read_text().replace('poll_interval = "0.2s"', 'poll_interval = "0.2s"\nfailed_ticks_limit = 3'))
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     daemon = Daemon(cfg, env=ftctl_env(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="600000"))
     try:
         assert daemon.wait_for("daemon started")
