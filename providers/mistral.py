@@ -111,7 +111,7 @@ def job_from_listing(data: dict[str, Any]) -> ProviderJob:
     return ProviderJob(
         data["id"], MISTRAL_STATUS.get(raw, "queued"), raw, get("suffix"), get("model"), get("fine_tuned_model"),
         failure, message, _EPOCH + timedelta(seconds=created) if created is not None else None,
-        get("trained_tokens"), meta.get("cost") if isinstance(meta, dict) else None, detailed,
+        get("trained_tokens"), meta.get("cost") if type(meta) is dict else None, detailed,
     )
 
 
@@ -202,8 +202,9 @@ class MistralProvider:
                 fetch = self._call(self._pages, after, size)
                 continue
             data = res.get("data") or []
+            known = self._details  # failed jobs whose details were read: those, as read
             try:  # every job on the key holds a slot, whatever its job_type
-                out.extend(self._details.get(str(d["id"])) or job_from_listing(d) for d in data)
+                out.extend((known.get(d["id"]) if known else None) or job_from_listing(d) for d in data)
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise TransientError(f"unexpected answer from Mistral: a listed job without {exc}") from None
             total = res.get("total") or 0
