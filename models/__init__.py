@@ -1,11 +1,27 @@
 """ftctl.models: the SQLModel tables, the store (SQLite or PostgreSQL),
-leadership (which daemon acts, the others stand by) and the Alembic migrations."""
+leadership (which daemon acts, the others stand by), the Alembic migrations,
+and the reads the command line makes without the ORM (`reads`).
 
-from ftctl.models.leadership import LockError, LockHeld, LockLost
-from ftctl.models.store import Store, StoreError, utcnow
-from ftctl.models.tables import (Attempt, EvalAnswer, Evaluation, Job, JobEvent, LogCursor, LogPoint, OutboxEvent,
-                                 ProviderState, QuoteJob, UploadedFile, WebhookDelivery)
+Names load on first use: a read command never imports SQLModel.
+"""
 
-__all__ = ["Attempt", "EvalAnswer", "Evaluation", "Job", "JobEvent", "LockError", "LockHeld", "LockLost", "LogCursor",
-           "LogPoint", "OutboxEvent", "ProviderState", "QuoteJob", "Store", "StoreError", "UploadedFile",
-           "WebhookDelivery", "utcnow"]
+from __future__ import annotations
+
+from typing import Any
+
+from ftctl.models.schema import StoreError, utcnow  # noqa: F401 - re-exported
+
+_TABLES = ("Attempt", "EvalAnswer", "Evaluation", "Job", "JobEvent", "LogCursor", "LogPoint", "OutboxEvent",
+           "ProviderState", "QuoteJob", "UploadedFile", "WebhookDelivery")
+_WHERE = {"LockError": "leadership", "LockHeld": "leadership", "LockLost": "leadership", "Store": "store",
+          **{name: "tables" for name in _TABLES}}
+
+__all__ = sorted([*_WHERE, "StoreError", "utcnow"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"ftctl.models.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'ftctl.models' has no attribute {name!r}")

@@ -40,6 +40,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ftctl.models.schema import lock_file_pid
+
 # the share of the lease a leader keeps in hand against clock drift and delays
 MARGIN = 0.2
 
@@ -328,17 +330,7 @@ class FileLeadership(Leadership):
 
     def _probe(self) -> str | None:
         """The pid in a held lock file, or None: takes nothing, writes nothing."""
-        try:
-            fh = open(self.path)
-        except OSError:
-            return None  # no daemon ever ran here
-        with fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return fh.read().strip() or "?"
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            return None
+        return lock_file_pid(self.sqlite_path) if self.sqlite_path is not None else None
 
     def holder(self) -> str | None:
         pid = self._probe() if self.sqlite_path is not None else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
+from typing import Any
 from pathlib import Path
 
-from sqlalchemy import event, inspect, or_, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
@@ -16,6 +17,7 @@ from sqlmodel import Session, create_engine, func, select
 from ftctl.models.evaluations import EvaluationQueries
 from ftctl.models.events import EventQueries
 from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
+from ftctl.models.schema import StoreError, redact_url as _redact_url, utcnow
 from ftctl.models.tables import SCHEMA_HEAD, Attempt, Evaluation, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
 # a fixed advisory-lock key on PostgreSQL: "a schema migration is running"
@@ -23,22 +25,11 @@ _PG_MIGRATE_KEY = 0x6674636D  # "ftcm"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class StoreError(Exception):
-    """The database cannot be used (one line, no secrets)."""
-
-
-def _redact_url(url: str) -> str:
-    # never print a password that may sit in a database URL
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+# what the tick loads of each job, in this order: plain columns (the decision
+# step's JobView; the few jobs a provider call acts on are read again whole)
+TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "provider_job_id", "intent_at",
+                "not_before", "created_at", "cancel_pending", "reason_code", "reason_args", "provider_status",
+                "estimated_cost", "last_error", "model_job_id", "promotion", "upstream_job_ids")
 
 
 class Store(EventQueries, EvaluationQueries):
@@ -186,15 +177,6 @@ class Store(EventQueries, EvaluationQueries):
             return s.exec(select(Job).where(Job.identity == identity, Job.state.in_(LIVE_STATES))
                           .order_by(Job.id)).first()
 
-    def jobs_to_reconcile(self, active_states: Sequence[str], open_promotions: Sequence[str] = ()) -> list[Job]:
-        """Jobs not finished, finished ones with a cancel still owed to the
-        provider, and succeeded ones whose model's promotion is still open."""
-        with self.read() as s:
-            clauses = [Job.state.in_(list(active_states)), Job.cancel_pending == True]  # noqa: E712
-            if open_promotions:
-                clauses.append(Job.promotion.in_(list(open_promotions)))
-            return list(s.exec(select(Job).where(or_(*clauses)).order_by(Job.id)))
-
     def jobs_by_id(self, ids: Sequence[int]) -> dict[int, Job]:
         if not ids:
             return {}
@@ -203,12 +185,55 @@ class Store(EventQueries, EvaluationQueries):
 
     def promoted_models(self) -> dict[str, str]:
         """Each agent's newest promoted model (the latest promoted, then the
-        highest job id): what the export file holds."""
-        with self.read() as s:
-            rows = s.exec(select(Job.agent, Job.fine_tuned_model).where(
-                Job.state == "succeeded", Job.promotion == "promoted", Job.fine_tuned_model.is_not(None))
-                .order_by(Job.promoted_at, Job.id))
-            return dict(sorted({agent: model for agent, model in rows}.items()))
+        highest job id): what the export file holds. Grouped in the database
+        over the index of exactly those jobs (ix_jobs_promoted)."""
+        promoted = "state = 'succeeded' AND promotion = 'promoted' AND fine_tuned_model IS NOT NULL"
+        sql = (f"SELECT j.agent, j.fine_tuned_model, j.id FROM (SELECT agent, MAX(promoted_at) AS at FROM jobs "
+               f"WHERE {promoted} GROUP BY agent) AS m JOIN jobs AS j ON j.agent = m.agent AND j.promoted_at = m.at "
+               f"WHERE j.{promoted.replace(' AND ', ' AND j.')} ORDER BY j.id")
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(sql).fetchall()
+        return dict(sorted({agent: model for agent, model, _ in rows}.items()))
+
+    def jobs_to_reconcile(self, active_states: Sequence[str], open_promotions: Sequence[str] = ()) -> list[tuple]:
+        """Jobs not finished, finished ones with a cancel still owed to the
+        provider, and succeeded ones whose model's promotion is still open:
+        tuples of TICK_COLUMNS, by id. Indexed queries (finished jobs done with
+        are never read), their values converted here rather than by the ORM:
+        a tick reads every unfinished job."""
+        import json
+
+        if not all(s.isidentifier() for s in (*active_states, *open_promotions)):
+            raise ValueError(f"not a state: {active_states!r} {open_promotions!r}")
+        states = ", ".join(f"'{s}'" for s in active_states)
+        cols = ", ".join(TICK_COLUMNS)
+        sql = (f"SELECT {cols} FROM jobs WHERE state IN ({states}) UNION ALL "
+               f"SELECT {cols} FROM jobs WHERE cancel_pending AND state NOT IN ({states})")
+        if open_promotions:
+            promotions = ", ".join(f"'{p}'" for p in open_promotions)
+            sql += (f" UNION ALL SELECT {cols} FROM jobs WHERE promotion IN ({promotions}) "
+                    f"AND state NOT IN ({states}) AND NOT cancel_pending")
+        sql += " ORDER BY id"
+        decoded: dict[Any, Any] = {None: None}  # the same few reasons repeat over thousands of waiting jobs
+        when = datetime.fromisoformat
+        with self.engine.connect() as conn:
+            raw = conn.exec_driver_sql(sql).fetchall()
+        out = []
+        for (job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at, cancel,
+             code, args, status, cost, error, model_job_id, promotion, upstream) in raw:
+            if isinstance(args, (str, bytes)):
+                if args not in decoded:
+                    decoded[args] = json.loads(args)
+                args = decoded[args]
+            if isinstance(upstream, (str, bytes)):
+                upstream = json.loads(upstream)
+            if isinstance(created_at, str):  # SQLite keeps times as text
+                intent_at = when(intent_at) if intent_at else None
+                not_before = when(not_before) if not_before else None
+                created_at = when(created_at)
+            out.append((job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at,
+                        bool(cancel), code, args, status, cost, error, model_job_id, promotion, upstream))
+        return out
 
     def spent_since(self, since: datetime) -> float:
         """What succeeded jobs finished since `since` cost (the provider's
@@ -337,6 +362,13 @@ class Store(EventQueries, EvaluationQueries):
             for provider, job_id in rows:
                 out.setdefault(provider, []).append(job_id)
             return {k: tuple(v) for k, v in out.items()}
+
+    def oldest_pending_quotes(self) -> dict[str, datetime]:
+        """When the oldest quote job not yet confirmed inactive was made, by provider."""
+        with self.read() as s:
+            rows = s.exec(select(QuoteJob.provider, func.min(QuoteJob.created_at)).where(
+                QuoteJob.settled_at == None).group_by(QuoteJob.provider))  # noqa: E711
+            return {provider: at for provider, at in rows}
 
     def quote_ids(self, provider: str, since: datetime | None = None) -> set[str]:
         """Every quote job id made on a provider (never a slot user)."""

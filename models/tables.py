@@ -12,13 +12,13 @@ import uuid
 from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-# the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0008"
+# the Alembic revision this code expects, and the states a twin is refused
+# in, live in models.schema (importable without SQLModel)
+from ftctl.models.schema import LIVE_STATES, SCHEMA_HEAD  # noqa: F401, E402
 
-# a job in one of these states blocks an identical submission (same agent,
-# provider, model, data and hyperparameters): never pay twice for one job
-LIVE_STATES = ("prepared", "queued", "running", "succeeded")
 _LIVE = text("state IN ('prepared', 'queued', 'running', 'succeeded')")
+_MODELS = text("state = 'succeeded' AND promotion = 'promoted' AND fine_tuned_model IS NOT NULL")
+_CANCEL = text("cancel_pending")
 
 
 def job_identity(agent: str, provider: str, model: str, content_hash: str, hyperparameters: dict[str, Any],
@@ -38,7 +38,13 @@ class Job(SQLModel, table=True):
     # (which takes the next `replica`): the database refuses a twin even when
     # several `ftctl submit` run at once
     __table_args__ = (Index("ux_jobs_live_identity", "identity", "replica", unique=True,
-                            sqlite_where=_LIVE, postgresql_where=_LIVE),)
+                            sqlite_where=_LIVE, postgresql_where=_LIVE),
+                      # the reads and the tick use these (migration 0009): the last finished
+                      # jobs and money spent, each agent's latest promoted model, cancels still owed
+                      Index("ix_jobs_state_updated", "state", "updated_at"),
+                      Index("ix_jobs_promoted", "agent", "promoted_at", sqlite_where=_MODELS,
+                            postgresql_where=_MODELS),
+                      Index("ix_jobs_cancel_pending", "id", sqlite_where=_CANCEL, postgresql_where=_CANCEL))
 
     id: Optional[int] = Field(default=None, primary_key=True)
     agent: str = Field(index=True)

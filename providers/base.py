@@ -64,6 +64,9 @@ class ProviderJob:
     created_at: datetime | None = None
     trained_tokens: int | None = None
     cost: float | None = None
+    # False: a failed job as a listing shows it, without the details that tell
+    # why (`failure`, `message`); `get_job` reads them
+    detailed: bool = True
 
     @property
     def active(self) -> bool:
@@ -223,7 +226,9 @@ class Provider(Protocol):
         """Create a fine-tuning job that carries spec.client_token."""
 
     def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
-        """Jobs created after the given time (all pages), newest first."""
+        """Jobs created after the given time (all pages), newest first. A
+        failed job may come without its details (`detailed` False): the
+        caller reads them with `get_job`, for its own jobs only."""
 
     def get_job(self, job_id: str) -> ProviderJob:
         """One job; NotFoundError if the provider does not know it."""

@@ -8,7 +8,7 @@ carries it, and `jobs.list(suffix=...)` finds it again).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import secrets
 from typing import Any, ClassVar, Literal
@@ -20,6 +20,7 @@ from ftctl.providers.base import (
     MISTRAL_STATUS,
     JobSpec,
     LogEntry,
+    PermanentError,
     Quote,
     ProviderError,
     ProviderJob,
@@ -36,7 +37,8 @@ from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 HYPERPARAMETERS = {k: k for k in ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs",
                                   "seq_len", "fim_ratio")}
 
-PAGE_SIZE = 100
+PAGE_SIZE = 100  # Mistral's default page
+BIG_PAGE = 1000  # what a listing asks for first (see list_jobs)
 _FAILED = ("FAILED", "FAILED_VALIDATION")
 _MESSAGE_KEYS = ("error", "message", "reason", "detail", "error_message", "failure_reason")
 
@@ -54,25 +56,64 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def _get(obj: Any, key: str) -> Any:
+    """A field of the SDK's model or of the raw JSON (a dict)."""
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
 def failure_message(job: Any) -> str | None:
     """Where Mistral puts a failure's message is not documented: look in the
     events' data (newest first), then any error/message field on the job."""
     texts: list[str] = []
-    for event in reversed(list(getattr(job, "events", None) or [])):
-        data = getattr(event, "data", None)
+    events = list(_get(job, "events") or [])
+    for event in reversed(events):
+        data = _get(event, "data")
         if isinstance(data, dict):
             texts += [s for k in _MESSAGE_KEYS if k in data for s in _strings(data[k])]
-    extra = getattr(job, "model_extra", None) or {}
+    extra = job if isinstance(job, dict) else (getattr(job, "model_extra", None) or {})
     for key in _MESSAGE_KEYS:
-        for source in (extra.get(key), getattr(job, key, None)):
+        for source in (extra.get(key), None if isinstance(job, dict) else getattr(job, key, None)):
             texts += _strings(source) if not callable(source) else []
-    for event in reversed(list(getattr(job, "events", None) or [])):
-        data = getattr(event, "data", None)
+    for event in reversed(events):
+        data = _get(event, "data")
         texts += [s for s in _strings(data) if s not in MISTRAL_STATUS]
     for text in texts:
         if is_concurrency_limit_message(text):
             return text
     return texts[0] if texts else None
+
+
+def _failure(raw: str, job: Any) -> tuple[str | None, str | None]:
+    message = failure_message(job)
+    if is_concurrency_limit_message(message):
+        return FAIL_CAPACITY, message
+    return (FAIL_DATA if raw == "FAILED_VALIDATION" else FAIL_TRAINING), message
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def job_from_listing(data: dict[str, Any]) -> ProviderJob:
+    """A job of the listing's raw JSON: only the fields ftctl reads. The
+    listing carries no events, so a failed job comes without its details
+    unless the answer had them."""
+    raw = data["status"]
+    get = data.get
+    failure = message = None
+    detailed = True
+    if raw in _FAILED:
+        if get("events"):
+            failure, message = _failure(raw, data)
+            message = clip(message) if message else None
+        else:
+            detailed = False
+    meta = get("metadata")
+    created = get("created_at")
+    return ProviderJob(
+        data["id"], MISTRAL_STATUS.get(raw, "queued"), raw, get("suffix"), get("model"), get("fine_tuned_model"),
+        failure, message, _EPOCH + timedelta(seconds=created) if created is not None else None,
+        get("trained_tokens"), meta.get("cost") if type(meta) is dict else None, detailed,
+    )
 
 
 def _unset(value: Any) -> Any:
@@ -90,8 +131,9 @@ class MistralProvider:
 
         self.name = name
         self.client = Mistral(api_key=api_key, server_url=base_url, timeout_ms=int(timeout * 1000))
-        # failed jobs do not change any more: their details are fetched once
-        self._details: dict[str, Any] = {}
+        # failed jobs do not change any more: their details are read once
+        self._details: dict[str, ProviderJob] = {}
+        self._page_size = BIG_PAGE
 
     # -- errors ------------------------------------------------------------------
 
@@ -143,26 +185,106 @@ class MistralProvider:
         return self._to_job(job)
 
     def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+        """Newest first, back to `created_after` (the API filters): no detail
+        call here; a failed job comes back `detailed` False, and get_job
+        reads why it failed for the jobs the caller owns.
+
+        Pages of BIG_PAGE jobs are asked for (a call costs far more than the
+        jobs in it); a service that pages smaller says so by a shorter first
+        page, or refuses the size, and the listing follows its size."""
         after = created_after.replace(tzinfo=timezone.utc) if created_after else None
+        size = self._page_size
+        fetch = self._call(self._pages, after, size)
         out: list[ProviderJob] = []
         page = 0
         while True:
-            res = self._call(self.client.fine_tuning.jobs.list, page=page, page_size=PAGE_SIZE,
-                             created_after=after)
-            data = list(res.data or [])
-            for job in data:
-                if getattr(job, "is_unknown", False):
-                    continue
-                if job.status in _FAILED and job.id not in self._details:
-                    # a listing carries no events: read the failure's message once
-                    self._details[job.id] = self._call(self.client.fine_tuning.jobs.get, job_id=job.id)
-                out.append(self._to_job(self._details.get(job.id, job)))
+            try:
+                res = self._call(fetch, page)
+            except PermanentError:
+                if page or size <= PAGE_SIZE:
+                    raise
+                size = self._page_size = PAGE_SIZE  # the size was refused: Mistral's own default
+                fetch = self._call(self._pages, after, size)
+                continue
+            data = res.get("data") or []
+            known = self._details  # failed jobs whose details were read: those, as read
+            try:  # every job on the key holds a slot, whatever its job_type
+                out.extend((known.get(d["id"]) if known else None) or job_from_listing(d) for d in data)
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise TransientError(f"unexpected answer from Mistral: a listed job without {exc}") from None
+            total = res.get("total") or 0
+            if page == 0 and 0 < len(data) < min(size, total):
+                # fewer than asked and more to come: the service's pages are this long
+                size = self._page_size = len(data)
+                fetch = self._call(self._pages, after, size)
             page += 1
-            if len(data) < PAGE_SIZE or page * PAGE_SIZE >= (res.total or 0):
+            if len(data) < size or page * size >= total:
                 return out
 
+    def _pages(self, created_after: datetime | None, size: int) -> Callable[[int], dict[str, Any]]:
+        """page -> that page of `jobs.list` as its raw JSON. The SDK builds,
+        signs and sends the request (its hooks and errors included), once:
+        later pages change only `page`. What is left out of the listing's
+        hot path is the SDK's parsing (a pydantic model built each call and
+        a deep copy a job) and its query encoding (type hints each call)."""
+        import json
+        import re
+
+        import httpx
+
+        jobs = self.client.fine_tuning.jobs
+        try:
+            from mistralai.client import errors, models, utils
+            from mistralai.client._hooks import HookContext
+            from mistralai.client.utils import get_security_from_env
+        except ImportError:  # another SDK layout: its own parsing, then the same fields
+            def parsed(page: int) -> dict[str, Any]:
+                res = jobs.list(page=page, page_size=size, created_after=created_after)
+                return {"total": res.total, "data": [j.model_dump(mode="json") for j in res.data or []
+                                                     if not getattr(j, "is_unknown", False)]}
+            return parsed
+        config = jobs.sdk_configuration
+        base_url = jobs._get_url(None, None)
+        first = jobs._build_request(
+            method="GET", path="/v1/fine_tuning/jobs", base_url=base_url, url_variables=None,
+            request=models.JobsAPIRoutesFineTuningGetFineTuningJobsRequest(page=0, page_size=size,
+                                                                           created_after=created_after),
+            request_body_required=False, request_has_path_params=False, request_has_query_params=True,
+            user_agent_header="user-agent", accept_header_value="application/json", http_headers=None,
+            security=config.security, allow_empty_value=None, timeout_ms=config.timeout_ms or 300000)
+        context = HookContext(config=config, base_url=base_url or "",
+                              operation_id="jobs_api_routes_fine_tuning_get_fine_tuning_jobs", oauth2_scopes=None,
+                              security_source=get_security_from_env(config.security, models.Security))
+
+        url = str(first.url)
+        if not re.search(r"[?&]page=0(&|$)", url):
+            raise TransientError("the SDK built a listing request without a page")
+
+        def fetch(page: int) -> dict[str, Any]:
+            request = first if page == 0 else httpx.Request(
+                "GET", re.sub(r"([?&])page=0(&|$)", rf"\g<1>page={page}\g<2>", url, count=1), headers=first.headers,
+                extensions=dict(first.extensions))
+            res = jobs.do_request(hook_ctx=context, request=request, retry_config=None,
+                                  is_error_status_code=lambda c: utils.match_status_codes(["4XX", "5XX"], c))
+            if not utils.match_response(res, "200", "application/json"):
+                raise errors.SDKError("API error occurred", res, utils.stream_to_text(res))
+            try:
+                body = json.loads(res.content)
+                if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
+                    raise ValueError("not a list of jobs")
+            except ValueError as exc:
+                raise TransientError(f"unexpected answer from Mistral: {exc}") from None
+            return body
+
+        return fetch
+
     def get_job(self, job_id: str) -> ProviderJob:
-        return self._to_job(self._call(self.client.fine_tuning.jobs.get, job_id=job_id))
+        if job_id in self._details:
+            return self._details[job_id]
+        job = self._to_job(self._call(self.client.fine_tuning.jobs.get, job_id=job_id))
+        if job.status == "failed":
+            self._details[job_id] = job
+        return job
 
     def cancel_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id=job_id))
@@ -223,13 +345,7 @@ class MistralProvider:
 
     def _to_job(self, job: Any) -> ProviderJob:
         raw = str(job.status)
-        failure, message = None, None
-        if raw in _FAILED:
-            message = failure_message(job)
-            if raw == "FAILED_VALIDATION":
-                failure = FAIL_CAPACITY if is_concurrency_limit_message(message) else FAIL_DATA
-            else:
-                failure = FAIL_CAPACITY if is_concurrency_limit_message(message) else FAIL_TRAINING
+        failure, message = _failure(raw, job) if raw in _FAILED else (None, None)
         meta = _unset(getattr(job, "metadata", None))
         return ProviderJob(
             id=job.id,

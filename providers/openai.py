@@ -120,6 +120,11 @@ class OpenAIProvider:
         return self._to_job(job)
 
     def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+        """Newest first, page by page, back to `created_after`. The pages are
+        read as raw JSON (the SDK's `with_raw_response`): only the fields
+        ftctl needs are parsed."""
+        import json
+
         floor = created_after.replace(tzinfo=timezone.utc).timestamp() if created_after else None
         out: list[ProviderJob] = []
         after: str | None = None
@@ -127,15 +132,19 @@ class OpenAIProvider:
             kwargs: dict[str, Any] = {"limit": PAGE_SIZE}
             if after:
                 kwargs["after"] = after
-            page = self._call(self.client.fine_tuning.jobs.list, **kwargs)
-            data = list(page.data)
-            for job in data:
-                if floor is not None and job.created_at < floor:
-                    return out  # newest first: the rest are older still
-                out.append(self._to_job(job))
-            if not data or not page.has_more:
+            raw = self._call(self.client.fine_tuning.jobs.with_raw_response.list, **kwargs)
+            try:
+                page = json.loads(raw.http_response.content)
+                data = list(page.get("data") or [])
+                for job in data:
+                    if floor is not None and job["created_at"] < floor:
+                        return out  # newest first: the rest are older still
+                    out.append(self._to_job(job))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise TransientError(f"unexpected answer from OpenAI: {exc.__class__.__name__}") from None
+            if not data or not page.get("has_more"):
                 return out
-            after = data[-1].id
+            after = data[-1]["id"]
 
     def get_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.jobs.retrieve, job_id))
@@ -189,30 +198,33 @@ class OpenAIProvider:
             pass
 
     def _to_job(self, job: Any) -> ProviderJob:
-        status = STATUS.get(job.status, P_QUEUED)
+        """From the SDK's model or from the raw JSON of a listing (a dict)."""
+        get = job.get if isinstance(job, dict) else (lambda key: getattr(job, key, None))
+        status = STATUS.get(get("status"), P_QUEUED)
         failure, message = None, None
         if status == P_FAILED:
-            err = getattr(job, "error", None)
-            code = getattr(err, "code", None) if err else None
-            message = (getattr(err, "message", None) if err else None) or code or "failed"
+            err = get("error")
+            err_get = err.get if isinstance(err, dict) else (lambda key: getattr(err, key, None))
+            code = err_get("code") if err else None
+            message = (err_get("message") if err else None) or code or "failed"
             if is_concurrency_limit_message(message):
                 failure = FAIL_CAPACITY
             elif _data_error(code, message):
                 failure = FAIL_DATA
             else:
                 failure = FAIL_TRAINING
-        metadata = getattr(job, "metadata", None) or {}
+        metadata = get("metadata") or {}
         return ProviderJob(
-            id=job.id,
+            id=get("id"),
             status=status,
-            raw_status=job.status,
+            raw_status=get("status"),
             client_token=metadata.get(TOKEN_KEY),
-            model=job.model,
-            fine_tuned_model=job.fine_tuned_model,
+            model=get("model"),
+            fine_tuned_model=get("fine_tuned_model"),
             failure=failure,
             message=clip(message) if message else None,
-            created_at=datetime.fromtimestamp(job.created_at, timezone.utc).replace(tzinfo=None),
-            trained_tokens=job.trained_tokens,
+            created_at=datetime.fromtimestamp(get("created_at"), timezone.utc).replace(tzinfo=None),
+            trained_tokens=get("trained_tokens"),
         )
 
 

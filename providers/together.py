@@ -90,6 +90,9 @@ def _naive_utc(value: Any) -> datetime | None:
 def _field(obj: Any, *names: str) -> Any:
     """The first field set among `names` (the SDK's models name some fields
     differently in different answers; unknown ones land in model_extra)."""
+    if isinstance(obj, dict):  # the raw JSON of a listing
+        value = next((obj[n] for n in names if obj.get(n) is not None), None)
+        return value
     extra = getattr(obj, "model_extra", None) or {}
     for name in names:
         value = getattr(obj, name, None)
@@ -172,7 +175,18 @@ class TogetherProvider:
         return self._to_job(job)
 
     def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
-        jobs = [self._to_job(j) for j in self._call(self.client.fine_tuning.list).data]
+        """Every job (Together's listing has no paging and no filters), read
+        as raw JSON (the SDK's `with_raw_response`) and parsed for the fields
+        ftctl needs. A failed job comes without its events (`detailed`
+        False): get_job reads them, for the caller's own jobs only."""
+        import json
+
+        raw = self._call(self.client.fine_tuning.with_raw_response.list)
+        try:
+            data = json.loads(raw.http_response.content).get("data") or []
+            jobs = [self._to_job(j, events=False) for j in data]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TransientError(f"unexpected answer from Together: {exc.__class__.__name__}") from None
         if created_after is not None:
             jobs = [j for j in jobs if j.created_at is None or j.created_at > created_after]
         return sorted(jobs, key=lambda j: j.created_at or datetime.min, reverse=True)
@@ -262,9 +276,10 @@ class TogetherProvider:
         first (a listing carries none: they are read once per failed job)."""
         events = _field(job, "events")
         if events is None:
-            if job.id not in self._events:
-                self._events[job.id] = list(self._call(self.client.fine_tuning.list_events, job.id).data)
-            events = self._events[job.id]
+            job_id = _field(job, "id")
+            if job_id not in self._events:
+                self._events[job_id] = list(self._call(self.client.fine_tuning.list_events, job_id).data)
+            events = self._events[job_id]
         texts = [_field(e, "message") for e in reversed(list(events))
                  if str(_field(e, "type") or "").lower() in ("job_error", "job_user_error")
                  or str(_field(e, "level") or "").lower() == "error"]
@@ -273,13 +288,18 @@ class TogetherProvider:
             return FAIL_CAPACITY, message
         return (FAIL_DATA if raw == "user_error" else FAIL_TRAINING), message
 
-    def _to_job(self, job: Any) -> ProviderJob:
+    def _to_job(self, job: Any, *, events: bool = True) -> ProviderJob:
+        """`events` False: a failed job's events are not read here (a listing)."""
         raw = str(_field(job, "status") or "pending")
         status = STATUS.get(raw, P_QUEUED)
-        failure, message = self._failure(job, raw) if status == P_FAILED else (None, None)
+        failure, message, detailed = None, None, True
+        if status == P_FAILED and (events or _field(job, "events") is not None):
+            failure, message = self._failure(job, raw)
+        elif status == P_FAILED:
+            detailed = False
         price = _field(job, "total_price")  # nanodollars
         return ProviderJob(
-            id=job.id,
+            id=_field(job, "id"),
             status=status,
             raw_status=raw,
             client_token=_field(job, "suffix"),
@@ -291,6 +311,7 @@ class TogetherProvider:
             created_at=_naive_utc(_field(job, "created_at")),
             trained_tokens=_field(job, "token_count"),
             cost=round(price / 1e9, 4) if price else None,
+            detailed=detailed,
         )
 
 

@@ -111,6 +111,17 @@ def ftctl_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def submit_jobs(config: Path, *agents: str, force: bool = False) -> list:
+    """Setup: `ftctl submit` (every agent, or these) through the Python API in
+    this process, where a test is about what happens after a submit. What
+    the submit command itself prints and exits with is tested through the
+    CLI (tests/cli)."""
+    import ftctl
+
+    with ftctl.open(config) as ft:
+        return ft.submit(list(agents), all_agents=not agents, force=force)
+
+
 def run_ftctl(*args: str, config: Path | None = None, cwd: Path | None = None, timeout: float = 60,
               env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ftctl"]
@@ -336,15 +347,19 @@ class Daemon:
 
 
 _MANY = r"""
-import contextlib, io, json, sys
-from ftctl.controller.cli import app
+import contextlib, io, json, logging, sys
+import structlog
+from ftctl.controller.cli import main
 results = []
 for args in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
     code = 0
+    sys.argv = ["ftctl", *args]
+    structlog.reset_defaults()  # logging as a fresh process has it, writing to this command's streams
+    logging.root.handlers.clear()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            app(args, prog_name="ftctl")
+            main()  # the console script's own entry: its one-line errors and exit codes
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     results.append([code, out.getvalue(), err.getvalue()])
@@ -354,10 +369,15 @@ sys.__stdout__.write(json.dumps(results))
 
 def run_ftctl_many(*arglists, config: Path | None = None, env: dict | None = None,
                    timeout: float = 120) -> list[subprocess.CompletedProcess]:
-    """Several read commands of the real CLI in one fresh process (one start-up
-    instead of one each); each gets its own stdout, stderr and exit code."""
+    """Several commands of the real CLI, one after the other in one fresh
+    process (one start-up instead of one each), each through the console
+    script's entry point with its own stdout, stderr and exit code. For what
+    a process's own life does not matter to: a daemon, a kill or a working
+    directory still need run_ftctl or a subprocess of their own. An argument
+    list that starts with --config overrides `config`."""
     prefix = ["--config", str(config)] if config is not None else []
-    p = subprocess.run([sys.executable, "-c", _MANY, json.dumps([prefix + list(a) for a in arglists])],
+    lists = [list(a) if a[:1] == ["--config"] else prefix + list(a) for a in map(list, arglists)]
+    p = subprocess.run([sys.executable, "-c", _MANY, json.dumps(lists)],
                        capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir(),
                        env=env or ftctl_env())
     assert p.returncode == 0, p.stderr[-2000:]

@@ -16,17 +16,22 @@ each with the exit code the CLI uses for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ftctl.delivery import Delivery
 
 if TYPE_CHECKING:  # pragma: no cover
     from ftctl.controller.config import Config
     from ftctl.controller.preflight.submit import Result
     from ftctl.models import Job, Store
+    from ftctl.models.reads import Reads
 
 MAX_JOB_ID = 2**63 - 1
+UNFINISHED = ("prepared", "queued", "running")
 
 
 class FtctlError(Exception):
@@ -59,6 +64,17 @@ class TimedOut(FtctlError):
     exit_code = 5
 
 
+@dataclass
+class Listing:
+    """Jobs by id, streamed (`rows`, read once), how many finished ones were
+    left out, and what their reasons are rendered with."""
+
+    rows: Iterator[Any]
+    hidden: int
+    live: Any
+    now: datetime
+
+
 @dataclass(frozen=True)
 class Cancelled:
     job: dict[str, Any]
@@ -78,10 +94,11 @@ def open(config: str | Path | None = None) -> "Ftctl":  # noqa: A001 - ftctl.ope
         raise BadInput(str(exc)) from None
 
 
-class Ftctl:
+class Ftctl(Delivery):
     def __init__(self, config: "Config"):
         self.config = config
         self._store: "Store | None" = None
+        self._reads: "Reads | None" = None
 
     # -- the database ----------------------------------------------------------------
 
@@ -100,6 +117,9 @@ class Ftctl:
         return self._store
 
     def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -204,39 +224,92 @@ class Ftctl:
         return job_dict(self._move(job_id, "retry"))
 
     # -- reads -------------------------------------------------------------------------
+    # Reads go through models.reads: a few indexed queries, rows streamed, no ORM.
 
-    def jobs(self, *, agent: str | None = None, active: bool = False) -> list["Job"]:
-        from ftctl.controller.engine.states import TERMINAL
+    def reads(self) -> "Reads | None":
+        """The database for reading; None when no SQLite database exists yet."""
+        if self._reads is None:
+            from ftctl.models import StoreError
+            from ftctl.models.reads import open_reads
 
-        store = self.store()
-        rows = store.list_jobs(agent=agent) if store is not None else []
-        return [j for j in rows if j.state not in TERMINAL] if active else rows
+            try:
+                self._reads = open_reads(self.config.database_url)
+            except StoreError as exc:
+                raise BadInput(str(exc)) from None
+        return self._reads
+
+    def listing(self, *, states: Sequence[str] | None = None, agents: Sequence[str] | None = None,
+                providers: Sequence[str] | None = None, finished: int | None = None) -> Listing:
+        """Jobs by id, streamed: every unfinished one `states`, `agents` and
+        `providers` select (None: any), and of the finished ones the last
+        `finished` to finish (None: all of them)."""
+        import heapq
+
+        from ftctl.models import utcnow
+        from ftctl.models.reads import Filter
+        from ftctl.models.schema import FINISHED_STATES
+
+        now, reads = utcnow(), self.reads()
+        if reads is None:
+            return Listing(iter(()), 0, self.live(), now)
+        where = Filter(states, agents, providers)
+        if finished is None:
+            return Listing(reads.jobs(where), 0, self.live(), now)
+        done_states = [s for s in FINISHED_STATES if states is None or s in states]
+        active = reads.jobs(where, states=[s for s in UNFINISHED if states is None or s in states])
+        done = reads.last_finished(where, finished) if finished > 0 and done_states else []
+        hidden = (reads.count(where, states=done_states) - len(done)) if done_states else 0
+        return Listing(heapq.merge(active, done, key=lambda j: j.id), hidden, self.live(), now)
+
+    def jobs(self, *, agent: str | None = None, active: bool = False) -> list[Any]:
+        """Every job (`active`: the unfinished ones), as rows read by attribute."""
+        return list(self.listing(agents=[agent] if agent else None, finished=0 if active else None).rows)
 
     def live(self) -> Any:
-        """The facts reasons are rendered with now (slots busy, money left)."""
+        """The facts reasons are rendered with now (slots busy, money left),
+        each read the first time a reason shown needs it."""
         from ftctl.records import live_facts
 
-        return live_facts(self.store(), self.config)
+        return live_facts(self.reads(), self.config)
 
-    def status(self, *, agent: str | None = None, active: bool = False) -> list[dict[str, Any]]:
-        from ftctl.models import utcnow
+    def status(self, *, agent: str | None = None, active: bool = False, states: Sequence[str] | None = None,
+               providers: Sequence[str] | None = None, finished: int | None = None) -> list[dict[str, Any]]:
+        """The jobs as dicts: every one by default; `active` (or `finished=0`)
+        the unfinished ones only, `finished=N` those plus the last N to finish."""
         from ftctl.records import job_dict
 
-        rows, live, now = self.jobs(agent=agent, active=active), self.live(), utcnow()
-        return [job_dict(j, now, live) for j in rows]
+        found = self.listing(states=states, agents=[agent] if agent else None, providers=providers,
+                             finished=0 if active else finished)
+        return [job_dict(j, found.now, found.live) for j in found.rows]
+
+    def _read(self, job_id: int) -> Any:
+        if not isinstance(job_id, int) or not 1 <= job_id <= MAX_JOB_ID:
+            raise NotFound(f"no such job {job_id!r} (job ids run from 1 to {MAX_JOB_ID})")
+        reads = self.reads()
+        row = reads.job(job_id) if reads is not None else None
+        if row is None:
+            raise NotFound(f"no job {job_id} (see `ftctl status`)")
+        return row
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """One job (NotFound if there is none)."""
+        from ftctl.records import job_dict
+
+        return job_dict(self._read(job_id), live=self.live())
 
     def show(self, job_id: int) -> dict[str, Any]:
         """A job, its history and its attempts."""
         from ftctl.records import attempt_dict, event_dict, job_dict, training_summary
 
-        row = self._row(job_id)
-        store = self.store()
+        row = self._read(job_id)
+        reads = self.reads()
         data = job_dict(row, live=self.live())
-        data["events"] = [event_dict(e) for e in store.events(job_id)]
-        data["attempts"] = [attempt_dict(a) for a in store.attempts(job_id)]
+        data["events"] = [event_dict(e) for e in reads.events(job_id)]
+        data["attempts"] = [attempt_dict(a) for a in reads.attempts(job_id)]
+        store = self.store() if row.provider_job_id or row.promotion is not None else None
         data["training"] = training_summary(store.log_points(job_id, row.provider_job_id)) \
             if row.provider_job_id else None
-        run = store.evaluations([job_id]).get(job_id)
+        run = store.evaluations([job_id]).get(job_id) if row.promotion is not None else None
         if run is not None:
             from ftctl.records import evaluation_dict
 
@@ -280,93 +353,36 @@ class Ftctl:
     def undelivered(self) -> dict[str, Any]:
         """Events owed to the configured hooks: pending (with the oldest and
         the last error) and given up."""
+        if not self.config.hooks:
+            return {"pending": 0, "gave_up": 0, "oldest": None, "last_error": None}
         from ftctl.controller.engine.states import EVENTS
 
         names = [e for e in EVENTS if any(h.wants(e) for h in self.config.hooks)]
-        store = self.store()
-        if store is None or not names:
+        store = self.store() if names else None
+        if store is None:
             return {"pending": 0, "gave_up": 0, "oldest": None, "last_error": None}
         return store.undelivered(names)
 
-    def models(self) -> dict[str, str]:
-        """Each agent's newest promoted model id (what [export] writes)."""
-        store = self.store()
-        return store.promoted_models() if store is not None else {}
-
-    def all_models(self) -> list[dict[str, Any]]:
-        """Every succeeded job's model with its promotion: candidates,
-        models being evaluated, promoted and rejected ones."""
-        from ftctl.records import model_dict
-
-        store = self.store()
-        return [model_dict(j) for j in store.list_jobs(states=["succeeded"])] if store is not None else []
-
-    # -- the gate, overridden -----------------------------------------------------------
-
-    def promote(self, job_id: int) -> dict[str, Any]:
-        """Make a succeeded job's model its agent's, whatever its evaluation
-        said (or before it ends); recorded in the job's history."""
-        return self._gate(job_id, "promote")
-
-    def reject(self, job_id: int) -> dict[str, Any]:
-        """Never deliver a succeeded job's model (it leaves the export file)."""
-        return self._gate(job_id, "reject")
-
-    def _gate(self, job_id: int, trigger: str) -> dict[str, Any]:
-        from ftctl.controller.engine.jobs import StaleState, fire_promotion
-        from ftctl.controller.engine.reasons import Reason
-        from ftctl.controller.engine.states import InvalidTransition
-        from ftctl.records import job_dict
-
-        row = self._row(job_id)
-        if row.state != "succeeded" or row.promotion is None:
-            raise Refused(f"job {job_id} is {row.state}: only a succeeded job's model can be {trigger}d")
-        reason = Reason("promoted_user" if trigger == "promote" else "rejected_user")
-        try:
-            fire_promotion(self.store(), job_id, trigger, reason=reason, expect=row.promotion)
-        except InvalidTransition as exc:
-            raise Refused(f"job {job_id}: {exc}") from None
-        except StaleState:
-            raise Refused(f"job {job_id} changed while this command ran; look at `ftctl show {job_id}` "
-                          f"and try again") from None
-        self.export()
-        return job_dict(self._row(job_id))
-
-    def export(self) -> bool:
-        """Rewrite [export]'s file if the set of promoted models changed (the
-        daemon does it too, every tick); True if it was written."""
-        conf = self.config.export
-        store = self.store()
-        if conf is None or store is None:
-            return False
-        from ftctl.controller.engine.export import sync
-
-        try:
-            return sync(self.config.resolve(conf.path), conf.fmt, store.promoted_models())
-        except OSError as exc:
-            raise FtctlError(f"export.path: cannot write {conf.path} ({exc.__class__.__name__})") from None
-
     def daemon(self) -> str | None:
         """Who drives this database now ("pid 123"), or None."""
-        store = self.store()
-        return store.daemon_holder() if store is not None else None
+        reads = self.reads()
+        return reads.daemon_holder() if reads is not None else None
 
     def daemons(self) -> dict[str, Any]:
         """The daemon that leads (host, pid, since, epoch) and those standing
         by with their last heartbeat, from any host."""
         from ftctl.records import iso
 
-        store = self.store()
-        if store is None:
+        reads = self.reads()
+        if reads is None:
             return {"leader": None, "standbys": []}
-        leadership = store.leadership
-        leader = leadership.leader()
-        members = leadership.members()
+        seen = reads.daemons()
+        leader = seen["leader"]
         if leader is not None:
             leader = {"host": leader["host"], "pid": leader["pid"], "epoch": leader["epoch"],
                       "since": iso(leader["since"])}
         standbys = [{"host": m["host"], "pid": m["pid"], "heartbeat_at": iso(m["heartbeat_at"])}
-                    for m in members if m["role"] == "standby"]
+                    for m in seen["standbys"]]
         return {"leader": leader, "standbys": standbys}
 
     def wait(self, job_ids: Iterable[int], *, timeout: float | None = None,
@@ -376,15 +392,15 @@ class Ftctl:
         from ftctl.controller.engine.states import PROMOTION_OPEN, TERMINAL
         from ftctl.records import job_dict
 
-        def finished(r: "Job") -> bool:
+        def finished(r: Any) -> bool:
             return r.state in TERMINAL and r.promotion not in PROMOTION_OPEN
 
         ids = list(job_ids)
         for job_id in ids:
-            self._row(job_id)
+            self._read(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            rows = [self._row(i) for i in ids]
+            rows = [self._read(i) for i in ids]
             if all(finished(r) for r in rows):
                 return [job_dict(r) for r in rows]
             if deadline is not None and time.monotonic() >= deadline:

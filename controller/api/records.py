@@ -4,42 +4,50 @@ and the live facts a waiting job's reason is rendered with."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ftctl.controller.engine.reasons import Live, render
-from ftctl.models import Attempt, Evaluation, Job, JobEvent, LogPoint, utcnow
+from ftctl.models.schema import utcnow
 
 
 def iso(at: datetime | None) -> str | None:
     return at.isoformat(timespec="seconds") + "Z" if at else None
 
 
-def live_facts(store: Any, config: Any, now: datetime | None = None) -> Live:
+def live_facts(source: Any, config: Any, now: datetime | None = None) -> Live:
     """The numbers a waiting job's reason shows, as they are now: slots busy
-    per provider (as the last tick saw them) and money left in the budget."""
-    from datetime import timedelta
-
-    from ftctl.controller.engine.policy import Budget
-
-    if store is None:
+    per provider (as the last tick saw them) and money left in the budget.
+    `source`: a Store or a models.reads.Reads. Each is read only when a
+    reason shown needs it."""
+    if source is None:
         return Live()
-    slots = {name: (s.slots_used, s.slots_limit) for name, s in store.provider_states().items()
-             if s.slots_used is not None and s.slots_limit is not None}
-    caps = config.budget
-    left = None
-    if caps.total is not None:
-        now = now or utcnow()
-        budget = Budget(caps.per_job, caps.total, store.spent_in(now - timedelta(seconds=caps.period), now))
-        left = budget.left(store.committed())
+
+    def slots() -> dict[str, tuple[int, int]]:
+        if hasattr(source, "slots"):
+            return source.slots()
+        return {name: (s.slots_used, s.slots_limit) for name, s in source.provider_states().items()
+                if s.slots_used is not None and s.slots_limit is not None}
+
+    def left() -> float | None:
+        from ftctl.controller.engine.policy import Budget
+
+        caps = config.budget
+        if caps.total is None:
+            return None
+        at = now or utcnow()
+        return Budget(caps.per_job, caps.total, source.spent_in(at - timedelta(seconds=caps.period), at)).left(
+            source.committed())
+
     return Live(slots=slots, budget_left=left)
 
 
-def reason_text(job: Job, live: Live | None = None) -> str | None:
+def reason_text(job: Any, live: Live | None = None) -> str | None:
     return render(job.reason_code, job.reason_args, live)
 
 
-def job_dict(job: Job, now: datetime | None = None, live: Live | None = None) -> dict[str, Any]:
+def job_dict(job: Any, now: datetime | None = None, live: Live | None = None) -> dict[str, Any]:
+    """A stored job (the ORM's Job or a models.reads.JobRow) as plain data."""
     now = now or utcnow()
     return {
         "id": job.id,
@@ -77,7 +85,7 @@ def job_dict(job: Job, now: datetime | None = None, live: Live | None = None) ->
     }
 
 
-def evaluation_dict(ev: Evaluation, answered: int = 0) -> dict[str, Any]:
+def evaluation_dict(ev: Any, answered: int = 0) -> dict[str, Any]:
     """The gate's run: both scores, n, and the improvement against what was needed."""
     return {"metric": ev.metric, "file": ev.file, "n": ev.examples, "answered": answered,
             "candidate_model": ev.candidate_model, "compare_model": ev.compare_model,
@@ -87,7 +95,7 @@ def evaluation_dict(ev: Evaluation, answered: int = 0) -> dict[str, Any]:
             "finished_at": iso(ev.finished_at), "error": ev.error, "last_error": ev.last_error}
 
 
-def event_dict(ev: JobEvent, agent: str | None = None, provider: str | None = None) -> dict[str, Any]:
+def event_dict(ev: Any, agent: str | None = None, provider: str | None = None) -> dict[str, Any]:
     out = {
         "id": ev.event_id,
         "seq": ev.id,
@@ -105,7 +113,7 @@ def event_dict(ev: JobEvent, agent: str | None = None, provider: str | None = No
     return out
 
 
-def point_dict(p: LogPoint) -> dict[str, Any]:
+def point_dict(p: Any) -> dict[str, Any]:
     return {"kind": p.kind, "step": p.step, "at": iso(p.at), "message": p.message, "metrics": p.metrics or {},
             "provider_job_id": p.provider_job_id, "key": p.key}
 
@@ -121,7 +129,7 @@ def series(points: list[dict[str, Any]], metric: str) -> list[list[float]]:
     return [[step, by_step[step]] for step in sorted(by_step)]
 
 
-def training_summary(points: list[LogPoint]) -> dict[str, Any] | None:
+def training_summary(points: list[Any]) -> dict[str, Any] | None:
     """What `show` says about a job's training: its loss curves."""
     if not points:
         return None
@@ -129,20 +137,20 @@ def training_summary(points: list[LogPoint]) -> dict[str, Any] | None:
     return {"points": len(dicts), "train_loss": series(dicts, "train_loss"), "valid_loss": series(dicts, "valid_loss")}
 
 
-def attempt_dict(a: Attempt) -> dict[str, Any]:
+def attempt_dict(a: Any) -> dict[str, Any]:
     return {"number": a.number, "client_token": a.client_token, "provider_job_id": a.provider_job_id,
             "outcome": a.outcome, "counted": a.counted, "submitted_at": iso(a.submitted_at),
             "ended_at": iso(a.ended_at)}
 
 
-def model_dict(job: Job) -> dict[str, Any]:
+def model_dict(job: Any) -> dict[str, Any]:
     return {"agent": job.agent, "job_id": job.id, "model": job.fine_tuned_model, "promotion": job.promotion,
             "promoted_at": iso(job.promoted_at), "succeeded_at": iso(job.updated_at)}
 
 
-def latest_models(jobs: list[Job]) -> dict[str, str]:
+def latest_models(jobs: list[Any]) -> dict[str, str]:
     """Each agent's newest succeeded job's fine-tuned model id, whatever its promotion."""
-    best: dict[str, Job] = {}
+    best: dict[str, Any] = {}
     for job in jobs:
         if job.state == "succeeded" and job.fine_tuned_model:
             if job.agent not in best or (job.updated_at, job.id) > (best[job.agent].updated_at, best[job.agent].id):

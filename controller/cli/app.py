@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
-from rich.console import Console
 
 from ftctl.controller.config import Config, ConfigError, load_config
 
@@ -30,13 +29,77 @@ app = typer.Typer(
     name="ftctl",
     help="Run LLM fine-tuning jobs on hosted providers as persistent state machines.",
     no_args_is_help=True,
-    add_completion=False,
+    # `ftctl --install-completion` (bash, zsh, fish, PowerShell), or --show-completion
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=False)
-if not out.is_terminal:
-    # piped or logged: never squeeze a reason or a model id into "…"
-    out = Console(highlight=False, soft_wrap=False, width=240)
+
+
+_console: Any = None
+
+
+def console() -> Any:
+    """rich's Console for stdout, made on first use: a command that prints
+    plain text (a listing off a terminal) never imports rich."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(highlight=False, soft_wrap=False)
+        if not _console.is_terminal:
+            # piped or logged: never squeeze a reason or a model id into "…"
+            _console = Console(highlight=False, soft_wrap=False, width=240)
+    return _console
+
+
+class _Console:
+    """`out.print(...)`: console()'s methods, the console made on first use
+    (pass console() itself where a Console object is needed)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(console(), name)
+
+
+out: Any = _Console()
+
+
+def note(message: str) -> None:
+    """A line about the output rather than of it (stderr: pipes stay clean)."""
+    print(message, file=sys.stderr)
+
+
+def stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# a file at least this big gets a progress bar on stderr (when stderr is a terminal)
+PROGRESS_MIN_BYTES = 8 * 2**20
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Any]:
+    """`update(bytes done)` for a bar on stderr while a big file is read, or
+    None: a small file, or stderr not a terminal (a pipe, a log) shows none."""
+    if total < PROGRESS_MIN_BYTES or not stderr_is_terminal():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=Console(file=sys.stderr, force_terminal=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=min(done, total))
 
 
 class State:
@@ -86,10 +149,15 @@ def open_store(config: Config, *, create: bool = True):
 
 
 def read_store(config: Config):
-    """The store for a read command, or None when no database exists yet."""
-    if config.sqlite_file is not None and not config.sqlite_file.exists():
-        return None
-    return open_store(config, create=False)
+    """The database for a read command (models.reads: no ORM), or None when
+    no database exists yet."""
+    from ftctl.models import StoreError
+    from ftctl.models.reads import open_reads
+
+    try:
+        return open_reads(config.database_url)
+    except StoreError as exc:
+        die(str(exc), EXIT_INPUT)
 
 
 def setup_logging(config: Config | None) -> None:
@@ -130,8 +198,9 @@ MAX_JOB_ID = 2**63 - 1
 
 
 def _job_id(value: str) -> int:
+    """A job id as `status` shows it: 3, or job/3 (what `-o name` prints)."""
     try:
-        job_id = int(value)
+        job_id = int(value[4:] if value.startswith("job/") else value)
     except ValueError:
         die(f"job {value!r}: a job id is a number (see `ftctl status`)")
     if not 1 <= job_id <= MAX_JOB_ID:

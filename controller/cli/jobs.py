@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rich.markup import escape
-
-from ftctl.controller.cli.app import EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, die, emit_json, out
+from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, console, die,
+                                      emit_json, note, out, stdout_is_terminal)
 
 
 # -- submit ------------------------------------------------------------------------
@@ -76,102 +75,219 @@ def submit(
 
 # -- read commands -------------------------------------------------------------------
 
+STATES = ("prepared", "queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_SHOWN = 50
+
+
+class Output(str, Enum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    name = "name"
+
+
+def _listed(values: Optional[list[str]], option: str, known: tuple[str, ...] | None = None) -> list[str] | None:
+    """Repeated or comma-separated values (--state queued,running), checked."""
+    if not values:
+        return None
+    found = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    for v in found:
+        if known is not None and v not in known:
+            die(f"{option}: unknown value {v!r} (one of {', '.join(known)})")
+    return found
+
+
+def _print_jobs(found, fmt: str, no_headers: bool, *, title: str | None = None) -> int:
+    """One listing in `fmt`; returns the jobs printed. A Rich table only on a
+    terminal and up to RICH_MAX_ROWS jobs; else plain columns, streamed."""
+    import sys
+    from itertools import chain, islice
+
+    from ftctl.controller.cli.views import COLUMNS, RICH_MAX_ROWS, WIDE_COLUMNS, cells, json_rows, plain
+
+    write = sys.stdout.write
+    if fmt == "json":
+        json_rows(found.rows, found.now, found.live, write)
+        return -1
+    if fmt == "name":
+        n = 0
+        for job in found.rows:
+            write(f"job/{job.id}\n")
+            n += 1
+        return n
+    wide = fmt == "wide"
+    headers = WIDE_COLUMNS if wide else COLUMNS
+    rows = (cells(j, found.now, found.live, wide) for j in found.rows)
+    first = list(islice(rows, RICH_MAX_ROWS + 1))
+    if stdout_is_terminal() and len(first) <= RICH_MAX_ROWS:
+        if first:
+            from ftctl.controller.cli.views import rich_table
+
+            out.print(rich_table(first, headers, title=title, no_headers=no_headers))
+        return len(first)
+    if title:
+        write(title + "\n")
+    return plain(chain(first, rows), headers, write, no_headers=no_headers)
+
 
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    agent: Annotated[Optional[str], typer.Option("--agent", help="only this agent's jobs")] = None,
+    output: Annotated[Output, typer.Option("--output", "-o", "--format", help="table, wide, json or name "
+                                           "(job/ID a line)")] = Output.table,
+    as_json: Annotated[bool, typer.Option("--json", help="same as -o json")] = False,
+    no_headers: Annotated[bool, typer.Option("--no-headers", help="no header line")] = False,
+    state: Annotated[Optional[list[str]], typer.Option("--state", help="only jobs in these states "
+                                                       "(repeat it, or a,b)")] = None,
+    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="only jobs on these providers")] = None,
+    agent: Annotated[Optional[list[str]], typer.Option("--agent", help="only these agents' jobs")] = None,
     active: Annotated[bool, typer.Option("--active", help="only jobs that are not finished")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="refresh in place until Ctrl-C")] = False,
+    all_jobs: Annotated[bool, typer.Option("--all", "-A", help="every finished job too")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="finished jobs shown, the last to finish")]
+    = FINISHED_SHOWN,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="again every --interval until Ctrl-C: in place on "
+                                        "a terminal, a snapshot each time in a pipe")] = False,
     interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.2)] = 2.0,
 ) -> None:
-    """One line a job: state, attempt, age, and why it waits (or its model)."""
-    from ftctl.controller.engine.states import TERMINAL
-    from ftctl.controller.cli.views import status_table
-    from ftctl.models import utcnow
-    from ftctl.records import job_dict, undelivered_text
-
+    """Every unfinished job and the last 50 finished: state, attempt, age, cost, why it waits (or its model)."""
+    fmt = "json" if as_json else output.value
+    states = _listed(state, "--state", STATES)
+    finished = 0 if active else (None if all_jobs else limit)
+    query = dict(states=states, agents=_listed(agent, "--agent"), providers=_listed(provider, "--provider"),
+                 finished=finished)
     if watch:
-        if as_json:
-            die("--watch and --json do not go together")
-        import time
-
-        from rich.live import Live as LiveDisplay
-
-        def table(title: str):
-            with api() as ft:
-                return status_table(ft.jobs(agent=agent, active=active), title=title, live=ft.live())
-
-        with LiveDisplay(table("ftctl status"), console=out, auto_refresh=False) as display:
-            try:
-                while True:
-                    time.sleep(interval)
-                    display.update(table(f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
-            except KeyboardInterrupt:
-                return
+        if fmt in ("json", "name"):
+            die(f"--watch and -o {fmt} do not go together")
+        _watch(query, fmt, no_headers, interval)
+        return
     with api() as ft:
-        jobs, live, now = ft.jobs(agent=agent, active=active), ft.live(), utcnow()
-        if as_json:
-            emit_json([job_dict(j, now, live) for j in jobs])
+        found = ft.listing(**query)
+        shown = _print_jobs(found, fmt, no_headers)
+        if fmt in ("json", "name"):
             return
-        if not jobs:
-            out.print("no jobs")
-            return
-        out.print(status_table(jobs, now, live=live))
-        holder = ft.daemon()
-        if any(j.state not in TERMINAL for j in jobs):
-            out.print(daemon_line(ft), markup=False)
+        if shown == 0:
+            note("no jobs" + (" match" if any(query[k] for k in ("states", "agents", "providers")) else ""))
+        if found.hidden:
+            note(f"{found.hidden:,} older finished job{'s' if found.hidden != 1 else ''} not shown "
+                 f"(--all shows every job, --limit N the last N)")
+        if shown and any(s not in ("succeeded", "failed", "cancelled") for s in states or STATES):
+            note(daemon_line(ft))
         owed = ft.undelivered()
         if owed["pending"] or owed["gave_up"]:
-            out.print(undelivered_text(owed, now, daemon=bool(holder)), markup=False)
+            from ftctl.records import undelivered_text
+
+            note(undelivered_text(owed, found.now, daemon=bool(ft.daemon())))
 
 
-class ModelFormat(str, Enum):
+def _watch(query: dict, fmt: str, no_headers: bool, interval: float) -> None:
+    import sys
+    import time
+
+    from ftctl.models import utcnow
+
+    def snapshot() -> tuple[list, object]:
+        with api() as ft:
+            found = ft.listing(**query)
+            return list(found.rows), found
+
+    if not stdout_is_terminal():
+        # a pipe or a log: one snapshot an interval, each under its own title line
+        try:
+            while True:
+                rows, found = snapshot()
+                found.rows = iter(rows)
+                _print_jobs(found, fmt, no_headers, title=f"ftctl status  {utcnow():%Y-%m-%d %H:%M:%S} UTC")
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                time.sleep(interval)
+        except (KeyboardInterrupt, BrokenPipeError):
+            return
+    from rich.live import Live as LiveDisplay
+
+    from ftctl.controller.cli.views import status_table
+
+    def table(title: str):
+        rows, found = snapshot()
+        return status_table(rows, found.now, title=title, live=found.live, wide=fmt == "wide",
+                            no_headers=no_headers)
+
+    with LiveDisplay(table("ftctl status"), console=console(), auto_refresh=False) as display:
+        try:
+            while True:
+                time.sleep(interval)
+                display.update(table(f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
+        except KeyboardInterrupt:
+            return
+
+
+class ModelOutput(str, Enum):
     table = "table"
+    wide = "wide"
     json = "json"
+    name = "name"
     toml = "toml"
     env = "env"
 
 
 @app.command()
 def models(
-    fmt: Annotated[ModelFormat, typer.Option("--format", help="table, json, toml or env")] = ModelFormat.table,
-    as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
+    output: Annotated[ModelOutput, typer.Option("--output", "-o", "--format", help="table, wide, json, name (the "
+                                                "model ids), toml or env")] = ModelOutput.table,
+    as_json: Annotated[bool, typer.Option("--json", help="same as -o json")] = False,
+    no_headers: Annotated[bool, typer.Option("--no-headers", help="no header line")] = False,
+    agent: Annotated[Optional[list[str]], typer.Option("--agent", help="only these agents")] = None,
+    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="only models from these "
+                                                          "providers")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="every succeeded job's model with its promotion "
                                            "(candidates, rejected ...), not only the promoted ones")] = False,
 ) -> None:
     """Each agent's newest promoted model id, ready to paste into its config."""
-    from rich.table import Table
+    import sys
 
-    from ftctl.controller.cli.views import models_text
+    from ftctl.controller.cli.views import models_text, plain
 
-    fmt_name = "json" if as_json else fmt.value
+    fmt = "json" if as_json else output.value
+    agents, providers = _listed(agent, "--agent"), _listed(provider, "--provider")
     if show_all:
-        if fmt_name not in ("table", "json"):
-            die(f"--all lists every model with its promotion: use the table or --json, not --format {fmt_name}")
+        if fmt in ("toml", "env"):
+            die(f"--all lists every model with its promotion: use -o table, wide, json or name, not -o {fmt}")
         with api() as ft:
-            rows = ft.all_models()
-        if fmt_name == "json":
-            emit_json(rows)
+            every = ft.all_models(agents=agents, providers=providers)
+        if fmt == "json":
+            emit_json(every)
             return
-        table = Table()
-        for col in ("AGENT", "JOB", "PROMOTION", "FINE-TUNED MODEL"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r["agent"], str(r["job_id"]), r["promotion"] or "-", r["model"] or "")
-        out.print(table if rows else "no succeeded jobs yet")
-        return
-    with api() as ft:
-        found = ft.models()
-    if fmt_name == "table":
-        table = Table()
-        table.add_column("AGENT")
-        table.add_column("FINE-TUNED MODEL")
-        for a, m in found.items():
-            table.add_row(a, m)
-        out.print(table if found else "no promoted models yet (`ftctl models --all` shows candidates too)")
-        return
-    print(models_text(found, fmt_name))
+        if fmt == "name":
+            for r in every:
+                print(r["model"])
+            return
+        if not every:
+            note("no succeeded jobs yet")
+            return
+        headers = ("AGENT", "JOB", "PROMOTION", "FINE-TUNED MODEL")
+        rows = [[r["agent"], str(r["job_id"]), r["promotion"] or "-", r["model"] or "-"] for r in every]
+    else:
+        with api() as ft:
+            found = ft.model_rows(agents=agents, providers=providers)
+        if fmt in ("json", "toml", "env"):
+            print(models_text({m.agent: m.model for m in found}, fmt))
+            return
+        if fmt == "name":
+            for m in found:
+                print(m.model)
+            return
+        if not found:
+            note("no promoted models yet (`ftctl models --all` shows candidates too)")
+            return
+        wide = fmt == "wide"
+        headers = (("AGENT", "PROVIDER", "JOB", "PROMOTED", "FINE-TUNED MODEL") if wide
+                   else ("AGENT", "FINE-TUNED MODEL"))
+        rows = [[m.agent, m.provider, str(m.job_id), f"{m.finished_at:%Y-%m-%d %H:%M:%S}", m.model] if wide
+                else [m.agent, m.model] for m in found]
+    if stdout_is_terminal():
+        from ftctl.controller.cli.views import rich_table
+
+        out.print(rich_table(rows, headers, no_headers=no_headers))
+    else:
+        plain(rows, headers, sys.stdout.write, no_headers=no_headers)
 
 
 @app.command()
@@ -180,6 +296,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A job and its full transition history."""
+    from rich.markup import escape
     from rich.table import Table
 
     with api() as ft:
@@ -298,10 +415,15 @@ def wait(
     except ValueError as exc:
         die(f"--timeout: {exc}")
     with api() as ft:
+        waiting = [i for i in ids if ft.job(i)["state"] not in ("succeeded", "failed", "cancelled")]
+        if waiting and ft.daemon() is None:
+            note(f"ftctl: note: no daemon drives {ft.config.database_url.split('@')[-1]}: job"
+                 f"{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} will not move until "
+                 f"`ftctl daemon` (or the systemd unit) runs")
         rows = ft.wait(ids, timeout=limit, interval=interval)
     for r in rows:
         detail = r["reason"] or ""
         if r["state"] == "succeeded":
             detail = f"{r['fine_tuned_model']} ({r['promotion']})"
-        out.print(f"job {r['id']} ({r['agent']}): {r['state']} {detail}".rstrip(), markup=False)
+        print(f"job {r['id']} ({r['agent']}): {r['state']} {detail}".rstrip())
     raise typer.Exit(EXIT_OK if all(r["state"] == "succeeded" for r in rows) else EXIT_FAILED)

@@ -9,13 +9,21 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, app, die, emit_json, get_config, out,
-                                      read_store, state)
+                                      progress_bar, read_store, state)
+from ftctl.controller.cli.views import plural
 from ftctl.controller.config import Config, ConfigError
 
 METHOD_HELP = "the training method whose data format to check (e.g. sft, dpo; default: the provider's first)"
 
 if TYPE_CHECKING:
     from ftctl.controller.preflight.report import Report
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # the check itself says what is wrong with it
+
 
 class SplitBy(str, Enum):
     weight = "weight"
@@ -85,8 +93,9 @@ def validate(
     config = maybe_config()
     kind, _ = _kind(config, provider, model)
     try:
-        result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False, jobs=jobs,
-                               method=method, region=phone_region)
+        with progress_bar(f"validating {file.name}", _size(file)) as progress:
+            result = preflight.run(file, kind=kind, model=model, config=config, need_estimate=False, jobs=jobs,
+                                   method=method, region=phone_region, progress=progress)
     except preflight.PreflightError as exc:
         die(str(exc))
     report = result.report
@@ -94,8 +103,8 @@ def validate(
     if as_json:
         emit_json({**report.as_dict(), "clean": clean})
         raise typer.Exit(EXIT_OK if clean else EXIT_FAILED)
-    out.print(f"{file}: {report.lines:,} lines, {report.examples:,} examples pass, "
-              f"{report.problem_count:,} problem{'s' if report.problem_count != 1 else ''}", markup=False)
+    out.print(f"{file}: {plural(report.lines, 'line')}, {plural(report.examples, 'example')} "
+              f"pass{'es' if report.examples == 1 else ''}, {plural(report.problem_count, 'problem')}", markup=False)
     for code, finding in sorted(report.problems.items(), key=lambda kv: kv[1].lines[:1]):
         out.print(f"  {DESCRIPTIONS.get(code, code):<40} {finding.count:>7,}  {_lines_text(finding.lines, finding.line_count)}"
                   f"  (first: {finding.first_message})", markup=False)
@@ -104,7 +113,7 @@ def validate(
     stats = report.token_stats()
     if stats:
         out.print(f"tokens ({report.tokenizer}, {report.model}): {report.data_tokens:,} data tokens in "
-                  f"{sum(report.token_histogram.values()):,} examples; per example min {stats['min']:,}, "
+                  f"{plural(sum(report.token_histogram.values()), 'example')}; per example min {stats['min']:,}, "
                   f"median {stats['median']:,}, max {stats['max']:,}", markup=False)
     elif not model:
         out.print("tokens: pass --model (and --provider) to count them with the provider's tokenizer")
@@ -139,8 +148,9 @@ def estimate(
     config = maybe_config()
     kind, configured = _kind(config, provider, model)
     try:
-        result = preflight.run(file, kind=kind, model=model, config=config, epochs=epochs,
-                               training_steps=training_steps, method=method)
+        with progress_bar(f"counting {file.name}", _size(file)) as progress:
+            result = preflight.run(file, kind=kind, model=model, config=config, epochs=epochs,
+                                   training_steps=training_steps, method=method, progress=progress)
     except preflight.PreflightError as exc:
         die(str(exc))
     est, report = result.estimate, result.report
@@ -161,7 +171,7 @@ def estimate(
         emit_json({**est.as_dict(), "file_problems": report.problem_count, "quote_error": quote_note})
         return
     lines = [
-        f"{file}: {est.examples:,} examples, {est.data_tokens:,} data tokens ({report.tokenizer})",
+        f"{file}: {plural(est.examples, 'example')}, {plural(est.data_tokens, 'data token')} ({report.tokenizer})",
         *[f"  {n}" for n in est.notes],
         f"  trained tokens: {est.trained_tokens:,}",
         f"  price: ${est.price.train_per_m:g} per million trained tokens, minimum ${est.price.min_fee:.2f} a job "
@@ -174,7 +184,7 @@ def estimate(
         lines.append(f"  {quote_note}")
     lines.append(f"total (the higher): ${est.total:,.2f}")
     if report.problem_count:
-        lines.append(f"warning: the file has {report.problem_count:,} problems; see `ftctl validate {file}`")
+        lines.append(f"warning: the file has {plural(report.problem_count, 'problem')}; see `ftctl validate {file}`")
     for line in lines:
         out.print(line, markup=False)
 
@@ -227,11 +237,13 @@ def prepare(
         except (TokenizerUnavailable, PriceUnknown) as exc:
             die(str(exc))
     try:
-        result = run_prepare(source, output, provider=kind, counter=counter, price=price, epochs=epochs,
-                             max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
-                             scrub_pii=scrub_pii, seed=seed, phone_region=region,
-                             jobs=jobs or (default_jobs() if source.stat().st_size > 8 * 2**20 else 1),
-                             keep_duplicates=keep_duplicates, split_by=split_by.value if split_by else None)
+        size = source.stat().st_size
+        with progress_bar(f"preparing {source.name}", 2 * size) as progress:  # two passes: check, then write
+            result = run_prepare(source, output, provider=kind, counter=counter, price=price, epochs=epochs,
+                                 max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
+                                 scrub_pii=scrub_pii, seed=seed, phone_region=region, progress=progress,
+                                 jobs=jobs or (default_jobs() if size > 8 * 2**20 else 1),
+                                 keep_duplicates=keep_duplicates, split_by=split_by.value if split_by else None)
     except PrepareError as exc:
         die(str(exc))
     if as_json:
@@ -239,19 +251,19 @@ def prepare(
         return
     d = result.as_dict()
     written = f"{len(result.files)} files in {output}" if split_by else str(output)
-    out.print(f"wrote {written}: kept {result.kept:,} of {result.lines:,} lines (seed {seed})", markup=False)
+    out.print(f"wrote {written}: kept {result.kept:,} of {plural(result.lines, 'line')} (seed {seed})", markup=False)
     for reason, n in sorted(result.removed.items()):
         out.print(f"  removed {n:,}: {reason}", markup=False)
     if result.stripped:
         out.print("  stripped fields: " + ", ".join(f"{k} ({n:,})" for k, n in result.stripped.items()), markup=False)
     if result.unstripped_extra:
-        out.print(f"  warning: {result.unstripped_extra:,} examples keep fields the provider rejects "
+        out.print(f"  warning: {plural(result.unstripped_extra, 'example')} keep{'s' if result.unstripped_extra == 1 else ''} fields the provider rejects "
                   f"(--strip-extra removes them)", markup=False)
     if scrub_pii:
         replaced = ", ".join(describe(k, result.replaced[k]) for k in KINDS if result.replaced[k]) or "none"
         out.print(f"  replaced: {replaced}", markup=False)
     elif result.unscrubbed:
-        out.print(f"  warning: {result.unscrubbed:,} examples hold personal data or secrets "
+        out.print(f"  warning: {plural(result.unscrubbed, 'example')} hold{'s' if result.unscrubbed == 1 else ''} personal data or secrets "
                   f"(--scrub-pii replaces them)", markup=False)
     if len(d["weight_share_in"]) > 1 or list(d["weight_share_in"]) != ["-"]:
         out.print("  weight share in -> out: " + ", ".join(
@@ -271,7 +283,7 @@ def prepare(
 
 @app.command()
 def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Committed, spent and remaining against [budget] in controller.toml."""
+    """Committed, spent and remaining against \\[budget] in controller.toml."""
     from datetime import timedelta
 
     from ftctl.controller.engine.policy import Budget
@@ -285,8 +297,10 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     storage = store.storage_since(since, now) if store else 0.0
     spent = store.spent_in(since, now) if store else 0.0
     committed = store.committed() if store else 0.0
-    waiting = [j for j in store.list_jobs(states=["prepared"])] if store else []
+    waiting = list(store.jobs(states=["prepared"])) if store else []
     over = [j for j in waiting if (j.reason_code or "").startswith("budget")]
+    if store:
+        store.close()
     left = Budget(caps.per_job, caps.total, spent).left(committed)
     remaining = None if left is None else round(left, 2)
     data = {"per_job_cap": caps.per_job, "total_cap": caps.total, "period_days": round(caps.period / 86400, 2),
@@ -305,6 +319,6 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     else:
         out.print("total cap: none", markup=False)
     out.print(f"per-job cap: {'$%.2f' % caps.per_job if caps.per_job is not None else 'none'}", markup=False)
-    out.print(f"waiting: {len(waiting)} job(s), ${data['waiting_estimates']:,.2f} estimated; "
+    out.print(f"waiting: {plural(len(waiting), 'job')}, ${data['waiting_estimates']:,.2f} estimated; "
               f"{len(over)} held over budget" + (f" (jobs {', '.join(str(j.id) for j in over)})" if over else ""),
               markup=False)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from ftctl.controller.cli.app import (EXIT_DATABASE, EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_REFUSED, app, die,
                                       emit_json, get_config, open_store, out, setup_logging, state)
@@ -99,16 +98,6 @@ def emulator(
     server.stop()
 
 
-def _unit_text(config_path: Path, watchdog: str) -> str:
-    from importlib import resources
-
-    script = Path(sys.executable).parent / "ftctl"
-    exec_start = str(script) if script.exists() else f"{sys.executable} -m controller"
-    template = (resources.files("ftctl.controller.service") / "systemd" / "ftctl.service").read_text(encoding="utf-8")
-    return (template.replace("{exec_start}", exec_start).replace("{config}", str(config_path))
-            .replace("{watchdog}", watchdog))
-
-
 @app.command("service-unit")
 def service_unit(
     watchdog: Annotated[str, typer.Option("--watchdog", help="WatchdogSec= (longer than the slowest tick)")] = "120s",
@@ -120,11 +109,15 @@ def service_unit(
         parse_duration(watchdog)
     except ValueError as exc:
         die(f"--watchdog: {exc}")
+    from ftctl.controller.service.unit import hidden_paths, installed_paths, unit_text
+
     try:
         path = find_config(state.config_path).resolve()
     except ConfigError:
         path = Path("/etc/ftctl/controller.toml")
-    print(_unit_text(path, watchdog), end="")
+    for problem in hidden_paths(installed_paths(path)):
+        print(f"ftctl: warning: {problem}", file=sys.stderr)
+    print(unit_text(path, watchdog), end="")
 
 
 @app.command()
@@ -137,6 +130,8 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         emit_json([{"level": r.level, "check": r.name, "detail": r.detail} for r in results])
         raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+    from rich.markup import escape
+
     width = max(len(r.name) for r in results)
     for r in results:
         style = {"ok": "green", "warn": "yellow", "fail": "red"}[r.level]
@@ -218,4 +213,6 @@ def demo(
     """Five agents on a simulated provider that allows 2 concurrent jobs."""
     from ftctl.controller.demo import run_demo
 
-    raise typer.Exit(run_demo(out, directory, train_time=train_time))
+    from ftctl.controller.cli.app import console
+
+    raise typer.Exit(run_demo(console(), directory, train_time=train_time))

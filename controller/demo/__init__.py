@@ -90,6 +90,15 @@ def write_demo_files(directory: Path, train_time: float = 3.0, seed: int = 1) ->
     return config
 
 
+def try_lines(config_path: Path, show: int = 1) -> str:
+    """What to run next, one command a line, each ready to paste."""
+    import shlex
+
+    base = f"ftctl --config {shlex.quote(str(config_path))}"
+    return "try:\n" + "\n".join(f"  {base} {cmd}" for cmd in ("status", f"show {show}", "models --all",
+                                                                "models -o toml"))
+
+
 def run_demo(console: Console, directory: Path | None = None, *, train_time: float = 3.0,
              timeout: float = 120.0) -> int:
     from ftctl.controller.cli.views import status_table
@@ -138,7 +147,7 @@ def _summary(console: Console, store, config, config_path: Path, seconds: float)
     succeeded = sum(1 for j in jobs.values() if j.state == "succeeded")
     promoted = sorted(a for a, j in jobs.items() if j.promotion == "promoted")
     rejected = sorted(a for a, j in jobs.items() if j.promotion == "rejected")
-    console.print(f"\n{succeeded}/{len(AGENTS)} jobs succeeded in {seconds:.1f}s; {capacity} capacity rejections "
+    console.print(f"\n{succeeded}/{len(AGENTS)} agents succeeded in {seconds:.1f}s; {capacity} capacity rejections "
                   f"absorbed (not counted as attempts), {retries} training failure{'s' if retries != 1 else ''} "
                   f"retried; conversation trained on feedback's model; gate: {len(promoted)} promoted, "
                   f"{len(rejected)} rejected ({', '.join(rejected) or 'none'})\n")
@@ -154,7 +163,7 @@ def _summary(console: Console, store, config, config_path: Path, seconds: float)
     export = config.resolve(config.export.path)
     console.print(f"\n{config.export.path} (promoted models only):", markup=False)
     console.print(export.read_text() if export.exists() else "(not written)", markup=False)
-    console.print(f"try: ftctl --config {config_path} status | show {stage2.id if stage2 else 1} | models --all")
+    console.print(try_lines(config_path, stage2.id if stage2 else 1), markup=False, soft_wrap=True)
     ok = (succeeded == len(AGENTS) and rejected == ["legal"]
           and stage2 is not None and stage1 is not None and stage2.base_model == stage1.fine_tuned_model)
     return 0 if ok else 1

@@ -36,8 +36,10 @@ def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: dat
     jobs = list(jobs)
     gates = gates or {}
     budget = budget or Budget()
-    committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
-    committed += sum(gates[j.id].estimate for j in jobs if j.promotion == EVALUATING and j.id in gates)
+    committed = 0.0
+    if budget.total is not None:
+        committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
+        committed += sum(gates[j.id].estimate for j in jobs if j.promotion == EVALUATING and j.id in gates)
     money = _Money(budget, budget.left(committed))
     out: list[Decision | None] = []
     grouped: dict[str, list[JobView]] = {}
@@ -97,6 +99,8 @@ class _Money:
         self.budget, self.left = budget, left
 
     def refuse(self, cost: float | None) -> Reason | None:
+        if not self.budget.active:
+            return None
         return self.budget.refuse(cost, self.left)
 
     def commit(self, cost: float | None) -> None:
@@ -201,8 +205,10 @@ class _ProviderStep:
         bound = {} if job.provider_job_id == pj.id else {"provider_job_id": pj.id}
         if pj.status == P_QUEUED or (pj.status == P_RUNNING and job.state == RUNNING):
             self.inflight.append((pj.id, job.client_token))
-            reason = Reason("queued_at" if pj.status == P_QUEUED else "training", {"status": pj.raw_status})
-            self.out.append(note_if_changed(job, reason, provider_status=pj.raw_status, **bound))
+            code, raw = "queued_at" if pj.status == P_QUEUED else "training", pj.raw_status
+            # the common case at scale, a job still where it was: nothing to build
+            if bound or job.provider_status != raw or job.reason_code != code or job.reason_args != {"status": raw}:
+                self.out.append(note_if_changed(job, Reason(code, {"status": raw}), provider_status=raw, **bound))
         elif pj.status == P_RUNNING:
             self.inflight.append((pj.id, job.client_token))
             self.out.append(Transition(job.id, job.state, "start", Reason("training", {"status": pj.raw_status}),
@@ -216,6 +222,9 @@ class _ProviderStep:
         elif pj.status == P_CANCELLED:
             self.out.append(Transition(job.id, job.state, "cancel", Reason("cancelled_provider"), bound,
                                        provider_status=pj.raw_status, attempt_outcome=("cancelled", True)))
+        elif pj.status == P_FAILED and not pj.detailed:
+            # why it failed is not known yet (its details could not be read): next tick
+            self.inflight.append((pj.id, job.client_token))
         elif pj.status == P_FAILED:
             message = pj.message or pj.raw_status
             if pj.failure == FAIL_CAPACITY:
@@ -269,6 +278,7 @@ class _ProviderStep:
         waiting = [j for j in self.jobs if j.state == PREPARED]
         waiting.sort(key=lambda j: (j.created_at or self.now, j.id))
         told_to_wait = 0
+        slot = Reason("slot", {"provider": pv.name})
         for job in waiting:
             if job.attempt >= self.policy.max_attempts:
                 why = job.last_error or "no attempts left"
@@ -289,7 +299,7 @@ class _ProviderStep:
                 self.out.append(_submit(job))
             else:
                 told_to_wait += 1
-                self.out.append(note_if_changed(job, Reason("slot", {"provider": pv.name})))
+                self.out.append(note_if_changed(job, slot))
         self.out.append(Slots(pv.name, used, limit, told_to_wait))
 
 

@@ -22,6 +22,10 @@ from ftctl.models import Attempt, Evaluation, Job, Store, utcnow
 from ftctl.models.tables import LIVE_STATES, job_identity
 
 
+# job ids a note statement names at most (SQLite allows 32,766 parameters)
+NOTE_BATCH = 500
+
+
 class JobNotFound(Exception):
     def __init__(self, job_id: Any):
         super().__init__(f"no job {job_id}")
@@ -241,12 +245,35 @@ def note_many(store: Store, notes: Iterable[Any], now: datetime) -> int:
     notes = list(notes)
     if not notes:
         return 0
-    applied = 0
     with store.write() as s:
-        for n in notes:
-            if _note_in(store, s, n.job_id, n.updates, expect=n.expect, expect_token=n.expect_token, event=n.event,
-                        now=now) is not None:
-                applied += 1
+        return note_many_in(store, s, notes, now)
+
+
+def note_many_in(store: Store, s: Any, notes: list[Any], now: datetime) -> int:
+    """Notes inside the caller's write transaction. Notes that set the same
+    values on jobs in the same state (every job told to wait for a slot) are
+    one `UPDATE ... WHERE id IN (...) AND state = ?` a few hundred jobs, the
+    row count saying how many still applied; a note that also writes history
+    or binds a provider job goes row by row."""
+    from sqlalchemy import update
+
+    jobs = Job.__table__
+    groups: dict[tuple, tuple[dict[str, Any], list[int]]] = {}
+    applied = 0
+    for n in notes:
+        if n.expect_token is None and n.event is None and "provider_job_id" not in n.updates:
+            key = (n.expect, tuple(sorted((k, repr(v)) for k, v in n.updates.items())))
+            groups.setdefault(key, (n.updates, []))[1].append(n.job_id)
+        elif _note_in(store, s, n.job_id, n.updates, expect=n.expect, expect_token=n.expect_token, event=n.event,
+                      now=now) is not None:
+            applied += 1
+    conn = s.connection()
+    for (expect, _), (updates, ids) in groups.items():
+        for i in range(0, len(ids), NOTE_BATCH):
+            stmt = update(jobs).where(jobs.c.id.in_(ids[i:i + NOTE_BATCH]))
+            if expect is not None:
+                stmt = stmt.where(jobs.c.state == expect)
+            applied += conn.execute(stmt.values(**updates, updated_at=now)).rowcount
     return applied
 
 
@@ -306,4 +333,4 @@ def retry_downstream(store: Store, job_id: int) -> list[int]:
 
 __all__ = ["InvalidTransition", "JobNotFound", "StaleState", "Twin", "add_job", "cancelled_at_provider", "create_job",
            "file_sha256", "fire", "fire_promotion", "new_client_token", "new_job_row", "note", "note_many",
-           "retry_downstream", "user_transition"]
+           "note_many_in", "retry_downstream", "user_transition"]

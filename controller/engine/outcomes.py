@@ -18,13 +18,17 @@ from ftctl.controller.engine.states import PREPARED, QUEUED
 from ftctl.providers.base import CapacityError, NotFoundError, PermanentError, ProviderError, ProviderJob
 
 
-def begin_submit(job: JobView, token: str, now: datetime, base_model: str | None = None) -> Transition:
+def begin_submit(job: JobView, token: str, now: datetime, base_model: str | None = None,
+                 file_id: str | None = None) -> Transition:
     """prepared -> queued with a fresh client token, stored before the create
-    call; a downstream job also stores the upstream model its create names."""
+    call (with the provider's id of the training file, when it is known); a
+    downstream job also stores the upstream model its create names."""
     updates = {"attempt": job.attempt + 1, "client_token": token, "intent_at": now, "provider_job_id": None,
                "not_before": None, "provider_status": None, "last_error": None}
     if base_model is not None:
         updates["base_model"] = base_model
+    if file_id is not None:
+        updates["provider_file_id"] = file_id
     return Transition(job.id, PREPARED, "submit", Reason("submitting"), updates)
 
 

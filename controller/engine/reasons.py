@@ -28,12 +28,26 @@ class Reason:
         return {"reason_code": self.code, "reason_args": dict(self.args)}
 
 
-@dataclass(frozen=True)
 class Live:
-    """Facts known at display time: (used, limit) per provider, money left."""
+    """Facts known at display time: (used, limit) per provider, money left.
+    Either may be given as a function, asked the first time a reason needs
+    it: a listing whose jobs wait for nothing reads neither."""
 
-    slots: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    budget_left: float | None = None
+    def __init__(self, slots: Mapping[str, tuple[int, int]] | Callable[[], Mapping[str, tuple[int, int]]] | None = None,
+                 budget_left: float | None | Callable[[], float | None] = None):
+        self._slots, self._budget_left = slots, budget_left
+
+    @property
+    def slots(self) -> Mapping[str, tuple[int, int]]:
+        if callable(self._slots):
+            self._slots = self._slots()
+        return self._slots or {}
+
+    @property
+    def budget_left(self) -> float | None:
+        if callable(self._budget_left):
+            self._budget_left = self._budget_left()
+        return self._budget_left
 
 
 def clock_text(at: datetime | str) -> str:

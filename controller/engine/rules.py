@@ -52,9 +52,13 @@ def error_reason(err: ProviderError | None) -> Reason:
 
 
 def note_if_changed(job: JobView, reason: Reason | None = None, **updates: Any) -> Note | None:
-    """A Note with only what differs from the stored job (None: nothing does)."""
-    if reason is not None and reason != job.reason:
+    """A Note with only what differs from the stored job (None: nothing does).
+    Called for every waiting job every tick: the common case, nothing
+    changed, builds nothing."""
+    if reason is not None and (reason.code != job.reason_code or reason.args != (job.reason_args or {})):
         updates.update(reason.stored())
+    if not updates:
+        return None
     changed = {k: v for k, v in updates.items() if getattr(job, k, UNCHANGED) != v}
     return Note(job.id, job.state, changed) if changed else None
 

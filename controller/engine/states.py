@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from enum import StrEnum
 
-from transitions import Machine, MachineError
 
 
 class JobState(StrEnum):
@@ -112,30 +111,42 @@ class _SharedMachine:
         self.states = states
         self.triggers = tuple(sorted({t["trigger"] for t in transitions}))
         self.what = what
-        self.machine = Machine(
-            model=None,
-            states=[s.value for s in states],
-            # plain strings: transitions would name Enum states by their member names
-            transitions=[{k: (v if k == "trigger" else [str(s) for s in v] if isinstance(v, list) else str(v))
-                          for k, v in t.items()} for t in transitions],
-            initial=states[0].value,
-            auto_transitions=False,
-            ignore_invalid_triggers=False,
-        )
+        self.transitions = transitions
+        self._machine = None  # built on first use: a read command never imports `transitions`
         self.lock = threading.Lock()
+
+    @property
+    def machine(self):
+        if self._machine is None:
+            from transitions import Machine
+
+            self._machine = Machine(
+                model=None,
+                states=[s.value for s in self.states],
+                # plain strings: transitions would name Enum states by their member names
+                transitions=[{k: (v if k == "trigger" else [str(s) for s in v] if isinstance(v, list) else str(v))
+                              for k, v in t.items()} for t in self.transitions],
+                initial=self.states[0].value,
+                auto_transitions=False,
+                ignore_invalid_triggers=False,
+            )
+        return self._machine
 
     def next(self, state: str, trigger: str) -> str:
         if state not in self.states or trigger not in self.triggers:
             raise InvalidTransition(trigger, state, self.what)
         carrier = _Carrier()
         with self.lock:
-            self.machine.add_model(carrier, initial=str(state))
+            machine = self.machine
+            machine.add_model(carrier, initial=str(state))
+            from transitions import MachineError
+
             try:
                 carrier.trigger(trigger)
             except MachineError:
                 raise InvalidTransition(trigger, state, self.what) from None
             finally:
-                self.machine.remove_model(carrier)
+                machine.remove_model(carrier)
         return carrier.state
 
     def allowed(self, state: str) -> list[str]:

@@ -37,12 +37,17 @@ class Submission:
         view = rc.JobView.of(row)
         provider = self.provider(row.provider)
         if token is None:
-            files = self._upload_all(provider, view, row, now)
+            files = self._upload_all(provider, view, row, now, record=False)
             if files is None:
                 return
             token = new_client_token(row.agent)
             self.guard()
-            if self._transition(rc.begin_submit(view, token, self.clock(), d.base_model), now) is None:
+            # the provider's id of the job's own training file rides on the move to queued
+            primary = next((fid for (path, _, _), (fid, _) in zip(self._training_files(row), files)
+                            if path == Path(row.training_file)), None)
+            if self._transition(rc.begin_submit(view, token, self.clock(), d.base_model,
+                                                primary if primary != row.provider_file_id else None),
+                                now) is None:
                 return
         else:
             files = self._uploaded(row)
@@ -101,11 +106,12 @@ class Submission:
     def _active_at(self, name: str, provider: Provider) -> int | None:
         """How many jobs `name` runs right now, ours and others' (never quote
         jobs): read once a tick, after a create it refused for capacity."""
-        from ftctl.controller.engine.tick import LISTING_WINDOW
+        from ftctl.controller.engine.observe import LISTING_MARGIN, LISTING_WINDOW
 
         if name not in self._active:
+            since = self._floors.get(name, self.clock() - LISTING_WINDOW) - LISTING_MARGIN
             try:
-                listing = provider.list_jobs(created_after=self.clock() - LISTING_WINDOW)
+                listing = provider.list_jobs(created_after=since)
             except Exception:  # noqa: BLE001 - nothing is learned this time
                 return None
             quotes = set(self.store.quote_ids(name))
@@ -129,10 +135,10 @@ class Submission:
         return tuple(out)
 
     def _upload_all(self, provider: Provider, view: rc.JobView, job: Job, now: datetime,
-                    expect_state: str = "prepared") -> tuple[tuple[str, float], ...] | None:
+                    expect_state: str = "prepared", record: bool = True) -> tuple[tuple[str, float], ...] | None:
         out = []
         for path, digest, weight in self._training_files(job):
-            file_id = self._upload(provider, view, job, now, expect_state, path, digest)
+            file_id = self._upload(provider, view, job, now, expect_state, path, digest, record=record)
             if file_id is None:
                 return None
             out.append((file_id, weight))
@@ -140,7 +146,10 @@ class Submission:
 
     def _upload(self, provider: Provider, view: rc.JobView, job: Job, now: datetime,
                 expect_state: str = "prepared", path: Path | None = None,
-                expected: str | None = None) -> str | None:
+                expected: str | None = None, record: bool = True) -> str | None:
+        """The provider's id of a training file (the job's own by default),
+        uploaded once per content hash; `record`: note the job's own on the
+        job here (else the caller's next write carries it)."""
         path = Path(path or job.training_file)
         expected = expected or job.content_hash
         try:
@@ -166,6 +175,6 @@ class Submission:
                                                       rng=self.rng), {job.id: job}, now)
                 return None
             self.store.remember_upload(job.provider, digest, file_id)
-        if job.provider_file_id != file_id and path == Path(job.training_file):
+        if record and job.provider_file_id != file_id and path == Path(job.training_file):
             note_many(self.store, [rc.Note(job.id, job.state, {"provider_file_id": file_id})], now)
         return file_id

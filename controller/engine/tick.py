@@ -9,6 +9,7 @@ cannot be built or answers garbage pauses, the others go on.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -21,16 +22,21 @@ import structlog
 from ftctl.controller.config import Config
 from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.evaluation import Evaluations
-from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, fire_promotion, note_many
+from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, fire_promotion, note_many, note_many_in
 from ftctl.controller.engine.policy import Budget, Policy
-from ftctl.controller.engine.states import PROMOTION_OPEN, STATES, SUCCEEDED, TERMINAL, UNFINISHED, InvalidTransition
+from ftctl.controller.engine.states import (PROMOTION_OPEN, STATES, SUCCEEDED, TERMINAL, UNFINISHED,
+                                           InvalidTransition)
+from ftctl.controller.engine.observe import LISTING_MARGIN, LISTING_WINDOW, Observation  # noqa: F401
 from ftctl.controller.engine.submission import Submission
 from ftctl.models import Job, ProviderState, Store, utcnow
-from ftctl.providers.base import NotFoundError, Provider, ProviderError, TransientError
+from ftctl.models.store import TICK_COLUMNS
+from ftctl.providers.base import Provider, ProviderError
 from ftctl.providers.kind import RemoteSection
 
-# how far back the provider's own list is read (to count foreign active jobs)
-LISTING_WINDOW = timedelta(days=7)
+# the store loads a tick's jobs as tuples in the order of the view's fields
+# (the jobs a downstream job waits for come as ids, last: Ticker._views)
+assert TICK_COLUMNS == (*(f for f in rc.JobView.__dataclass_fields__ if f != "upstream"), "upstream_job_ids"), \
+    "TICK_COLUMNS must list JobView's fields"
 
 
 @dataclass
@@ -66,7 +72,7 @@ def _no_guard() -> None:
     return None
 
 
-class Ticker(Submission, Evaluations):
+class Ticker(Observation, Submission, Evaluations):
     def __init__(self, config: Config, store: Store, providers: dict[str, Provider] | None = None, *,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
                  logger: Any = None, should_stop: Callable[[], bool] = _never,
@@ -91,6 +97,9 @@ class Ticker(Submission, Evaluations):
         self._eval_until: float | None = None
         self._result: TickResult | None = None
         self._active: dict[str, int] = {}
+        # per provider: the creation time of the oldest job the last listing saw
+        # active, or when it was read if none was (see LISTING_WINDOW)
+        self._floors: dict[str, datetime] = {}
         self.log = logger or structlog.get_logger("ftctl")
 
     # -- providers -------------------------------------------------------------
@@ -122,6 +131,7 @@ class Ticker(Submission, Evaluations):
             if old == new:
                 continue
             changes.append(f"providers.{name}")
+            self._floors.pop(name, None)
             provider = self.providers.pop(name, None)
             if provider is not None:
                 provider.close()
@@ -147,38 +157,54 @@ class Ticker(Submission, Evaluations):
     def tick(self, only: set[str] | frozenset[str] | None = None) -> TickResult:
         """One pass; `only`: just these providers (a webhook's hint that one
         of them has news), the others wait for the next full pass."""
+        # a tick makes tens of thousands of short-lived objects at 10,000 jobs
+        # (views, listed jobs, decisions), all freed by reference counting:
+        # the cyclic collector passes that their allocation would trigger
+        # midway, each walking the whole heap, are left to after the tick
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._tick(only)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _tick(self, only: set[str] | frozenset[str] | None) -> TickResult:
         now = self.clock()
         self._active = {}
         self._eval_until = None  # engine.evaluation: this tick's time for questions starts at the first
         rows = self.store.jobs_to_reconcile(list(UNFINISHED), list(PROMOTION_OPEN))
         quotes = self.store.pending_quotes()
         if only is not None:
-            rows = [r for r in rows if r.provider in only]
+            rows = [r for r in rows if r[2] in only]  # TICK_COLUMNS: provider is the third
             quotes = {k: v for k, v in quotes.items() if k in only}
         views = self._views(rows)
         states = self.store.provider_states()
+        quote_times = self.store.oldest_pending_quotes()
         observed: dict[str, rc.ProviderView] = {}
-        names = {v.provider for v in views if v.state != SUCCEEDED} | set(quotes)
-        for name in sorted(names):
+        mine: dict[str, list[rc.JobView]] = {}
+        for v in views:
+            if v.state != SUCCEEDED:
+                mine.setdefault(v.provider, []).append(v)
+        for name in sorted(set(mine) | set(quotes)):
             if name in self.config.providers:
-                mine = [v for v in views if v.provider == name and v.state != SUCCEEDED]
-                observed[name] = self._observe(name, mine, states.get(name), quotes.get(name, ()), now)
+                observed[name] = self._observe(name, mine.get(name, []), states.get(name), quotes.get(name, ()),
+                                               quote_times.get(name), now)
         gated = frozenset(name for name, agent in self.config.agents.items() if agent.evaluation is not None)
-        decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now), self._gates(rows),
-                              gated)
-        by_id = {r.id: r for r in rows}
+        open_rows = self._open_promotions(views)
+        decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now),
+                              self._gates(list(open_rows.values())), gated)
+        by_id: dict[int, Any] = {v.id: v for v in views}
+        by_id.update(open_rows)
         result = TickResult(at=now, decisions=len(decisions))
         self._result = result
         result.errors.extend((name, pv.error.kind) for name, pv in observed.items()
                              if pv.error is not None and pv.jobs is None)
-        notes = [d for d in decisions if isinstance(d, rc.Note)]
-        note_many(self.store, notes, now)
+        self._write_facts(decisions, states, now)
         for decision in decisions:
-            if isinstance(decision, rc.Note):
-                continue
             if isinstance(decision, rc.Slots):
                 result.slots[decision.name] = decision
-                self._slots(decision, states.get(decision.name))
+            if isinstance(decision, (rc.Note, rc.Slots, rc.ProviderUpdate)):
                 continue
             if self.should_stop():
                 self.log.info("tick cut short by a stop request")
@@ -190,17 +216,24 @@ class Ticker(Submission, Evaluations):
         self._export()
         return result
 
-    def _views(self, rows: list[Job]) -> list[rc.JobView]:
-        """JobViews, each downstream job with the jobs it waits for as they are now."""
-        ids = {i for r in rows for i in (r.upstream_job_ids or ())}
-        found = self.store.jobs_by_id(sorted(ids))
+    def _views(self, rows: list[tuple]) -> list[rc.JobView]:
+        """JobViews from the store's TICK_COLUMNS tuples, each downstream job
+        with the jobs it waits for as they are now."""
+        ids = {i for r in rows for i in (r[-1] or ())}
+        found = self.store.jobs_by_id(sorted(ids)) if ids else {}
         views = []
-        for row in rows:
+        for *plain, model_job_id, promotion, upstream_ids in rows:
             upstream = tuple(
                 rc.UpstreamView(i, found[i].agent, found[i].state, found[i].fine_tuned_model, found[i].provider_job_id)
-                if i in found else rc.UpstreamView(i, "?", "gone") for i in (row.upstream_job_ids or ()))
-            views.append(rc.JobView.of(row, upstream=upstream))
+                if i in found else rc.UpstreamView(i, "?", "gone") for i in (upstream_ids or ()))
+            views.append(rc.JobView(*plain, model_job_id=model_job_id, upstream=upstream, promotion=promotion))
         return views
+
+    def _open_promotions(self, views: list[rc.JobView]) -> dict[int, Job]:
+        """The whole rows of succeeded jobs whose promotion is still open (the
+        gate reads their models): a few, read again."""
+        ids = [v.id for v in views if v.state == SUCCEEDED and v.promotion in PROMOTION_OPEN]
+        return self.store.jobs_by_id(ids) if ids else {}
 
     def _export(self) -> None:
         """[export]: rewrite the file when the set of promoted models changed."""
@@ -215,6 +248,32 @@ class Ticker(Submission, Evaluations):
         except OSError as exc:
             self.log.error("export failed", path=conf.path, error=f"{exc.__class__.__name__}: {exc}")
 
+    def _write_facts(self, decisions: list[rc.Decision], states: dict[str, ProviderState], now: datetime) -> None:
+        """What the tick learned without a provider call (notes on jobs, slots,
+        provider pauses and limits): one write transaction, none if nothing changed."""
+        notes = [d for d in decisions if isinstance(d, rc.Note)]
+        updates = [d for d in decisions if isinstance(d, rc.ProviderUpdate)
+                   and not self._same(states.get(d.name), d.changes())]
+        slots = [d for d in decisions if isinstance(d, rc.Slots)
+                 and not self._same(states.get(d.name), {"slots_used": d.used, "slots_limit": d.limit})]
+        if not (notes or updates or slots):
+            return
+        with self.store.write() as s:
+            note_many_in(self.store, s, notes, now)
+            for name, changes in [(d.name, d.changes()) for d in updates] + [
+                    (d.name, {"slots_used": d.used, "slots_limit": d.limit}) for d in slots]:
+                row = s.get(ProviderState, name) or ProviderState(name=name)
+                for key, value in changes.items():
+                    setattr(row, key, value)
+                s.add(row)
+        for d in updates:
+            self.log.info("provider state", provider=d.name, **{k: str(v) for k, v in d.changes().items()})
+
+    @staticmethod
+    def _same(state: ProviderState | None, changes: dict[str, Any]) -> bool:
+        state = state or ProviderState()
+        return all(getattr(state, k) == v for k, v in changes.items())
+
     def _budget(self, now: datetime) -> Budget | None:
         caps = self.config.budget
         if caps.per_job is None and caps.total is None:
@@ -222,66 +281,20 @@ class Ticker(Submission, Evaluations):
         spent = self.store.spent_in(now - timedelta(seconds=caps.period), now) if caps.total is not None else 0.0
         return Budget(per_job=caps.per_job, total=caps.total, spent=spent)
 
-    def _observe(self, name: str, mine: list[rc.JobView], state: ProviderState | None,
-                 quotes: tuple[str, ...], now: datetime) -> rc.ProviderView:
-        conf = self.config.providers[name]
-        state = state or ProviderState(name=name)
-        finished = (self.store.finished_since(name, state.learned_at)
-                    if state.learned_limit and state.learned_at else 0)
-        base = dict(name=name, configured_limit=conf.concurrency, learned_limit=state.learned_limit,
-                    learned_at=state.learned_at, probe_hold=state.probe_hold, finished_since_learned=finished,
-                    paused_why=state.paused_why,
-                    paused_message=state.paused_message, paused_until=state.paused_until,
-                    settle=self.settle(name), quote_ids=frozenset(self.store.quote_ids(name)),
-                    pending_quotes=tuple(quotes))
-        quiet = self._quiet_until.get(name)
-        if quiet and now < quiet[0]:
-            return rc.ProviderView(jobs=None, error=quiet[1], **base)
-        intents = [v.intent_at for v in mine if v.intent_at]
-        since = min([now - LISTING_WINDOW, *[t - timedelta(hours=1) for t in intents]])
-        listed_at = self.clock()
-        try:
-            provider = self.provider(name)
-            listing = provider.list_jobs(created_after=since)
-            seen = {pj.id for pj in listing}
-            missing = set()
-            for v in mine:
-                if v.provider_job_id and v.provider_job_id not in seen:
-                    try:
-                        listing.append(provider.get_job(v.provider_job_id))
-                    except NotFoundError:
-                        missing.add(v.provider_job_id)
-            for quote_id in quotes:
-                if quote_id not in seen:
-                    missing.add(quote_id)
-        except Exception as exc:  # noqa: BLE001 - one provider's trouble stays its own
-            err = self._as_provider_error(exc)
-            self.log.warning("provider observation failed", provider=name, error_class=err.kind,
-                             error=err.message, retry_after=err.retry_after)
-            if err.retry_after:
-                self._quiet_until[name] = (self.clock() + timedelta(seconds=err.retry_after), err)
-            return rc.ProviderView(jobs=None, error=err, **base)
-        return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at, **base)
-
-    def _as_provider_error(self, exc: Exception) -> ProviderError:
-        if isinstance(exc, ProviderError):
-            return exc
-        # a bug or a surprise in a client: its outcome is unknown
-        self.log.error("unexpected provider error", error=f"{exc.__class__.__name__}: {exc}")
-        return TransientError(f"unexpected error: {exc.__class__.__name__}")
-
     # -- applying decisions ------------------------------------------------------
 
-    def _apply(self, d: rc.Decision, rows: dict[int, Job], now: datetime) -> None:
+    def _apply(self, d: rc.Decision, rows: dict[int, Any], now: datetime) -> None:
         if isinstance(d, rc.Transition):
             if d.trigger == "succeed" and d.updates.get("actual_cost") is None and d.updates.get("trained_tokens"):
-                cost = self._cost_of(rows[d.job_id], d.updates["trained_tokens"])
+                cost = self._cost_of(rows.get(d.job_id), d.updates["trained_tokens"])
                 d = replace(d, updates={**d.updates, "actual_cost": cost})
             self._transition(d, now)
         elif isinstance(d, rc.Note):
             note_many(self.store, [d], now)
         elif isinstance(d, rc.Submit):
-            self._submit(rows[d.job_id], d, now)
+            row = self.store.get_job(d.job_id)  # the whole row, for the few jobs handed to a provider
+            if row is not None:
+                self._submit(row, d, now)
         elif isinstance(d, rc.CancelAtProvider):
             self._cancel_at_provider(rows[d.job_id], d.provider_job_id, now)
         elif isinstance(d, rc.CancelQuote):
@@ -297,7 +310,7 @@ class Ticker(Submission, Evaluations):
         elif isinstance(d, rc.Evaluate):
             self._evaluate(rows[d.job_id], now)
 
-    def _apply_all(self, decisions: list[rc.Decision], rows: dict[int, Job], now: datetime) -> None:
+    def _apply_all(self, decisions: list[rc.Decision], rows: dict[int, Any], now: datetime) -> None:
         for d in decisions:
             self._apply(d, rows, now)
 
@@ -327,10 +340,14 @@ class Ticker(Submission, Evaluations):
                       promotion=job.promotion, from_promotion=before, trigger=d.trigger,
                       reason=d.reason.text() if d.reason else None, fine_tuned_model=job.fine_tuned_model)
 
-    def _cost_of(self, job: Job, trained_tokens: int) -> float | None:
+    def _cost_of(self, job: Any, trained_tokens: int) -> float | None:
         """A provider that reports trained tokens but no cost (OpenAI): price them."""
         from ftctl.controller.preflight.pricing import PriceUnknown, price_for
 
+        if job is None or getattr(job, "model", None) is None:  # a view: the stored job knows its model
+            job = self.store.get_job(job.id) if job is not None else None
+            if job is None:
+                return None
         try:
             price = price_for(self.config.providers[job.provider].kind, job.model, self.config.price_overrides)
         except (PriceUnknown, KeyError):
@@ -347,14 +364,7 @@ class Ticker(Submission, Evaluations):
         self.store.save_provider_state(state)
         self.log.info("provider state", provider=d.name, **{k: str(v) for k, v in changes.items()})
 
-    def _slots(self, slots: rc.Slots, state: ProviderState | None) -> None:
-        if state is not None and (state.slots_used, state.slots_limit) == (slots.used, slots.limit):
-            return
-        state = self.store.provider_states().get(slots.name) or ProviderState(name=slots.name)
-        state.slots_used, state.slots_limit = slots.used, slots.limit
-        self.store.save_provider_state(state)
-
-    def _cancel_at_provider(self, job: Job, provider_job_id: str, now: datetime) -> None:
+    def _cancel_at_provider(self, job: Any, provider_job_id: str, now: datetime) -> None:
         self.guard()
         try:
             pj = self.provider(job.provider).cancel_job(provider_job_id)

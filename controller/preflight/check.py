@@ -70,10 +70,12 @@ def phone_region(config: Config | None, option: str | None) -> str:
 
 def run(path: Path, *, kind: str, model: str | None, config: Config | None = None,
         epochs: float | None = None, training_steps: int | None = None, need_estimate: bool = True,
-        jobs: int | None = None, method: str | None = None, region: str | None = None) -> Preflight:
+        jobs: int | None = None, method: str | None = None, region: str | None = None,
+        progress: Any = None) -> Preflight:
     """Validate (and count tokens of) a file, then estimate what training costs.
     `method`: the training method (its data format and price); default: the
-    kind's first (SFT). `region`: --phone-region, if given."""
+    kind's first (SFT). `region`: --phone-region, if given. `progress(bytes
+    read)` hears how far the check is."""
     path = Path(path)
     region = phone_region(config, region)
     if not path.is_file():
@@ -94,7 +96,7 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
     if jobs is None:  # worker processes pay off on big files only
         jobs = default_jobs() if path.stat().st_size > 8 * 2**20 else 1
     report = validate(path, provider=kind, counter=counter, context=price.context if price else None,
-                      jobs=jobs, method=method, phone_region=region)
+                      jobs=jobs, method=method, phone_region=region, progress=progress)
     est = None
     if price is not None and need_estimate:
         try:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -177,16 +177,26 @@ class Oversized(bytes):
     size: int = 0
 
 
-def _lines(path: Path, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+# how often (in lines) a reader tells `progress` how far into the file it is
+PROGRESS_EVERY = 2000
+
+
+def _lines(path: Path, limit: int = MAX_LINE_BYTES,
+           progress: Callable[[int], Any] | None = None) -> Iterator[tuple[int, bytes]]:
     """Each non-blank line; one longer than `limit` bytes comes back as an
-    Oversized stub, read past in bounded memory."""
+    Oversized stub, read past in bounded memory. `progress(bytes read)` is
+    called every PROGRESS_EVERY lines and at the end."""
     with open(path, "rb") as fh:
         number = 0
         while True:
             raw = fh.readline(limit + 1)
             if not raw:
+                if progress is not None:
+                    progress(fh.tell())
                 return
             number += 1
+            if progress is not None and number % PROGRESS_EVERY == 0:
+                progress(fh.tell())
             if len(raw) > limit and not raw.endswith(b"\n"):
                 size = len(raw)
                 while True:  # skip the rest of this line without holding it
@@ -236,9 +246,10 @@ def _check_chunk(chunk: list[tuple[int, bytes]]) -> list[Example]:
                        method=w["method"], phone_region=w["phone_region"]) for n, raw in chunk]
 
 
-def _chunks(path: Path, limit: int) -> Iterator[list[tuple[int, bytes]]]:
+def _chunks(path: Path, limit: int,
+            progress: Callable[[int], Any] | None = None) -> Iterator[list[tuple[int, bytes]]]:
     chunk: list[tuple[int, bytes]] = []
-    for item in _lines(path, limit):
+    for item in _lines(path, limit, progress):
         chunk.append(item)
         if len(chunk) == CHUNK:
             yield chunk
@@ -248,9 +259,10 @@ def _chunks(path: Path, limit: int) -> Iterator[list[tuple[int, bytes]]]:
 
 
 def _checked(path: Path, provider: str, counter: TokenCounter | None, context: int | None,
-             jobs: int, method: str | None = None, phone_region: str = DEFAULT_REGION) -> Iterator[Example]:
+             jobs: int, method: str | None = None, phone_region: str = DEFAULT_REGION,
+             progress: Callable[[int], Any] | None = None) -> Iterator[Example]:
     if jobs <= 1 or counter is None:
-        for number, raw in _lines(path, line_limit(context)):
+        for number, raw in _lines(path, line_limit(context), progress):
             yield check_line(number, raw, provider=provider, counter=counter, context=context, method=method,
                              phone_region=phone_region)
         return
@@ -261,7 +273,7 @@ def _checked(path: Path, provider: str, counter: TokenCounter | None, context: i
     initargs = (provider, provider, counter.model, context, method, phone_region)
     with ctx.Pool(jobs, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque = deque()
-        for chunk in _chunks(path, line_limit(context)):
+        for chunk in _chunks(path, line_limit(context), progress):
             pending.append(pool.apply_async(_check_chunk, (chunk,)))
             if len(pending) >= 2 * jobs:  # bounded: never more than a few chunks in flight
                 yield from pending.popleft().get()
@@ -271,11 +283,13 @@ def _checked(path: Path, provider: str, counter: TokenCounter | None, context: i
 
 def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
                   context: int | None = None, dedupe: bool = True, jobs: int = 1,
-                  method: str | None = None, phone_region: str = DEFAULT_REGION) -> Iterator[Example]:
+                  method: str | None = None, phone_region: str = DEFAULT_REGION,
+                  progress: Callable[[int], Any] | None = None) -> Iterator[Example]:
     """Each non-blank line of `path`, checked, in order. Streams: a few
-    thousand lines in memory at most, spread over `jobs` processes."""
+    thousand lines in memory at most, spread over `jobs` processes.
+    `progress(bytes read)` hears how far into the file the reading is."""
     seen = DigestSet() if dedupe else None
-    for ex in _checked(path, provider, counter, context, jobs, method, phone_region):
+    for ex in _checked(path, provider, counter, context, jobs, method, phone_region, progress):
         if seen is not None and ex.digest is not None and not seen.add(ex.digest):
             if ex.target_agent is None:
                 ex.problems.append(("duplicate", "exact duplicate of an earlier example"))
@@ -287,7 +301,7 @@ def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounte
 
 def validate(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
              context: int | None = None, jobs: int = 1, method: str | None = None,
-             phone_region: str = DEFAULT_REGION) -> Report:
+             phone_region: str = DEFAULT_REGION, progress: Callable[[int], Any] | None = None) -> Report:
     """`method`: the training method whose data format the file must have
     (default: the provider's first, conversational SFT); `phone_region`:
     where phone numbers without a country code are from."""
@@ -296,7 +310,7 @@ def validate(path: Path, *, provider: str = "mistral", counter: TokenCounter | N
                     phone_region=phone_region)
     report.bytes = Path(path).stat().st_size
     for ex in iter_examples(path, provider=provider, counter=counter, context=context, jobs=jobs, method=method,
-                            phone_region=phone_region):
+                            phone_region=phone_region, progress=progress):
         report.lines += 1
         for code, message in ex.problems:
             report.problems.setdefault(code, Finding()).add(ex.line, message)

@@ -17,12 +17,12 @@ import random
 import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.preflight.dataset import conversation_digest, detector, iter_examples
+from ftctl.controller.preflight.dataset import PROGRESS_EVERY, conversation_digest, detector, iter_examples
 from ftctl.controller.preflight.report import DigestSet
 from ftctl.controller.preflight.pii import DEFAULT_REGION
 from ftctl.controller.preflight.pricing import Price, estimate
@@ -129,11 +129,12 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
             max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
             scrub_pii: bool = False, seed: int = 0, jobs: int = 1,
             phone_region: str = DEFAULT_REGION, keep_duplicates: bool = False,
-            split_by: str | None = None) -> PrepareResult:
+            split_by: str | None = None, progress: Callable[[int], Any] | None = None) -> PrepareResult:
     """`keep_duplicates`: keep exact duplicates (duplicates are judged on the
     messages and, where the data names one, the target agent). `split_by`
     "weight": `output` is a folder that gets one file per weight value, each
-    example's `weight` becoming its file's."""
+    example's `weight` becoming its file's. `progress(bytes)`: how far the two
+    passes over `source` are, 0 to twice its size (checking, then writing)."""
     if max_examples is not None and max_cost is not None:
         raise PrepareError("give --max-examples or --max-cost, not both")
     if max_cost is not None and (price is None or counter is None):
@@ -150,7 +151,7 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     strata: dict[tuple, Stratum] = {}
     sensitive = array("I")  # usable lines that hold personal data or secrets, in order
     for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs, phone_region=phone_region,
-                            dedupe=not keep_duplicates):
+                            dedupe=not keep_duplicates, progress=progress):
         result.lines += 1
         blocking = [code for code, _ in ex.problems if code not in FIXABLE]
         if split_by and weight_value(ex.weight) is None:
@@ -204,6 +205,7 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     allowed = kind_of(provider).example_keys
     try:
         with open(source, "rb") as src, contextlib.ExitStack() as stack:
+            size = os.fstat(src.fileno()).st_size
             if split_by:
                 Path(output).mkdir(parents=True, exist_ok=True)
                 sink = _Split(Path(output), stack, result)
@@ -211,7 +213,8 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
                 one = stack.enter_context(atomic_output(output))
                 sink = lambda _weight: one  # noqa: E731
             _write_chosen(src, sink, selected, result, allowed, strip_extra, scrub_pii, counter, sensitive,
-                          phone_region, not keep_duplicates, bool(split_by))
+                          phone_region, not keep_duplicates, bool(split_by),
+                          None if progress is None else (lambda done: progress(size + done)))
     except OSError as exc:
         raise PrepareError(f"{output}: cannot write ({os.strerror(exc.errno) if exc.errno else exc}); "
                            f"nothing was changed there") from None
@@ -278,13 +281,16 @@ class _Split:
 
 def _write_chosen(src: Any, sink: Any, selected: bytearray, result: PrepareResult, allowed: Any,
                   strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None, sensitive: array,
-                  phone_region: str, dedupe: bool = True, split: bool = False) -> None:
+                  phone_region: str, dedupe: bool = True, split: bool = False,
+                  progress: Callable[[int], Any] | None = None) -> None:
     """The second pass: the chosen lines, stripped and scrubbed as asked,
     each to `sink(weight)`."""
     scrub = detector(phone_region).scrub
     next_sensitive = 0
     written = DigestSet() if scrub_pii and dedupe else None  # scrubbing can make two examples the same
     for number, raw in enumerate(src, start=1):
+        if progress is not None and number % PROGRESS_EVERY == 0:
+            progress(src.tell())
         if number >= len(selected) or not selected[number]:
             continue
         record = json.loads(raw)

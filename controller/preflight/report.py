@@ -76,14 +76,17 @@ class DigestSet:
 class Finding:
     count: int = 0  # occurrences (e.g. email addresses)
     line_count: int = 0  # lines they are on
-    lines: list[int] = field(default_factory=list)  # the first of those lines
+    lines: list[int] = field(default_factory=list)  # the first of those lines (what a person reads)
     first_message: str = ""
+    # every one of those lines, 4 bytes each (what `validate --json` lists)
+    all_lines: array = field(default_factory=lambda: array("I"))
 
     def add(self, line: int, message: str, n: int = 1) -> None:
         self.count += n
         self.line_count += 1
         if len(self.lines) < FIRST_LINES:
             self.lines.append(line)
+        self.all_lines.append(line)
         if not self.first_message:
             self.first_message = message
 
@@ -158,11 +161,12 @@ class Report:
             "examples": self.examples,
             "bytes": self.bytes,
             "clean": self.clean(),
-            "problems": {code: {"count": f.count, "lines": f.lines, "description": DESCRIPTIONS.get(code, code),
-                                "first": f.first_message} for code, f in self.problems.items()},
-            "personal_data": {kind: {"count": self.pii[kind].count, "lines": self.pii[kind].lines}
+            "problems": {code: {"count": f.count, "lines": f.all_lines.tolist(),
+                                "description": DESCRIPTIONS.get(code, code), "first": f.first_message}
+                         for code, f in self.problems.items()},
+            "personal_data": {kind: {"count": self.pii[kind].count, "lines": self.pii[kind].all_lines.tolist()}
                               for kind in KINDS if kind in self.pii},
-            "secrets": {"count": self.secrets.count, "lines": self.secrets.lines},
+            "secrets": {"count": self.secrets.count, "lines": self.secrets.all_lines.tolist()},
             "phone_region": self.phone_region,
             "extra_fields": dict(self.extra_fields),
             "data_tokens": self.data_tokens if self.tokenizer else None,

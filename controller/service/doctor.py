@@ -212,6 +212,15 @@ def _gates(config: Config) -> list[Check]:
                                                f"{agent.evaluation.min_improvement:+g} over "
                                                f"{agent.evaluation.compare_to}"))
     return out
+def _unit_paths(config: Config) -> Check:
+    """What the unit's sandbox would hide from the service (ProtectHome=, PrivateTmp=)."""
+    from ftctl.controller.service.unit import hidden_paths, installed_paths
+
+    problems = hidden_paths(installed_paths(Path(config.path or "controller.toml").resolve()))
+    if problems:
+        return Check("warn", "unit paths", "; ".join(problems))
+    return Check("ok", "unit paths", "the executable, the interpreter, ftctl's code and the config are visible "
+                                     "to the hardened unit")
 
 
 def run_checks(explicit_config: str | None) -> list[Check]:
@@ -228,4 +237,5 @@ def run_checks(explicit_config: str | None) -> list[Check]:
         results.append(quotes)
     results.extend(c for c in (_webhooks(config), *_hooks(config), _outbox(config)) if c is not None)
     results.append(_unit())
+    results.append(_unit_paths(config))
     return results

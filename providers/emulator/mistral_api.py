@@ -75,6 +75,10 @@ class MistralEmulator(Emulator):
     kind = "mistral"
 
     missing_file_status = 422
+    # a service whose listing pages are at most this long: it answers a
+    # shorter page, or with `refuse_big_pages` a 422 (None: any size)
+    max_page_size: int | None = None
+    refuse_big_pages = False
 
     def routes(self) -> None:
         super().routes()
@@ -123,7 +127,12 @@ class MistralEmulator(Emulator):
                     tzinfo=datetime.fromisoformat(q["created_after"]).tzinfo or timezone.utc).timestamp()
             except ValueError:
                 raise ServiceError(422, "created_after must be a date-time") from None
-        rows, total = self.engine.list_jobs(page=int(q.get("page", 0)), page_size=int(q.get("page_size", 100)),
+        size = int(q.get("page_size", 100))
+        if self.max_page_size is not None and size > self.max_page_size:
+            if self.refuse_big_pages:
+                raise ServiceError(422, f"page_size: ensure this value is less than or equal to {self.max_page_size}")
+            size = self.max_page_size
+        rows, total = self.engine.list_jobs(page=int(q.get("page", 0)), page_size=size,
                                             created_after=created_after, status=q.get("status"),
                                             suffix=q.get("suffix"))
         return {"total": total, "data": [job_json(r) for r in rows], "object": "list"}

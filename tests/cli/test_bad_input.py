@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ftctl_env, run_ftctl, run_ftctl_many
+from tests.conftest import submit_jobs, ftctl_env, run_ftctl, run_ftctl_many
 
 
 def one_line_error(p, *needles, code=2):
@@ -46,7 +46,7 @@ def test_durations_have_an_upper_bound(make_config, key, value, needle):
 
 def test_a_job_id_out_of_range_is_one_line(make_config):
     cfg = make_config(agents=("qa",))
-    run_ftctl("submit", "qa", config=cfg)
+    submit_jobs(cfg, "qa")
     for p in run_ftctl_many(["show", "1180591620717411303424"], ["cancel", "--", "-5"], ["retry", "0"], config=cfg):
         one_line_error(p, "no such job")
     # a usage mistake is one line too, not a box

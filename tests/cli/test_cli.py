@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_ftctl
+from tests.conftest import submit_jobs, run_ftctl, run_ftctl_many
 
 
 def db_snapshot(site):
@@ -38,56 +38,54 @@ def site(make_config):
 
 
 def test_submit_status_show_models(site):
-    p = run_ftctl("submit", "--all", config=site)
+    p, status, shown, table, models = run_ftctl_many(["submit", "--all"], ["status", "--json"], ["show", "1", "--json"],
+                                                     ["status"], ["models", "--format", "json"], config=site)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("submitted job") == 5
-    status = json.loads(run_ftctl("status", "--json", config=site).stdout)
+    status = json.loads(status.stdout)
     assert [(j["agent"], j["state"], j["attempt"]) for j in status] == [
         (a, "prepared", 0) for a in ("content", "legal", "qa", "support", "analyst")]
     assert all(j["reason"] == "waiting for the daemon" for j in status)
-    shown = json.loads(run_ftctl("show", "1", "--json", config=site).stdout)
+    shown = json.loads(shown.stdout)
     assert shown["events"][0]["to"] == "prepared" and shown["events"][0]["trigger"] == "create"
-    table = run_ftctl("status", config=site)
     assert table.returncode == 0 and "waiting for the daemon" in table.stdout
-    assert json.loads(run_ftctl("models", "--format", "json", config=site).stdout) == {}
+    assert json.loads(models.stdout) == {}
 
 
 def test_submit_twice_skips_the_same_job(site):
-    run_ftctl("submit", "qa", config=site)
-    again = run_ftctl("submit", "qa", config=site)
+    _, again, forced = run_ftctl_many(["submit", "qa"], ["submit", "qa"], ["submit", "qa", "--force"], config=site)
     assert again.returncode == 0
     assert "skipped qa: job 1 has the same data and settings and is prepared" in again.stdout
-    forced = run_ftctl("submit", "qa", "--force", config=site)
     assert "submitted job 2" in forced.stdout
 
 
 def test_tick_runs_one_pass(site):
-    run_ftctl("submit", "--all", config=site)
-    p = run_ftctl("tick", "--json", config=site)
+    submit_jobs(site)
+    p = run_ftctl("tick", "--json", config=site)  # a process of its own: it takes the daemon lock
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["states"] == {"queued": 2, "prepared": 3}
-    reasons = [j["reason"] for j in json.loads(run_ftctl("status", "--json", config=site).stdout)]
+    status, table = run_ftctl_many(["status", "--json"], ["status"], config=site)
+    reasons = [j["reason"] for j in json.loads(status.stdout)]
     assert reasons.count("waiting for a slot (2/2 busy on sim)") == 3
-    assert "daemon: not running: nothing moves until `ftctl daemon`" in run_ftctl("status", config=site).stdout
+    assert "daemon: not running: nothing moves until `ftctl daemon`" in table.stderr
 
 
 def test_cancel_and_retry(site):
-    run_ftctl("submit", "qa", "legal", config=site)
-    assert run_ftctl("tick", config=site).returncode == 0  # both queued at the provider
-    c = run_ftctl("cancel", "1", config=site)
+    submitted, ticked, c, job, r, again = run_ftctl_many(
+        ["submit", "qa", "legal"], ["tick"], ["cancel", "1"], ["show", "1", "--json"], ["retry", "1"],
+        ["show", "1", "--json"], config=site)
+    assert ticked.returncode == 0  # both queued at the provider
     assert c.returncode == 0, c.stderr
     assert "job 1 cancelled; provider job" in c.stdout and "CANCELLED" in c.stdout
-    job = json.loads(run_ftctl("show", "1", "--json", config=site).stdout)
+    job = json.loads(job.stdout)
     assert job["state"] == "cancelled" and job["cancel_pending"] is False
     assert [e["trigger"] for e in job["events"]][-2:] == ["cancel", "provider-cancel"]
-    r = run_ftctl("retry", "1", config=site)
     assert r.returncode == 0 and "prepared again" in r.stdout
-    assert json.loads(run_ftctl("show", "1", "--json", config=site).stdout)["state"] == "prepared"
+    assert json.loads(again.stdout)["state"] == "prepared"
 
 
 def test_refused_transition_is_one_line_and_changes_nothing(site):
-    run_ftctl("submit", "qa", config=site)
-    run_ftctl("cancel", "1", config=site)
+    run_ftctl_many(["submit", "qa"], ["cancel", "1"], config=site)
     before = db_snapshot(site.parent)
     p = run_ftctl("cancel", "1", config=site)
     assert_one_line_error(p, "job 1", "cannot cancel a cancelled job", code=3)
@@ -95,35 +93,40 @@ def test_refused_transition_is_one_line_and_changes_nothing(site):
 
 
 def test_unknown_job(site):
-    run_ftctl("submit", "qa", config=site)
+    submit_jobs(site, "qa")
     before = db_snapshot(site.parent)
-    for cmd in (["show", "999999"], ["cancel", "999999"], ["retry", "999999"]):
-        assert_one_line_error(run_ftctl(*cmd, config=site), "no job 999999", code=2)
-    assert_one_line_error(run_ftctl("show", "abc", config=site), "job 'abc'", code=2)
+    *missing, abc = run_ftctl_many(["show", "999999"], ["cancel", "999999"], ["retry", "999999"], ["show", "abc"],
+                                   config=site)
+    for p in missing:
+        assert_one_line_error(p, "no job 999999", code=2)
+    assert_one_line_error(abc, "job 'abc'", code=2)
     assert db_snapshot(site.parent) == before
 
 
 def test_submit_unknown_agent_or_missing_file_stores_nothing(site):
-    run_ftctl("submit", "qa", config=site)
+    submit_jobs(site, "qa")
     before = db_snapshot(site.parent)
-    assert_one_line_error(run_ftctl("submit", "qa", "nosuch", config=site), "unknown agent 'nosuch'", code=2)
     (site.parent / "data" / "legal.jsonl").unlink()
-    assert_one_line_error(run_ftctl("submit", "--all", config=site), "agents.legal.training_file",
-                          "does not exist", code=2)
-    assert_one_line_error(run_ftctl("submit", "--agent", "x", "--file", "/nonexistent.jsonl", "--model", "m",
-                                    "--provider", "sim", config=site), "--file", "does not exist", code=2)
-    assert_one_line_error(run_ftctl("submit", "--agent", "x", "--file", str(site), "--model", "m",
-                                    "--provider", "nope", config=site), "unknown provider 'nope'", code=2)
+    unknown, everything, no_file, no_provider = run_ftctl_many(
+        ["submit", "qa", "nosuch"], ["submit", "--all"],
+        ["submit", "--agent", "x", "--file", "/nonexistent.jsonl", "--model", "m", "--provider", "sim"],
+        ["submit", "--agent", "x", "--file", str(site), "--model", "m", "--provider", "nope"], config=site)
+    assert_one_line_error(unknown, "unknown agent 'nosuch'", code=2)
+    assert_one_line_error(everything, "agents.legal.training_file", "does not exist", code=2)
+    assert_one_line_error(no_file, "--file", "does not exist", code=2)
+    assert_one_line_error(no_provider, "unknown provider 'nope'", code=2)
     assert db_snapshot(site.parent) == before
 
 
 def test_adhoc_submit(site):
     f = site.parent / "data" / "qa.jsonl"
-    p = run_ftctl("submit", "--agent", "triage", "--file", str(f), "--model", "open-mistral-nemo",
-                  "--provider", "sim", "--hp", "training_steps=4", "--json", config=site)
+    p, shown = run_ftctl_many(["submit", "--agent", "triage", "--file", str(f), "--model", "open-mistral-nemo",
+                               "--provider", "sim", "--hp", "training_steps=4", "--json"], ["show", "1", "--json"],
+                              config=site)
     assert p.returncode == 0, p.stderr
     (res,) = json.loads(p.stdout)
-    job = json.loads(run_ftctl("show", str(res["job_id"]), "--json", config=site).stdout)
+    assert res["job_id"] == 1
+    job = json.loads(shown.stdout)
     assert (job["agent"], job["model"], job["hyperparameters"]) == ("triage", "open-mistral-nemo",
                                                                     {"training_steps": 4})
 
@@ -143,14 +146,15 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("text,needle", BAD_CONFIGS)
 def test_malformed_config_is_one_line_naming_the_key(site, text, needle):
-    run_ftctl("submit", "qa", config=site)
-    before = db_snapshot(site.parent)
     bad = site.parent / "bad.toml"
     bad.write_text("[controller]\ndatabase = 'sqlite:///ftctl.db'\n" if "[controller" not in text else "")
     bad.write_text(bad.read_text() + text)
-    for cmd in (["status"], ["submit", "--all"]):
-        assert_one_line_error(run_ftctl(*cmd, config=bad), str(bad), needle, code=2)
-    assert db_snapshot(site.parent) == before
+    submit_jobs(site, "qa")
+    refused = run_ftctl_many(["status"], ["submit", "--all"], config=bad)
+    for p in refused:
+        assert_one_line_error(p, str(bad), needle, code=2)
+    snapshot = db_snapshot(site.parent)
+    assert len(snapshot["jobs"]) == 1 and len(snapshot["job_events"]) == 1  # bad.toml stored nothing
 
 
 def test_missing_config_file(tmp_path):
@@ -172,7 +176,7 @@ def test_config_search_order(site, tmp_path):
 
 
 def test_read_commands_import_no_provider(site):
-    run_ftctl("submit", "--all", config=site)
+    submit_jobs(site)
     code = (
         "import sys\n"
         "from ftctl.controller.cli import app\n"

@@ -16,7 +16,8 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import (AGENTS, FAKE_KEY, KEY_ENV, Daemon, ftctl_env, run_ftctl, start_emulator,
+from tests.conftest import (submit_jobs, AGENTS, FAKE_KEY, KEY_ENV, Daemon, ftctl_env, run_ftctl, run_ftctl_many,
+                            start_emulator,
                             write_config, write_remote_config)
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def test_late_landing_creates_and_kills_aimed_at_the_create_never_bill_twice(tmp
         srv.emulator.faults.add(method="POST", path="/v1/fine_tuning/jobs", delay=[3, 5], chance=0.2)
         cfg = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=agents, concurrency=8,
                                   timeout="1s", create_margin="5s", poll="0.2s")
-        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+        submit_jobs(cfg)
         db = cfg.parent / "ftctl.db"
         rng = random.Random(11)
         landed = 0
@@ -87,8 +88,9 @@ def test_late_landing_creates_and_kills_aimed_at_the_create_never_bill_twice(tmp
 
 @pytest.mark.parametrize("standby", [False, True], ids=["no-standby exits 6", "stands by"])
 def test_a_removed_lock_file_stops_the_daemon_that_held_it(make_config, standby):
-    cfg = make_config(agents=("qa", "legal", "support"), concurrency=1, train_time="2s", poll="0.2s")
-    assert run_ftctl("submit", "--all", config=cfg).returncode == 0
+    cfg = make_config(agents=("qa", "legal", "support"), concurrency=1, queue_time="0.3s", validate_time="0.3s",
+                      train_time="1s", poll="0.2s")
+    submit_jobs(cfg)
     first = Daemon(cfg, *([] if standby else ["--no-standby"]))
     second = None
     try:
@@ -143,18 +145,17 @@ def test_three_concurrent_submits_store_each_job_once(tmp_path, request, databas
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     created = [r for out, _ in outs for r in json.loads(out) if r["created"]]
     assert sorted(r["agent"] for r in created) == sorted(AGENTS)
-    jobs = json.loads(run_ftctl("status", "--json", config=cfg).stdout)
+    jobs, forced = run_ftctl_many(["status", "--json"], ["submit", "qa", "--force", "--json"], config=cfg)
+    jobs = json.loads(jobs.stdout)
     assert sorted(j["agent"] for j in jobs) == sorted(AGENTS)
-    forced = run_ftctl("submit", "qa", "--force", "--json", config=cfg)
     assert json.loads(forced.stdout)[0]["created"] is True
 
 
 def test_retry_refuses_to_revive_a_twin_of_a_live_job(make_config):
     cfg = make_config(agents=("qa",))
-    run_ftctl("submit", "qa", config=cfg)
-    run_ftctl("cancel", "1", config=cfg)
-    assert json.loads(run_ftctl("submit", "qa", "--json", config=cfg).stdout)[0]["created"] is True
-    p = run_ftctl("retry", "1", config=cfg)
+    _, _, again, p = run_ftctl_many(["submit", "qa"], ["cancel", "1"], ["submit", "qa", "--json"], ["retry", "1"],
+                                    config=cfg)
+    assert json.loads(again.stdout)[0]["created"] is True
     assert p.returncode == 3 and len(p.stderr.splitlines()) == 1
     assert "job 2 has the same data and settings and is prepared" in p.stderr
 
@@ -165,25 +166,25 @@ def test_a_quote_job_whose_cancel_failed_is_never_a_slot_and_is_cancelled_later(
         cfg = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=("qa", "legal"), concurrency=2)
         data = cfg.parent / "data" / "qa.jsonl"
         srv.emulator.faults.add(method="POST", path="/v1/fine_tuning/jobs/", status=500, times=1)
-        est = run_ftctl("estimate", str(data), "--provider", "mistral", "--model", "open-mistral-7b",
-                        "--training-steps", "10", config=cfg, env=env)
+        est, doctor = run_ftctl_many(["estimate", str(data), "--provider", "mistral", "--model", "open-mistral-7b",
+                                      "--training-steps", "10"], ["doctor"], config=cfg, env=env)
         assert est.returncode == 0, est.stderr
         assert "provider's quote" in est.stdout
         (quote,) = srv.emulator.engine.all_jobs()
         assert quote["status"] not in ("CANCELLED",)  # its cancel failed: it is still there
-        doctor = run_ftctl("doctor", config=cfg, env=env)
         assert "quote jobs" in doctor.stdout and quote["id"] in doctor.stdout
         # uploaded once per content hash: a second estimate uploads nothing new
         uploads = srv.emulator.calls["POST /v1/files"]
-        run_ftctl("estimate", str(data), "--provider", "mistral", "--model", "open-mistral-7b", config=cfg, env=env)
+        run_ftctl_many(["estimate", str(data), "--provider", "mistral", "--model", "open-mistral-7b"], config=cfg,
+                       env=env)
         assert srv.emulator.calls["POST /v1/files"] == uploads
-        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
-        tick = run_ftctl("tick", config=cfg, env=env)
+        submitted, tick, status, doctor = run_ftctl_many(["submit", "--all"], ["tick"], ["status", "--json"],
+                                                         ["doctor", "--json"], config=cfg, env=env)
+        assert submitted.returncode == 0
         assert tick.returncode == 0, tick.stderr
-        jobs = json.loads(run_ftctl("status", "--json", config=cfg, env=env).stdout)
+        jobs = json.loads(status.stdout)
         assert [j["state"] for j in jobs] == ["queued", "queued"]  # both slots: the quote is not one
         assert next(j for j in srv.emulator.engine.all_jobs() if j["id"] == quote["id"])["status"] == "CANCELLED"
-        doctor = run_ftctl("doctor", "--json", config=cfg, env=env)
         checks = {c["check"]: c for c in json.loads(doctor.stdout)}
         assert checks["quote jobs"]["level"] == "ok"
 
@@ -196,7 +197,7 @@ def test_retry_after_on_a_create_counts_from_the_answers_arrival(tmp_path):
         # tick's start would be 1.5 s short
         srv.emulator.faults.add(method="POST", path="/v1/fine_tuning/jobs", status=429, retry_after=2,
                                 delay=1.5, times=1)
-        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+        submit_jobs(cfg)
         daemon = Daemon(cfg, "--until-done", env=env)
         assert daemon.wait(timeout=60) == 0, daemon.stderr[-2000:]
         creates = [(at, status) for at, name, status in srv.emulator.requests if name == "POST /v1/fine_tuning/jobs"]
@@ -213,7 +214,7 @@ def test_the_watchdog_stops_when_every_tick_fails(make_config, tmp_path):
     cfg = make_config(agents=("qa",), train_time="1h", poll="0.2s",
                       extra="")
     cfg.write_text(cfg.read_text().replace('poll_interval = "0.2s"', 'poll_interval = "0.2s"\nfailed_ticks_limit = 3'))
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     daemon = Daemon(cfg, env=ftctl_env(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="600000"))
     try:
         assert daemon.wait_for("daemon started")

@@ -112,3 +112,41 @@ def test_a_lease_runs_out_and_a_standby_takes_over_with_a_new_epoch(postgres_url
             pass  # the new leader writes
     finally:
         other.close()
+
+
+def test_the_command_lines_reads_on_postgres(postgres_url, pg_store, tmp_path):
+    """models.reads' SQL on PostgreSQL too: the listing, the last finished,
+    the grouped models, the money and the daemon probe."""
+    from datetime import timedelta
+
+    from ftctl.models import utcnow
+    from ftctl.models.reads import Filter, open_reads
+
+    f = tmp_path / "d.jsonl"
+    f.write_text("{}\n")
+    for i, agent in enumerate(("qa", "legal", "qa", "support")):
+        job = create_job(pg_store, agent=agent, provider="sim", model="m", training_file=f, content_hash=f"h{i}",
+                         hyperparameters={}, estimated_cost=4.0)
+        if i < 3:
+            fire(pg_store, job.id, "submit", updates={"attempt": 1, "client_token": f"t{i}"})
+            fire(pg_store, job.id, "succeed", updates={"fine_tuned_model": f"ft:m:{agent}:{i}"}, promotion="skip")
+    reads = open_reads(postgres_url)
+    try:
+        assert [j.agent for j in reads.jobs(Filter(states=["prepared"]))] == ["support"]
+        assert [j.fine_tuned_model for j in reads.last_finished(Filter(), 2)] == ["ft:m:legal:1", "ft:m:qa:2"]
+        assert [(m.agent, m.model) for m in reads.promoted_models()] == [("legal", "ft:m:legal:1"), ("qa", "ft:m:qa:2")]
+        assert reads.count(Filter(agents=["qa"])) == 2
+        # a read while another streams (status merges two listings and counts): neither is cut short
+        ids = [j.id for j in reads.jobs(Filter())]
+        streaming = reads.jobs(Filter())
+        assert next(streaming).id == ids[0]
+        assert reads.count(Filter()) == len(ids) and len(reads.last_finished(Filter(), 3)) == 3
+        assert [j.id for j in streaming] == ids[1:]
+        assert reads.spent_in(utcnow() - timedelta(hours=1), utcnow()) == 12.0 and reads.committed() == 0.0
+        assert reads.daemon_holder() is None
+        pg_store.acquire_daemon_lock()
+        assert reads.daemon_holder().startswith("host ")
+        assert reads.daemons()["leader"]["epoch"] == pg_store.leadership.epoch
+        pg_store.release_daemon_lock()
+    finally:
+        reads.close()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ftctl.controller.preflight.pii import KINDS, PLACEHOLDERS, Detector, RegionError, check_region
-from tests.conftest import run_ftctl
+from tests.conftest import run_ftctl, run_ftctl_many
 from tests.preflight.pii_corpus import NEGATIVES, POSITIVES, REGIONAL, score
 
 
@@ -100,7 +100,7 @@ def test_validate_reports_kinds_counts_and_lines_but_never_the_values(tmp_path):
     pii = [(kind, text) for kind, text, _ in POSITIVES if kind != "secret"]
     path = _write(tmp_path / "pii.jsonl", NEGATIVES[:5] + [text for _, text in pii])
     lines = {kind: [n for n, (k, _) in enumerate(pii, start=6) if k == kind] for kind in ("email", "phone", "card", "iban")}
-    p = run_ftctl("validate", str(path))
+    p, allowed = run_ftctl_many(["validate", str(path)], ["validate", str(path), "--allow-pii", "--json"])
     assert p.returncode == 1
     (line,) = [l for l in p.stdout.splitlines() if l.startswith("personal data:")]
     assert line.startswith(f"personal data: {len(lines['email'])} email addresses "
@@ -108,10 +108,9 @@ def test_validate_reports_kinds_counts_and_lines_but_never_the_values(tmp_path):
                            f"{len(lines['phone'])} phone numbers")
     assert f"; {len(lines['card'])} card numbers" in line and f"; {len(lines['iban'])} IBANs (" in line
     assert "secrets" not in p.stdout and "--allow-pii" in p.stdout.splitlines()[-1]
-    allowed = run_ftctl("validate", str(path), "--allow-pii", "--json")
     data = json.loads(allowed.stdout)
     assert allowed.returncode == 0 and data["clean"] is True and data["phone_region"] == "US"
-    assert data["personal_data"]["card"] == {"count": len(lines["card"]), "lines": lines["card"][:10]}
+    assert data["personal_data"]["card"] == {"count": len(lines["card"]), "lines": lines["card"]}  # every line
     assert data["secrets"] == {"count": 0, "lines": []}
     for _, _, value in POSITIVES:
         assert value not in p.stdout + p.stderr + allowed.stdout + allowed.stderr
@@ -120,12 +119,12 @@ def test_validate_reports_kinds_counts_and_lines_but_never_the_values(tmp_path):
 def test_a_pasted_key_fails_validate_even_with_allow_pii(tmp_path):
     secrets = [(text, value) for kind, text, value in POSITIVES if kind == "secret"]
     path = _write(tmp_path / "keys.jsonl", ["hello"] + [text for text, _ in secrets])
-    p = run_ftctl("validate", str(path), "--allow-pii")
+    p, as_json = run_ftctl_many(["validate", str(path), "--allow-pii"], ["validate", str(path), "--allow-pii", "--json"])
     assert p.returncode == 1
     assert f"secrets: {len(secrets)} secrets (lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 and {len(secrets) - 10} more)" \
         in p.stdout
     assert "never allowed in training data, not even with --allow-pii" in p.stdout
-    data = json.loads(run_ftctl("validate", str(path), "--allow-pii", "--json").stdout)
+    data = json.loads(as_json.stdout)
     assert data["clean"] is False and data["secrets"]["count"] == len(secrets)
     assert "secret" not in data["personal_data"]
     for _, value in secrets:
@@ -135,7 +134,7 @@ def test_a_pasted_key_fails_validate_even_with_allow_pii(tmp_path):
 def test_prepare_scrubs_every_kind_and_prints_counts_per_kind(tmp_path):
     path = _write(tmp_path / "raw.jsonl", [text for _, text, _ in POSITIVES] + NEGATIVES)
     out = tmp_path / "clean.jsonl"
-    p = run_ftctl("prepare", str(path), str(out), "--scrub-pii")
+    p, check = run_ftctl_many(["prepare", str(path), str(out), "--scrub-pii"], ["validate", str(out)])
     assert p.returncode == 0, p.stderr
     per_kind = {kind: sum(k == kind for k, _, _ in POSITIVES) for kind in KINDS}
     assert (f"replaced: {per_kind['email']} email addresses, {per_kind['phone']} phone numbers, "
@@ -145,7 +144,6 @@ def test_prepare_scrubs_every_kind_and_prints_counts_per_kind(tmp_path):
     assert all(json.dumps(t)[1:-1] in written for t in NEGATIVES)  # the negatives pass through untouched
     # lines that became the same once scrubbed ("IBAN: [IBAN]") are dropped like any duplicate
     assert "duplicate once scrubbed" in p.stdout
-    check = run_ftctl("validate", str(out))
     assert check.returncode == 0, check.stdout
     for _, _, value in POSITIVES:
         assert value not in p.stdout + p.stderr
@@ -163,15 +161,18 @@ def test_submit_refuses_a_secret_even_with_allow_pii(make_config):
 
 def test_the_phone_region_comes_from_the_option_or_the_config(make_config, tmp_path):
     london = _write(tmp_path / "uk.jsonl", ["ring 020 7946 0123 before noon"])
-    assert run_ftctl("validate", str(london)).returncode == 0  # not a US number
-    assert "1 phone number (line 1)" in run_ftctl("validate", str(london), "--phone-region", "gb").stdout
     cfg = make_config(agents=("qa",), extra='\n[preflight]\nphone_region = "GB"\n')
-    assert "1 phone number (line 1)" in run_ftctl("validate", str(london), config=cfg).stdout
-    assert run_ftctl("validate", str(london), "--phone-region", "US", config=cfg).returncode == 0
     _write(cfg.parent / "data" / "qa.jsonl", ["ring 020 7946 0123 before noon"])
-    p = run_ftctl("submit", "qa", config=cfg)
+    us, gb, by_config, overridden, p, bad = run_ftctl_many(
+        ["validate", str(london)], ["validate", str(london), "--phone-region", "gb"],
+        ["--config", str(cfg), "validate", str(london)],
+        ["--config", str(cfg), "validate", str(london), "--phone-region", "US"], ["--config", str(cfg), "submit", "qa"],
+        ["validate", str(london), "--phone-region", "XX"])
+    assert us.returncode == 0  # not a US number
+    assert "1 phone number (line 1)" in gb.stdout
+    assert "1 phone number (line 1)" in by_config.stdout
+    assert overridden.returncode == 0
     assert p.returncode == 2 and "holds personal data (1 phone; first at line 1)" in p.stderr
-    bad = run_ftctl("validate", str(london), "--phone-region", "XX")
     assert bad.returncode == 2 and bad.stderr.strip().endswith("--phone-region: unknown phone region 'XX' "
                                                                "(a two-letter country code, e.g. US, GB, DE, FR)")
     cfg.write_text(cfg.read_text().replace('phone_region = "GB"', 'phone_region = "UK"'))

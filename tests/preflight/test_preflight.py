@@ -16,7 +16,7 @@ from ftctl.controller.preflight.pricing import estimate, price_for
 from ftctl.controller.preflight.prepare import allocate, prepare
 from ftctl.providers.registry import kind as kind_of
 from ftctl.providers.tokenizers import mistral_counter, openai_counter
-from tests.conftest import reason_of, run_ftctl
+from tests.conftest import reason_of, run_ftctl, run_ftctl_many
 
 GOOD = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
 
@@ -65,16 +65,16 @@ def test_every_problem_is_reported_at_its_line(malformed):
 
 
 def test_validate_cli_exit_codes_and_json(malformed, tmp_path):
-    p = run_ftctl("validate", str(malformed), "--provider", "mistral", "--model", "open-mistral-7b")
+    clean = write_lines(tmp_path / "ok.jsonl", [ex(i) for i in range(20)])
+    p, j, ok = run_ftctl_many(["validate", str(malformed), "--provider", "mistral", "--model", "open-mistral-7b"],
+                              ["validate", str(malformed), "--model", "open-mistral-7b", "--json"],
+                              ["validate", str(clean), "--model", "open-mistral-7b"])
     assert p.returncode == 1
     assert "invalid JSON" in p.stdout and "line 7" in p.stdout and "NOT OK" in p.stdout
     assert "personal data: 2 email addresses (line 12); 1 phone number (line 12)" in p.stdout
-    j = run_ftctl("validate", str(malformed), "--model", "open-mistral-7b", "--json")
     data = json.loads(j.stdout)
     assert j.returncode == 1 and data["problems"]["too_long"]["lines"] == [10]
     assert data["tokens_per_example"]["max"] > 32768
-    clean = write_lines(tmp_path / "ok.jsonl", [ex(i) for i in range(20)])
-    ok = run_ftctl("validate", str(clean), "--model", "open-mistral-7b")
     assert ok.returncode == 0 and ok.stdout.strip().endswith("OK")
 
 
@@ -98,9 +98,9 @@ def test_submit_refuses_personal_data_unless_allowed(make_config):
     cfg = make_config(agents=("qa",))
     write_lines(cfg.parent / "data" / "qa.jsonl", [{"messages": [
         {"role": "user", "content": "call me on +1 (415) 555-0123"}, {"role": "assistant", "content": "ok"}]}])
-    p = run_ftctl("submit", "qa", config=cfg)
+    p, allowed = run_ftctl_many(["submit", "qa"], ["submit", "qa", "--allow-pii"], config=cfg)
     assert p.returncode == 2 and "personal data (1 phone; first at line 1)" in p.stderr
-    assert run_ftctl("submit", "qa", "--allow-pii", config=cfg).returncode == 0
+    assert allowed.returncode == 0
 
 
 def test_mistral_counts_equal_mistral_common_in_finetuning_mode(tmp_path):
@@ -159,10 +159,9 @@ def test_estimate_multiplies_tokens_by_epochs():
 
 def test_estimate_cli_for_20000_examples(tmp_path):
     path = write_lines(tmp_path / "big.jsonl", [ex(i) for i in range(20_000)])
-    one = json.loads(run_ftctl("estimate", str(path), "--provider", "openai", "--model", "gpt-4o-mini",
-                               "--epochs", "1", "--json", timeout=120).stdout)
-    three = json.loads(run_ftctl("estimate", str(path), "--provider", "openai", "--model", "gpt-4o-mini",
-                                 "--epochs", "3", "--json", timeout=120).stdout)
+    one, three = (json.loads(p.stdout) for p in run_ftctl_many(
+        *[["estimate", str(path), "--provider", "openai", "--model", "gpt-4o-mini", "--epochs", n, "--json"]
+          for n in ("1", "3")], timeout=180))
     assert one["examples"] == three["examples"] == 20_000
     assert three["trained_tokens"] == 3 * one["trained_tokens"] == 3 * three["data_tokens"]
     assert abs(three["total"] - 3 * one["total"]) <= 0.02  # both rounded to cents
@@ -206,9 +205,9 @@ def test_budget_keeps_an_expensive_job_out_of_the_provider(make_config, clock):
     assert reason_of(store.get_job(jobs["support"].id), live_facts(store, cfg)) == \
         "over budget: estimate $4.00 > $2.00 left"
     assert len(sim.engine.all_jobs()) == 2  # never reached the provider
-    status = run_ftctl("status", config=cfg.path)
+    status, budget = run_ftctl_many(["status"], ["budget", "--json"], config=cfg.path)
     assert "over budget: estimate $4.00 > $2.00 left" in status.stdout
-    budget = json.loads(run_ftctl("budget", "--json", config=cfg.path).stdout)
+    budget = json.loads(budget.stdout)
     assert budget["spent"] == 8.0 and budget["remaining"] == 2.0 and budget["jobs_over_budget"] == [jobs["support"].id]
 
 
@@ -344,16 +343,17 @@ def test_20000_examples_x_3_epochs_over_the_total_budget_stay_out_of_the_provide
                           {"role": "assistant", "content": f"answer {i}: " + "refunds take five days " * 20}]}
             for i in range(20_000)]
     write_lines(site / "data" / "qa.jsonl", rows)
-    est = json.loads(run_ftctl("estimate", str(site / "data" / "qa.jsonl"), "--provider", "sim", "--model",
-                               "open-mistral-7b", "--epochs", "3", "--no-quote", "--json", config=cfg,
-                               timeout=120).stdout)
+    est, sub, tick, status = run_ftctl_many(
+        ["estimate", str(site / "data" / "qa.jsonl"), "--provider", "sim", "--model", "open-mistral-7b", "--epochs",
+         "3", "--no-quote", "--json"], ["submit", "qa", "--json"], ["tick"], ["status", "--json"], config=cfg,
+        timeout=240)
+    est = json.loads(est.stdout)
     assert est["examples"] == 20_000 and est["trained_tokens"] == 3 * est["data_tokens"]
     assert est["total"] > 5.0
-    sub = run_ftctl("submit", "qa", "--json", config=cfg, timeout=120)
     assert sub.returncode == 0, sub.stderr
     assert json.loads(sub.stdout)[0]["estimated_cost"] == pytest.approx(est["total"], abs=0.01)
-    assert run_ftctl("tick", config=cfg).returncode == 0
-    (job,) = json.loads(run_ftctl("status", "--json", config=cfg).stdout)
+    assert tick.returncode == 0
+    (job,) = json.loads(status.stdout)
     assert job["state"] == "prepared"
     assert job["reason"] == f"over budget: estimate ${est['total']:.2f} > $5.00 left"
     assert not (site / "sim-sim.db").exists() or not sqlite3.connect(site / "sim-sim.db").execute(

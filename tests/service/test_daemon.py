@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import assert_no_key, REPO, ftctl_env, run_ftctl
+from tests.conftest import submit_jobs, assert_no_key, REPO, ftctl_env, run_ftctl
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +47,11 @@ def shipped(tmp_path):
 
 
 def test_shipped_config_campaign_then_sigterm(shipped):
-    assert run_ftctl("submit", "--all", config=shipped).returncode == 0
+    submit_jobs(shipped)
     daemon = start_daemon(shipped)
     try:
         db = shipped.parent / "ftctl.db"
-        assert wait_until(lambda: f"pid {daemon.pid} since " in run_ftctl("status", config=shipped).stdout,
+        assert wait_until(lambda: f"pid {daemon.pid} since " in run_ftctl("status", config=shipped).stderr,
                           timeout=30)
         done = wait_until(lambda: states(db) == ["succeeded"] * 5, timeout=90)
         status = json.loads(run_ftctl("status", "--json", config=shipped).stdout)
@@ -92,7 +92,7 @@ def test_shipped_config_campaign_then_sigterm(shipped):
 
 def test_sigint_mid_campaign_exits_zero_and_a_restart_finishes(make_config):
     cfg = make_config(queue_time="0.3s", validate_time="0.3s", train_time="3s", poll="0.2s")
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     daemon = start_daemon(cfg)
     db = cfg.parent / "ftctl.db"
     assert wait_until(lambda: "running" in states(db), timeout=30)
@@ -109,9 +109,9 @@ def test_sigkill_at_random_moments_never_creates_a_job_twice(make_config):
 
     agents = ("content", "legal", "qa", "support", "analyst", "triage", "sales")
     cfg = make_config(agents=agents, concurrency=4, max_concurrent=2, queue_time="0.2s", validate_time="0.3s",
-                      train_time="1s", poll="0.1s", fail_rate=0.2, seed=9, backoff_initial="0.2s",
+                      train_time="2s", poll="0.1s", fail_rate=0.2, seed=9, backoff_initial="0.2s",
                       backoff_max="1s", max_attempts=10)
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     db = cfg.parent / "ftctl.db"
     rng = random.Random(2026)
     kills = mid_campaign = 0
@@ -158,7 +158,7 @@ def test_daemon_against_an_emulator_process(tmp_path, kind):
     try:
         url = re.search(r"on (http://127\.0\.0\.1:\d+)", emu.stdout.readline()).group(1)
         cfg = write_remote_config(tmp_path / "site", kind, url, concurrency=2)
-        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+        submit_jobs(cfg)
         daemon = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(cfg), "daemon", "--until-done"],
                                 capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(), env=env)
         assert daemon.returncode == 0, daemon.stderr[-2000:]

@@ -54,14 +54,14 @@ def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgr
     agents = tuple(f"a{i:02d}" for i in range(20))
     env = ftctl_env(**{KEY_ENV: FAKE_KEY})
     rng = random.Random(14)
-    with start_emulator("mistral", tmp_path, limit=2, queue_time=0.2, validate_time=0.2, train_time=1.5) as srv:
+    with start_emulator("mistral", tmp_path, limit=2, queue_time=0.2, validate_time=0.2, train_time=3.0) as srv:
         cfg = site(tmp_path, url, srv.url, agents, concurrency=2)
         assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
         daemons = [Daemon(cfg, env=env) for _ in range(3)]
         everyone = list(daemons)
         try:
             assert wait(lambda: leader_of(daemons), 30), [d.stderr[-500:] for d in daemons]
-            status = run_ftctl("status", config=cfg, env=env).stdout
+            status = run_ftctl("status", config=cfg, env=env).stderr
             assert "daemon: running (leader host" in status and "standing by: host" in status, status
             kills, paused, takeovers = 0, False, []
             while kills < 20 or not paused:

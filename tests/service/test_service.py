@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import (FAKE_KEY, KEY_ENV, REPO, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many,
+from tests.conftest import (submit_jobs, FAKE_KEY, KEY_ENV, REPO, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many,
                             start_emulator, write_config, write_remote_config)
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def notify(tmp_path):
 def test_notify_ready_status_watchdog_stopping_in_order(make_config, notify):
     cfg = make_config(agents=("qa", "legal"), queue_time="0.2s", validate_time="0.2s", train_time="0.6s",
                       poll="0.2s")
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     env = ftctl_env(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
     daemon = spawn(cfg, env=env)
     try:
@@ -117,7 +117,7 @@ def test_notify_ready_status_watchdog_stopping_in_order(make_config, notify):
 
 def test_a_hung_loop_stops_the_watchdog(make_config, notify):
     cfg = make_config(agents=("qa",), train_time="1h", poll="0.2s")
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     env = ftctl_env(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="600000")
     daemon = spawn(cfg, env=env)
     sim_db = cfg.parent / "sim-sim.db"
@@ -161,7 +161,7 @@ def test_the_shipped_unit_verifies_and_is_hardened(tmp_path):
 
 def test_sighup_applies_a_new_concurrency_and_keeps_running_on_a_broken_file(make_config):
     cfg = make_config(agents=("qa", "legal", "support"), concurrency=1, train_time="1h", poll="0.2s")
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     daemon = spawn(cfg)
     try:
         assert wait_for(lambda: states(cfg).count("running") == 1, timeout=30)
@@ -176,7 +176,7 @@ def test_sighup_applies_a_new_concurrency_and_keeps_running_on_a_broken_file(mak
         time.sleep(1.5)
         assert daemon.poll() is None  # still running, on the previous config
         other = write_config(cfg.parent.parent / "other")
-        run_ftctl("submit", "qa", "--force", config=other)  # unrelated: must not matter
+        submit_jobs(other, "qa", force=True)  # unrelated: must not matter
         cfg.write_text(good)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
@@ -248,13 +248,11 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
         key.write_text(FAKE_KEY)
         key.chmod(0o644)
         cfg.write_text(cfg.read_text().replace(f'api_key_env = "{KEY_ENV}"', f'api_key_file = "{key}"'))
-        run_ftctl("submit", "--all", config=cfg)
-        tick = run_ftctl("tick", config=cfg)
-        doctor = run_ftctl("doctor", config=cfg)
-        status = run_ftctl("status", "--json", config=cfg)
+        _, tick, doctor, status, as_json = run_ftctl_many(["submit", "--all"], ["tick"], ["doctor"],
+                                                          ["status", "--json"], ["doctor", "--json"], config=cfg)
         assert doctor.returncode == 1
         assert "readable by group or others (mode 0644); run chmod 600" in doctor.stdout
-        checks = {c["check"]: c for c in json.loads(run_ftctl("doctor", "--json", config=cfg).stdout)}
+        checks = {c["check"]: c for c in json.loads(as_json.stdout)}
         assert checks["key mistral"]["level"] == "fail" and checks["config"]["level"] == "ok"
         (job,) = json.loads(status.stdout)
         assert job["state"] == "prepared" and "readable by group or others" in job["reason"]
@@ -280,13 +278,11 @@ def test_a_bad_key_file_is_refused_in_one_line_without_the_key(tmp_path, shape, 
             target = tmp_path / "link.key"
             target.symlink_to(key)
         cfg.write_text(cfg.read_text().replace(f'api_key_env = "{KEY_ENV}"', f'api_key_file = "{target}"'))
-        run_ftctl("submit", "--all", config=cfg)
-        doctor = run_ftctl("doctor", "--json", config=cfg)
+        _, doctor, tick, status = run_ftctl_many(["submit", "--all"], ["doctor", "--json"], ["tick"],
+                                                 ["status", "--json"], config=cfg)
         checks = {c["check"]: c for c in json.loads(doctor.stdout)}
         assert checks["key mistral"]["level"] == "fail" and needle in checks["key mistral"]["detail"]
         assert "\n" not in checks["key mistral"]["detail"]
-        tick = run_ftctl("tick", config=cfg)
-        status = run_ftctl("status", "--json", config=cfg)
         assert json.loads(status.stdout)[0]["state"] == "prepared"
         assert srv.emulator.calls["POST /v1/fine_tuning/jobs"] == 0
         for p in (doctor, tick, status):
@@ -300,7 +296,7 @@ def test_metrics_show_the_state_counts_moving(make_config):
     cfg = make_config(agents=("qa", "legal", "support", "analyst"), concurrency=2, queue_time="0.3s",
                       validate_time="0.3s", train_time="1s", poll="0.2s",
                       extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     daemon = spawn(cfg)
     seen = []
 
@@ -333,7 +329,7 @@ def test_metrics_show_the_state_counts_moving(make_config):
 
 def test_json_logs_carry_job_fields_and_no_timestamp_under_journald(make_config):
     cfg = make_config(agents=("qa",), queue_time="0.1s", validate_time="0.1s", train_time="0.3s", poll="0.2s")
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     p = subprocess.run([sys.executable, "-m", "ftctl", "--config", str(cfg), "daemon", "--until-done"],
                        capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),
                        env=ftctl_env(JOURNAL_STREAM="8:12345"))
@@ -351,7 +347,7 @@ def test_json_logs_carry_job_fields_and_no_timestamp_under_journald(make_config)
 def test_wait_exit_codes(make_config):
     cfg = make_config(agents=("qa", "legal"), queue_time="0.1s", validate_time="0.1s", train_time="0.3s",
                       poll="0.2s", fail_rate=1.0, max_attempts=1)
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     timed_out = run_ftctl("wait", "1", "2", "--timeout", "0.5s", "--interval", "0.1", config=cfg)
     assert timed_out.returncode == 5 and "timed out after 500ms waiting for 1 prepared, 2 prepared" in timed_out.stderr
     daemon = spawn(cfg, "--until-done")
@@ -363,7 +359,7 @@ def test_wait_exit_codes(make_config):
 
 def test_wait_succeeds_when_all_succeeded(make_config):
     cfg = make_config(agents=("qa",), queue_time="0.1s", validate_time="0.1s", train_time="0.3s", poll="0.2s")
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     daemon = spawn(cfg, "--until-done")
     done = run_ftctl("wait", "1", "--interval", "0.2", "--timeout", "60s", config=cfg, timeout=90)
     assert daemon.wait(timeout=30) == 0
@@ -374,7 +370,7 @@ def test_status_watch_refreshes_in_place_on_a_terminal(make_config):
     import pty
 
     cfg = make_config(agents=("qa",))
-    run_ftctl("submit", "--all", config=cfg)
+    submit_jobs(cfg)
     pid, fd = pty.fork()
     if pid == 0:  # the child: ftctl on a terminal
         os.chdir(tempfile.gettempdir())

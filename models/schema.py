@@ -1,0 +1,51 @@
+"""What every part of ftctl.models agrees on, importable without SQLAlchemy:
+the schema version this code expects, the time, the store's error."""
+
+from __future__ import annotations
+
+import fcntl
+from datetime import datetime, timezone
+from pathlib import Path
+
+# the Alembic revision this code expects (models/migrations/versions)
+SCHEMA_HEAD = "0009"
+
+# a job in one of these states blocks an identical submission (same agent,
+# provider, model, data and hyperparameters): never pay twice for one job
+LIVE_STATES = ("prepared", "queued", "running", "succeeded")
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class StoreError(Exception):
+    """The database cannot be used (one line, no secrets)."""
+
+
+def redact_url(url: str) -> str:
+    # never print a password that may sit in a database URL
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def lock_file_pid(database: Path) -> str | None:
+    """The pid written in the held lock file beside a SQLite database ("?" if
+    none was written), or None when no daemon holds it: a probe that takes
+    nothing and writes nothing (models.leadership.FileLeadership holds it)."""
+    try:
+        fh = open(database.with_name(database.name + ".lock"))
+    except OSError:
+        return None  # no daemon ever ran here
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "?"
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return None
