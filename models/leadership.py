@@ -38,7 +38,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ftctl.models.schema import lock_file_pid
 
@@ -181,11 +181,23 @@ class LeaseLeadership(Leadership):
         with self.engine.connect() as conn:
             return conn.execute(text("SELECT (now() AT TIME ZONE 'UTC')")).scalar()
 
+    def _ms(self, share: float) -> int:
+        return max(100, int(self.lease * share * 1000))
+
     def acquire(self) -> bool:
         sent = time.monotonic()
         with self.engine.begin() as conn:
-            row = conn.execute(text("SELECT holder, epoch, lease_until > (now() AT TIME ZONE 'UTC') AS live "
-                                    "FROM leadership WHERE id = 1 FOR UPDATE")).mappings().first()
+            # a leader frozen inside a fenced write holds the row FOR SHARE until
+            # the server ends its session (see `fence`): wait a while, not forever,
+            # and try again at the next heartbeat
+            conn.execute(text(f"SET LOCAL lock_timeout = {self._ms(0.5)}"))
+            try:
+                row = conn.execute(text("SELECT holder, epoch, lease_until > (now() AT TIME ZONE 'UTC') AS live "
+                                        "FROM leadership WHERE id = 1 FOR UPDATE")).mappings().first()
+            except OperationalError as exc:
+                if getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03":  # lock_not_available
+                    return False
+                raise
             if row is None:
                 conn.execute(text("INSERT INTO leadership (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING"))
                 return False  # the next attempt takes it
@@ -230,6 +242,11 @@ class LeaseLeadership(Leadership):
 
     def fence(self, conn: Any) -> None:
         self.check()
+        # a leader paused (SIGSTOP, a frozen VM) in the middle of this transaction
+        # would hold the leadership row FOR SHARE for as long as it is paused,
+        # and no standby could take over: the server ends such a session once
+        # it has been idle in its transaction for the lease
+        conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {self._ms(1.0)}"))
         ok = conn.execute(text("SELECT 1 FROM leadership WHERE id = 1 AND holder = :m AND epoch = :e "
                                "AND lease_until > (now() AT TIME ZONE 'UTC') FOR SHARE"),
                           {"m": self.member, "e": self.epoch}).first()

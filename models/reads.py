@@ -197,6 +197,14 @@ class Reads:
         found.sort(key=lambda j: (j.updated_at, j.id), reverse=True)
         return sorted(found[:limit], key=lambda j: j.id)
 
+    def open_promotions(self, where: Filter) -> Iterator[JobRow]:
+        """Succeeded jobs whose model the gate has not settled yet (still live:
+        the daemon works on them), by id."""
+        params: dict[str, Any] = {}
+        sql = (_SELECT + where.sql(params, ["succeeded"])
+               + " AND promotion IN ('candidate', 'evaluating') ORDER BY id")
+        return (job_row(r) for r in self._rows(sql, params))
+
     def count(self, where: Filter | None = None, *, states: Sequence[str] | None = None) -> int:
         params: dict[str, Any] = {}
         return self._one("SELECT COUNT(*) FROM jobs" + (where or Filter()).sql(params, states), params)[0]

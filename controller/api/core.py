@@ -257,9 +257,13 @@ class Ftctl(Delivery):
             return Listing(reads.jobs(where), 0, self.live(), now)
         done_states = [s for s in FINISHED_STATES if states is None or s in states]
         active = reads.jobs(where, states=[s for s in UNFINISHED if states is None or s in states])
-        done = reads.last_finished(where, finished) if finished > 0 and done_states else []
-        hidden = (reads.count(where, states=done_states) - len(done)) if done_states else 0
-        return Listing(heapq.merge(active, done, key=lambda j: j.id), hidden, self.live(), now)
+        # a succeeded job whose model is still at the gate is live, however long ago it finished
+        gated = list(reads.open_promotions(where)) if finished > 0 and "succeeded" in done_states else []
+        open_ids = {j.id for j in gated}
+        done = [j for j in (reads.last_finished(where, finished) if finished > 0 and done_states else [])
+                if j.id not in open_ids]
+        hidden = (reads.count(where, states=done_states) - len(done) - len(gated)) if done_states else 0
+        return Listing(heapq.merge(active, gated, done, key=lambda j: j.id), hidden, self.live(), now)
 
     def jobs(self, *, agent: str | None = None, active: bool = False) -> list[Any]:
         """Every job (`active`: the unfinished ones), as rows read by attribute."""

@@ -415,7 +415,11 @@ def wait(
     except ValueError as exc:
         die(f"--timeout: {exc}")
     with api() as ft:
-        waiting = [i for i in ids if ft.job(i)["state"] not in ("succeeded", "failed", "cancelled")]
+        def moving(j: dict) -> bool:  # what only a daemon moves on: unfinished jobs, models still at the gate
+            return (j["state"] not in ("succeeded", "failed", "cancelled")
+                    or j["promotion"] in ("candidate", "evaluating"))
+
+        waiting = [i for i in ids if moving(ft.job(i))]
         if waiting and ft.daemon() is None:
             note(f"ftctl: note: no daemon drives {ft.config.database_url.split('@')[-1]}: job"
                  f"{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} will not move until "

@@ -123,3 +123,17 @@ def test_models_one_grouped_read_and_its_formats(site):
     assert toml.stdout.startswith("[models]\na0 = ") and "FTCTL_MODEL_A2=ft:open-mistral-7b:a2-60:x" in env.stdout
     assert json.loads(filtered.stdout) == {"a1": latest["a1"]}
     assert no_headers.stdout.split()[0] == "a0"
+
+
+def test_a_model_still_at_the_gate_is_listed_however_long_ago_its_job_finished(site):
+    # job 1 finished first of all, but its model waits for the gate: the daemon still works on it
+    with sqlite3.connect(site.parent / "ftctl.db") as c:
+        c.execute("UPDATE jobs SET promotion = 'candidate', promoted_at = NULL, reason_code = 'eval_budget', "
+                  "reason_args = '{\"estimate\": 1.0}' WHERE id = 1")
+    default, waiting = run_ftctl_many(["status"], ["wait", "1", "--timeout", "0.3s", "--interval", "0.1"],
+                                      config=site)
+    shown = ids(default.stdout)
+    assert shown[0] == 1 and len([i for i in shown if i < 64]) == 51
+    assert "12 older finished jobs not shown" in default.stderr
+    # `wait` on it says nothing will move without a daemon, then times out
+    assert waiting.returncode == 5 and "no daemon drives" in waiting.stderr and "1 candidate" in waiting.stderr

@@ -114,6 +114,35 @@ def test_a_lease_runs_out_and_a_standby_takes_over_with_a_new_epoch(postgres_url
         other.close()
 
 
+def test_a_leader_frozen_inside_a_write_does_not_keep_the_standbys_out(postgres_url, pg_store):
+    """SIGSTOP landing inside a fenced write leaves the leadership row held FOR
+    SHARE by a session that says nothing: the server ends that session after
+    the lease, and a standby takes over (its own wait for the row is bounded)."""
+    import time
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    pg_store.leadership.lease = 1.0
+    other = Store(postgres_url)
+    other.leadership.lease = 1.0
+    try:
+        pg_store.acquire_daemon_lock()
+        first_epoch = pg_store.leadership.epoch
+        took_over = None
+        with pytest.raises(SQLAlchemyError):  # its session was ended while it was frozen
+            with pg_store.write():  # the frozen leader, in the middle of a fenced write
+                started = time.monotonic()
+                while time.monotonic() - started < 6:
+                    if other.leadership.acquire():
+                        took_over = time.monotonic() - started
+                        break
+                    time.sleep(0.1)
+        assert took_over is not None and took_over < 4, took_over
+        assert other.leadership.epoch == first_epoch + 1
+    finally:
+        other.close()
+
+
 def test_the_command_lines_reads_on_postgres(postgres_url, pg_store, tmp_path):
     """models.reads' SQL on PostgreSQL too: the listing, the last finished,
     the grouped models, the money and the daemon probe."""
