@@ -122,13 +122,64 @@ def submit_jobs(config: Path, *agents: str, force: bool = False) -> list:
         return ft.submit(list(agents), all_agents=not agents, force=force)
 
 
+# commands whose process's own life matters (signals, a long run, what it
+# leaves behind when it ends): always a process of their own
+_OWN_PROCESS = {"daemon", "demo", "emulator"}
+# what changes how an interpreter starts: a run with these set gets its own process
+_STARTUP_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE")
+
+
 def run_ftctl(*args: str, config: Path | None = None, cwd: Path | None = None, timeout: float = 60,
-              env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ftctl"]
-    if config is not None:
-        cmd += ["--config", str(config)]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or tempfile.gettempdir(), env=env or ftctl_env())
+              env: dict | None = None, process: bool = False) -> subprocess.CompletedProcess:
+    """One command of the real CLI through its console script's entry point
+    (`ftctl.controller.cli.main`: its one-line errors and exit codes), with
+    its own stdout, stderr, environment and working directory. In this
+    process by default (no interpreter start-up); in a fresh one for the
+    daemon, the demo, the emulator, an environment that changes how Python
+    starts, or `process=True`."""
+    cmd = ["--config", str(config)] if config is not None else []
+    cmd += list(args)
+    env = env or ftctl_env()
+    if process or _OWN_PROCESS & set(args) or any(env.get(k) != os.environ.get(k) for k in _STARTUP_ENV):
+        return subprocess.run([sys.executable, "-m", "ftctl", *cmd], capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd or tempfile.gettempdir(), env=env)
+    return _in_process(cmd, env, cwd or Path(tempfile.gettempdir()))
+
+
+def _in_process(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import logging
+
+    import structlog
+
+    from ftctl.controller.cli import main
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    root_handlers, root_level = list(logging.root.handlers), logging.root.level
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        sys.argv = ["ftctl", *args]
+        structlog.reset_defaults()  # logging as a fresh process has it, writing to this command's streams
+        logging.root.handlers.clear()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        structlog.reset_defaults()
+        logging.root.handlers[:] = root_handlers
+        logging.root.setLevel(root_level)
+    return subprocess.CompletedProcess(["ftctl", *args], code, out.getvalue(), err.getvalue())
 
 
 # -- a real PostgreSQL server, started from the Debian binaries as a non-root user ----------

@@ -2,6 +2,7 @@
 
 import tempfile
 import json
+import re
 import random
 import shutil
 import signal
@@ -40,8 +41,15 @@ def wait_until(pred, timeout):
 
 @pytest.fixture
 def shipped(tmp_path):
-    """The shipped controller.toml with its demo data, in a scratch folder."""
-    shutil.copy(REPO / "controller.toml", tmp_path / "controller.toml")
+    """The shipped controller.toml with its demo data, in a scratch folder,
+    its simulated service's times and its poll shortened: what is tested is
+    the file's shape, not how long its jobs take."""
+    text = (REPO / "controller.toml").read_text()
+    for key, short in (("poll_interval", "0.2s"), ("queue_time", "0.2s"), ("validate_time", "0.2s"),
+                       ("train_time", "1s")):
+        text, n = re.subn(rf'^{key} = "[^"]+"', f'{key} = "{short}"', text, flags=re.M)
+        assert n == 1, key
+    (tmp_path / "controller.toml").write_text(text)
     shutil.copytree(REPO / "controller" / "demo" / "data", tmp_path / "controller" / "demo" / "data")
     return tmp_path / "controller.toml"
 
@@ -91,7 +99,7 @@ def test_shipped_config_campaign_then_sigterm(shipped):
 
 
 def test_sigint_mid_campaign_exits_zero_and_a_restart_finishes(make_config):
-    cfg = make_config(queue_time="0.3s", validate_time="0.3s", train_time="3s", poll="0.2s")
+    cfg = make_config(queue_time="0.3s", validate_time="0.3s", train_time="1s", poll="0.2s")
     submit_jobs(cfg)
     daemon = start_daemon(cfg)
     db = cfg.parent / "ftctl.db"
