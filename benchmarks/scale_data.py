@@ -99,12 +99,19 @@ def build_database(directory: Path, jobs: list[Job], file: Path, digest: str, *,
             "reason_code": code, "reason_args": json.dumps(args) if args is not None else None,
             "cancel_pending": 0, "created_at": stamp(job.created),
             "updated_at": stamp(job.created + timedelta(minutes=20) if done else job.created),
+            # no evaluation gate: a succeeded job's model is promoted as it succeeds (engine.jobs.fire)
+            "promotion": "promoted" if job.state == "succeeded" else None,
+            "promoted_at": stamp(job.created + timedelta(minutes=20)) if job.state == "succeeded" else None,
         })
     with sqlite3.connect(db) as conn:
         cols = list(rows[0]) if rows else []
         if rows:
             conn.executemany(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})",
                              rows)
+        # a finished job's training log had its last read (the daemon's log reader) when it finished
+        conn.execute("INSERT INTO log_cursors (provider_job_id, job_id, fetched_at, final) SELECT provider_job_id, "
+                     "id, updated_at, 1 FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') "
+                     "AND provider_job_id IS NOT NULL")
         if file_id:
             conn.execute("INSERT INTO uploaded_files (provider, content_hash, file_id, uploaded_at) "
                          "VALUES (?, ?, ?, ?)", (provider, digest, file_id, stamp(utcnow())))

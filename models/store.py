@@ -26,10 +26,11 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 # what the tick loads of each job, in this order: plain columns (the decision
-# step's JobView; the few jobs a provider call acts on are read again whole)
+# step's JobView, the ids of the jobs a downstream job waits for in place of
+# their views; the few jobs a provider call acts on are read again whole)
 TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "provider_job_id", "intent_at",
                 "not_before", "created_at", "cancel_pending", "reason_code", "reason_args", "provider_status",
-                "estimated_cost", "last_error", "model_job_id", "promotion", "upstream_job_ids")
+                "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion")
 
 
 class Store(EventQueries, EvaluationQueries):
@@ -220,19 +221,20 @@ class Store(EventQueries, EvaluationQueries):
             raw = conn.exec_driver_sql(sql).fetchall()
         out = []
         for (job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at, cancel,
-             code, args, status, cost, error, model_job_id, promotion, upstream) in raw:
+             code, args, status, cost, error, model_job_id, upstream, promotion) in raw:
             if isinstance(args, (str, bytes)):
                 if args not in decoded:
                     decoded[args] = json.loads(args)
                 args = decoded[args]
             if isinstance(upstream, (str, bytes)):
                 upstream = json.loads(upstream)
+            upstream = tuple(upstream) if upstream else ()
             if isinstance(created_at, str):  # SQLite keeps times as text
                 intent_at = when(intent_at) if intent_at else None
                 not_before = when(not_before) if not_before else None
                 created_at = when(created_at)
             out.append((job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at,
-                        bool(cancel), code, args, status, cost, error, model_job_id, promotion, upstream))
+                        bool(cancel), code, args, status, cost, error, model_job_id, upstream, promotion))
         return out
 
     def spent_since(self, since: datetime) -> float:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 import json
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ftctl.providers.keys import clip
 
@@ -49,9 +49,9 @@ MISTRAL_STATUS = {
 }
 
 
-@dataclass(frozen=True)
-class ProviderJob:
-    """What a provider says about one of its jobs, normalised."""
+class ProviderJob(NamedTuple):
+    """What a provider says about one of its jobs, normalised (a NamedTuple:
+    a listing makes thousands of them a tick)."""
 
     id: str
     status: str  # one of P_*

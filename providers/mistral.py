@@ -227,7 +227,7 @@ class MistralProvider:
         later pages change only `page`. What is left out of the listing's
         hot path is the SDK's parsing (a pydantic model built each call and
         a deep copy a job) and its query encoding (type hints each call)."""
-        import json
+        import orjson
         import re
 
         import httpx
@@ -269,7 +269,7 @@ class MistralProvider:
             if not utils.match_response(res, "200", "application/json"):
                 raise errors.SDKError("API error occurred", res, utils.stream_to_text(res))
             try:
-                body = json.loads(res.content)
+                body = orjson.loads(res.content)
                 if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
                     raise ValueError("not a list of jobs")
             except ValueError as exc:

@@ -19,14 +19,19 @@ The Python API the `ftctl` command line is built on:
 Errors are ftctl.FtctlError subclasses (BadInput, NotFound, Refused,
 DatabaseUnavailable, TimedOut), each carrying the CLI's exit code.
 The rooms behind it: ftctl.controller (engine, preflight, cli, service),
-ftctl.models (tables, store, locks, migrations), ftctl.providers.
+ftctl.models (tables, store, reads, leadership, migrations), ftctl.providers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+try:  # the installed distribution's own version: one number, in pyproject.toml
+    from importlib.metadata import version as _version
+
+    __version__ = _version("ftctl")
+except Exception:  # noqa: BLE001 - run from a tree that was never installed
+    __version__ = "0.0.0"
 
 _API = ("open", "Ftctl", "FtctlError", "BadInput", "NotFound", "Refused", "DatabaseUnavailable", "TimedOut",
         "Cancelled")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ftctl.controller.engine.reasons import Reason
 from ftctl.providers.base import ProviderError, ProviderJob
@@ -32,8 +32,11 @@ class UpstreamView:
     provider_job_id: str | None = None
 
 
-@dataclass(frozen=True)
-class JobView:
+class JobView(NamedTuple):
+    """A stored job as the decision step sees it: plain and immutable. A
+    NamedTuple rather than a frozen dataclass: a tick builds one for every
+    unfinished job (`JobView._make(row)` from the store's TICK_COLUMNS)."""
+
     id: int
     agent: str
     provider: str
@@ -57,11 +60,10 @@ class JobView:
     promotion: str | None = None
 
     @classmethod
-    def of(cls, row: Any, **extra: Any) -> "JobView":
+    def of(cls, row: Any, **extra: Any) -> JobView:
         if isinstance(row, Mapping):
-            return cls(**{f: row[f] for f in cls.__dataclass_fields__ if f in row}, **extra)
-        return cls(**{f: getattr(row, f) for f in cls.__dataclass_fields__ if f not in extra and hasattr(row, f)},
-                   **extra)
+            return cls(**{f: row[f] for f in cls._fields if f in row}, **extra)
+        return cls(**{f: getattr(row, f) for f in cls._fields if f not in extra and hasattr(row, f)}, **extra)
 
     @property
     def reason(self) -> Reason | None:

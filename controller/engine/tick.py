@@ -34,8 +34,8 @@ from ftctl.providers.base import Provider, ProviderError
 from ftctl.providers.kind import RemoteSection
 
 # the store loads a tick's jobs as tuples in the order of the view's fields
-# (the jobs a downstream job waits for come as ids, last: Ticker._views)
-assert TICK_COLUMNS == (*(f for f in rc.JobView.__dataclass_fields__ if f != "upstream"), "upstream_job_ids"), \
+# (the jobs a downstream job waits for come as their ids: Ticker._views)
+assert TICK_COLUMNS == tuple("upstream_job_ids" if f == "upstream" else f for f in rc.JobView._fields), \
     "TICK_COLUMNS must list JobView's fields"
 
 
@@ -217,16 +217,17 @@ class Ticker(Observation, Submission, Evaluations):
         return result
 
     def _views(self, rows: list[tuple]) -> list[rc.JobView]:
-        """JobViews from the store's TICK_COLUMNS tuples, each downstream job
-        with the jobs it waits for as they are now."""
-        ids = {i for r in rows for i in (r[-1] or ())}
-        found = self.store.jobs_by_id(sorted(ids)) if ids else {}
-        views = []
-        for *plain, model_job_id, promotion, upstream_ids in rows:
-            upstream = tuple(
-                rc.UpstreamView(i, found[i].agent, found[i].state, found[i].fine_tuned_model, found[i].provider_job_id)
-                if i in found else rc.UpstreamView(i, "?", "gone") for i in (upstream_ids or ()))
-            views.append(rc.JobView(*plain, model_job_id=model_job_id, upstream=upstream, promotion=promotion))
+        """JobViews from the store's TICK_COLUMNS tuples; a downstream job's
+        upstream ids become the jobs it waits for, as they are now."""
+        views = [rc.JobView._make(r) for r in rows]
+        chained = [i for i, v in enumerate(views) if v.upstream]
+        if not chained:
+            return views
+        found = self.store.jobs_by_id(sorted({u for i in chained for u in views[i].upstream}))
+        for i in chained:
+            views[i] = views[i]._replace(upstream=tuple(
+                rc.UpstreamView(u, found[u].agent, found[u].state, found[u].fine_tuned_model, found[u].provider_job_id)
+                if u in found else rc.UpstreamView(u, "?", "gone") for u in views[i].upstream))
         return views
 
     def _open_promotions(self, views: list[rc.JobView]) -> dict[int, Job]:

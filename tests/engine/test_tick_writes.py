@@ -95,8 +95,8 @@ def test_a_note_is_guarded_by_the_jobs_state(tmp_path, clock):
 
 def test_the_tick_loads_plain_columns_without_finished_jobs(tmp_path, clock):
     config, store, ticker = _site(tmp_path, clock)
-    # JobView's fields in order, the jobs a downstream job waits for as ids, last
-    assert TICK_COLUMNS == (*(f for f in JobView.__dataclass_fields__ if f != "upstream"), "upstream_job_ids")
+    # JobView's fields in order, the jobs a downstream job waits for as their ids
+    assert TICK_COLUMNS == tuple("upstream_job_ids" if f == "upstream" else f for f in JobView._fields)
     with store.engine.connect() as conn:
         conn.exec_driver_sql("UPDATE jobs SET state = 'succeeded' WHERE agent = 'qa'")
         conn.commit()
