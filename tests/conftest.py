@@ -434,3 +434,32 @@ def run_ftctl_many(*arglists, config: Path | None = None, env: dict | None = Non
     assert p.returncode == 0, p.stderr[-2000:]
     return [subprocess.CompletedProcess(["ftctl", *a], code, out, err)
             for a, (code, out, err) in zip(arglists, json.loads(p.stdout))]
+
+
+# -- the order the workers take the tests in ------------------------------------------------
+# The real-daemon runs (marked slow) mostly wait on real clocks for seconds
+# to tens of seconds; the rest mostly use the CPU for a second or less.
+# Handed out mixed, longest first (one slow run, then its share of the
+# others), the two cores stay busy while the daemons wait, and no worker is
+# left finishing a long campaign alone at the end.
+LONGEST_FIRST = ("test_three_daemons_survive_kills", "test_late_landing_creates", "test_a_database_away",
+                 "test_shipped_config_campaign", "test_sigkill_at_random_moments")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        for i, name in enumerate(LONGEST_FIRST):
+            if item.name.startswith(name):
+                return i
+        return len(LONGEST_FIRST)
+
+    slow = sorted((i for i in items if i.get_closest_marker("slow")), key=rank)
+    rest = [i for i in items if not i.get_closest_marker("slow")]
+    share = max(1, len(rest) // max(1, len(slow)))
+    mixed = []
+    for n, item in enumerate(slow):
+        mixed.append(item)
+        mixed.extend(rest[n * share:(n + 1) * share])
+    mixed.extend(rest[len(slow) * share:])
+    assert len(mixed) == len(items)
+    items[:] = mixed
