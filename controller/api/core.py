@@ -131,10 +131,14 @@ class Ftctl(Delivery):
         self.close()
 
     def _row(self, job_id: int) -> "Job":
+        """The job's whole ORM row, for a write (NotFound if there is none)."""
+        return self._found(job_id, self.store(), lambda store: store.get_job(job_id))
+
+    @staticmethod
+    def _found(job_id: int, source: Any, get: Any) -> Any:
         if not isinstance(job_id, int) or not 1 <= job_id <= MAX_JOB_ID:
             raise NotFound(f"no such job {job_id!r} (job ids run from 1 to {MAX_JOB_ID})")
-        store = self.store()
-        row = store.get_job(job_id) if store is not None else None
+        row = get(source) if source is not None else None
         if row is None:
             raise NotFound(f"no job {job_id} (see `ftctl status`)")
         return row
@@ -287,13 +291,8 @@ class Ftctl(Delivery):
         return [job_dict(j, found.now, found.live) for j in found.rows]
 
     def _read(self, job_id: int) -> Any:
-        if not isinstance(job_id, int) or not 1 <= job_id <= MAX_JOB_ID:
-            raise NotFound(f"no such job {job_id!r} (job ids run from 1 to {MAX_JOB_ID})")
-        reads = self.reads()
-        row = reads.job(job_id) if reads is not None else None
-        if row is None:
-            raise NotFound(f"no job {job_id} (see `ftctl status`)")
-        return row
+        """The job as the reads give it (models.reads.JobRow; NotFound if there is none)."""
+        return self._found(job_id, self.reads(), lambda reads: reads.job(job_id))
 
     def job(self, job_id: int) -> dict[str, Any]:
         """One job (NotFound if there is none)."""
