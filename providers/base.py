@@ -49,6 +49,20 @@ MISTRAL_STATUS = {
 }
 
 
+def parse_json(body: bytes) -> Any:
+    """A provider's JSON answer: orjson (several times faster on a listing of
+    thousands of jobs), else the standard library for what orjson refuses
+    and json takes (a lone surrogate escape in some job's message)."""
+    import orjson
+
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        import json
+
+        return json.loads(body)
+
+
 class ProviderJob(NamedTuple):
     """What a provider says about one of its jobs, normalised (a NamedTuple:
     a listing makes thousands of them a tick)."""

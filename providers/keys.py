@@ -80,6 +80,8 @@ def redact_value(value):
         return redact(value)
     if isinstance(value, dict):
         return {k: redact_value(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple (a ProviderJob, a JobView)
+        return type(value)._make(redact_value(v) for v in value)
     if isinstance(value, (list, tuple)):
         return type(value)(redact_value(v) for v in value)
     if isinstance(value, BaseException):

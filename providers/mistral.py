@@ -14,6 +14,7 @@ import secrets
 from typing import Any, ClassVar, Literal
 
 from ftctl.providers.base import (
+    parse_json,
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,
@@ -227,7 +228,6 @@ class MistralProvider:
         later pages change only `page`. What is left out of the listing's
         hot path is the SDK's parsing (a pydantic model built each call and
         a deep copy a job) and its query encoding (type hints each call)."""
-        import orjson
         import re
 
         import httpx
@@ -269,7 +269,7 @@ class MistralProvider:
             if not utils.match_response(res, "200", "application/json"):
                 raise errors.SDKError("API error occurred", res, utils.stream_to_text(res))
             try:
-                body = orjson.loads(res.content)
+                body = parse_json(res.content)
                 if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
                     raise ValueError("not a list of jobs")
             except ValueError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ftctl.providers.base import (
+    parse_json,
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,
@@ -123,8 +124,6 @@ class OpenAIProvider:
         """Newest first, page by page, back to `created_after`. The pages are
         read as raw JSON (the SDK's `with_raw_response`): only the fields
         ftctl needs are parsed."""
-        import orjson
-
         floor = created_after.replace(tzinfo=timezone.utc).timestamp() if created_after else None
         out: list[ProviderJob] = []
         after: str | None = None
@@ -134,7 +133,7 @@ class OpenAIProvider:
                 kwargs["after"] = after
             raw = self._call(self.client.fine_tuning.jobs.with_raw_response.list, **kwargs)
             try:
-                page = orjson.loads(raw.http_response.content)
+                page = parse_json(raw.http_response.content)
                 data = list(page.get("data") or [])
                 for job in data:
                     if floor is not None and job["created_at"] < floor:

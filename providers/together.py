@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ftctl.providers.base import (
+    parse_json,
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,
@@ -179,11 +180,9 @@ class TogetherProvider:
         as raw JSON (the SDK's `with_raw_response`) and parsed for the fields
         ftctl needs. A failed job comes without its events (`detailed`
         False): get_job reads them, for the caller's own jobs only."""
-        import orjson
-
         raw = self._call(self.client.fine_tuning.with_raw_response.list)
         try:
-            data = orjson.loads(raw.http_response.content).get("data") or []
+            data = parse_json(raw.http_response.content).get("data") or []
             jobs = [self._to_job(j, events=False) for j in data]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TransientError(f"unexpected answer from Together: {exc.__class__.__name__}") from None

@@ -143,10 +143,10 @@ def run_ftctl(*args: str, config: Path | None = None, cwd: Path | None = None, t
     if process or _OWN_PROCESS & set(args) or any(env.get(k) != os.environ.get(k) for k in _STARTUP_ENV):
         return subprocess.run([sys.executable, "-m", "ftctl", *cmd], capture_output=True, text=True,
                               timeout=timeout, cwd=cwd or tempfile.gettempdir(), env=env)
-    return _in_process(cmd, env, cwd or Path(tempfile.gettempdir()))
+    return _in_process(cmd, env, cwd or Path(tempfile.gettempdir()), timeout)
 
 
-def _in_process(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+def _in_process(args: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     import contextlib
     import io
     import logging
@@ -155,10 +155,27 @@ def _in_process(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedPr
 
     from ftctl.controller.cli import main
 
+    import signal
+    import threading
+
     saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_log = structlog.get_config()
     root_handlers, root_level = list(logging.root.handlers), logging.root.level
     out, err = io.StringIO(), io.StringIO()
     code = 0
+
+    class TooLong(BaseException):  # not an Exception: the CLI's own one-line error handler lets it by
+        pass
+
+    def too_long(*_):
+        raise TooLong
+
+    # `timeout` holds as it would for a process: a timer thread signals this
+    # one (SIGUSR2: SIGALRM is pytest-timeout's)
+    previous = signal.signal(signal.SIGUSR2, too_long)
+    timer = threading.Timer(timeout, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR2))
+    timer.daemon = True
+    timer.start()
     try:
         os.environ.clear()
         os.environ.update(env)
@@ -171,12 +188,16 @@ def _in_process(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedPr
                 main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except TooLong:
+        raise subprocess.TimeoutExpired(["ftctl", *args], timeout, out.getvalue(), err.getvalue()) from None
     finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR2, previous)
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)
         sys.argv = saved_argv
-        structlog.reset_defaults()
+        structlog.configure(**saved_log)  # the test's own logging, as it was
         logging.root.handlers[:] = root_handlers
         logging.root.setLevel(root_level)
     return subprocess.CompletedProcess(["ftctl", *args], code, out.getvalue(), err.getvalue())

@@ -132,12 +132,15 @@ class Ftctl(Delivery):
 
     def _row(self, job_id: int) -> "Job":
         """The job's whole ORM row, for a write (NotFound if there is none)."""
-        return self._found(job_id, self.store(), lambda store: store.get_job(job_id))
+        return self._found(job_id, self.store, lambda store: store.get_job(job_id))
 
     @staticmethod
-    def _found(job_id: int, source: Any, get: Any) -> Any:
+    def _found(job_id: int, opener: Any, get: Any) -> Any:
+        """The job `get` reads from what `opener` opens; the id is checked first
+        (a bad id is a bad id, whatever the database)."""
         if not isinstance(job_id, int) or not 1 <= job_id <= MAX_JOB_ID:
             raise NotFound(f"no such job {job_id!r} (job ids run from 1 to {MAX_JOB_ID})")
+        source = opener()
         row = get(source) if source is not None else None
         if row is None:
             raise NotFound(f"no job {job_id} (see `ftctl status`)")
@@ -292,7 +295,7 @@ class Ftctl(Delivery):
 
     def _read(self, job_id: int) -> Any:
         """The job as the reads give it (models.reads.JobRow; NotFound if there is none)."""
-        return self._found(job_id, self.reads(), lambda reads: reads.job(job_id))
+        return self._found(job_id, self.reads, lambda reads: reads.job(job_id))
 
     def job(self, job_id: int) -> dict[str, Any]:
         """One job (NotFound if there is none)."""

@@ -187,3 +187,17 @@ def test_the_raw_listing_reads_as_the_sdk_parses_it(tmp_path, kind):
     finally:
         p.close()
         server.stop()
+
+
+def test_a_page_orjson_refuses_is_still_read_and_a_listed_job_can_be_logged():
+    """A lone surrogate escape in one job's message (a server that cut a
+    string in half) must not make the whole listing unreadable; and a listed
+    job, a NamedTuple, goes through the logs' key masking whole."""
+    from ftctl.providers.base import ProviderJob, parse_json
+    from ftctl.providers.keys import redact_value
+
+    body = b'{"data": [{"id": "j1", "message": "cut \\ud83d"}], "total": 1}'
+    assert parse_json(body)["data"][0]["id"] == "j1"
+    assert parse_json(b'{"data": []}') == {"data": []}
+    job = ProviderJob("j1", "running", "RUNNING", client_token="qa-1")
+    assert redact_value({"job": job})["job"] == job
