@@ -84,37 +84,44 @@ def test_daemon_probe_on_postgres(postgres_url, pg_store):
         other.close()
 
 
-def test_a_lease_runs_out_and_a_standby_takes_over_with_a_new_epoch(postgres_url, pg_store):
-    import time
-
-    from ftctl.models import LockLost
-
+@pytest.fixture
+def standby(postgres_url, pg_store):
+    """A second store on the same database; both keep a 1 s lease, and the
+    first leads (its epoch is the second item)."""
     pg_store.leadership.lease = 1.0
     other = Store(postgres_url)
     other.leadership.lease = 1.0
+    pg_store.acquire_daemon_lock()
     try:
-        pg_store.acquire_daemon_lock()
-        first_epoch = pg_store.leadership.epoch
-        assert not other.leadership.acquire()
-        assert pg_store.leadership.renew()  # the leader renews while alive
-        time.sleep(1.1)  # ... then stops renewing (paused, killed, cut off)
-        with pytest.raises(LockLost, match="ran out"):
-            pg_store.assert_lock_held()  # it knows by itself, before anyone takes over
-        assert other.leadership.acquire()
-        assert other.leadership.epoch == first_epoch + 1
-        # the old leader's writes are fenced, and so is its renewal
-        with pytest.raises(LockLost):
-            with pg_store.write():
-                pass
-        assert pg_store.leadership.renew() is False
-        other.fenced = True
-        with other.write():
-            pass  # the new leader writes
+        yield other, pg_store.leadership.epoch
     finally:
         other.close()
 
 
-def test_a_leader_frozen_inside_a_write_does_not_keep_the_standbys_out(postgres_url, pg_store):
+def test_a_lease_runs_out_and_a_standby_takes_over_with_a_new_epoch(pg_store, standby):
+    import time
+
+    from ftctl.models import LockLost
+
+    other, first_epoch = standby
+    assert not other.leadership.acquire()
+    assert pg_store.leadership.renew()  # the leader renews while alive
+    time.sleep(1.1)  # ... then stops renewing (paused, killed, cut off)
+    with pytest.raises(LockLost, match="ran out"):
+        pg_store.assert_lock_held()  # it knows by itself, before anyone takes over
+    assert other.leadership.acquire()
+    assert other.leadership.epoch == first_epoch + 1
+    # the old leader's writes are fenced, and so is its renewal
+    with pytest.raises(LockLost):
+        with pg_store.write():
+            pass
+    assert pg_store.leadership.renew() is False
+    other.fenced = True
+    with other.write():
+        pass  # the new leader writes
+
+
+def test_a_leader_frozen_inside_a_write_does_not_keep_the_standbys_out(pg_store, standby):
     """SIGSTOP landing inside a fenced write leaves the leadership row held FOR
     SHARE by a session that says nothing: the server ends that session after
     the lease, and a standby takes over (its own wait for the row is bounded)."""
@@ -122,25 +129,18 @@ def test_a_leader_frozen_inside_a_write_does_not_keep_the_standbys_out(postgres_
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    pg_store.leadership.lease = 1.0
-    other = Store(postgres_url)
-    other.leadership.lease = 1.0
-    try:
-        pg_store.acquire_daemon_lock()
-        first_epoch = pg_store.leadership.epoch
-        took_over = None
-        with pytest.raises(SQLAlchemyError):  # its session was ended while it was frozen
-            with pg_store.write():  # the frozen leader, in the middle of a fenced write
-                started = time.monotonic()
-                while time.monotonic() - started < 6:
-                    if other.leadership.acquire():
-                        took_over = time.monotonic() - started
-                        break
-                    time.sleep(0.1)
-        assert took_over is not None and took_over < 4, took_over
-        assert other.leadership.epoch == first_epoch + 1
-    finally:
-        other.close()
+    other, first_epoch = standby
+    took_over = None
+    with pytest.raises(SQLAlchemyError):  # its session was ended while it was frozen
+        with pg_store.write():  # the frozen leader, in the middle of a fenced write
+            started = time.monotonic()
+            while time.monotonic() - started < 6:
+                if other.leadership.acquire():
+                    took_over = time.monotonic() - started
+                    break
+                time.sleep(0.1)
+    assert took_over is not None and took_over < 4, took_over
+    assert other.leadership.epoch == first_epoch + 1
 
 
 def test_the_command_lines_reads_on_postgres(postgres_url, pg_store, tmp_path):
