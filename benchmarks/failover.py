@@ -21,19 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.conftest: the PostgreSQL server, the daemon harness
 
-from tests.conftest import (FAKE_KEY, KEY_ENV, Daemon, PostgresServer, ftctl_env, run_ftctl,  # noqa: E402
-                            start_emulator, write_remote_config)
-
-
-def leader_of(daemons):
-    for d in daemons:
-        if d.proc.poll() is not None:
-            continue
-        said = [line["event"] for line in d.lines
-                if line["event"] in ("leading", "standing by") or line["event"].startswith("leadership lost")]
-        if said and said[-1] == "leading":
-            return d
-    return None
+from tests.conftest import (FAKE_KEY, KEY_ENV, Daemon, PostgresServer, ftctl_env, leader_of,  # noqa: E402
+                            run_ftctl, start_emulator, write_remote_config)
 
 
 def main(kills: int = 15, lease: float = 3.0, poll: float = 1.0) -> None:

@@ -14,7 +14,6 @@ import secrets
 from typing import Any, ClassVar, Literal
 
 from ftctl.providers.base import (
-    parse_json,
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,
@@ -22,14 +21,15 @@ from ftctl.providers.base import (
     JobSpec,
     LogEntry,
     PermanentError,
-    Quote,
     ProviderError,
     ProviderJob,
+    Quote,
     TransientError,
     Unreachable,
     error_from_status,
     is_concurrency_limit_message,
     message_from_body,
+    parse_json,
     retry_after_seconds,
 )
 from ftctl.providers.keys import clip, redact

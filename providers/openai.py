@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ftctl.providers.base import (
-    parse_json,
     FAIL_CAPACITY,
     FAIL_DATA,
     FAIL_TRAINING,
@@ -32,6 +31,7 @@ from ftctl.providers.base import (
     error_from_status,
     is_concurrency_limit_message,
     message_from_body,
+    parse_json,
     retry_after_seconds,
 )
 from ftctl.providers.keys import clip, redact

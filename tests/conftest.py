@@ -111,6 +111,42 @@ def ftctl_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def states(where: Path) -> list[str]:
+    """Every job's state, by id, read straight from the SQLite file (`where`:
+    the ftctl.db, or the controller.toml beside it)."""
+    import sqlite3
+
+    db = where.parent / "ftctl.db" if where.suffix == ".toml" else where
+    with sqlite3.connect(db) as c:
+        return [r[0] for r in c.execute("SELECT state FROM jobs ORDER BY id")]
+
+
+def wait_until(pred, timeout: float = 30.0, step: float = 0.05):
+    """The first true value `pred` gives within `timeout` seconds, else its
+    value at the end."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    return pred()
+
+
+def leader_of(daemons: list) -> Daemon | None:
+    """The live daemon whose last word on leadership is that it leads."""
+    for d in daemons:
+        if d.proc.poll() is not None:
+            continue
+        said = [line["event"] for line in d.lines
+                if line["event"] in ("leading", "standing by") or line["event"].startswith("leadership lost")]
+        if said and said[-1] == "leading":
+            return d
+    return None
+
+
 def submit_jobs(config: Path, *agents: str, force: bool = False) -> list:
     """Setup: `ftctl submit` (every agent, or these) through the Python API in
     this process, where a test is about what happens after a submit. What

@@ -16,25 +16,10 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import (submit_jobs, AGENTS, FAKE_KEY, KEY_ENV, Daemon, ftctl_env, run_ftctl, run_ftctl_many,
-                            start_emulator,
-                            write_config, write_remote_config)
+from tests.conftest import (AGENTS, Daemon, FAKE_KEY, KEY_ENV, ftctl_env, run_ftctl, run_ftctl_many, start_emulator,
+                            states, submit_jobs, wait_until, write_config, write_remote_config)
 
 pytestmark = pytest.mark.slow
-
-
-def states(db):
-    with sqlite3.connect(db) as c:
-        return [r[0] for r in c.execute("SELECT state FROM jobs ORDER BY id")]
-
-
-def wait_until(pred, timeout=30.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 def one_job_per_token(emulator, db):

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import submit_jobs, assert_no_key, REPO, ftctl_env, run_ftctl
+from tests.conftest import REPO, assert_no_key, ftctl_env, run_ftctl, states, submit_jobs, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -23,20 +23,6 @@ def start_daemon(config, *args):
     return subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(config), "daemon", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
                             env=ftctl_env())
-
-
-def states(db):
-    with sqlite3.connect(db) as c:
-        return [r[0] for r in c.execute("SELECT state FROM jobs ORDER BY id")]
-
-
-def wait_until(pred, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.fixture

@@ -17,30 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import (FAKE_KEY, KEY_ENV, Daemon, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many,
-                            write_config, write_remote_config)
+from tests.conftest import (Daemon, FAKE_KEY, KEY_ENV, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many, states,
+                            wait_until, write_config, write_remote_config)
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(pred, timeout=20.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def states(cfg):
-    with sqlite3.connect(cfg.parent / "ftctl.db") as c:
-        return [r[0] for r in c.execute("SELECT state FROM jobs ORDER BY id")]
 
 
 def test_a_5m_poll_still_reacts_at_once_to_submit_sighup_and_a_signed_webhook(tmp_path):

@@ -13,7 +13,8 @@ from datetime import datetime
 import pytest
 import sqlalchemy
 
-from tests.conftest import FAKE_KEY, KEY_ENV, Daemon, ftctl_env, run_ftctl, start_emulator, write_remote_config
+from tests.conftest import (FAKE_KEY, KEY_ENV, Daemon, ftctl_env, leader_of, run_ftctl, start_emulator, wait_until,
+                            write_remote_config)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -27,28 +28,6 @@ def site(tmp_path, url, emulator_url, agents, **kw):
     return cfg
 
 
-def leader_of(daemons):
-    """The live daemon whose last word on leadership is that it leads."""
-    for d in daemons:
-        if d.proc.poll() is not None:
-            continue
-        said = [line["event"] for line in d.lines
-                if line["event"] in ("leading", "standing by") or line["event"].startswith("leadership lost")]
-        if said and said[-1] == "leading":
-            return d
-    return None
-
-
-def wait(pred, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
-
-
 def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgres_server):
     url = postgres_server.database("ftctl_ha")
     agents = tuple(f"a{i:02d}" for i in range(20))
@@ -60,21 +39,21 @@ def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgr
         daemons = [Daemon(cfg, env=env) for _ in range(3)]
         everyone = list(daemons)
         try:
-            assert wait(lambda: leader_of(daemons), 30), [d.stderr[-500:] for d in daemons]
+            assert wait_until(lambda: leader_of(daemons), 30), [d.stderr[-500:] for d in daemons]
             # the standbys show once they have said so in the database (a heartbeat each)
-            shown = wait(lambda: (lambda line: "daemon: running (leader host" in line and line.count(
+            shown = wait_until(lambda: (lambda line: "daemon: running (leader host" in line and line.count(
                 "host ") == 3 and "standing by: host" in line)(run_ftctl("status", config=cfg, env=env).stderr), 10)
             assert shown, run_ftctl("status", config=cfg, env=env).stderr
             kills, paused, takeovers = 0, False, []
             while kills < 20 or not paused:
-                leader = wait(lambda: leader_of(daemons), 15)
+                leader = wait_until(lambda: leader_of(daemons), 15)
                 assert leader is not None, "no daemon took over"
                 if kills == 10 and not paused:
                     # a leader frozen for longer than its lease must not act once it thaws
                     leader.proc.send_signal(signal.SIGSTOP)
                     time.sleep(LEASE * 3)
                     others = [d for d in daemons if d is not leader]
-                    assert wait(lambda: leader_of(others), 15)  # a standby took over meanwhile
+                    assert wait_until(lambda: leader_of(others), 15)  # a standby took over meanwhile
                     leader.proc.send_signal(signal.SIGCONT)
                     assert leader.wait_for("leadership lost; acting no more", timeout=15), leader.stderr[-2000:]
                     paused = True
@@ -87,13 +66,13 @@ def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgr
                 fresh = Daemon(cfg, env=env)
                 daemons.append(fresh)
                 everyone.append(fresh)
-                if wait(lambda: leader_of(daemons), 15):
+                if wait_until(lambda: leader_of(daemons), 15):
                     takeovers.append(time.monotonic() - killed_at)
             with sqlalchemy.create_engine(url).connect() as c:
                 unfinished_at_end_of_kills = c.execute(sqlalchemy.text(
                     "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'failed', 'cancelled')")).scalar()
             assert unfinished_at_end_of_kills > 0  # the kills landed mid-campaign
-            assert wait(lambda: all(j["state"] == "succeeded" for j in
+            assert wait_until(lambda: all(j["state"] == "succeeded" for j in
                                     __import__("json").loads(run_ftctl("status", "--json", config=cfg,
                                                                        env=env).stdout or "[]")), 120)
         finally:
@@ -132,22 +111,22 @@ def test_a_database_away_for_five_leases_leaves_the_daemons_standing(tmp_path, p
         assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
         daemons = [Daemon(cfg, env=env) for _ in range(2)]
         try:
-            assert wait(lambda: leader_of(daemons), 30)
-            assert wait(lambda: srv.emulator.calls["POST /v1/fine_tuning/jobs"] >= 2, 30)
+            assert wait_until(lambda: leader_of(daemons), 30)
+            assert wait_until(lambda: srv.emulator.calls["POST /v1/fine_tuning/jobs"] >= 2, 30)
             postgres_server.stop()
             try:
                 time.sleep(5 * LEASE)
             finally:
                 postgres_server.start()
             assert all(d.proc.poll() is None for d in daemons)  # still standing
-            assert wait(lambda: leader_of(daemons), 30), [d.stderr[-1500:] for d in daemons]
+            assert wait_until(lambda: leader_of(daemons), 30), [d.stderr[-1500:] for d in daemons]
             for d in daemons:
                 said = [line["event"] for line in d.lines if line.get("level") in ("warning", "error")]
                 assert said.count("database unreachable; acting no more until it answers (standing by)") == 1, d.stderr[-3000:]
                 assert len(said) <= 2, said  # one line for the outage, not a storm
             import json
 
-            assert wait(lambda: [j["state"] for j in json.loads(run_ftctl(
+            assert wait_until(lambda: [j["state"] for j in json.loads(run_ftctl(
                 "status", "--json", config=cfg, env=env).stdout)] == ["succeeded"] * 3, 60)
         finally:
             for d in daemons:

@@ -16,8 +16,8 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import (submit_jobs, FAKE_KEY, KEY_ENV, REPO, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many,
-                            start_emulator, write_config, write_remote_config)
+from tests.conftest import (FAKE_KEY, KEY_ENV, REPO, assert_no_key, ftctl_env, run_ftctl, run_ftctl_many,
+                            start_emulator, states, submit_jobs, write_config, write_remote_config)
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,6 @@ def wait_for(pred, timeout=30, step=0.1):
             return value
         time.sleep(step)
     return None
-
-
-def states(config):
-    with sqlite3.connect(config.parent / "ftctl.db") as c:
-        return [r[0] for r in c.execute("SELECT state FROM jobs ORDER BY id")]
 
 
 class NotifySocket:
