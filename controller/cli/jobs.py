@@ -184,18 +184,21 @@ def _watch(query: dict, fmt: str, no_headers: bool, interval: float) -> None:
 
     from ftctl.models import utcnow
 
-    def snapshot() -> tuple[list, object]:
+    def snapshot(draw):
+        """`draw(found)` inside the read session: a reason that waits for a
+        slot or the budget reads those facts when it is rendered, so the
+        rendering must happen before the session closes."""
         with api() as ft:
-            found = ft.listing(**query)
-            return list(found.rows), found
+            return draw(ft.listing(**query))
 
     if not stdout_is_terminal():
         # a pipe or a log: one snapshot an interval, each under its own title line
+        def lines(found) -> None:
+            _print_jobs(found, fmt, no_headers, title=f"ftctl status  {utcnow():%Y-%m-%d %H:%M:%S} UTC")
+
         try:
             while True:
-                rows, found = snapshot()
-                found.rows = iter(rows)
-                _print_jobs(found, fmt, no_headers, title=f"ftctl status  {utcnow():%Y-%m-%d %H:%M:%S} UTC")
+                snapshot(lines)
                 sys.stdout.write("\n")
                 sys.stdout.flush()
                 time.sleep(interval)
@@ -206,9 +209,8 @@ def _watch(query: dict, fmt: str, no_headers: bool, interval: float) -> None:
     from ftctl.controller.cli.views import status_table
 
     def table(title: str):
-        rows, found = snapshot()
-        return status_table(rows, found.now, title=title, live=found.live, wide=fmt == "wide",
-                            no_headers=no_headers)
+        return snapshot(lambda found: status_table(list(found.rows), found.now, title=title, live=found.live,
+                                                   wide=fmt == "wide", no_headers=no_headers))
 
     with LiveDisplay(table("ftctl status"), console=console(), auto_refresh=False) as display:
         try:

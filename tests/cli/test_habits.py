@@ -86,6 +86,48 @@ def test_status_watch_in_a_pipe_prints_a_snapshot_every_interval(site):
         assert lines[i + 2].split()[:2] == ["1", "qa"]
 
 
+@pytest.mark.slow
+def test_status_watch_into_a_pipe_while_a_daemon_moves_the_jobs(tmp_path):
+    """`ftctl status --watch | cat` as CI uses it (issue 18.1): jobs wait for a
+    slot (a reason that reads the slots when it is drawn), run and succeed
+    under a real daemon while the watch writes to a pipe."""
+    import threading
+
+    from tests.conftest import Daemon
+
+    cfg = write_config(tmp_path / "site", agents=("qa", "legal", "content", "support"), concurrency=1,
+                       queue_time="0.1s", validate_time="0.1s", train_time="0.4s", poll="0.2s")
+    submit_jobs(cfg)
+    cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    watch = subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(cfg), "status", "--watch",
+                              "--interval", "0.2"], stdout=cat.stdin, stderr=subprocess.PIPE, text=True,
+                             cwd=tempfile.gettempdir(), env=ftctl_env())
+    cat.stdin.close()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(cat.stdout.readline, "")), daemon=True)
+    reader.start()
+    daemon = Daemon(cfg, "--until-done")
+    try:
+        assert daemon.wait(timeout=90) == 0, daemon.stderr[-2000:]
+        # a snapshot drawn after the daemon finished: every job succeeded in it
+        seen = len(lines)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and watch.poll() is None and sum(
+                line.startswith("ftctl status") for line in lines[seen:]) < 2:
+            time.sleep(0.05)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        code = watch.wait(timeout=20)
+        reader.join(timeout=10)
+    err = watch.stderr.read()
+    assert code == 0 and "internal error" not in err and "Traceback" not in err, err[-2000:]
+    text = "".join(lines)
+    assert "waiting for a slot (1/1 busy on sim)" in text  # drawn while the daemon held the slot
+    last = text.rstrip("\n").split("\n\n")[-1].splitlines()
+    assert last[0].startswith("ftctl status") and last[1].split()[:2] == ["ID", "AGENT"]
+    assert [row.split()[4] for row in last[2:]] == ["succeeded"] * 4, last
+
+
 def test_wait_says_when_no_daemon_drives_the_database(site):
     (p,) = run_ftctl_many(["wait", "1", "2", "--timeout", "0.3s", "--interval", "0.1"], config=site)
     assert p.returncode == 5
