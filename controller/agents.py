@@ -6,12 +6,38 @@ with depends_on), each broken rule one line that names its key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ftctl.providers.settings import Section
+
+
+# an agent's name becomes a file name (the export, Ray's artifacts), a key in
+# the hooks' payloads and an environment variable's value: one rule, checked
+# wherever a name comes in (config keys, depends_on, "@x", submit --agent, the API)
+AGENT_NAME_RULE = "[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+_AGENT_NAME = re.compile(AGENT_NAME_RULE)
+
+
+def agent_name_error(name: Any, where: str) -> str | None:
+    """None for a good agent name; else the one line that says why not,
+    naming `where` it came from and the rule."""
+    if isinstance(name, str) and _AGENT_NAME.fullmatch(name):
+        return None
+    shown = repr(name[:70] + "..." if isinstance(name, str) and len(name) > 70 else name)
+    return (f"{where}: {shown} is not an agent name: names match {AGENT_NAME_RULE} (a letter or digit, "
+            f"then up to 62 letters, digits, '.', '_' or '-')")
+
+
+def check_agent_name(name: Any, where: str) -> str:
+    """`name`, when it is a good agent name; else ValueError (agent_name_error)."""
+    problem = agent_name_error(name, where)
+    if problem:
+        raise ValueError(problem)
+    return name
 
 
 class TrainingFileRef(Section):
@@ -109,8 +135,11 @@ def check_agent(config: Any, name: str, agent: AgentConfig) -> None:
         raise ValueError(f"agents.{name}.training_files: give training_file or training_files, not both")
     if not agent.training_file and not agent.training_files:
         raise ValueError(f"agents.{name}.training_file: required key is missing (or training_files)")
+    if agent.upstream_model is not None:
+        check_agent_name(agent.upstream_model, f"agents.{name}.model")
     known = ", ".join(sorted(config.agents))
     for other in agent.depends_on:
+        check_agent_name(other, f"agents.{name}.depends_on")
         if other == name:
             raise ValueError(f"agents.{name}.depends_on: an agent cannot depend on itself")
         if other not in config.agents:
@@ -119,8 +148,6 @@ def check_agent(config: Any, name: str, agent: AgentConfig) -> None:
         raise ValueError(f"agents.{name}.depends_on: an agent is named twice")
     upstream = agent.upstream_model
     if upstream is not None:
-        if not upstream:
-            raise ValueError(f"agents.{name}.model: '@' names no agent (e.g. model = \"@feedback\")")
         if upstream not in agent.depends_on:
             raise ValueError(f"agents.{name}.model: {agent.model!r} trains on {upstream}'s model, so "
                              f"depends_on must name it: depends_on = [\"{upstream}\"]")

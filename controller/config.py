@@ -100,7 +100,7 @@ class PriceOverride(Section):
 
 
 from ftctl.controller.agents import (AgentConfig, EvalConfig, ExportSection, TrainingFileRef,  # noqa: E402
-                                    check_agent, check_cycles, root_model, upstream_closure)
+                                    check_agent, check_agent_name, check_cycles, root_model, upstream_closure)
 
 # [providers.NAME]: each kind declares its own section (providers/*.py)
 ProviderConfig = Annotated[Union[tuple(k.section for k in KINDS.values())], Field(discriminator="kind")]
@@ -125,6 +125,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
+        for name in self.agents:
+            check_agent_name(name, "agents")
         for name, agent in self.agents.items():
             if agent.provider not in self.providers:
                 known = ", ".join(sorted(self.providers)) or "none"

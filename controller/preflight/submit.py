@@ -12,6 +12,7 @@ from typing import Any
 import hashlib
 import json
 
+from ftctl.controller.agents import agent_name_error
 from ftctl.controller.config import Config, root_model, upstream_closure
 from ftctl.controller.engine.jobs import Twin, create_job, file_sha256
 from ftctl.models import Store
@@ -199,6 +200,8 @@ def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, ag
     if adhoc:
         if names or all_agents:
             raise SubmitError("give either agent names / --all, or --agent --file --model --provider, not both")
+        if agent is not None and agent_name_error(agent, "--agent"):
+            raise SubmitError(agent_name_error(agent, "--agent"))
         missing = [flag for flag, v in (("--agent", agent), ("--file", file), ("--model", model),
                                         ("--provider", provider)) if not v]
         if missing:
@@ -220,6 +223,8 @@ def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, ag
     if not names:
         raise SubmitError("name the agents to submit, or pass --all (see `ftctl submit --help`)")
     for name in dict.fromkeys(names):
+        if agent_name_error(name, "agents"):
+            raise SubmitError(agent_name_error(name, "agents"))
         if name not in config.agents:
             known = ", ".join(sorted(config.agents)) or "none"
             raise SubmitError(f"unknown agent {name!r} (agents in {config.path}: {known})")

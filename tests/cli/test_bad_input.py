@@ -165,3 +165,54 @@ def test_prepare_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, m
     assert str(err.value) == f"{out}: cannot write (No space left on device); nothing was changed there"
     assert out.read_bytes() == before
     assert list(tmp_path.glob(".out.jsonl.*")) == []
+
+
+BAD_NAMES = ["", "a\nb", "../../../tmp/x", "a;touch x", "$(touch x)", "-rf", ".hidden", "a" * 64, "qa/../x"]
+RULE = "is not an agent name: names match [A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+
+
+def test_a_bad_agent_name_is_refused_wherever_it_enters(make_config, tmp_path):
+    """18.17: a name becomes a file name (the export, Ray's artifacts) and a
+    value in the hooks' payloads: the submit flag, the config's keys, its
+    references and the API refuse anything but the rule, in one line."""
+    import ftctl
+
+    cfg = make_config(agents=("qa",))
+    good = cfg.read_text()
+    data = cfg.parent / "data" / "qa.jsonl"
+    for name in BAD_NAMES:
+        quoted = json.dumps(name)  # a TOML basic string
+        adhoc = ["submit", "--agent", name, "--file", str(data), "--model", "open-mistral-7b", "--provider", "sim"]
+        one_line_error(run_ftctl(*adhoc, config=cfg, cwd=tmp_path), f"--agent: {name!r} {RULE}")
+        one_line_error(run_ftctl("submit", "--", name, config=cfg, cwd=tmp_path), f"agents: {name!r} {RULE}")
+        assert not (cfg.parent / "ftctl.db").exists()
+        for where, text in (
+                ("agents", good + f'\n[agents.{quoted}]\nprovider = "sim"\nmodel = "open-mistral-7b"\n'
+                                  f'training_file = "data/qa.jsonl"\n'),
+                ("agents.qa.depends_on", good + f"depends_on = [{quoted}]\n"),
+                ("agents.qa.model", good.replace('model = "open-mistral-7b"', f"model = {json.dumps('@' + name)}")
+                 + f"depends_on = [{quoted}]\n")):
+            cfg.write_text(text)
+            for args in (["submit", "--all"], ["status"]):
+                one_line_error(run_ftctl(*args, config=cfg, cwd=tmp_path), f"{cfg}: {where}: {name!r} {RULE}")
+        cfg.write_text(good)
+        with ftctl.open(cfg) as ft:
+            for call in (lambda: ft.submit([name]),
+                         lambda: ft.submit(adhoc={"agent": name, "file": data, "provider": "sim",
+                                                  "model": "open-mistral-7b"})):
+                with pytest.raises(ftctl.BadInput, match=r"is not an agent name: names match") as err:
+                    call()
+                assert err.value.exit_code == 2 and "\n" not in str(err.value)
+        assert not (cfg.parent / "ftctl.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # nothing ran: no `x` made here
+
+
+def test_good_agent_names_pass_the_rule(make_config):
+    names = ("qa_v2-final-1", "A" * 63, "7up")
+    cfg = make_config(agents=names)
+    data = cfg.parent / "data" / "7up.jsonl"
+    done = run_ftctl("submit", "--all", "--json", config=cfg)
+    dotted = run_ftctl("submit", "--agent", "qa.v2", "--file", str(data), "--model", "open-mistral-7b",
+                       "--provider", "sim", "--json", config=cfg)
+    assert done.returncode == 0 and dotted.returncode == 0, done.stderr + dotted.stderr
+    assert sorted(r["agent"] for r in json.loads(done.stdout) + json.loads(dotted.stdout)) == sorted(names + ("qa.v2",))
