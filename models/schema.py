@@ -24,6 +24,29 @@ class StoreError(Exception):
     """The database cannot be used (one line, no secrets)."""
 
 
+# SQLite's result codes for a database that cannot take a write as things
+# stand (sqlite3's `sqlite_errorcode`, primary code): full, I/O error,
+# read-only, corrupt, not a database, cannot open
+_SQLITE_UNUSABLE = {13: "the disk is full", 10: "a disk I/O error", 8: "it is read-only", 11: "it is corrupt",
+                    26: "it is not a database", 14: "it cannot be opened"}
+
+
+def database_problem(exc: BaseException, where: str) -> str | None:
+    """One line for a database error that is no bug but the database's state
+    (a full disk, a read-only or corrupt file; PostgreSQL out of space), naming
+    `where` (the file, or the URL without its password); None for anything else."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    why = _SQLITE_UNUSABLE.get(code & 0xFF) if isinstance(code, int) else None
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if why is None and isinstance(state, str) and state.startswith("53"):  # insufficient resources
+        why = "the disk is full" if state == "53100" else "it is out of resources"
+    if why is None:
+        return None
+    said = str(orig).strip().splitlines()[0] if str(orig).strip() else orig.__class__.__name__
+    return f"database {where}: {why} ({said}); nothing more was written"
+
+
 def redact_url(url: str) -> str:
     # never print a password that may sit in a database URL
     if "@" in url and "://" in url:

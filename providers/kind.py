@@ -94,6 +94,42 @@ class RemoteSection(ProviderSection):
             raise ProviderUnavailable(str(exc)) from None
 
 
+# what a hyperparameter's value must be, by our name (a kind says otherwise
+# in its own `value_types`): each kind of value with the words that say it
+VALUE_KINDS = {
+    "count": "a whole number of 1 or more",
+    "positive": "a number above 0",
+    "fraction": "a number from 0 to 1",
+    "nonnegative": "a number of 0 or more",
+    "switch": "true or false",
+    "name": "a name in quotes",
+}
+VALUE_TYPES = {
+    "training_steps": "count", "epochs": "positive", "n_epochs": "count", "batch_size": "count",
+    "learning_rate": "positive", "learning_rate_multiplier": "positive", "weight_decay": "nonnegative",
+    "warmup_fraction": "fraction", "warmup_ratio": "fraction", "fim_ratio": "fraction", "seq_len": "count",
+    "lora": "switch", "lora_r": "count", "lora_alpha": "count", "n_checkpoints": "count", "training_method": "name",
+}
+
+
+def _fits(kind: str, value: Any) -> bool:
+    import math
+
+    if kind == "switch":
+        return isinstance(value, bool)
+    if kind == "name":
+        return isinstance(value, str) and bool(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if kind == "count":
+        return float(value).is_integer() and value >= 1
+    if kind == "positive":
+        return value > 0
+    if kind == "fraction":
+        return 0 <= value <= 1
+    return value >= 0
+
+
 class ProviderKind:
     """One provider kind. Subclasses fill in the class attributes and `client`."""
 
@@ -101,6 +137,10 @@ class ProviderKind:
     section: ClassVar[type[ProviderSection]]
     # our hyperparameter names -> the provider's own
     hyperparameters: ClassVar[dict[str, str]] = {}
+    # what a value must be where this kind differs from VALUE_TYPES, and the
+    # words it takes instead of a number ("auto": the provider chooses)
+    value_types: ClassVar[dict[str, str]] = {}
+    value_words: ClassVar[frozenset[str]] = frozenset()
     # the [kind] section of the price table this kind is billed by
     price_key: ClassVar[str]
     # what a training example may hold
@@ -162,6 +202,23 @@ class ProviderKind:
 
     def unknown_hyperparameters(self, hyperparameters: dict[str, Any]) -> list[str]:
         return sorted(set(hyperparameters) - set(self.hyperparameters))
+
+    def bad_hyperparameter(self, hyperparameters: dict[str, Any]) -> tuple[str, str] | None:
+        """(name, why) for the first known hyperparameter whose value is not of
+        its kind (`training_steps = "ten"`), else None."""
+        for name, value in hyperparameters.items():
+            kind = self.value_types.get(name) or VALUE_TYPES.get(name)
+            if name not in self.hyperparameters or kind is None or _fits(kind, value):
+                continue
+            if kind != "name" and isinstance(value, str) and value in self.value_words:
+                continue
+            words = " or ".join([VALUE_KINDS[kind], *(f'"{w}"' for w in sorted(self.value_words) if kind != "name")])
+            import json
+
+            # as TOML writes it ("ten", true), on one line
+            shown = json.dumps(value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value)
+            return name, f"{shown} is not {words}"
+        return None
 
     def provider_hyperparameters(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         unknown = self.unknown_hyperparameters(hyperparameters)

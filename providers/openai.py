@@ -242,6 +242,8 @@ class OpenAIKind(ProviderKind):
     kind = "openai"
     section = OpenAISection
     hyperparameters = HYPERPARAMETERS
+    value_types = {"epochs": "count"}  # n_epochs: a whole number of epochs, or "auto"
+    value_words = frozenset({"auto"})
     price_key = "openai"
     training_log = True
     webhooks = True

@@ -326,6 +326,7 @@ class TogetherKind(ProviderKind):
     kind = "together"
     section = TogetherSection
     hyperparameters = HYPERPARAMETERS
+    value_types = {"epochs": "count"}  # n_epochs is a whole number
     price_key = "together"
     roles = frozenset({"system", "user", "assistant", "tool"})
     example_keys = frozenset({"messages", "tools"})

@@ -15,6 +15,7 @@ each with the exit code the CLI uses for it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -116,6 +117,20 @@ class Ftctl(Delivery):
             raise (DatabaseUnavailable if create else BadInput)(str(exc)) from None
         return self._store
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write whose database cannot take it (a full disk, a read-only or
+        corrupt file) is DatabaseUnavailable, in one line naming the database."""
+        from ftctl.models.schema import database_problem, redact_url
+
+        try:
+            yield
+        except Exception as exc:
+            problem = database_problem(exc, str(self.config.sqlite_file or redact_url(self.config.database_url)))
+            if problem is None:
+                raise
+            raise DatabaseUnavailable(problem) from None
+
     def close(self) -> None:
         if self._reads is not None:
             self._reads.close()
@@ -165,8 +180,8 @@ class Ftctl(Delivery):
                                      quote=quote, phone_region=phone_region)
         except SubmitError as exc:
             raise BadInput(str(exc)) from None
-        store = self.store(create=True)
-        results = store_submissions(store, plans, force=force)
+        with self._writing():
+            results = store_submissions(self.store(create=True), plans, force=force)
         if any(r.created for r in results):
             self.wake("submit")
         return results
@@ -186,7 +201,8 @@ class Ftctl(Delivery):
             raise Refused(f"job {job_id}: its cancellation at the provider is still pending; "
                           f"retry after the next tick")
         try:
-            _, row = user_transition(self.store(), job_id, trigger)
+            with self._writing():
+                _, row = user_transition(self.store(), job_id, trigger)
         except JobNotFound:
             raise NotFound(f"no job {job_id} (see `ftctl status`)") from None
         except Twin as twin:

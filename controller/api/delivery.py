@@ -10,6 +10,7 @@ from typing import Any
 
 class Delivery:
     config: Any
+    _writing: Any  # ftctl.Ftctl's: a database that cannot take the write is one line
 
     def models(self, *, agents: Sequence[str] | None = None,
                providers: Sequence[str] | None = None) -> dict[str, str]:
@@ -57,7 +58,8 @@ class Delivery:
             raise Refused(f"job {job_id} is {row.state}: only a succeeded job's model can be {trigger}d")
         reason = Reason("promoted_user" if trigger == "promote" else "rejected_user")
         try:
-            fire_promotion(self.store(), job_id, trigger, reason=reason, expect=row.promotion)
+            with self._writing():
+                fire_promotion(self.store(), job_id, trigger, reason=reason, expect=row.promotion)
         except InvalidTransition as exc:
             raise Refused(f"job {job_id}: {exc}") from None
         except StaleState:

@@ -51,9 +51,15 @@ def default_jobs() -> int:
 
 
 def epochs_and_steps(hyperparameters: dict[str, Any]) -> tuple[float | None, int | None]:
+    """The epochs and steps asked for (None: the provider chooses, e.g. "auto");
+    their types were checked against the provider's (ProviderKind.bad_hyperparameter)."""
     epochs = hyperparameters.get("epochs", hyperparameters.get("n_epochs"))
     steps = hyperparameters.get("training_steps")
-    return (float(epochs) if epochs is not None else None), (int(steps) if steps is not None else None)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return (float(epochs) if number(epochs) else None), (int(steps) if number(steps) else None)
 
 
 def phone_region(config: Config | None, option: str | None) -> str:

@@ -90,6 +90,14 @@ def detector(phone_region: str = DEFAULT_REGION) -> Detector:
     return Detector(phone_region)
 
 
+class NotJSON(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, JSON has none."""
+
+
+def _not_json(name: str) -> Any:
+    raise NotJSON(name)
+
+
 def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter | None,
                context: int | None, method: str | None = None, phone_region: str = DEFAULT_REGION) -> Example:
     """Everything that can be said of one line alone (duplicates need the
@@ -106,7 +114,10 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
         ex.problems.append(("invalid_utf8", f"not UTF-8 (byte {exc.start})"))
         return ex
     try:
-        record = json.loads(text)
+        record = json.loads(text, parse_constant=_not_json)
+    except NotJSON as exc:
+        ex.problems.append(("invalid_json", f"invalid JSON: {exc} is not a JSON number (no provider takes it)"))
+        return ex
     except ValueError as exc:
         msg = exc.msg if hasattr(exc, "msg") else str(exc)
         col = getattr(exc, "colno", None)

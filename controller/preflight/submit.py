@@ -92,6 +92,10 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
     if unknown:
         raise SubmitError(f"{hp_where}: {', '.join(unknown)} not known to {kind} "
                           f"(known: {', '.join(sorted(descriptor.hyperparameters))})")
+    bad = descriptor.bad_hyperparameter(plan.hyperparameters)
+    if bad:
+        name, why = bad
+        raise SubmitError(f"{hp_where} {name}: {why}" if where == "--file" else f"{hp_where}.{name}: {why}")
     try:
         # the training method picks the data format (SFT conversations, DPO pairs) and the price
         method = descriptor.training_method(plan.hyperparameters)

@@ -216,3 +216,90 @@ def test_good_agent_names_pass_the_rule(make_config):
                        "--provider", "sim", "--json", config=cfg)
     assert done.returncode == 0 and dotted.returncode == 0, done.stderr + dotted.stderr
     assert sorted(r["agent"] for r in json.loads(done.stdout) + json.loads(dotted.stdout)) == sorted(names + ("qa.v2",))
+
+
+@pytest.mark.parametrize("value,shown,why", [
+    ('"ten"', '"ten"', "a whole number of 1 or more"),
+    ("true", "true", "a whole number of 1 or more"),
+    ("0", "0", "a whole number of 1 or more"),
+    ("2.5", "2.5", "a whole number of 1 or more"),
+    ("nan", "NaN", "a whole number of 1 or more"),
+])
+def test_a_hyperparameter_of_the_wrong_type_is_one_line(make_config, value, shown, why):
+    """18.18: it used to be `internal error: ValueError`, exit 1."""
+    cfg = make_config(agents=("qa",))
+    cfg.write_text(cfg.read_text().replace("training_steps = 10", f"training_steps = {value}"))
+    for p in run_ftctl_many(["submit", "qa"], ["submit", "--all"], config=cfg):
+        one_line_error(p, f"agents.qa.hyperparameters.training_steps: {shown} is not {why}")
+    assert not (cfg.parent / "ftctl.db").exists()
+
+
+def test_hyperparameter_types_follow_the_provider(make_config):
+    from ftctl.providers.registry import kind
+
+    cfg = make_config(agents=("qa",))
+    data = cfg.parent / "data" / "qa.jsonl"
+    adhoc = ["submit", "--agent", "x", "--file", str(data), "--model", "open-mistral-7b", "--provider", "sim", "--hp"]
+    bad_lr, bad_switch = run_ftctl_many([*adhoc, "learning_rate=fast"], [*adhoc, "epochs=-1"], config=cfg)
+    one_line_error(bad_lr, '--hp learning_rate: "fast" is not a number above 0')
+    one_line_error(bad_switch, "--hp epochs: -1 is not a number above 0")
+    assert kind("simulated").bad_hyperparameter({"epochs": 1.5, "training_steps": 10.0, "weight_decay": 0}) is None
+    assert kind("openai").bad_hyperparameter({"epochs": "auto", "batch_size": "auto"}) is None  # OpenAI chooses
+    assert kind("openai").bad_hyperparameter({"epochs": 1.5}) == ("epochs", '1.5 is not a whole number of 1 or more'
+                                                                            ' or "auto"')
+    assert kind("together").bad_hyperparameter({"lora": 1}) == ("lora", "1 is not true or false")
+    assert kind("together").bad_hyperparameter({"training_method": 3}) == ("training_method", "3 is not a name in "
+                                                                                             "quotes")
+    assert not (cfg.parent / "ftctl.db").exists()
+
+
+def test_submit_on_a_full_database_is_one_line_naming_it(make_config):
+    """18.18: SQLite's own "database or disk is full" (its page limit reached,
+    as a full disk does), on a write after the database exists: one line that
+    names the file, exit 4, nothing half-stored."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    cfg = make_config(agents=("qa",))
+    db = cfg.parent / "ftctl.db"
+    assert run_ftctl("submit", "qa", config=cfg).returncode == 0
+
+    def no_room(dbapi_conn, _record):  # the file may not grow by a page: the disk is full
+        pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    def jobs() -> int:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    event.listen(Engine, "connect", no_room)
+    try:
+        for _ in range(60):  # the pages the file has fill up within a few jobs
+            before = jobs()
+            p = run_ftctl("submit", "qa", "--force", config=cfg)
+            if p.returncode != 0:
+                break
+        one_line_error(p, f"ftctl: error: database {db}: the disk is full (database or disk is full); "
+                          f"nothing more was written", code=4)
+        assert jobs() == before
+    finally:
+        event.remove(Engine, "connect", no_room)
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert run_ftctl("submit", "qa", "--force", config=cfg).returncode == 0  # room again: it works
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_json_nan_fails_validate_and_submit_naming_the_line(make_config, constant):
+    cfg = make_config(agents=("qa",))
+    data = cfg.parent / "data" / "qa.jsonl"
+    lines = data.read_text().splitlines()
+    lines[2] = lines[2][:-1] + f', "score": {constant}}}'
+    data.write_text("\n".join(lines) + "\n")
+    validate, submit = run_ftctl_many(["validate", str(data), "--json"], ["submit", "qa"], config=cfg)
+    assert validate.returncode == 1
+    assert json.loads(validate.stdout)["problems"]["invalid_json"]["lines"] == [3]
+    one_line_error(submit, f"agents.qa.training_file: {data} line 3: invalid JSON: {constant} is not a JSON number")
+    assert not (cfg.parent / "ftctl.db").exists()
