@@ -68,7 +68,7 @@ class Store(EventQueries, EvaluationQueries):
         try:
             self._init_schema()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open database {_redact_url(self.url)}: {exc.__class__.__name__}: "
+            raise StoreError(f"cannot open database {where}: {exc.__class__.__name__}: "
                              f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}") from None
 
     @staticmethod

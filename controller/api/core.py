@@ -114,7 +114,7 @@ class Ftctl(Delivery):
         try:
             self._store = Store(self.config.database_url, create=create)
         except StoreError as exc:
-            raise (DatabaseUnavailable if create else BadInput)(str(exc)) from None
+            raise DatabaseUnavailable(str(exc)) from None  # one cause, one code, whatever the command
         return self._store
 
     @contextlib.contextmanager
@@ -258,7 +258,7 @@ class Ftctl(Delivery):
             try:
                 self._reads = open_reads(self.config.database_url)
             except StoreError as exc:
-                raise BadInput(str(exc)) from None
+                raise DatabaseUnavailable(str(exc)) from None
         return self._reads
 
     def listing(self, *, states: Sequence[str] | None = None, agents: Sequence[str] | None = None,

@@ -9,7 +9,7 @@ from ftctl.controller.cli import jobs as _jobs  # noqa: F401  (registers its com
 from ftctl.controller.cli import observe as _observe  # noqa: F401
 from ftctl.controller.cli import preflight as _preflight  # noqa: F401
 from ftctl.controller.cli import service as _service  # noqa: F401
-from ftctl.controller.cli.app import app
+from ftctl.controller.cli.app import EXIT_INTERNAL, app
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
 
         print(redact(f"ftctl: internal error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                      f" (run with FTCTL_DEBUG=1 for the traceback)"), file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
 
 

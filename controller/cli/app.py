@@ -3,10 +3,12 @@
 Read commands (status, show, models) open only the database: no provider
 module is imported and nothing goes over the network.
 
-Exit codes: 0 ok; 1 a job did not succeed (`wait`-like outcomes) or the
-daemon failed; 2 bad input (config, arguments, unknown job or agent,
-missing file); 3 refused (a transition not allowed, a daemon already
-running); 4 the database cannot be used.
+Exit codes (one cause, one code, whatever the command; README "Exit codes"):
+0 ok; 1 a job did not succeed (`wait`-like outcomes) or the daemon failed;
+2 bad input (config, arguments, unknown job or agent, missing file); 3
+refused (a transition not allowed, a daemon already running); 4 the database
+cannot be used (cannot be opened, corrupt, full, read-only); 5 `wait` timed
+out; 6 the daemon lost its lock; 70 an internal error (a bug); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import typer
 from ftctl.controller.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_REFUSED, EXIT_DATABASE, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+EXIT_INTERNAL = 70  # a bug in ftctl (sysexits' EX_SOFTWARE): never an outcome a script should act on
 PHONE_REGION_HELP = ("the country of phone numbers written without +CC, e.g. US, GB, DE "
                      "(default: \\[preflight] phone_region, else US)")
 
@@ -145,7 +148,7 @@ def open_store(config: Config, *, create: bool = True):
     try:
         return Store(config.database_url, create=create)
     except StoreError as exc:
-        die(str(exc), EXIT_DATABASE if create else EXIT_INPUT)
+        die(str(exc), EXIT_DATABASE)
 
 
 def read_store(config: Config):
@@ -157,7 +160,7 @@ def read_store(config: Config):
     try:
         return open_reads(config.database_url)
     except StoreError as exc:
-        die(str(exc), EXIT_INPUT)
+        die(str(exc), EXIT_DATABASE)
 
 
 def setup_logging(config: Config | None) -> None:

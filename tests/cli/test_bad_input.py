@@ -303,3 +303,57 @@ def test_a_json_nan_fails_validate_and_submit_naming_the_line(make_config, const
     assert json.loads(validate.stdout)["problems"]["invalid_json"]["lines"] == [3]
     one_line_error(submit, f"agents.qa.training_file: {data} line 3: invalid JSON: {constant} is not a JSON number")
     assert not (cfg.parent / "ftctl.db").exists()
+
+
+def test_one_cause_one_exit_code_a_corrupt_database(make_config):
+    """18.20: `status` said 2 (bad input) where `daemon` said 4 for the same
+    corrupt file. Every command says 4, in one line naming the file."""
+    import ftctl
+
+    cfg = make_config(agents=("qa",))
+    submit_jobs(cfg, "qa")
+    db = cfg.parent / "ftctl.db"
+    for extra in (db.with_name("ftctl.db-wal"), db.with_name("ftctl.db-shm")):
+        extra.unlink(missing_ok=True)
+    db.write_bytes(b"this is no database " * 100)
+    commands = [["status"], ["status", "--json"], ["show", "1"], ["models"], ["models", "--all"], ["events"],
+                ["logs", "1"], ["budget"], ["submit", "qa"], ["tick"], ["cancel", "1"], ["retry", "1"],
+                ["promote", "1"], ["reject", "1"], ["wait", "1", "--timeout", "1s"]]
+    for p in [*run_ftctl_many(*commands, config=cfg), run_ftctl("daemon", config=cfg)]:
+        one_line_error(p, f"database {db}", "not a database", code=4)
+    with ftctl.open(cfg) as ft:
+        for call in (ft.status, ft.models, lambda: ft.show(1), lambda: ft.submit(["qa"])):
+            with pytest.raises(ftctl.DatabaseUnavailable):
+                call()
+    assert db.read_bytes() == b"this is no database " * 100  # nothing wrote over it
+
+
+def test_an_internal_error_has_its_own_exit_code(make_config, monkeypatch):
+    """A bug is no outcome: not 1 (`wait`: a job did not succeed), but 70."""
+    import ftctl
+
+    cfg = make_config(agents=("qa",))
+    submit_jobs(cfg, "qa")
+
+    def broken(*_a, **_k):
+        raise RuntimeError("a bug\nsecond line")
+
+    monkeypatch.setattr(ftctl.Ftctl, "listing", broken)
+    p = run_ftctl("status", config=cfg)
+    assert p.returncode == 70
+    assert p.stderr.strip().splitlines() == ["ftctl: internal error: RuntimeError: a bug (run with FTCTL_DEBUG=1 for "
+                                             "the traceback)"]
+
+
+def test_the_readme_lists_every_exit_code_the_cli_uses():
+    import re
+
+    import ftctl
+    import ftctl.controller.cli  # noqa: F401 - loads the command line's module with its codes
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("### Exit codes"):readme.index("### Database and high availability")]
+    listed = {int(c) for c in re.findall(r"^\| (\d+) \|", table, re.M)}
+    used = {v for k, v in vars(sys.modules["ftctl.controller.cli.app"]).items() if k.startswith("EXIT_")}
+    used |= {e.exit_code for e in (ftctl.BadInput, ftctl.Refused, ftctl.DatabaseUnavailable, ftctl.TimedOut)}
+    assert used <= listed, used - listed
