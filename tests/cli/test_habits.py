@@ -192,16 +192,6 @@ def test_the_readmes_examples_name_files_that_exist():
     assert prose and all((REPO / p).exists() for p in prose), prose
 
 
-def test_the_readmes_preflight_examples_run_as_written():
-    readme = (REPO / "README.md").read_text()
-    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if b.startswith("ftctl validate")]
-    env = {**ftctl_env(), "PATH": f"{Path(sys.executable).parent}:{ftctl_env().get('PATH', '')}"}
-    p = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True, text=True, cwd=REPO, env=env,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr + p.stdout
-    assert p.stdout.count("OK") == 2 and "total (the higher)" in p.stdout and "wrote /tmp/support-ready.jsonl" in p.stdout
-
-
 def test_the_shipped_config_says_how_it_differs_from_the_demo(tmp_path):
     from ftctl.controller.demo import write_demo_files
 
