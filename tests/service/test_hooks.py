@@ -4,6 +4,7 @@ receiver, on a virtual clock; and the hooks' config, refused in one line."""
 import json
 import os
 import random
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,20 +48,30 @@ def _outbox(store):
 def test_a_command_gets_the_event_in_its_environment_once_and_no_secret(make_config, clock, tmp_path, monkeypatch):
     register_secret(FAKE_KEY)
     monkeypatch.setenv("SOME_PROVIDER_KEY", FAKE_KEY)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("UNRELATED", "not asked for")
+    monkeypatch.setenv("DEPLOY_TARGET", "staging")
+    monkeypatch.setenv("NAMED_BUT_A_KEY", f"Bearer {FAKE_KEY}")
     out = tmp_path / "env.txt"
-    cfg, store = _site(make_config, clock, f'\n[[hooks]]\non = ["succeeded"]\ncommand = ["/bin/sh", "-c", '
-                                    f'"env >> {out}; echo --- >> {out}"]\n')
+    dump = "import json, os, sys; open(sys.argv[1], 'a').write(json.dumps(dict(os.environ)) + chr(10))"
+    cfg, store = _site(make_config, clock, f'\n[[hooks]]\non = ["succeeded"]\ncommand = [{json.dumps(sys.executable)}, '
+                                           f'"-c", {json.dumps(dump)}, "{out}"]\n'
+                                           f'env = ["DEPLOY_TARGET", "NAMED_BUT_A_KEY", "NOT_SET"]\n')
     hooks = Dispatcher(store, cfg, {}, clock=clock)
     assert hooks.run_once() == 5  # prepared, queued, running, succeeded, promoted
     assert hooks.run_once() == 0  # each is settled: delivered, or asked for by no hook
     text = out.read_text()
-    assert text.count("---") == 1
-    env = dict(line.split("=", 1) for line in text.split("---")[0].splitlines() if "=" in line)
+    assert text.count("\n") == 1  # one event: one run
+    env = json.loads(text)
+    # an allow-list: PATH, HOME, LANG, LC_ALL, what `env` names, and the event
+    assert {k for k in env if not k.startswith("FTCTL_")} <= {"PATH", "HOME", "LANG", "LC_ALL", "DEPLOY_TARGET",
+                                                          "LC_CTYPE"}  # (Python sets LC_CTYPE itself in a C locale)
+    assert env["DEPLOY_TARGET"] == "staging" and env["PATH"]
     assert env["FTCTL_EVENT"] == "succeeded" and env["FTCTL_JOB_ID"] == "1" and env["FTCTL_AGENT"] == "qa"
     assert env["FTCTL_MODEL"] == "ft:open-mistral-7b:qa-1:x" and env["FTCTL_EVENT_ID"].startswith("evt_")
     assert env["FTCTL_EVENT_ID"] == _outbox(store)["succeeded"].event_id
     assert "FTCTL_REASON" in env and json.loads(env["FTCTL_EVENT_JSON"])["provider"] == "sim"
-    assert "SOME_PROVIDER_KEY" not in env  # a variable holding a secret stays with the daemon
+    assert "SOME_PROVIDER_KEY" not in env and "NAMED_BUT_A_KEY" not in env  # a value holding a key stays here
     assert_no_key(text)
     assert all(o.delivered_at is not None for o in _outbox(store).values())
     store.close()
@@ -193,6 +204,15 @@ def test_an_event_undelivered_past_give_up_after_is_given_up_and_shown(make_conf
     ('[webhooks]\nlisten = "9465"\nsecret_env = "S"\n', "webhooks.listen: '9465' is not HOST:PORT"),
     ('[webhooks]\nlisten = "127.0.0.1:9465"\nsecret_env = "S"\nsecret = "x"\n', "webhooks.secret: unknown key"),
     ('[logs]\ninterval = "0s"\n', "logs.interval:"),
+    ('[[hooks]]\non = ["failed"]\ncommand = ["x"]\nenv = ["A B"]\n', "hooks[0].env: 'A B' is not an environment"),
+    ('[[hooks]]\non = ["failed"]\ncommand = ["x"]\nenv = ["CREDENTIALS_DIRECTORY"]\n',
+     "hooks[0].env: CREDENTIALS_DIRECTORY is never passed to a hook"),
+    ('[[hooks]]\non = ["failed"]\nurl = "https://a.example/x"\nenv = ["HTTPS_PROXY"]\n',
+     "hooks[0].env: only a command hook has an environment"),
+    ('[providers.m]\nkind = "mistral"\n[[hooks]]\non = ["failed"]\ncommand = ["x"]\nenv = ["MISTRAL_API_KEY"]\n',
+     "hooks[0].env: MISTRAL_API_KEY holds providers.m's secret; a hook never gets a key"),
+    ('[providers.m]\nkind = "openai"\napi_key_env = "K"\n[[hooks]]\non = ["failed"]\ncommand = ["x"]\n'
+     '[[hooks]]\non = ["failed"]\ncommand = ["y"]\nenv = ["TZ", "K"]\n', "hooks[1].env: K holds providers.m's secret"),
 ])
 def test_bad_hook_webhook_or_logs_config_is_one_line_naming_the_key(text, needle):
     with pytest.raises(ConfigError) as exc:
