@@ -151,8 +151,8 @@ class Runner:
     def _command(self, hook: HookConfig, p: dict[str, Any]) -> None:
         with tempfile.TemporaryFile() as out:
             try:
-                child = subprocess.Popen(hook.command, env=environment(p, hook.env), cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, process_group=0,
+                child = subprocess.Popen(hook.command, env=environment(p, hook.env), cwd=self.cwd,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, process_group=0,
                                          preexec_fn=_die_with_parent)
             except OSError as exc:
                 raise HookFailed(f"cannot run {hook.command[0]}: {exc.strerror or exc.__class__.__name__}") from None

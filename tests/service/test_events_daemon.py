@@ -252,7 +252,7 @@ def test_hooks_get_a_clean_environment_even_from_a_daemon_killed_with_events_owe
         last = Daemon(cfg, "--until-done", env=env)
         assert last.wait(timeout=60) == 0, last.stderr[-3000:]
     with sqlite3.connect(cfg.parent / "ftctl.db") as c:
-        events = {r[0] for r in c.execute("SELECT event_id FROM outbox")}
+        events = {r[0] for r in c.execute("SELECT event_id FROM job_events")}
     seen = [json.loads(p.read_text()) for p in runs.glob("env.*.json")]
     assert {e["FTCTL_EVENT_ID"] for e in seen} == events and len(seen) > len(events) >= 8  # one run twice: killed
     allowed = {"PATH", "HOME", "LANG", "HOOK_OK"}

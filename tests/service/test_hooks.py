@@ -234,3 +234,50 @@ def test_a_secret_that_cannot_be_had_is_one_line_naming_the_key(tmp_path, monkey
                        tmp_path / "c.toml")
     with pytest.raises(ConfigError, match=r"hooks\[0\]\.secret_file: secret file .* readable by group or others"):
         hook_secrets(cfg)
+
+
+def test_hooks_can_ask_for_every_kind_of_event_that_events_shows(tmp_path, monkeypatch):
+    """`events` and the hooks agree on what an event is: "*" gets every event
+    `ftctl events` lists, notes (created, create-failed) included, and a hook
+    can ask for a note by its name."""
+    import random as rnd
+
+    from ftctl.controller.engine.states import EVENTS
+    from ftctl.controller.engine.tick import Ticker
+    from ftctl.controller.preflight.submit import store_submissions
+    from tests.conftest import KEY_ENV, run_ftctl, start_emulator, write_remote_config
+
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    every, notes = tmp_path / "every.log", tmp_path / "notes.log"
+    line = "echo $FTCTL_EVENT_ID $FTCTL_EVENT >>"
+    hooks = "".join(f'\n[[hooks]]\non = {on}\ncommand = ["/bin/sh", "-c", "{line} {out}"]\n'
+                    for on, out in (('["*"]', every), ('["created", "create-failed"]', notes)))
+    with start_emulator("mistral", tmp_path) as srv:
+        path = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=("qa", "legal"), extra=hooks)
+        srv.emulator.faults.add(method="POST", path="/v1/fine_tuning/jobs", status=429, retry_after=0.1, times=1)
+        cfg = load_config(path)
+        store = Store(cfg.database_url)
+        store_submissions(store, plan_submissions(cfg, [], all_agents=True))
+        ticker, dispatcher = Ticker(cfg, store, rng=rnd.Random(1)), Dispatcher(store, cfg, {})
+        end = time.monotonic() + 60
+        while not ticker.tick().all_terminal:
+            dispatcher.run_once()
+            assert time.monotonic() < end, [j.state for j in store.list_jobs()]
+            time.sleep(0.05)
+        while dispatcher.run_once():
+            pass
+        ticker.close()
+        store.close()
+    listed = run_ftctl("events", "--limit", "0", "-o", "json", config=path)
+    shown = [json.loads(line) for line in listed.stdout.splitlines()]
+    kinds = {e["event"] for e in shown}
+    assert {"created", "create-failed", "prepared", "queued", "succeeded", "promoted"} <= kinds, kinds
+    got = [line.split() for line in every.read_text().splitlines()]
+    assert sorted(e["id"] for e in shown) == sorted(i for i, _ in got)  # each event once, none missing
+    assert {k for _, k in got} == kinds
+    assert sorted(line.split()[1] for line in notes.read_text().splitlines()) == sorted(
+        e["event"] for e in shown if e["event"] in ("created", "create-failed"))
+    # and `events --help` says which kinds a hook can ask for
+    helped = " ".join(run_ftctl("events", "--help").stdout.split())
+    assert "can ask for each kind shown here" in helped and all(f" {k}," in helped or f" {k}." in helped
+                                                                 for k in kinds | set(EVENTS)), helped
