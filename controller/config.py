@@ -106,6 +106,18 @@ from ftctl.controller.agents import (AgentConfig, EvalConfig, ExportSection, Tra
 ProviderConfig = Annotated[Union[tuple(k.section for k in KINDS.values())], Field(discriminator="kind")]
 
 
+def _no_key_to_hooks(config: "Config") -> None:
+    """A hook's `env` never names a variable a key or a secret is read from."""
+    keys = {getattr(p, "key_env", None): f"providers.{n}" for n, p in config.providers.items()}
+    keys.update({h.secret_env: f"hooks[{i}]" for i, h in enumerate(config.hooks)})
+    keys[config.webhooks.secret_env] = "webhooks"
+    keys.pop(None, None)
+    for i, hook in enumerate(config.hooks):
+        for name in hook.env:
+            if name in keys:
+                raise ValueError(f"hooks[{i}].env: {name} holds {keys[name]}'s secret; a hook never gets a key")
+
+
 class Config(Section):
     controller: ControllerSection = ControllerSection()
     retry: RetrySection = RetrySection()
@@ -143,6 +155,7 @@ class Config(Section):
             raise ValueError("retry.backoff_max: must not be shorter than retry.backoff_initial")
         if self.webhooks.listen and self.metrics.listen == self.webhooks.listen:
             raise ValueError("webhooks.listen: the same address as metrics.listen")
+        _no_key_to_hooks(self)
         return self
 
     @property

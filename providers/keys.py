@@ -3,10 +3,14 @@
 A key is read from `$CREDENTIALS_DIRECTORY/<name>` (systemd LoadCredential=),
 a file only its owner can read, or an environment variable, in that order of
 what the provider's config names. Every key read is registered here, and
-`redact()` removes registered keys from any text: log lines, exception
-messages, CLI output. It masks a key whole, in its escaped forms (JSON,
-URL), and any piece of it 12 characters or longer, so a key cut in half by
-a truncated error text leaks nothing either. Mask first, cut after: `clip`.
+`redact()` is the one function that removes registered keys from anything
+that leaves the process: log lines (ours and the libraries'), exception
+messages, texts stored in the database, CLI output, hook payloads, notify
+status lines. It masks a key whole, in its escaped forms (JSON, URL, repr),
+and any run of `PIECE` (6) or more of its characters: a provider that echoes
+a prefix (`bad key cnry-SEKRI...`) or a prefix and the last characters
+(OpenAI's `sk-abc123****wxyz`), or a key cut in half by a truncated error
+text, leaks nothing either. Mask first, cut after: `clip`.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import urllib.parse
 from pathlib import Path
 
 MASK = "***"
-# a piece of a key this long is masked wherever it appears
-PIECE = 12
+# any run of this many characters of a key is masked wherever it appears
+PIECE = 6
 _lock = threading.Lock()
-_secrets: set[str] = set()
-_pieces: set[str] = set()
+_secrets: frozenset[str] = frozenset()
+_pieces: frozenset[str] = frozenset()
 
 
 class SecretError(Exception):
@@ -31,62 +35,80 @@ class SecretError(Exception):
 
 
 def _forms(value: str) -> set[str]:
-    return {value, json.dumps(value)[1:-1], urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+    return {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+            urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), urllib.parse.quote(value),
             repr(value)[1:-1]}
 
 
 def register_secret(value: str) -> None:
-    if not value or len(value) < 4:
+    """From now on `value` (and every piece of it) is masked by `redact`."""
+    global _secrets, _pieces
+    if not isinstance(value, str) or len(value) < 4:
         return
     with _lock:
-        for form in _forms(value):
-            _secrets.add(form)
-            _pieces.update(form[i:i + PIECE] for i in range(len(form) - PIECE + 1))
+        forms = _forms(value) - _secrets
+        if not forms:
+            return
+        pieces = {form[i:i + PIECE] for form in forms for i in range(len(form) - PIECE + 1)}
+        # readers take the sets without the lock: each is replaced whole
+        _secrets = _secrets | forms
+        _pieces = _pieces | pieces
 
 
-def redact(text: str) -> str:
-    if not _secrets or not isinstance(text, str):
+def holds_secret(text: str) -> bool:
+    """Whether `redact` would change `text`."""
+    return isinstance(text, str) and redact(text) != text
+
+
+def _mask(text: str) -> str:
+    secrets, pieces = _secrets, _pieces
+    for secret in sorted((s for s in secrets if s in text), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    if len(text) < PIECE:
         return text
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    if _pieces and len(text) >= PIECE:
-        masked = bytearray(len(text))
-        for i in range(len(text) - PIECE + 1):
-            if text[i:i + PIECE] in _pieces:
-                masked[i:i + PIECE] = b"\x01" * PIECE
-        if any(masked):
-            out, i = [], 0
-            while i < len(text):
-                if masked[i]:
-                    while i < len(text) and masked[i]:
-                        i += 1
-                    out.append(MASK)
-                else:
-                    out.append(text[i])
-                    i += 1
-            text = "".join(out)
-    return text
+    hits = [i for i in range(len(text) - PIECE + 1) if text[i:i + PIECE] in pieces]
+    if not hits:
+        return text
+    out, start, end = [], 0, -1
+    for i in hits:  # merge overlapping and touching runs: one mask per run
+        if i > end:
+            if end >= 0:
+                out.append(MASK)
+            out.append(text[start:i])
+        end = max(end, i + PIECE)
+        start = end
+    out.append(MASK)
+    out.append(text[end:])
+    return "".join(out)
+
+
+def redact(value):
+    """`value` with every registered key masked: a string, bytes, or a dict,
+    list, tuple, NamedTuple of them (masked inside), or an exception (as
+    `Class: message`). Anything else comes back as it is."""
+    if not _secrets:
+        if isinstance(value, BaseException):
+            return f"{value.__class__.__name__}: {value}"
+        return value
+    if isinstance(value, str):
+        return _mask(value)
+    if isinstance(value, (bytes, bytearray)):
+        return _mask(value.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+    if isinstance(value, dict):
+        return {redact(k): redact(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple (a ProviderJob, a JobView)
+        return type(value)._make(redact(v) for v in value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, BaseException):
+        return _mask(f"{value.__class__.__name__}: {value}")
+    return value
 
 
 def clip(text: str, limit: int = 300) -> str:
     """Masked, then cut to `limit` characters (never the other way round)."""
     text = redact(text)
     return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def redact_value(value):
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: redact_value(v) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple (a ProviderJob, a JobView)
-        return type(value)._make(redact_value(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_value(v) for v in value)
-    if isinstance(value, BaseException):
-        return redact(f"{value.__class__.__name__}: {value}")
-    return value
 
 
 def _clean(value: str, where: str, source: str, noun: str = "key") -> str:

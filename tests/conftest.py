@@ -340,13 +340,14 @@ FAKE_KEY = "fake-key-FOR-TESTS-0123456789"
 KEY_ENV = "FTCTL_TEST_API_KEY"
 
 
-def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.2, train_time=0.4, **kw):
+def start_emulator(kind, directory, *, limit=2, queue_time=0.1, validate_time=0.2, train_time=0.4, api_key=FAKE_KEY,
+                   **kw):
     from ftctl.providers.emulator import make_emulator
     from ftctl.providers.simulated.engine import EngineSettings
 
     settings = EngineSettings(limit=limit, queue_time=queue_time, validate_time=validate_time,
                               train_time=train_time, **kw)
-    return make_emulator(kind, directory / f"{kind}-emulator.db", settings, api_key=FAKE_KEY).serve()
+    return make_emulator(kind, directory / f"{kind}-emulator.db", settings, api_key=api_key).serve()
 
 
 def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, concurrency: int = 2,
@@ -378,17 +379,19 @@ def reason_of(job, live=None) -> str | None:
     return render(job.reason_code, job.reason_args, live)
 
 
-def key_pieces(key: str = FAKE_KEY, size: int = 12) -> set[str]:
-    """The key, its escaped forms, and every piece of it `size` characters long."""
+def key_pieces(key: str = FAKE_KEY, size: int = 6) -> set[str]:
+    """The key, its escaped forms (JSON, URL, repr), and every piece of them
+    `size` characters long (what a provider's partial echo can keep)."""
     import urllib.parse
 
-    forms = {key, json.dumps(key)[1:-1], urllib.parse.quote(key, safe=""), repr(key)[1:-1]}
+    forms = {key, json.dumps(key)[1:-1], urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key),
+             repr(key)[1:-1]}
     return forms | {f[i:i + size] for f in forms for i in range(len(f) - size + 1)}
 
 
 def assert_no_key(blob, key: str = FAKE_KEY, where: str = "") -> None:
     """No trace of the key in `blob` (text or bytes): not whole, not escaped,
-    not any 12-character piece of it."""
+    not any 6-character piece of it."""
     text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else str(blob)
     found = sorted(p for p in key_pieces(key) if p in text)
     assert not found, f"key pieces {found[:3]} found in {where or 'output'}"

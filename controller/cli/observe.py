@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from ftctl.controller.cli.app import _job_id, api, app, emit_json, out
+from ftctl.controller.engine.states import EVENTS
 
 # how far back `--follow` looks again for events committed out of order
 # (PostgreSQL hands out ids before commit); what was printed is not again
@@ -34,7 +35,13 @@ def _print_event(e: dict, fmt: Output) -> None:
         out.print(event_text(e), markup=False, highlight=False)
 
 
-@app.command()
+# what a hook may ask for is every kind listed here (one list: states.EVENTS)
+_EVENTS_HELP = ("Every transition and promotion (and note) of the jobs, one line each, with its stable event id."
+                "\n\nHooks (\\[\\[hooks]] on = [...], or \"*\" for all) can ask for each kind shown here: "
+                f"{', '.join(EVENTS)}.")
+
+
+@app.command(help=_EVENTS_HELP)
 def events(
     job: Annotated[Optional[str], typer.Option("--job", help="only this job's events")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events until Ctrl-C")] = False,

@@ -1,8 +1,9 @@
 """Events: every transition and promotion of a job, with a stable id.
 
 A history row (models.JobEvent) is written in the transaction of the change
-it records; for a transition or a promotion an outbox row goes with it, in
-the same transaction, carrying what the hooks are told. So an event the
+it records, and an outbox row goes with it, in the same transaction,
+carrying what the hooks are told: every kind of event `ftctl events` shows
+(a transition, a promotion, a note) is one a hook can ask for. So an event the
 database holds is never lost for the hooks, whenever the process dies: the
 daemon's dispatcher (service.hooks) delivers it at least once.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ftctl.controller.engine.states import EVENTS
 from ftctl.models import Job, JobEvent, OutboxEvent
 
 TERMINAL_EVENTS = ("succeeded", "failed", "cancelled")
@@ -46,14 +46,13 @@ def payload(job: Job, ev: JobEvent) -> dict[str, Any]:
 
 def record(session: Any, job: Job, *, before: str | None, after: str, trigger: str, now: datetime,
            reason: str | None = None, provider_status: str | None = None, name: str | None = None) -> JobEvent:
-    """A history row in the caller's transaction, and its outbox row when
-    it is an event a hook can ask for."""
+    """A history row in the caller's transaction, and its outbox row (each
+    event is one a hook can ask for, by its name or by "*")."""
     if name is None:
         name = after if before != after else trigger
     ev = JobEvent(job_id=job.id, at=now, from_state=before, to_state=after, trigger=trigger, reason=reason,
                   provider_status=provider_status, name=name)
     session.add(ev)
-    if name in EVENTS and (before != after or name == "promoted"):
-        session.add(OutboxEvent(event_id=ev.event_id, job_id=job.id, name=name, payload=payload(job, ev),
-                                created_at=now, next_at=now))
+    session.add(OutboxEvent(event_id=ev.event_id, job_id=job.id, name=name, payload=payload(job, ev),
+                            created_at=now, next_at=now))
     return ev

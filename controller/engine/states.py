@@ -36,9 +36,13 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 IN_FLIGHT = frozenset({QUEUED, RUNNING})
 # what the reconcile step looks at (plus finished jobs that still owe a cancel)
 UNFINISHED = frozenset({PREPARED, QUEUED, RUNNING})
-# the events a hook may ask for: the state a transition reached, or a
-# promotion (the job's model became its agent's model)
-EVENTS = (*(s.value for s in STATES), "promoted", "rejected")
+# notes: what happened to a job without moving it (a history row named for
+# its trigger, as `ftctl events` shows it)
+NOTES = ("created", "create-failed", "found", "provider-cancel")
+# the events a hook may ask for, every kind `ftctl events` shows: the state a
+# transition reached, a promotion's (evaluating, promoted: the job's model
+# became its agent's, rejected), or a note
+EVENTS = (*(s.value for s in STATES), "evaluating", "promoted", "rejected", *NOTES)
 
 TRANSITIONS = (
     # handed to the provider (the intent and client token are stored first)

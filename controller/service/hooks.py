@@ -9,9 +9,12 @@ hooks answered, so a crash in between delivers it again: at least once,
 normally once per event id (receivers dedupe on FTCTL_EVENT_ID, or on the
 `webhook-id` header).
 
-A command is exec'd without a shell, in the config file's folder, with its
-event in the environment (FTCTL_EVENT, FTCTL_EVENT_ID, FTCTL_JOB_ID,
-FTCTL_AGENT, FTCTL_MODEL, FTCTL_REASON, ...); it must exit 0 within its
+A command is exec'd without a shell, in the config file's folder, in a
+clean environment built from an allow-list: its event (FTCTL_EVENT,
+FTCTL_EVENT_ID, FTCTL_JOB_ID, FTCTL_AGENT, FTCTL_MODEL, FTCTL_REASON, ...),
+PATH, HOME, LANG, LC_ALL, and the daemon's variables the hook's `env` names.
+Never a key variable, never CREDENTIALS_DIRECTORY, never a value that holds
+a registered key: a hook is a user's script. It must exit 0 within its
 timeout, or its process group is killed and it is retried. A URL gets a JSON
 POST with Standard Webhooks headers (signed when the hook names a secret)
 and a `text` line, which is what a Slack incoming webhook shows; any 2xx
@@ -40,7 +43,7 @@ import structlog
 from ftctl.controller.config import Config, ConfigError
 from ftctl.controller.service.settings import HookConfig
 from ftctl.models import LockLost, OutboxEvent, Store, utcnow
-from ftctl.providers.keys import SecretError, clip, redact, register_secret
+from ftctl.providers.keys import SecretError, clip, holds_secret, redact, register_secret
 
 # rows read per pass; delivered rows are kept this long, then pruned
 BATCH = 50
@@ -61,9 +64,25 @@ class HookFailed(Exception):
     """One delivery failed (one line, masked)."""
 
 
+# what a hook's command gets of the daemon's environment besides its event
+# and what its `env` names
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL")
+
+
+def _register_provider_keys(config: Config) -> None:
+    """Every provider key that can be had is known to `redact` before any
+    hook runs (a daemon just restarted delivers owed events before its first
+    tick reads the keys); one that cannot be had is the tick's to report."""
+    for name, provider in config.providers.items():
+        if hasattr(provider, "api_key"):
+            with contextlib.suppress(Exception):  # registered as it is read, even when refused
+                provider.api_key(name)
+
+
 def hook_secrets(config: Config) -> dict[str, str]:
     """The signing secret of every URL hook that names one, by hook key;
     ConfigError (one line naming the key) when one cannot be had."""
+    _register_provider_keys(config)
     out = {}
     for i, hook in enumerate(config.hooks):
         if hook.url is not None:
@@ -91,10 +110,16 @@ def text_line(p: dict[str, Any]) -> str:
     return f"{line}: {detail}" if detail else line
 
 
-def environment(p: dict[str, Any]) -> dict[str, str]:
-    """The daemon's environment, less any variable that holds a secret,
-    plus the event."""
-    env = {k: v for k, v in os.environ.items() if redact(v) == v}
+def environment(p: dict[str, Any], names: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """A hook command's whole environment: PATH, HOME, LANG, LC_ALL and the
+    variables `names` (the hook's `env`) where the daemon has them and they
+    hold no registered secret, then the event. Nothing else of the daemon's."""
+    env = {}
+    for name in (*BASE_ENV, *names):
+        value = os.environ.get(name)
+        if value is not None and name != "CREDENTIALS_DIRECTORY" and not holds_secret(value):
+            env[name] = value
+    env.setdefault("PATH", os.defpath)
     env.update({
         "FTCTL_EVENT": p["event"], "FTCTL_EVENT_ID": p["id"], "FTCTL_JOB_ID": str(p["job_id"]),
         "FTCTL_AGENT": p["agent"], "FTCTL_PROVIDER": p["provider"], "FTCTL_MODEL": p.get("fine_tuned_model") or "",
@@ -126,8 +151,8 @@ class Runner:
     def _command(self, hook: HookConfig, p: dict[str, Any]) -> None:
         with tempfile.TemporaryFile() as out:
             try:
-                child = subprocess.Popen(hook.command, env=environment(p), cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, process_group=0,
+                child = subprocess.Popen(hook.command, env=environment(p, hook.env), cwd=self.cwd,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, process_group=0,
                                          preexec_fn=_die_with_parent)
             except OSError as exc:
                 raise HookFailed(f"cannot run {hook.command[0]}: {exc.strerror or exc.__class__.__name__}") from None

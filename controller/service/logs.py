@@ -9,14 +9,14 @@ from typing import IO
 
 import structlog
 
-from ftctl.providers.keys import redact, redact_value
+from ftctl.providers.keys import redact
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def _redact(_logger, _name, event_dict):
     """No registered secret leaves in a log line, whatever the format."""
-    return redact_value(event_dict)
+    return redact(event_dict)
 
 
 def configure(level: str = "info", stream: IO[str] | None = None, json: bool | None = None) -> None:

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ftctl.providers.keys import redact
+
 
 class Notifier:
     def __init__(self, env: dict[str, str] | None = None):
@@ -37,7 +39,8 @@ class Notifier:
     def send(self, *fields: str) -> bool:
         if not self.address:
             return False
-        message = "\n".join(fields).encode()
+        # a status line can quote an error: never a key in the journal
+        message = redact("\n".join(fields)).encode()
         with self._lock:
             try:
                 if self._sock is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ftctl.controller.engine.states import EVENTS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, resolve_path
+
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _host_port(value: str | None, example: str) -> str | None:
@@ -99,6 +102,9 @@ class HookConfig(SecretSource):
     backoff_max: bounded_duration(DAY) = Field(default=600.0, gt=0)  # type: ignore[valid-type]
     # an event still undelivered this long after it happened is given up (and shown)
     give_up_after: Duration = Field(default=3 * DAY, gt=0)
+    # a command's environment is PATH, HOME, LANG, LC_ALL and its event; these
+    # names of the daemon's variables are passed too (never a key's)
+    env: list[str] = Field(default_factory=list)
 
     @field_validator("on")
     @classmethod
@@ -117,6 +123,16 @@ class HookConfig(SecretSource):
             raise ValueError("a command cannot hold a NUL character")
         return value
 
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _VARIABLE.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable's name ([A-Za-z_][A-Za-z0-9_]*)")
+            if name == "CREDENTIALS_DIRECTORY" or name.startswith("FTCTL_"):
+                raise ValueError(f"{name} is never passed to a hook (the keys' folder, or ftctl's own)")
+        return value
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
@@ -130,6 +146,8 @@ class HookConfig(SecretSource):
     def _one_target(self) -> "HookConfig":
         if (self.command is None) == (self.url is None):
             raise ValueError(".command: a hook has either command = [...] or url = \"...\" (one of them)")
+        if self.env and self.command is None:
+            raise ValueError(".env: only a command hook has an environment; a url hook gets the event as JSON")
         if self.command is not None and self.has_secret:
             raise ValueError(".secret_env: only a url hook signs what it sends; a command hook takes no secret")
         if self.backoff_max < self.backoff_initial:

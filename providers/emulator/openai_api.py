@@ -145,6 +145,12 @@ class OpenAIEmulator(Emulator):
         code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
+    def unauthorized(self, key: str) -> tuple[int, Any]:
+        # OpenAI's own 401 echoes the key's first characters and its last four
+        shown = f"{key[:8]}{'*' * max(0, len(key) - 12)}{key[-4:]}" if len(key) > 12 else "***"
+        return 401, self.error_body(401, f"Incorrect API key provided: {shown}. You can find your API key at "
+                                         "https://platform.openai.com/account/api-keys.")
+
     def list_files(self, req: Request) -> Any:
         return {"object": "list", "data": [_file(r) for r in self.engine.list_files()], "has_more": False}
 

@@ -212,8 +212,14 @@ class Emulator:
     def error_body(self, status: int, message: str) -> Any:
         return {"object": "error", "message": message, "type": "invalid_request_error", "code": str(status)}
 
-    def unauthorized(self) -> tuple[int, Any]:
+    def unauthorized(self, key: str) -> tuple[int, Any]:
+        """The 401 for a refused bearer `key` (what the service echoes of it)."""
         return 401, self.error_body(401, "Unauthorized")
+
+    @staticmethod
+    def bearer(req: Request) -> str:
+        header = req.headers.get("authorization", "")
+        return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -237,7 +243,7 @@ class Emulator:
             body = fault.body if fault.body is not None else self.error_body(fault.status, f"injected {fault.status}")
             return fault.status, body, headers
         if not self._authorized(req):
-            status, body = self.unauthorized()
+            status, body = self.unauthorized(self.bearer(req))
             return status, body, {}
         for method, regex, handler in self._routes:
             match = regex.match(req.path)
@@ -264,10 +270,7 @@ class Emulator:
     def _authorized(self, req: Request) -> bool:
         if self.auth_failing:
             return False
-        header = req.headers.get("authorization", "")
-        if not header.lower().startswith("bearer "):
-            return False
-        key = header[7:].strip()
+        key = self.bearer(req)
         return bool(key) and (self.api_key is None or key == self.api_key)
 
     def _control(self, req: Request) -> tuple[int, Any, dict[str, str]]:

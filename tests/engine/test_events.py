@@ -47,16 +47,20 @@ def test_a_transition_writes_its_event_and_outbox_row_together(site):
     assert outbox[events[-1].event_id].payload["event"] == "promoted"
 
 
-def test_a_refused_or_stale_transition_and_a_note_owe_the_hooks_nothing(site):
+def test_a_refused_or_stale_transition_owes_the_hooks_nothing_and_a_note_is_an_event(site):
     cfg, store = site
     before = len(_rows(store, OutboxEvent))
     with pytest.raises(InvalidTransition):
         fire(store, 1, "succeed")
     with pytest.raises(StaleState):
         fire(store, 1, "submit", expect="running")
-    note(store, 1, {"provider_status": "QUEUED"}, event=("found", "found at the provider"))
     assert len(_rows(store, OutboxEvent)) == before
-    assert _rows(store, JobEvent)[-1].name == "found"  # the history has the note, with its own id
+    note(store, 1, {"provider_status": "QUEUED"}, event=("found", "found at the provider"))
+    found = _rows(store, JobEvent)[-1]
+    assert found.name == "found"  # the history has the note, with its own id
+    # ... and the hooks are owed it, as `ftctl events` shows it
+    (owed,) = [o for o in _rows(store, OutboxEvent) if o.event_id == found.event_id]
+    assert owed.name == "found" and owed.payload["reason"] == "found at the provider"
 
 
 def test_a_write_that_fails_leaves_neither_the_event_nor_its_outbox_row(site, monkeypatch):
@@ -77,7 +81,7 @@ def test_a_write_that_fails_leaves_neither_the_event_nor_its_outbox_row(site, mo
     assert (len(_rows(store, JobEvent)), len(_rows(store, OutboxEvent))) == (events, outbox)
 
 
-def test_a_campaign_owes_one_outbox_row_per_transition_and_promotion(make_config, clock):
+def test_a_campaign_owes_one_outbox_row_per_event_of_its_history(make_config, clock):
     cfg = load_config(make_config(agents=("qa", "legal", "support"), concurrency=1))
     store = Store(cfg.database_url)
     store_submissions(store, plan_submissions(cfg, [], all_agents=True))
@@ -87,9 +91,10 @@ def test_a_campaign_owes_one_outbox_row_per_transition_and_promotion(make_config
         if rec.tick().all_terminal:
             break
         clock.advance(1.0)
-    moves = [e for e in _rows(store, JobEvent) if e.from_state != e.to_state or e.name == "promoted"]
+    history = _rows(store, JobEvent)
     outbox = _rows(store, OutboxEvent)
-    assert sorted(o.event_id for o in outbox) == sorted(e.event_id for e in moves)
+    assert sorted(o.event_id for o in outbox) == sorted(e.event_id for e in history)
+    assert sum(o.name == "created" for o in outbox) == 3  # the notes too
     assert sum(o.name == "succeeded" for o in outbox) == 3 and sum(o.name == "promoted" for o in outbox) == 3
     store.close()
 

@@ -194,10 +194,10 @@ def test_a_page_orjson_refuses_is_still_read_and_a_listed_job_can_be_logged():
     string in half) must not make the whole listing unreadable; and a listed
     job, a NamedTuple, goes through the logs' key masking whole."""
     from ftctl.providers.base import ProviderJob, parse_json
-    from ftctl.providers.keys import redact_value
+    from ftctl.providers.keys import redact
 
     body = b'{"data": [{"id": "j1", "message": "cut \\ud83d"}], "total": 1}'
     assert parse_json(body)["data"][0]["id"] == "j1"
     assert parse_json(b'{"data": []}') == {"data": []}
     job = ProviderJob("j1", "running", "RUNNING", client_token="qa-1")
-    assert redact_value({"job": job})["job"] == job
+    assert redact({"job": job})["job"] == job

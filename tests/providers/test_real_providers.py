@@ -170,8 +170,9 @@ def test_training_failures_are_retried_and_bad_data_fails(campaign, kind, tmp_pa
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_key_never_leaks(campaign, kind, log, tmp_path):
     c = campaign(kind, agents=("qa", "legal"), concurrency=2)
-    # a provider that echoes the key back in an error
-    echo = (f"invalid api key {FAKE_KEY}" if kind == "mistral" else None)
+    # a provider that echoes the key back in an error: whole, or a prefix
+    # (and OpenAI's emulator, refusing a key, its first 8 and last 4 characters)
+    echo = (f"invalid api key {FAKE_KEY}; bad key {FAKE_KEY[:10]}..." if kind == "mistral" else None)
     body = ({"object": "error", "message": echo, "type": "auth"} if kind == "mistral" else
             {"error": {"message": f"Incorrect API key provided: {FAKE_KEY}", "type": "invalid_request_error",
                        "code": "invalid_api_key", "param": None}})
@@ -181,6 +182,12 @@ def test_the_key_never_leaks(campaign, kind, log, tmp_path):
     assert all("***" in reason_of(j) for j in paused)
     for j in paused:
         assert_no_key(reason_of(j))
+    if kind == "openai":
+        c.emulator.auth_failing = True
+        c.rec.tick()
+        c.emulator.auth_failing = False
+        reasons = [reason_of(j) for j in c.jobs()]
+        assert all("Incorrect API key provided: ***" in r for r in reasons), reasons
     c.run()
     assert [j.state for j in c.jobs()] == ["succeeded"] * 2
     outputs = [run_ftctl(*args, config=c.config_path, env=ftctl_env(**{KEY_ENV: FAKE_KEY}))

@@ -27,14 +27,14 @@ from ftctl.controller.service.logs import configure
 from ftctl.models import Store
 from ftctl.providers.base import CapacityError, JobSpec
 from ftctl.providers.together import KIND, TogetherProvider
-from tests.conftest import FAKE_KEY, KEY_ENV, ftctl_env, reason_of, start_emulator, write_remote_config, \
+from tests.conftest import FAKE_KEY, KEY_ENV, ftctl_env, key_pieces, reason_of, start_emulator, write_remote_config, \
     write_training_file
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
 CREATE = "POST /v1/fine-tunes"
 LIST = "GET /v1/fine-tunes"
-# the whole key, and every 12-character piece of it
-PIECES = {FAKE_KEY[i:i + 12] for i in range(len(FAKE_KEY) - 11)}
+# the whole key, its escaped forms, and every 6-character piece of them
+PIECES = key_pieces(FAKE_KEY)
 
 
 def leaked(text) -> list[str]:

@@ -214,3 +214,50 @@ def test_bad_event_config_refuses_a_start_and_a_reload_keeps_the_old_one(make_co
         assert daemon.wait(timeout=20) == 0
     finally:
         daemon.kill()
+
+
+HOOK_ENV = r"""
+import json, os, sys, time
+out = sys.argv[1]
+with open(os.path.join(out, f"env.{os.getpid()}.json"), "w") as f:
+    json.dump(dict(os.environ), f)
+if os.path.exists(os.path.join(out, "block")):
+    time.sleep(60)  # the event stays owed: the daemon is killed meanwhile
+"""
+
+
+def test_hooks_get_a_clean_environment_even_from_a_daemon_killed_with_events_owed(tmp_path):
+    """A daemon SIGKILLed with events owed, restarted: it delivers them
+    before its first tick reads the key, and still no hook run sees a key
+    variable, a value holding 6 characters of the key, or the keys' folder."""
+    from tests.conftest import start_emulator
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "block").touch()
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mistral").write_text(FAKE_KEY)
+    with start_emulator("mistral", tmp_path) as srv:
+        cfg = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=("qa", "legal"), extra=(
+            f'\n[[hooks]]\non = ["*"]\ncommand = [{json.dumps(sys.executable)}, "-c", {json.dumps(HOOK_ENV)}, '
+            f'"{runs}"]\nenv = ["HOOK_OK", "COPY_OF_KEY"]\nbackoff_initial = "0.1s"\n'))
+        env = ftctl_env(**{KEY_ENV: FAKE_KEY, "COPY_OF_KEY": FAKE_KEY, "PIECE_OF_KEY": f"x{FAKE_KEY[4:12]}y",
+                           "CREDENTIALS_DIRECTORY": str(creds), "HOOK_OK": "visible", "LANG": "C.UTF-8"})
+        assert run_ftctl("submit", "--all", config=cfg, env=env).returncode == 0
+        first = Daemon(cfg, env=env)
+        assert wait_until(lambda: list(runs.glob("env.*.json")), timeout=30), first.stderr[-2000:]
+        first.kill()  # a hook in flight, every other event owed
+        (runs / "block").unlink()
+        last = Daemon(cfg, "--until-done", env=env)
+        assert last.wait(timeout=60) == 0, last.stderr[-3000:]
+    with sqlite3.connect(cfg.parent / "ftctl.db") as c:
+        events = {r[0] for r in c.execute("SELECT event_id FROM job_events")}
+    seen = [json.loads(p.read_text()) for p in runs.glob("env.*.json")]
+    assert {e["FTCTL_EVENT_ID"] for e in seen} == events and len(seen) > len(events) >= 8  # one run twice: killed
+    allowed = {"PATH", "HOME", "LANG", "HOOK_OK"}
+    for e in seen:
+        assert {k for k in e if not k.startswith("FTCTL_")} <= allowed | {"LC_ALL", "LC_CTYPE"}, sorted(e)
+        assert e["HOOK_OK"] == "visible" and e["LANG"] == "C.UTF-8" and e["PATH"]
+        assert KEY_ENV not in e and "CREDENTIALS_DIRECTORY" not in e and "COPY_OF_KEY" not in e
+        assert_no_key("\n".join(e.values()), where=f"hook environment of {e['FTCTL_EVENT_ID']}")

@@ -4,6 +4,7 @@ receiver, on a virtual clock; and the hooks' config, refused in one line."""
 import json
 import os
 import random
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,20 +48,30 @@ def _outbox(store):
 def test_a_command_gets_the_event_in_its_environment_once_and_no_secret(make_config, clock, tmp_path, monkeypatch):
     register_secret(FAKE_KEY)
     monkeypatch.setenv("SOME_PROVIDER_KEY", FAKE_KEY)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("UNRELATED", "not asked for")
+    monkeypatch.setenv("DEPLOY_TARGET", "staging")
+    monkeypatch.setenv("NAMED_BUT_A_KEY", f"Bearer {FAKE_KEY}")
     out = tmp_path / "env.txt"
-    cfg, store = _site(make_config, clock, f'\n[[hooks]]\non = ["succeeded"]\ncommand = ["/bin/sh", "-c", '
-                                    f'"env >> {out}; echo --- >> {out}"]\n')
+    dump = "import json, os, sys; open(sys.argv[1], 'a').write(json.dumps(dict(os.environ)) + chr(10))"
+    cfg, store = _site(make_config, clock, f'\n[[hooks]]\non = ["succeeded"]\ncommand = [{json.dumps(sys.executable)}, '
+                                           f'"-c", {json.dumps(dump)}, "{out}"]\n'
+                                           f'env = ["DEPLOY_TARGET", "NAMED_BUT_A_KEY", "NOT_SET"]\n')
     hooks = Dispatcher(store, cfg, {}, clock=clock)
     assert hooks.run_once() == 5  # prepared, queued, running, succeeded, promoted
     assert hooks.run_once() == 0  # each is settled: delivered, or asked for by no hook
     text = out.read_text()
-    assert text.count("---") == 1
-    env = dict(line.split("=", 1) for line in text.split("---")[0].splitlines() if "=" in line)
+    assert text.count("\n") == 1  # one event: one run
+    env = json.loads(text)
+    # an allow-list: PATH, HOME, LANG, LC_ALL, what `env` names, and the event
+    assert {k for k in env if not k.startswith("FTCTL_")} <= {"PATH", "HOME", "LANG", "LC_ALL", "DEPLOY_TARGET",
+                                                          "LC_CTYPE"}  # (Python sets LC_CTYPE itself in a C locale)
+    assert env["DEPLOY_TARGET"] == "staging" and env["PATH"]
     assert env["FTCTL_EVENT"] == "succeeded" and env["FTCTL_JOB_ID"] == "1" and env["FTCTL_AGENT"] == "qa"
     assert env["FTCTL_MODEL"] == "ft:open-mistral-7b:qa-1:x" and env["FTCTL_EVENT_ID"].startswith("evt_")
     assert env["FTCTL_EVENT_ID"] == _outbox(store)["succeeded"].event_id
     assert "FTCTL_REASON" in env and json.loads(env["FTCTL_EVENT_JSON"])["provider"] == "sim"
-    assert "SOME_PROVIDER_KEY" not in env  # a variable holding a secret stays with the daemon
+    assert "SOME_PROVIDER_KEY" not in env and "NAMED_BUT_A_KEY" not in env  # a value holding a key stays here
     assert_no_key(text)
     assert all(o.delivered_at is not None for o in _outbox(store).values())
     store.close()
@@ -193,6 +204,15 @@ def test_an_event_undelivered_past_give_up_after_is_given_up_and_shown(make_conf
     ('[webhooks]\nlisten = "9465"\nsecret_env = "S"\n', "webhooks.listen: '9465' is not HOST:PORT"),
     ('[webhooks]\nlisten = "127.0.0.1:9465"\nsecret_env = "S"\nsecret = "x"\n', "webhooks.secret: unknown key"),
     ('[logs]\ninterval = "0s"\n', "logs.interval:"),
+    ('[[hooks]]\non = ["failed"]\ncommand = ["x"]\nenv = ["A B"]\n', "hooks[0].env: 'A B' is not an environment"),
+    ('[[hooks]]\non = ["failed"]\ncommand = ["x"]\nenv = ["CREDENTIALS_DIRECTORY"]\n',
+     "hooks[0].env: CREDENTIALS_DIRECTORY is never passed to a hook"),
+    ('[[hooks]]\non = ["failed"]\nurl = "https://a.example/x"\nenv = ["HTTPS_PROXY"]\n',
+     "hooks[0].env: only a command hook has an environment"),
+    ('[providers.m]\nkind = "mistral"\n[[hooks]]\non = ["failed"]\ncommand = ["x"]\nenv = ["MISTRAL_API_KEY"]\n',
+     "hooks[0].env: MISTRAL_API_KEY holds providers.m's secret; a hook never gets a key"),
+    ('[providers.m]\nkind = "openai"\napi_key_env = "K"\n[[hooks]]\non = ["failed"]\ncommand = ["x"]\n'
+     '[[hooks]]\non = ["failed"]\ncommand = ["y"]\nenv = ["TZ", "K"]\n', "hooks[1].env: K holds providers.m's secret"),
 ])
 def test_bad_hook_webhook_or_logs_config_is_one_line_naming_the_key(text, needle):
     with pytest.raises(ConfigError) as exc:
@@ -214,3 +234,50 @@ def test_a_secret_that_cannot_be_had_is_one_line_naming_the_key(tmp_path, monkey
                        tmp_path / "c.toml")
     with pytest.raises(ConfigError, match=r"hooks\[0\]\.secret_file: secret file .* readable by group or others"):
         hook_secrets(cfg)
+
+
+def test_hooks_can_ask_for_every_kind_of_event_that_events_shows(tmp_path, monkeypatch):
+    """`events` and the hooks agree on what an event is: "*" gets every event
+    `ftctl events` lists, notes (created, create-failed) included, and a hook
+    can ask for a note by its name."""
+    import random as rnd
+
+    from ftctl.controller.engine.states import EVENTS
+    from ftctl.controller.engine.tick import Ticker
+    from ftctl.controller.preflight.submit import store_submissions
+    from tests.conftest import KEY_ENV, run_ftctl, start_emulator, write_remote_config
+
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    every, notes = tmp_path / "every.log", tmp_path / "notes.log"
+    line = "echo $FTCTL_EVENT_ID $FTCTL_EVENT >>"
+    hooks = "".join(f'\n[[hooks]]\non = {on}\ncommand = ["/bin/sh", "-c", "{line} {out}"]\n'
+                    for on, out in (('["*"]', every), ('["created", "create-failed"]', notes)))
+    with start_emulator("mistral", tmp_path) as srv:
+        path = write_remote_config(tmp_path / "site", "mistral", srv.url, agents=("qa", "legal"), extra=hooks)
+        srv.emulator.faults.add(method="POST", path="/v1/fine_tuning/jobs", status=429, retry_after=0.1, times=1)
+        cfg = load_config(path)
+        store = Store(cfg.database_url)
+        store_submissions(store, plan_submissions(cfg, [], all_agents=True))
+        ticker, dispatcher = Ticker(cfg, store, rng=rnd.Random(1)), Dispatcher(store, cfg, {})
+        end = time.monotonic() + 60
+        while not ticker.tick().all_terminal:
+            dispatcher.run_once()
+            assert time.monotonic() < end, [j.state for j in store.list_jobs()]
+            time.sleep(0.05)
+        while dispatcher.run_once():
+            pass
+        ticker.close()
+        store.close()
+    listed = run_ftctl("events", "--limit", "0", "-o", "json", config=path)
+    shown = [json.loads(line) for line in listed.stdout.splitlines()]
+    kinds = {e["event"] for e in shown}
+    assert {"created", "create-failed", "prepared", "queued", "succeeded", "promoted"} <= kinds, kinds
+    got = [line.split() for line in every.read_text().splitlines()]
+    assert sorted(e["id"] for e in shown) == sorted(i for i, _ in got)  # each event once, none missing
+    assert {k for _, k in got} == kinds
+    assert sorted(line.split()[1] for line in notes.read_text().splitlines()) == sorted(
+        e["event"] for e in shown if e["event"] in ("created", "create-failed"))
+    # and `events --help` says which kinds a hook can ask for
+    helped = " ".join(run_ftctl("events", "--help").stdout.split())
+    assert "can ask for each kind shown here" in helped and all(f" {k}," in helped or f" {k}." in helped
+                                                                 for k in kinds | set(EVENTS)), helped
