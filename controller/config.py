@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ftctl.controller.service.settings import HookConfig, LogsSection, WebhooksSection
+from ftctl.controller.service.settings import EventsSection, HookConfig, LogsSection, WebhooksSection
 from ftctl.providers.registry import KINDS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, parse_duration
 
@@ -113,6 +113,7 @@ class Config(Section):
     metrics: MetricsSection = MetricsSection()
     webhooks: WebhooksSection = WebhooksSection()
     hooks: list[HookConfig] = Field(default_factory=list)
+    events: EventsSection = EventsSection()
     logs: LogsSection = LogsSection()
     preflight: PreflightSection = PreflightSection()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)

@@ -80,22 +80,38 @@ class EventQueries:
 
     def undelivered(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Events owed to the hooks (only those named, when `names` is given):
-        how many, the oldest, the last error; and how many were given up."""
+        how many, the oldest, the last error; and how many were given up.
+        Counted in SQL: a backlog of 400k rows is a few index reads, not 400k
+        objects."""
+        owed = OutboxEvent.delivered_at == None  # noqa: E711
+        if names is not None:
+            owed = and_(owed, OutboxEvent.name.in_(list(names)))
+        pending = OutboxEvent.gave_up_at == None  # noqa: E711
         with self.read() as s:
-            stmt = select(OutboxEvent).where(OutboxEvent.delivered_at == None)  # noqa: E711
-            if names is not None:
-                stmt = stmt.where(OutboxEvent.name.in_(list(names)))
-            rows = list(s.exec(stmt.order_by(OutboxEvent.id)))
-        pending = [r for r in rows if r.gave_up_at is None]
-        failing = [r for r in pending if r.last_error]
-        return {"pending": len(pending), "gave_up": len(rows) - len(pending),
-                "oldest": pending[0].created_at if pending else None,
-                "last_error": failing[-1].last_error if failing else None}
+            counts = {bool(p): (n, oldest) for p, n, oldest in s.exec(
+                select(pending, func.count(), func.min(OutboxEvent.created_at)).where(owed).group_by(pending))}
+            last_error = s.exec(select(OutboxEvent.last_error).where(owed, pending,
+                                                                      OutboxEvent.last_error != None)  # noqa: E711
+                                .order_by(OutboxEvent.id.desc()).limit(1)).first()
+        n_pending, oldest = counts.get(True, (0, None))
+        return {"pending": n_pending, "gave_up": counts.get(False, (0, None))[0], "oldest": oldest,
+                "last_error": last_error}
 
-    def prune_outbox(self, before: datetime) -> None:
-        with self.write() as s:
-            s.exec(delete(OutboxEvent).where(OutboxEvent.delivered_at != None,  # noqa: E711
-                                             OutboxEvent.delivered_at < before))
+    def prune_outbox(self, before: datetime, batch: int = 5000) -> int:
+        """Forget events delivered, or given up, before `before`, `batch` rows
+        a transaction (a long delete never holds the write lock for long);
+        returns how many went."""
+        done = or_(and_(OutboxEvent.delivered_at != None, OutboxEvent.delivered_at < before),  # noqa: E711
+                   and_(OutboxEvent.gave_up_at != None, OutboxEvent.gave_up_at < before))  # noqa: E711
+        pruned = 0
+        while True:
+            with self.write() as s:
+                ids = list(s.exec(select(OutboxEvent.id).where(done).limit(batch)))
+                if ids:
+                    s.exec(delete(OutboxEvent).where(OutboxEvent.id.in_(ids)))
+            pruned += len(ids)
+            if len(ids) < batch:
+                return pruned
 
     # -- training logs --------------------------------------------------------------------
 

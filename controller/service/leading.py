@@ -184,7 +184,7 @@ class Leading:
     def reload(self, old: Config, new: Config, webhook_secret: str | None, hook_secrets: dict[str, str],
                webhooks: Any) -> list[str]:
         changes = self.reconciler.reload(new)
-        for section in ("webhooks", "hooks", "logs"):
+        for section in ("webhooks", "hooks", "events", "logs"):
             if getattr(old, section) != getattr(new, section):
                 changes.append(section)
         if webhooks is not self.webhooks:

@@ -1,5 +1,6 @@
 """The config sections of the event features: `[webhooks]` (provider
-webhooks in), `[[hooks]]` (events out) and `[logs]` (training logs).
+webhooks in), `[[hooks]]` (events out), `[events]` (how long the hooks'
+settled events are kept) and `[logs]` (training logs).
 
 A secret (the webhook secret, a URL hook's signing secret) comes from
 `secret_env`, `secret_file` or `secret_credential`, read like an API key
@@ -155,6 +156,13 @@ class HookConfig(SecretSource):
         if self.command is not None:
             return self.command[0].rsplit("/", 1)[-1]
         return urlsplit(self.url).hostname or "url"
+
+
+class EventsSection(Section):
+    """`[events] keep`: an event the hooks have (or were given up on) is
+    forgotten from the outbox this long after; the job's history keeps it."""
+
+    keep: Duration = Field(default=7 * DAY, gt=0)
 
 
 class LogsSection(Section):
