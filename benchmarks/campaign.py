@@ -87,14 +87,14 @@ class Campaign:
                 + (f'kind = "mistral"\nbase_url = "{self.emulator.url}"\napi_key_env = "{KEY_ENV}"\ntimeout = "60s"\n'
                    if self.emulator else f'kind = "simulated"\nstate_file = "{self.state_file.name}"\n'
                    f'queue_time = "10ms"\nvalidate_time = "10ms"\ntrain_time = "{train_time}"\n')
-                + '\n[logs]\nbatch = 1000\ninterval = "1s"\n')
+                + '\n[logs]\nbatch = 1000\ninterval = "1h"\n')
         for a in self.agents:
             f = data / f"{a}.jsonl"
             if not f.exists():
                 f.write_text("".join(f'{{"messages": [{{"role": "user", "content": "q{i} {a}"}}, '
                                      f'{{"role": "assistant", "content": "answer {i}"}}]}}\n' for i in range(20)))
             text += (f'\n[agents.{a}]\nprovider = "mistral"\nmodel = "{MODEL}"\ntraining_file = "data/{a}.jsonl"\n'
-                     'hyperparameters = { training_steps = 10, learning_rate = 0.0001 }\n')
+                     'hyperparameters = { training_steps = 100, learning_rate = 0.0001 }\n')
         text += (self.extra if extra is None else extra) + (HOOK if (self.hooks if hooks is None else hooks) else "")
         path = self.dir / ("controller.toml" if hooks is None and extra is None and train_time == "1s" else
                            f"controller-{hashlib.sha256(text.encode()).hexdigest()[:8]}.toml")

@@ -167,6 +167,38 @@ class EventQueries:
         with self.read() as s:
             return s.get(LogCursor, provider_job_id)
 
+    def thin_logs(self, finished_before: datetime, keep_points: int, now: datetime,
+                  limit: int = 100) -> tuple[int, int]:
+        """`[history] keep_logs_for`: the training logs of up to `limit` jobs
+        that finished before `finished_before` and are not thinned yet keep
+        their events and checkpoints and `keep_points` of their metric points
+        (evenly spaced, the first and the last among them); `keep_points` 0
+        drops the whole log. Each log is marked thinned (and read for the
+        last time). Returns (logs thinned, points deleted)."""
+        with self.write() as s:
+            targets = list(s.exec(
+                select(LogCursor.provider_job_id).join(Job, Job.id == LogCursor.job_id)
+                .where(LogCursor.thinned_at == None, Job.state.in_(TERMINAL),  # noqa: E711
+                       Job.updated_at < finished_before).limit(limit)))
+            deleted = 0
+            for pid in targets:
+                if keep_points <= 0:
+                    gone = list(s.exec(select(LogPoint.id).where(LogPoint.provider_job_id == pid)))
+                else:
+                    metric = list(s.exec(select(LogPoint.id).where(LogPoint.provider_job_id == pid,
+                                                                   LogPoint.kind == "metric")
+                                         .order_by(LogPoint.step, LogPoint.at, LogPoint.id)))
+                    kept = {metric[round(i * (len(metric) - 1) / max(1, keep_points - 1))]
+                            for i in range(min(keep_points, len(metric)))}
+                    gone = [i for i in metric if i not in kept]
+                for start in range(0, len(gone), 500):
+                    s.exec(delete(LogPoint).where(LogPoint.id.in_(gone[start:start + 500])))
+                deleted += len(gone)
+            if targets:
+                s.exec(update(LogCursor).where(LogCursor.provider_job_id.in_(targets))
+                       .values(thinned_at=now, final=True))
+        return len(targets), deleted
+
     # -- webhooks -------------------------------------------------------------------------
 
     def remember_webhook(self, provider: str, webhook_id: str, event_type: str | None, now: datetime) -> bool:
