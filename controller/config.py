@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ftctl.controller.service.settings import HookConfig, LogsSection, WebhooksSection
+from ftctl.controller.service.settings import (EventsSection, HistorySection, HookConfig, LogsSection,
+                                              WebhooksSection)
 from ftctl.providers.registry import KINDS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, parse_duration
 
@@ -125,7 +126,9 @@ class Config(Section):
     metrics: MetricsSection = MetricsSection()
     webhooks: WebhooksSection = WebhooksSection()
     hooks: list[HookConfig] = Field(default_factory=list)
+    events: EventsSection = EventsSection()
     logs: LogsSection = LogsSection()
+    history: HistorySection = HistorySection()
     preflight: PreflightSection = PreflightSection()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)

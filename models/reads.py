@@ -281,6 +281,20 @@ class Reads:
         evals = self._one("SELECT COALESCE(SUM(estimated_cost), 0.0) FROM evaluations WHERE finished_at IS NULL")[0]
         return float(jobs) + float(evals)
 
+    def undelivered(self, names: Sequence[str]) -> dict[str, Any]:
+        """Events owed to the hooks that ask for `names` (models.events'
+        `undelivered`): counted in SQL, whatever the backlog."""
+        params = {f"n{i}": n for i, n in enumerate(names)}
+        owed = "delivered_at IS NULL AND name IN (" + (", ".join(f":{k}" for k in params) or "NULL") + ")"
+        counts = {bool(pending): (n, _time(oldest)) for pending, n, oldest in self._rows(
+            f"SELECT gave_up_at IS NULL, COUNT(*), MIN(created_at) FROM outbox WHERE {owed} "
+            "GROUP BY gave_up_at IS NULL", params)}
+        error = self._one(f"SELECT last_error FROM outbox WHERE {owed} AND gave_up_at IS NULL AND last_error IS NOT "
+                          "NULL ORDER BY id DESC LIMIT 1", params)
+        n, oldest = counts.get(True, (0, None))
+        return {"pending": n, "gave_up": counts.get(False, (0, None))[0], "oldest": oldest,
+                "last_error": error[0] if error else None}
+
     def daemon_holder(self) -> str | None:
         """Who drives this database now ("pid 123"), or None."""
         if self.sqlite_path is not None:

@@ -208,12 +208,16 @@ class LogCursor(SQLModel, table=True):
     read after it finished is done (nothing more will come)."""
 
     __tablename__ = "log_cursors"
+    __table_args__ = (Index("ix_log_cursors_open", "job_id", sqlite_where=text("thinned_at IS NULL"),
+                            postgresql_where=text("thinned_at IS NULL")),)
 
     provider_job_id: str = Field(primary_key=True)
     job_id: int = Field(foreign_key="jobs.id", index=True)
     fetched_at: datetime = Field(sa_type=DateTime)
     final: bool = False
     error: Optional[str] = None
+    # when `[history] keep_logs_for` thinned (or dropped) the finished job's points
+    thinned_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
 
 
 class WebhookDelivery(SQLModel, table=True):

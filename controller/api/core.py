@@ -380,10 +380,10 @@ class Ftctl(Delivery):
         from ftctl.controller.engine.states import EVENTS
 
         names = [e for e in EVENTS if any(h.wants(e) for h in self.config.hooks)]
-        store = self.store() if names else None
-        if store is None:
+        reads = self.reads() if names else None
+        if reads is None:
             return {"pending": 0, "gave_up": 0, "oldest": None, "last_error": None}
-        return store.undelivered(names)
+        return reads.undelivered(names)
 
     def daemon(self) -> str | None:
         """Who drives this database now ("pid 123"), or None."""

@@ -45,9 +45,10 @@ from ftctl.controller.service.settings import HookConfig
 from ftctl.models import LockLost, OutboxEvent, Store, utcnow
 from ftctl.providers.keys import SecretError, clip, holds_secret, redact, register_secret
 
-# rows read per pass; delivered rows are kept this long, then pruned
+# rows read per pass; webhook ids seen are kept this long (the outbox's
+# settled rows: `[events] keep`)
 BATCH = 50
-KEEP_DELIVERED = timedelta(days=7)
+KEEP_WEBHOOK_IDS = timedelta(days=7)
 
 try:  # a hook dies with the daemon, even a SIGKILLed one (Linux)
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -226,6 +227,7 @@ class Dispatcher:
     def update(self, config: Config, secrets: dict[str, str]) -> None:
         """New hooks (a reload); deliveries already made stay made."""
         self.hooks, self.secrets = tuple(config.hooks), dict(secrets)
+        self.keep = timedelta(seconds=config.events.keep)
         self.runner.cwd = str(config.base_dir)
 
     @property
@@ -286,8 +288,8 @@ class Dispatcher:
                 self._deliver(row, [h for h in hooks if h.wants(row.name)])
         if self._pruned is None or now - self._pruned > timedelta(hours=1):
             self._pruned = now
-            self.store.prune_outbox(now - KEEP_DELIVERED)
-            self.store.prune_webhooks(now - KEEP_DELIVERED)
+            self.store.prune_outbox(now - self.keep)
+            self.store.prune_webhooks(now - KEEP_WEBHOOK_IDS)
         return len(rows)
 
     def _deliver(self, row: OutboxEvent, hooks: list[HookConfig]) -> None:

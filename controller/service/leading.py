@@ -82,6 +82,7 @@ class Leading:
         self.scheduler.add_job(self.tick, "interval", seconds=daemon.config.controller.poll_interval,
                                id="reconcile", coalesce=True, max_instances=1, misfire_grace_time=None)
         self.trainlogs = None
+        self.retention = None
         self.listener = None
         self.threads: list[threading.Thread] = []
 
@@ -92,6 +93,7 @@ class Leading:
 
     def start(self) -> None:
         self._start_training_logs()
+        self._start_retention()
         self._listen_for_wakes()
         self.wakes.add(None)  # the first tick, at once
         self.scheduler.start()
@@ -184,7 +186,7 @@ class Leading:
     def reload(self, old: Config, new: Config, webhook_secret: str | None, hook_secrets: dict[str, str],
                webhooks: Any) -> list[str]:
         changes = self.reconciler.reload(new)
-        for section in ("webhooks", "hooks", "logs"):
+        for section in ("webhooks", "hooks", "events", "logs", "history"):
             if getattr(old, section) != getattr(new, section):
                 changes.append(section)
         if webhooks is not self.webhooks:
@@ -195,6 +197,7 @@ class Leading:
             self.webhooks.update(new, webhook_secret)
         self.dispatcher.update(new, hook_secrets)
         self.trainlogs.reload(new)
+        self.retention.reload(new)
         if new.controller.poll_interval != old.controller.poll_interval:
             self.scheduler.reschedule_job("reconcile", trigger="interval", seconds=new.controller.poll_interval)
         if new.logs.interval != old.logs.interval:
@@ -245,3 +248,20 @@ class Leading:
 
         self.scheduler.add_job(run, "interval", seconds=self.daemon.config.logs.interval, id="training-logs",
                                coalesce=True, max_instances=1, misfire_grace_time=None)
+
+    def _start_retention(self) -> None:
+        from ftctl.controller.service.retention import EVERY_S, Retention
+
+        self.retention = Retention(self.daemon.config, self.store)
+
+        def run() -> None:
+            if self.should_stop():
+                return
+            try:
+                self.store.assert_lock_held()
+                self.retention.run_once()
+            except Exception as exc:  # noqa: BLE001 - forgetting can wait for the next pass
+                self.log.warning("history retention pass failed", error=f"{exc.__class__.__name__}: {exc}")
+
+        self.scheduler.add_job(run, "interval", seconds=EVERY_S, id="history", coalesce=True, max_instances=1,
+                               misfire_grace_time=None)

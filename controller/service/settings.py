@@ -1,5 +1,7 @@
 """The config sections of the event features: `[webhooks]` (provider
-webhooks in), `[[hooks]]` (events out) and `[logs]` (training logs).
+webhooks in), `[[hooks]]` (events out), `[events]` (how long the hooks'
+settled events are kept), `[logs]` (training logs) and `[history]` (how
+long finished jobs' training logs are kept whole).
 
 A secret (the webhook secret, a URL hook's signing secret) comes from
 `secret_env`, `secret_file` or `secret_credential`, read like an API key
@@ -173,6 +175,23 @@ class HookConfig(SecretSource):
         if self.command is not None:
             return self.command[0].rsplit("/", 1)[-1]
         return urlsplit(self.url).hostname or "url"
+
+
+class EventsSection(Section):
+    """`[events] keep`: an event the hooks have (or were given up on) is
+    forgotten from the outbox this long after; the job's history keeps it."""
+
+    keep: Duration = Field(default=7 * DAY, gt=0)
+
+
+class HistorySection(Section):
+    """`[history]`: a finished job's training log is kept whole for
+    `keep_logs_for`, then thinned to its events, its checkpoints and
+    `keep_points` metric points (0: the whole log is dropped). The job row
+    and its transitions are kept for ever."""
+
+    keep_logs_for: Duration = Field(default=30 * DAY, ge=DAY)
+    keep_points: int = Field(default=20, ge=0, le=100_000)
 
 
 class LogsSection(Section):

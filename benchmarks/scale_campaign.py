@@ -1,0 +1,118 @@
+"""scale.py's rows measured on a bulk campaign (issue 18): data made through
+ftctl's own submit and Ticker (benchmarks/campaign.py), not laid out by
+scale_data.py. One campaign is built, then each row reads it.
+
+    .venv/bin/python benchmarks/scale.py --only campaign [--campaign-jobs 10000]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from campaign import Campaign  # noqa: E402
+from scale_data import run_cli  # noqa: E402
+
+
+def outbox_rows(c: Campaign, repeats: int, row) -> None:
+    """18.10: `status` with a hook whose events are all still owed, vs no hook."""
+    owed = c.counts()["outbox"]
+    hooked, bare = c.config(), c.config(hooks=False)
+    cpu = {True: [], False: []}
+    peak = {True: [], False: []}
+    for _ in range(repeats):
+        for hook, config in ((True, hooked), (False, bare)):
+            t, _, p, _ = run_cli(["status"], config)
+            cpu[hook].append(t)
+            peak[hook].append(p / 1024)
+    with_hook, without = statistics.median(cpu[True]), statistics.median(cpu[False])
+    row(f"`ftctl status` with a hook, {owed:,} events owed, vs no hook", "2.67 s, 228 MB at 40k rows",
+        "<= 1.2x", f"{with_hook:.2f} s CPU, {statistics.median(peak[True]):.0f} MB "
+        f"vs {without:.2f} s, {statistics.median(peak[False]):.0f} MB ({with_hook / without:.2f}x)",
+        with_hook / without <= 1.2)
+
+
+def _vacuumed_kb(db: Path) -> float:
+    """The database's size once vacuumed (its WAL folded in)."""
+    import sqlite3
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return db.stat().st_size / 1024
+
+
+def history_rows(c: Campaign, root: Path, row) -> None:
+    """18.11: bytes a succeeded job keeps, whole and after `[history]
+    keep_logs_for` and `[events] keep` passed (on a copy, a virtual clock)."""
+    import shutil
+    import time
+    from datetime import timedelta
+
+    from ftctl.controller.config import load_config
+    from ftctl.controller.service.hooks import Dispatcher
+    from ftctl.controller.service.retention import Retention
+    from ftctl.models import Store, utcnow
+
+    copy = root / "history-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    copy.mkdir()
+    _vacuumed_kb(c.dir / "ftctl.db")  # the campaign's WAL into the file, before the copy
+    for name in ("ftctl.db", c.config(hooks=False).name):
+        shutil.copy(c.dir / name, copy / name)
+    (copy / "data").symlink_to(c.dir / "data")
+    jobs = c.counts()["jobs"]
+    before = _vacuumed_kb(copy / "ftctl.db")
+    cfg = load_config(copy / c.config(hooks=False).name)
+    store = Store(cfg.database_url)
+    now = [utcnow()]
+    hooks = Dispatcher(store, cfg, {}, clock=lambda: now[0])  # no hook asks: every event settles, as delivered
+    while hooks.run_once():
+        pass
+    now[0] += timedelta(days=31)
+    retention = Retention(cfg, store, clock=lambda: now[0])
+    cpu, passes = [], 0
+    while True:
+        started = time.process_time()
+        logs, _ = retention.run_once()
+        cpu.append(time.process_time() - started)
+        passes += 1
+        if not logs:
+            break
+    hooks._pruned = None
+    hooks.run_once()  # its hourly prune: [events] keep (7 days) passed
+    store.close()
+    after = _vacuumed_kb(copy / "ftctl.db")
+    row(f"bytes kept a finished job ({jobs:,}), whole vs after keep_logs_for (30d) and [events] keep (7d)",
+        "4.75 KB", "<= half (job, transitions, 20 points)", f"{before / jobs:.2f} KB vs {after / jobs:.2f} KB",
+        after <= before / 2)
+    row("  a retention pass: 100 logs thinned / nothing left to do", "-", "-",
+        f"{statistics.median(cpu[:-1] or [0]) * 1000:.0f} ms / {cpu[-1] * 1000:.1f} ms CPU ({passes - 1} passes)",
+        None)
+    shutil.rmtree(copy)
+
+
+def campaign(root: Path, repeats: int, row, jobs: int = 10_000, concurrency: int = 500,
+             keep: Path | None = None) -> None:
+    """`keep`: build the campaign there once and reuse it on later runs
+    (rows that change it work on a copy)."""
+    running = min(50, jobs // 10)
+    where = (keep or root) / f"campaign-{jobs}"
+    c = Campaign(where, jobs=jobs, running=running, concurrency=concurrency)
+    if (where / "ftctl.db").exists():
+        print(f"a bulk campaign of {jobs:,} jobs, built before in {where}", flush=True)
+    else:
+        print(f"a bulk campaign of {jobs:,} jobs through submit and the Ticker (the simulated service), "
+              f"{running} left running", flush=True)
+        c.build()
+        print(f"  built in {c.seconds:.0f} s", flush=True)
+    print(f"  jobs created within {c.created_within():.1f} min: {c.counts()}", flush=True)
+    try:
+        outbox_rows(c, repeats, row)
+        history_rows(c, root, row)
+    finally:
+        c.close()

@@ -1,0 +1,30 @@
+"""training logs kept for a while: when a finished job's log was thinned
+(`[history] keep_logs_for`), and an index over the logs not thinned yet
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-03
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+_OPEN = sa.text("thinned_at IS NULL")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("log_cursors") as batch:
+        batch.add_column(sa.Column("thinned_at", sa.DateTime(), nullable=True))
+    # the daemon's retention pass: only the logs not thinned yet, without a scan
+    op.create_index("ix_log_cursors_open", "log_cursors", ["job_id"], sqlite_where=_OPEN, postgresql_where=_OPEN)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_log_cursors_open", table_name="log_cursors")
+    with op.batch_alter_table("log_cursors") as batch:
+        batch.drop_column("thinned_at")
