@@ -227,7 +227,8 @@ class RayProvider:
             elif kind == "checkpoint" and isinstance(step, int):
                 out.append(LogEntry(f"checkpoint:{step}", None, "checkpoint", step, f"saved {line.get('path')}"))
             elif kind in ("event", "error"):
-                out.append(LogEntry(f"event:{i}", None, "event", None, redact(str(line.get("message", "")))))
+                out.append(LogEntry(f"event:{i}", None, "event", step if isinstance(step, int) else None,
+                                    redact(str(line.get("message", "")))))
         return out
 
     # -- free resources -------------------------------------------------------------------

@@ -216,7 +216,8 @@ def train(spec: TrainSpec) -> int:
     try:
         trainer, tok = _trainer(spec, hp, rows, checkpoints, _callbacks(key, staging / "metrics.jsonl", stop, remote))
         resume = newest_checkpoint(checkpoints, key)
-        emit("event", message=f"resumed from {resume.name}" if resume else
+        emit("event", step=int(resume.name.split("-", 1)[1]) if resume else 0,
+             message=f"resumed from {resume.name}" if resume else
              f"started: {len(rows)} examples, method {spec.method}, {'LoRA' if hp['lora'] else 'full fine-tuning'}")
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except Usage as exc:
@@ -230,12 +231,12 @@ def train(spec: TrainSpec) -> int:
         return EXIT_OOM
     steps = int(trainer.state.global_step)
     if stop["now"]:
-        emit("event", message=f"stopped by SIGTERM at step {steps}; a retry resumes from its checkpoint")
+        emit("event", step=steps, message=f"stopped by SIGTERM at step {steps}; a retry resumes from its checkpoint")
         return EXIT_PREEMPTED
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     final_loss = float(losses[-1]) if losses else getattr(result, "training_loss", None)
     _write_model(trainer, tok, spec, hp, staging, steps, final_loss, started)
-    emit("event", message=f"done: {steps} steps, final loss {final_loss:.4f}" if final_loss is not None
+    emit("event", step=steps, message=f"done: {steps} steps, final loss {final_loss:.4f}" if final_loss is not None
          else f"done: {steps} steps")
     emit("done", steps=steps, final_loss=final_loss)
     return 0
