@@ -249,3 +249,49 @@ def test_cancel_stops_the_ray_job_and_an_unreachable_head_keeps_states(tmp_path,
     finally:
         d.kill()
         proxy.down()
+
+
+def test_a_job_no_node_can_run_is_refused_at_submit_in_one_line(tmp_path, ray_head, tiny_base):
+    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, """
+        [agents.qa]
+        provider = "gpu"
+        model = "BASE"
+        training_file = "data/qa.jsonl"
+        hyperparameters = { training_steps = 5 }
+        """)
+    config.write_text(config.read_text().replace("gpus_per_job = 0", "gpus_per_job = 1"))
+    out = run_ftctl("submit", "qa", config=config)
+    assert out.returncode == 2, out
+    line = out.stderr.strip()
+    assert "\n" not in line and "a job needs 1 GPU and the largest node of the Ray cluster" in line, line
+    assert "has 0 (providers.gpu.gpus_per_job)" in line
+    assert not (config.parent / "ftctl.db").exists() or states(config) == []
+
+
+def test_preference_pairs_train_with_dpo_and_the_manifest_says_so(tmp_path, tiny_base):
+    import subprocess
+    import sys
+
+    data = tmp_path / "dpo.jsonl"
+    data.write_text("".join(json.dumps({"input": {"messages": [{"role": "user", "content": q}]},
+                                        "preferred_output": [{"role": "assistant", "content": a}],
+                                        "non_preferred_output": [{"role": "assistant", "content": "no idea"}]}) + "\n"
+                            for q, a in (("What colour is the sky?", "blue"), ("Name the largest planet.", "Jupiter"))))
+    spec = {"job_id": 9, "agent": "pref", "token": "pref-1", "base_model": str(tiny_base), "files": [[str(data), 1.0]],
+            "output": str(tmp_path / "out"), "method": "dpo",
+            "hyperparameters": {"training_steps": 4, "batch_size": 2, "checkpoint_steps": 2}}
+    p = subprocess.run([sys.executable, "-m", "ftctl.providers.trainer", "train", json.dumps(spec)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "FTCTL_TRAIN_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = protocol_lines(p.stdout)
+    assert [ln["step"] for ln in lines if ln["kind"] == "metric"] == [1, 2, 3, 4]
+    manifest = json.loads((tmp_path / "out" / "model" / "manifest.json").read_text())
+    assert manifest["method"] == "dpo" and manifest["adapter"] is True and manifest["steps"] == 4
+    assert (tmp_path / "out" / "model" / "adapter_model.safetensors").exists()
+
+
+def protocol_lines(text: str) -> list[dict]:
+    from ftctl.providers.trainer.protocol import parse
+
+    return parse(text)
