@@ -29,6 +29,9 @@ def build(out: Path, files: list[Path], *, layers: int = 2, hidden: int = 64, se
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -295,3 +295,31 @@ def protocol_lines(text: str) -> list[dict]:
     from ftctl.providers.trainer.protocol import parse
 
     return parse(text)
+
+
+def _head_processes(exclude: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "/tmp/ftray" in cmd and exclude not in cmd:
+            found.append(cmd.replace("\0", " ")[:200])
+    return found
+
+
+def test_the_ray_demo_starts_a_head_runs_the_pipeline_and_both_gates_and_stops_it(tmp_path, ray_head):
+    import subprocess
+    import sys
+
+    before = set(os.listdir("/tmp"))
+    p = subprocess.run([sys.executable, "-m", "ftctl", "demo", "--provider", "ray"], capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "FTCTL_CONFIG"})
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
+    assert "3/3 agents succeeded on Ray" in p.stdout
+    assert "qa: succeeded" in p.stdout and "gate: promoted: improvement +1.00" in p.stdout
+    assert "gate: rejected: improvement +0.00" in p.stdout and "stopped the Ray head" in p.stdout
+    assert not _head_processes(exclude=ray_head.temp)
+    # its temporary folder (and the head's) are gone
+    assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith(("ftctl-demo-ray-", "ftray"))]
