@@ -155,7 +155,8 @@ def check_agent(config: Any, name: str, agent: AgentConfig) -> None:
             raise ValueError(f"agents.{name}.model: {agent.model!r} is trained on provider "
                              f"{config.agents[upstream].provider!r}, not {agent.provider!r}: a fine-tuned model "
                              f"stays with the provider that made it")
-    if agent.evaluation is not None and not kind_of(config.providers[agent.provider].kind).chat:
+    if agent.evaluation is not None and not (kind_of(config.providers[agent.provider].kind).chat
+                                             or kind_of(config.providers[agent.provider].kind).chat_batches):
         raise ValueError(f"agents.{name}.eval: provider {agent.provider!r} cannot answer chat, so its models "
                          f"cannot be evaluated")
 

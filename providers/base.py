@@ -102,6 +102,8 @@ class JobSpec:
     # the provider job whose model `model` is, when training continues from
     # an upstream stage (Together's from_checkpoint)
     upstream_job_id: str | None = None
+    # ftctl's own id of the job (a self-hosted provider keys its artifacts by it)
+    job_id: int | None = None
 
     @property
     def training_file_id(self) -> str:

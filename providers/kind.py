@@ -154,6 +154,12 @@ class ProviderKind:
     # a training log (events, metrics, checkpoints)
     chat: ClassVar[bool] = False
     training_log: ClassVar[bool] = False
+    # the evaluation gate's answers come in batches the cluster answers (a
+    # job per batch: start_answers / answer_batch) instead of chat calls
+    chat_batches: ClassVar[bool] = False
+    # admission is also bounded by the free resources the provider reports
+    # (its client's `room`), and a job that cannot fit anywhere is refused at submit
+    resources: ClassVar[bool] = False
     # the provider signs webhooks about its jobs (Standard Webhooks)
     webhooks: ClassVar[bool] = False
     # a job may continue from an upstream job's model (JobSpec.upstream_job_id)
@@ -256,6 +262,11 @@ class ProviderKind:
             if len(parts) > 1 and parts[1]:
                 return parts[1]
         return model
+
+    def price_entry(self, section: Any, model: str, hyperparameters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A price entry made from the provider's own section (self-hosted
+        hardware has no price table), or None: the shipped table prices it."""
+        return None
 
     def default_epochs(self, examples: int) -> tuple[float, str]:
         """The epochs the provider trains for when none are given, and why."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ftctl.providers.kind import ProviderKind
 from ftctl.providers.mistral import KIND as MISTRAL
 from ftctl.providers.openai import KIND as OPENAI
+from ftctl.providers.ray import KIND as RAY
 from ftctl.providers.simulated import KIND as SIMULATED
 from ftctl.providers.together import KIND as TOGETHER
 
@@ -13,6 +14,7 @@ KINDS: dict[str, ProviderKind] = {k.kind: k for k in (
     MISTRAL,
     OPENAI,
     TOGETHER,
+    RAY,
 )}
 
 

@@ -184,3 +184,30 @@ def approximate_counter(provider: str, model: str, *, per_message: int = 5, prim
 
     return Counter(provider, model, f"approximate (cl100k_base + {per_message} a message; no offline tokenizer "
                                     f"for {model})", count)
+
+
+def local_counter(provider: str, model: str, *, per_message: int = 3) -> Counter | None:
+    """A model folder's own tokenizer (tokenizer.json, read with the
+    `tokenizers` library) plus a chat template's tokens per message; None
+    when the folder has none or the library is missing."""
+    from pathlib import Path
+
+    path = Path(model) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path))
+    except (ImportError, OSError, ValueError, Exception):  # noqa: BLE001 - a file the library cannot read
+        return None
+
+    def count(messages: list[dict[str, Any]]) -> int:
+        total = 0
+        for m in messages:
+            content = m.get("content")
+            total += per_message + (len(tok.encode(content, add_special_tokens=False).ids)
+                                    if isinstance(content, str) else 0)
+        return total
+
+    return Counter(provider, model, f"{path} (+{per_message} a message)", count)

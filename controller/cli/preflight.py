@@ -150,7 +150,8 @@ def estimate(
     try:
         with progress_bar(f"counting {file.name}", _size(file)) as progress:
             result = preflight.run(file, kind=kind, model=model, config=config, epochs=epochs,
-                                   training_steps=training_steps, method=method, progress=progress)
+                                   training_steps=training_steps, method=method, progress=progress,
+                                   provider=configured)
     except preflight.PreflightError as exc:
         die(str(exc))
     est, report = result.estimate, result.report

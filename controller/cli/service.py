@@ -209,10 +209,24 @@ def daemon(
 def demo(
     directory: Annotated[Optional[Path], typer.Option("--dir", help="keep the demo's files here")] = None,
     train_time: Annotated[float, typer.Option("--train-time", help="simulated seconds of training")] = 3.0,
+    provider: Annotated[str, typer.Option("--provider", help="simulated (default), or ray: ftctl's own trainer "
+                                                             "on a local Ray head")] = "simulated",
+    address: Annotated[Optional[str], typer.Option("--address", help="with --provider ray: a running Ray "
+                                                                     "head's dashboard address instead of "
+                                                                     "starting one")] = None,
 ) -> None:
-    """Five agents on a simulated provider that allows 2 concurrent jobs."""
-    from ftctl.controller.demo import run_demo
-
+    """Five agents on a simulated provider that allows 2 concurrent jobs; or, with
+    --provider ray, a pipeline and two gates trained for real on a local Ray head."""
     from ftctl.controller.cli.app import console
+
+    if provider == "ray":
+        from ftctl.controller.demo.ray_demo import run_ray_demo
+
+        raise typer.Exit(run_ray_demo(console(), directory, address=address))
+    if provider != "simulated":
+        die(f"--provider: {provider!r} is not a demo (simulated or ray)")
+    if address is not None:
+        die("--address goes with --provider ray")
+    from ftctl.controller.demo import run_demo
 
     raise typer.Exit(run_demo(console(), directory, train_time=train_time))

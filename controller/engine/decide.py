@@ -206,9 +206,10 @@ class _ProviderStep:
         if pj.status == P_QUEUED or (pj.status == P_RUNNING and job.state == RUNNING):
             self.inflight.append((pj.id, job.client_token))
             code, raw = "queued_at" if pj.status == P_QUEUED else "training", pj.raw_status
+            args = {"status": raw, "why": pj.message} if pj.status == P_QUEUED and pj.message else {"status": raw}
             # the common case at scale, a job still where it was: nothing to build
-            if bound or job.provider_status != raw or job.reason_code != code or job.reason_args != {"status": raw}:
-                self.out.append(note_if_changed(job, Reason(code, {"status": raw}), provider_status=raw, **bound))
+            if bound or job.provider_status != raw or job.reason_code != code or job.reason_args != args:
+                self.out.append(note_if_changed(job, Reason(code, args), provider_status=raw, **bound))
         elif pj.status == P_RUNNING:
             self.inflight.append((pj.id, job.client_token))
             self.out.append(Transition(job.id, job.state, "start", Reason("training", {"status": pj.raw_status}),
@@ -279,6 +280,10 @@ class _ProviderStep:
         waiting.sort(key=lambda j: (j.created_at or self.now, j.id))
         told_to_wait = 0
         slot = Reason("slot", {"provider": pv.name})
+        room = pv.room
+        if pv.room_short:
+            slot = Reason("resources_short", {"provider": pv.name, "message": pv.room_short})
+            room = 0
         for job in waiting:
             if job.attempt >= self.policy.max_attempts:
                 why = job.last_error or "no attempts left"
@@ -293,13 +298,16 @@ class _ProviderStep:
             over = self.money.refuse(job.estimated_cost)
             if over:
                 self.out.append(note_if_changed(job, over))
-            elif used < limit:
+            elif used < limit and (room is None or room > 0):
                 used += 1
+                room = None if room is None else room - 1
                 self.money.commit(job.estimated_cost)
                 self.out.append(_submit(job))
             else:
                 told_to_wait += 1
-                self.out.append(note_if_changed(job, slot))
+                why = slot if used >= limit or pv.room_short else \
+                    Reason("resources", {"provider": pv.name, "need": pv.room_need or "resources"})
+                self.out.append(note_if_changed(job, why))
         self.out.append(Slots(pv.name, used, limit, told_to_wait))
 
 

@@ -95,6 +95,12 @@ class ProviderView:
     # anyone's; those not yet confirmed cancelled are cancelled again
     quote_ids: frozenset[str] = frozenset()
     pending_quotes: tuple[str, ...] = ()
+    # a self-hosted cluster (descriptor.resources): how many more jobs its
+    # free resources take now (None: not bounded), what one job needs, and
+    # why none can ever run there (no node is big enough)
+    room: int | None = None
+    room_need: str | None = None
+    room_short: str | None = None
 
 
 @dataclass(frozen=True)

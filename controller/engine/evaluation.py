@@ -32,6 +32,7 @@ from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.states import CANDIDATE, EVALUATING
 from ftctl.models import Evaluation, Job
 from ftctl.providers.base import NotFoundError, PermanentError, ProviderError
+from ftctl.providers.registry import KINDS
 
 SCORER_TIMEOUT = 60.0
 
@@ -99,7 +100,7 @@ def _example(path: Path, number: int, raw: bytes) -> EvalExample:
 
 
 def eval_estimate(examples: list[EvalExample], kind: str, model: str, overrides: dict | None,
-                  max_tokens: int) -> float:
+                  max_tokens: int, section: Any = None) -> float:
     """What asking both models every example costs, at most: the prompts'
     tokens plus up to twice the expected answer's (within max_tokens), twice,
     at the model's chat price (its training price where none is known)."""
@@ -120,7 +121,7 @@ def eval_estimate(examples: list[EvalExample], kind: str, model: str, overrides:
         answer = max(1, len(ex.expected) // 4)
         tokens += whole + min(max_tokens, 2 * answer + 16)
     try:
-        rate = price_for(kind, model, overrides).chat_rate
+        rate = price_for(kind, model, overrides, section=section).chat_rate
     except PriceUnknown:
         return 0.0
     return round(len(ROLES) * tokens / 1e6 * rate, 4)
@@ -209,7 +210,7 @@ class Evaluations:
             if len(estimates) > 256:
                 estimates.clear()
             estimates[key] = eval_estimate(examples, kind, row.fine_tuned_model, self.config.price_overrides,
-                                           conf.max_tokens)
+                                           conf.max_tokens, self.config.providers[row.provider])
         estimate = estimates[key]
         start = {"metric": conf.metric, "file": str(path), "file_hash": digest, "examples": len(examples),
                  "candidate_model": row.fine_tuned_model, "compare_model": compare,
@@ -242,6 +243,9 @@ class Evaluations:
                 "until": quiet.isoformat(), "why": run.last_error or "the provider asked to wait"}).stored())], now)
             return
         answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
+        if KINDS[self.config.providers[row.provider].kind].chat_batches:
+            self._evaluate_batches(row, run, conf, examples, answered, now)
+            return
         todo = [(i, role) for i in range(len(examples)) for role in ROLES if (i, role) not in answered]
         models = {"candidate": run.candidate_model, "compare": run.compare_model}
         try:

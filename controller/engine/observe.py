@@ -11,6 +11,7 @@ from typing import Any
 from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.states import IN_FLIGHT
 from ftctl.models import ProviderState
+from ftctl.providers.registry import KINDS
 from ftctl.providers.base import P_FAILED, NotFoundError, ProviderError, TransientError
 
 # The provider's listing is read newest first, back to the oldest job that
@@ -78,16 +79,22 @@ class Observation:
             for quote_id in quotes:
                 if quote_id not in at:
                     missing.add(quote_id)
+            room = provider.room(listing) if KINDS[conf.kind].resources else None
         except Exception as exc:  # noqa: BLE001 - one provider's trouble stays its own
-            err = self._as_provider_error(exc)
-            self.log.warning("provider observation failed", provider=name, error_class=err.kind,
-                             error=err.message, retry_after=err.retry_after)
-            if err.retry_after:
-                self._quiet_until[name] = (self.clock() + timedelta(seconds=err.retry_after), err)
-            return rc.ProviderView(jobs=None, error=err, **base)
+            return self._unobserved(name, exc, base)
         active = [pj.created_at for pj in listing if pj.active and pj.created_at is not None]
         self._floors[name] = min(active, default=listed_at)
+        if room is not None:
+            base.update(room=room.jobs, room_need=room.need, room_short=room.short)
         return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at, **base)
+
+    def _unobserved(self, name: str, exc: Exception, base: dict[str, Any]) -> rc.ProviderView:
+        err = self._as_provider_error(exc)
+        self.log.warning("provider observation failed", provider=name, error_class=err.kind,
+                         error=err.message, retry_after=err.retry_after)
+        if err.retry_after:
+            self._quiet_until[name] = (self.clock() + timedelta(seconds=err.retry_after), err)
+        return rc.ProviderView(jobs=None, error=err, **base)
 
     def _as_provider_error(self, exc: Exception) -> ProviderError:
         if isinstance(exc, ProviderError):

@@ -76,7 +76,7 @@ class Submission:
         # a downstream job names its upstream job's fine-tuned model, never "@agent"
         model = d.base_model or row.base_model or row.model
         spec = JobSpec(agent=row.agent, model=model, training_files=files, hyperparameters=dict(row.hyperparameters),
-                       client_token=token, upstream_job_id=d.upstream_ref)
+                       client_token=token, upstream_job_id=d.upstream_ref, job_id=row.id)
         self.guard()
         try:
             outcome: ProviderJob | ProviderError = provider.create_job(spec)

@@ -21,6 +21,7 @@ import structlog
 
 from ftctl.controller.config import Config
 from ftctl.controller.engine import decide as rc
+from ftctl.controller.engine.eval_batches import EvalBatches
 from ftctl.controller.engine.evaluation import Evaluations
 from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, fire_promotion, note_many, note_many_in
 from ftctl.controller.engine.policy import Budget, Policy
@@ -72,7 +73,7 @@ def _no_guard() -> None:
     return None
 
 
-class Ticker(Observation, Submission, Evaluations):
+class Ticker(Observation, Submission, Evaluations, EvalBatches):
     def __init__(self, config: Config, store: Store, providers: dict[str, Provider] | None = None, *,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
                  logger: Any = None, should_stop: Callable[[], bool] = _never,

@@ -77,10 +77,12 @@ def phone_region(config: Config | None, option: str | None) -> str:
 def run(path: Path, *, kind: str, model: str | None, config: Config | None = None,
         epochs: float | None = None, training_steps: int | None = None, need_estimate: bool = True,
         jobs: int | None = None, method: str | None = None, region: str | None = None,
-        progress: Any = None) -> Preflight:
+        progress: Any = None, provider: str | None = None,
+        hyperparameters: dict[str, Any] | None = None) -> Preflight:
     """Validate (and count tokens of) a file, then estimate what training costs.
     `method`: the training method (its data format and price); default: the
-    kind's first (SFT). `region`: --phone-region, if given. `progress(bytes
+    kind's first (SFT). `provider`: the configured provider, whose own section
+    prices a self-hosted kind. `region`: --phone-region, if given. `progress(bytes
     read)` hears how far the check is."""
     path = Path(path)
     region = phone_region(config, region)
@@ -95,7 +97,9 @@ def run(path: Path, *, kind: str, model: str | None, config: Config | None = Non
         overrides = config.price_overrides if config is not None else None
         try:
             counter = registry.kind(kind).counter(model)
-            price = price_for(kind, model, overrides, method=method)
+            section = config.providers.get(provider) if config is not None and provider else None
+            price = price_for(kind, model, overrides, method=method, section=section,
+                              hyperparameters=hyperparameters)
         except (TokenizerUnavailable, PriceUnknown) as exc:
             if need_estimate:
                 raise PreflightError(str(exc)) from None

@@ -29,6 +29,8 @@ class Price:
     # per million tokens asked and answered (the evaluation gate's chat calls);
     # where the table gives none, the training price stands in (an upper bound)
     chat_per_m: float | None = None
+    # a self-hosted trainer's examples a step: steps are priced at its data's mean tokens an example
+    examples_per_step: int | None = None
 
     @property
     def chat_rate(self) -> float:
@@ -50,7 +52,8 @@ def _match(entries: dict[str, Any], model: str) -> str | None:
     return None
 
 
-def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None, method: str | None = None) -> Price:
+def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None, method: str | None = None, *,
+              section: Any = None, hyperparameters: dict[str, Any] | None = None) -> Price:
     """The price of training `model` on a provider of `kind`, by the price
     table its descriptor names; a fine-tuned model is priced as its root.
     controller.toml's [prices."kind/model"] entries win over the shipped
@@ -68,8 +71,11 @@ def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None, me
     name = _match(entries, model)
     base: dict[str, Any] = dict(entries[name]) if name else {}
     source = f"price table {table.get('version', '?')}" if name else ""
+    own = descriptor.price_entry(section, model, hyperparameters)
+    if own is not None:  # self-hosted: the provider's own section prices it (GPU-hours)
+        base, name, source = dict(own), model, ""
     if base.get("source"):
-        source += f", {base['source']}" + (f" (checked {base['checked']})" if base.get("checked") else "")
+        source += (", " if source else "") + f"{base['source']}" + (f" (checked {base['checked']})" if base.get("checked") else "")
     for key in (f"{kind}/{model}", f"{table_kind}/{model}"):
         if overrides and key in overrides:
             base.update({k: v for k, v in overrides[key].items() if v is not None})
@@ -85,7 +91,8 @@ def price_for(kind: str, model: str, overrides: dict[str, Any] | None = None, me
     chat = base.get("chat_per_m")
     return Price(table_kind, name, float(per_m), float(base.get("min_fee") or 0.0),
                  base.get("context"), base.get("tokens_per_step"), source,
-                 float(base.get("storage_per_month") or 0.0), float(chat) if chat is not None else None)
+                 float(base.get("storage_per_month") or 0.0), float(chat) if chat is not None else None,
+                 base.get("examples_per_step"))
 
 
 @dataclass
@@ -120,7 +127,12 @@ def estimate(price: Price, data_tokens: int, examples: int, *, epochs: float | N
     notes = []
     if epochs is not None and training_steps is not None:
         raise ValueError("give epochs or training steps, not both")
-    if training_steps is not None:
+    if training_steps is not None and not price.tokens_per_step and price.examples_per_step:
+        per_step = price.examples_per_step * data_tokens / max(1, examples)
+        trained = math.ceil(int(training_steps) * per_step)
+        notes.append(f"{training_steps} steps x {price.examples_per_step} examples x {per_step / price.examples_per_step:,.0f}"
+                     f" tokens an example")
+    elif training_steps is not None:
         if not price.tokens_per_step:
             raise ValueError(f"{price.provider} bills by epochs, not training steps")
         trained = int(training_steps) * int(price.tokens_per_step)

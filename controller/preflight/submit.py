@@ -157,7 +157,8 @@ def _check_data(config: Config, plan: Plan, path: Path, where: str, *, kind: str
     descriptor = kind_of(kind)
     try:
         result = preflight.run(path, kind=kind, model=model, config=config, epochs=epochs,
-                               training_steps=steps, method=method, region=phone_region)
+                               training_steps=steps, method=method, region=phone_region, provider=plan.provider,
+                               hyperparameters=plan.hyperparameters)
     except preflight.PreflightError as exc:
         raise SubmitError(f"{where}: {exc}") from None
     report = result.report
@@ -188,8 +189,36 @@ def plan_submissions(config: Config, names: list[str], *, all_agents: bool = Fal
                      allow_pii: bool = False, quote: bool = False, phone_region: str | None = None) -> list[Plan]:
     plans = _plan(config, names, all_agents=all_agents, adhoc=adhoc, agent=agent, file=file, model=model,
                   provider=provider, hyperparameters=hyperparameters)
-    return [_preflight(config, p, _where(p, adhoc), allow_pii=allow_pii, quote=quote, phone_region=phone_region)
-            for p in plans]
+    checked = [_preflight(config, p, _where(p, adhoc), allow_pii=allow_pii, quote=quote, phone_region=phone_region)
+               for p in plans]
+    for name in dict.fromkeys(p.provider for p in checked):
+        _check_fits(config, name, next(p for p in checked if p.provider == name))
+    return checked
+
+
+def _check_fits(config: Config, name: str, plan: Plan) -> None:
+    """A self-hosted cluster none of whose nodes can run one job refuses it
+    now, not after it waited forever (unreachable now: the daemon says so later)."""
+    from ftctl.providers import build_provider
+    from ftctl.providers.base import ProviderError
+    from ftctl.providers.registry import kind as kind_of
+
+    section = config.providers[name]
+    if not kind_of(section.kind).resources:
+        return
+    try:
+        provider = build_provider(name, section, config.provider_env())
+    except ProviderError as exc:
+        raise SubmitError(f"providers.{name}: {exc.message}") from None
+    try:
+        short = provider.fits()
+    except ProviderError:
+        return
+    finally:
+        provider.close()
+    if short:
+        raise SubmitError(f"agents.{plan.agent}: provider {name!r} cannot run it: {short} (providers.{name}."
+                          f"{'gpus_per_job' if section.gpus_per_job else 'cpus_per_job'})")
 
 
 def _where(plan: Plan, adhoc: bool) -> str:

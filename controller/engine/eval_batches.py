@@ -1,0 +1,81 @@
+"""The evaluation gate on a self-hosted cluster (descriptor.chat_batches):
+the questions are answered by a job on the cluster that loads each model
+once, not by chat calls. A part of `engine.tick.Ticker`, beside
+`engine.evaluation`, whose rules it keeps: the answers are scored here with
+the same metrics and stored with their scores; a daemon killed halfway
+finds its batch again by its id and never asks twice.
+
+A batch's id is the evaluation's key, the number of answers stored when
+it started and the number of failures so far: while a batch runs it is
+read, never started again; when it ends its answers are stored, so the
+next batch (for what is left) has a new id. A batch that failed for good
+(a model the cluster cannot load) ends the evaluation, and the gate rejects
+the model; any other failure backs off, then a new batch asks what is left.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ftctl.controller.engine.gate import ROLES, score
+from ftctl.models import Evaluation, Job
+from ftctl.providers.base import FAIL_DATA, P_FAILED, NotFoundError, PermanentError, ProviderError, TransientError
+
+
+class EvalBatches:
+    """Mixed into the Ticker, beside `Evaluations`."""
+
+    def _batch_id(self, row: Job, run: Evaluation, answered: int) -> str:
+        return f"ev-{row.id}-{run.id}-{answered}-{run.failures}"
+
+    def _evaluate_batches(self, row: Job, run: Evaluation, conf: Any, examples: list, answered: set,
+                          now: datetime) -> None:
+        from ftctl.controller.engine.evaluation import ScorerError, run_scorer
+
+        todo = [(i, role) for i in range(len(examples)) for role in ROLES if (i, role) not in answered]
+        batch = self._batch_id(row, run, len(answered))
+        try:
+            provider = self.provider(row.provider)
+            try:
+                status, got, _ = provider.answers(batch)
+            except NotFoundError:
+                status, got = None, {}
+            if status is None:  # not started yet: start it, for every question not answered
+                models = {"candidate": run.candidate_model, "compare": run.compare_model}
+                questions = [{"key": f"{i}:{role}", "role": role,
+                              "messages": [dict(m) for m in examples[i].prompt]} for i, role in todo]
+                self.guard()
+                provider.start_answers(batch, models, questions, conf.max_tokens)
+                self.log.info("evaluation batch started", job_id=row.id, agent=row.agent, provider=row.provider,
+                              state=row.state, batch=batch, questions=len(questions))
+                self._after_slice(row, run, None, len(answered), len(examples), now)
+                return
+            if status in ("queued", "running"):
+                self._after_slice(row, run, None, len(answered), len(examples), now)
+                return
+            scored = []
+            for i, role in todo:
+                answer = got.get(f"{i}:{role}")
+                if answer is None:
+                    continue
+                ex = examples[i]
+                value = (run_scorer(conf.command, self.config.base_dir, ex, answer) if run.metric == "command"
+                         else score(run.metric, ex.expected, answer))
+                scored.append((i, role, answer, value))
+            if scored:
+                self.store.add_eval_answers(run.id, scored, self.clock())
+            stop: Exception | None = None
+            if status == P_FAILED:
+                job = provider.get_job(batch)
+                message = f"evaluation batch {batch}: {job.message or 'failed'}"
+                stop = PermanentError(message) if job.failure == FAIL_DATA else TransientError(message)
+            elif len(scored) < len(todo):  # finished, yet some questions unanswered: a new batch asks them
+                stop = TransientError(f"evaluation batch {batch} ended with {len(todo) - len(scored)} "
+                                      f"questions unanswered")
+        except (ProviderError, ScorerError) as exc:
+            stop = exc
+        except Exception as exc:  # noqa: BLE001 - a surprise in a client: retried later
+            stop = self._as_provider_error(exc)
+        stored = len(self.store.eval_answers(run.id))
+        self._after_slice(row, run, stop, stored, len(examples), now)

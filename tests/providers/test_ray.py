@@ -1,0 +1,325 @@
+"""The `ray` provider against a real local Ray head, with ftctl's real
+trainer on a tiny model built from a config (nothing is downloaded): the
+daemon SIGKILLed mid-campaign, a trainer killed mid-run that resumes from
+its checkpoint, permanent failures with the trainer's message, cancel, the
+head unreachable, and the gate on both sides."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import ftctl
+from tests.conftest import Daemon, run_ftctl, states, submit_jobs, wait_until
+from tests.providers.ray_support import Proxy, ray_config, ray_head, ray_jobs, tiny_base  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+CAMPAIGN = """
+[agents.qa]
+provider = "gpu"
+model = "BASE"
+training_file = "data/qa.jsonl"
+hyperparameters = { lora = false, training_steps = 60, learning_rate = 0.003, batch_size = 5, checkpoint_steps = 30 }
+
+[agents.qa.eval]
+file = "data/qa.jsonl"
+metric = "exact"
+min_improvement = 0.5
+max_tokens = 12
+
+[agents.legal]
+provider = "gpu"
+model = "BASE"
+training_file = "data/legal.jsonl"
+hyperparameters = { training_steps = 2, learning_rate = 0.00001, batch_size = 3 }
+
+[agents.legal.eval]
+file = "data/legal.jsonl"
+metric = "exact"
+min_improvement = 0.5
+max_tokens = 12
+
+[agents.conv]
+provider = "gpu"
+model = "@qa"
+depends_on = ["qa"]
+training_file = "data/legal.jsonl"
+hyperparameters = { training_steps = 5, learning_rate = 0.001, batch_size = 3 }
+"""
+
+
+def rows(config: Path) -> dict[str, dict]:
+    db = sqlite3.connect(config.parent / "ftctl.db")
+    db.row_factory = sqlite3.Row
+    try:
+        return {r["agent"]: dict(r) for r in db.execute("select * from jobs")}
+    finally:
+        db.close()
+
+
+def line_where(daemon: Daemon, pred, timeout: float = 120.0) -> dict | None:
+    return wait_until(lambda: next((ln for ln in list(daemon.lines) if pred(ln)), None), timeout=timeout)
+
+
+def train_jobs(address: str) -> list:
+    return [j for j in ray_jobs(address) if (j.metadata or {}).get("ftctl_kind") == "train"]
+
+
+def test_campaign_with_daemon_kills_one_ray_job_per_job_and_the_gate_on_both_sides(tmp_path, ray_head, tiny_base):
+    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, CAMPAIGN)
+    submit_jobs(config)
+    rng = random.Random(19)
+    kills = []
+    # each kill follows a readiness signal of the campaign, a random moment after it
+    for signal_of in (lambda ln: ln.get("event") == "created at provider",
+                      lambda ln: ln.get("event") == "transition" and ln.get("state") == "running",
+                      lambda ln: ln.get("event") == "evaluation batch started"):
+        d = Daemon(config)
+        assert line_where(d, signal_of, timeout=180), d.stderr[-3000:]
+        time.sleep(rng.uniform(0.0, 0.4))
+        d.kill()
+        kills.append(Counter(states(config)))
+    # every kill landed mid-campaign: some job was not finished yet
+    assert all(k["succeeded"] + k["failed"] < 3 for k in kills), kills
+    final = Daemon(config, "--until-done")
+    assert final.wait(timeout=300) == 0, final.stderr[-3000:]
+    jobs = rows(config)
+    assert {a: j["state"] for a, j in jobs.items()} == {"qa": "succeeded", "legal": "succeeded", "conv": "succeeded"}
+    assert jobs["qa"]["promotion"] == "promoted" and jobs["legal"]["promotion"] == "rejected"
+    assert jobs["conv"]["promotion"] == "promoted"  # no gate of its own
+    # exactly one Ray job per attempt of each ftctl job, whatever moment the daemon died
+    per_job = Counter(j.metadata["ftctl_job_id"] for j in train_jobs(ray_head.address)
+                      if j.metadata.get("ftctl_token") in {r["client_token"] for r in jobs.values()}
+                      or j.metadata["ftctl_job_id"] in {str(r["id"]) for r in jobs.values()})
+    assert per_job == {str(j["id"]): j["attempt"] for j in jobs.values()}, per_job
+    assert all(j["attempt"] == 1 for j in jobs.values())
+    # the artifacts: a manifest that matches each job; a pipeline stage trained on its upstream's model
+    for agent, job in jobs.items():
+        manifest = json.loads((Path(job["fine_tuned_model"]) / "manifest.json").read_text())
+        assert (manifest["job_id"], manifest["agent"], manifest["token"]) == (job["id"], agent, job["provider_job_id"])
+        assert manifest["steps"] == json.loads(job["hyperparameters"])["training_steps"]
+    conv = json.loads((Path(jobs["conv"]["fine_tuned_model"]) / "manifest.json").read_text())
+    assert conv["base_model"] == jobs["qa"]["fine_tuned_model"] and conv["root_model"] == str(tiny_base)
+    # the log shows the loss falling, step by step
+    with ftctl.open(config) as ft:
+        losses = [p["metrics"]["train_loss"] for p in ft.logs(jobs["qa"]["id"])["points"] if p["kind"] == "metric"]
+    assert len(losses) == 60 and losses[-1] < losses[0] / 5, losses
+    out = run_ftctl("show", str(jobs["qa"]["id"]), config=config)
+    assert "promoted: improvement +1.00" in out.stdout, out.stdout
+
+
+def _trainer_pids(token: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ftctl.providers.trainer" in cmd and any(token.encode() in part for part in cmd):
+            found.append(int(pid))
+    return found
+
+
+def test_a_trainer_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(tmp_path, ray_head, tiny_base):
+    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, """
+        [agents.qa]
+        provider = "gpu"
+        model = "BASE"
+        training_file = "data/qa.jsonl"
+        hyperparameters = { training_steps = 160, checkpoint_steps = 10, learning_rate = 0.001, batch_size = 5 }
+        """)
+    submit_jobs(config)
+    d = Daemon(config, "--until-done")
+    try:
+        token = wait_until(lambda: rows(config)["qa"]["client_token"], timeout=60)
+        # kill the trainer's process once Ray's log of it shows a complete checkpoint
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(ray_head.address)
+        assert wait_until(lambda: '"kind": "checkpoint"' in (client.get_job_logs(token)
+                                                             if rows(config)["qa"]["provider_job_id"] else ""),
+                          timeout=180, step=0.2), d.stderr[-2000:]
+        pids = _trainer_pids(token)
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert d.wait(timeout=300) == 0, d.stderr[-3000:]
+    finally:
+        d.kill()
+    job = rows(config)["qa"]
+    assert job["state"] == "succeeded" and job["attempt"] == 2, job
+    first, second = sorted(train_jobs(ray_head.address), key=lambda j: j.start_time)[-2:]
+    assert first.metadata["ftctl_token"] == token and first.status.value == "FAILED"
+    logs = [json.loads(ln.split("ftctl-log ", 1)[1]) for ln in client.get_job_logs(second.submission_id).splitlines()
+            if "ftctl-log " in ln]
+    resumed = next(ln for ln in logs if ln["kind"] == "event")
+    assert resumed["message"].startswith("resumed from checkpoint-"), resumed
+    k = resumed["step"]
+    steps = [ln["step"] for ln in logs if ln["kind"] == "metric"]
+    assert k >= 10 and steps[0] == k + 1 and steps[-1] == 160, (k, steps[:3], steps[-1:])
+    manifest = json.loads((Path(job["fine_tuned_model"]) / "manifest.json").read_text())
+    assert manifest["steps"] == 160 and manifest["token"] == second.submission_id
+
+
+def test_bad_data_and_an_unknown_base_fail_with_the_trainers_message_and_are_not_retried(tmp_path, ray_head,
+                                                                                         tiny_base):
+    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, """
+        [agents.qa]
+        provider = "gpu"
+        model = "BASE"
+        training_file = "data/qa.jsonl"
+        hyperparameters = { training_steps = 5 }
+
+        [agents.legal]
+        provider = "gpu"
+        model = "/nonexistent/models/base-7b"
+        training_file = "data/legal.jsonl"
+        hyperparameters = { training_steps = 5 }
+        """)
+    # the copy on the cluster's shared folder is damaged: same size, not JSON
+    from ftctl.controller.engine.jobs import file_sha256
+
+    data = config.parent / "data" / "qa.jsonl"
+    copy = config.parent / "artifacts" / "files" / f"{file_sha256(data)}.jsonl"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"#" * data.stat().st_size)
+    submit_jobs(config)
+    d = Daemon(config, "--until-done")
+    assert d.wait(timeout=240) == 0, d.stderr[-3000:]
+    jobs = rows(config)
+    assert jobs["qa"]["state"] == "failed" and jobs["qa"]["attempt"] == 1
+    assert "line 1: invalid JSON" in jobs["qa"]["last_error"], jobs["qa"]["last_error"]
+    assert jobs["legal"]["state"] == "failed" and jobs["legal"]["attempt"] == 1
+    assert "base model '/nonexistent/models/base-7b'" in jobs["legal"]["last_error"]
+    out = run_ftctl("status", config=config)
+    assert "invalid JSON" in out.stdout and "/nonexistent/models/base-7b" in out.stdout
+
+
+def test_cancel_stops_the_ray_job_and_an_unreachable_head_keeps_states(tmp_path, ray_head, tiny_base):
+    proxy = Proxy(int(ray_head.address.rsplit(":", 1)[1]))
+    config = ray_config(tmp_path / "site", f"http://127.0.0.1:{proxy.port}", tiny_base, """
+        [agents.qa]
+        provider = "gpu"
+        model = "BASE"
+        training_file = "data/qa.jsonl"
+        hyperparameters = { training_steps = 400, checkpoint_steps = 100, learning_rate = 0.001, batch_size = 5 }
+
+        [agents.legal]
+        provider = "gpu"
+        model = "BASE"
+        training_file = "data/legal.jsonl"
+        hyperparameters = { training_steps = 20, checkpoint_steps = 100, batch_size = 3 }
+        """)
+    submit_jobs(config)
+    d = Daemon(config)
+    try:
+        assert wait_until(lambda: set(states(config)) == {"running"}, timeout=180), states(config)
+        proxy.down()
+        with ftctl.open(config) as ft:
+            assert wait_until(lambda: all((j["reason"] or "").startswith("provider unreachable")
+                                          for j in ft.status()), timeout=30), ft.status()
+            assert states(config) == ["running", "running"]
+            jobs = rows(config)
+            # the cluster trains on while the controller cannot see it
+            from ray.job_submission import JobSubmissionClient
+
+            ray = JobSubmissionClient(ray_head.address)
+            assert wait_until(lambda: ray.get_job_status(jobs["legal"]["provider_job_id"]).value == "SUCCEEDED",
+                              timeout=120)
+            assert states(config) == ["running", "running"]
+            proxy.up()
+            assert wait_until(lambda: rows(config)["legal"]["state"] == "succeeded", timeout=60)
+            ft.cancel(jobs["qa"]["id"])
+            assert wait_until(lambda: rows(config)["qa"]["state"] == "cancelled" and
+                              not rows(config)["qa"]["cancel_pending"], timeout=60), rows(config)["qa"]
+            # Ray's stop: SIGTERM to the trainer, which saves a checkpoint and ends
+            assert wait_until(lambda: ray.get_job_status(jobs["qa"]["provider_job_id"]).value == "STOPPED",
+                              timeout=60), ray.get_job_status(jobs["qa"]["provider_job_id"])
+    finally:
+        d.kill()
+        proxy.down()
+
+
+def test_a_job_no_node_can_run_is_refused_at_submit_in_one_line(tmp_path, ray_head, tiny_base):
+    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, """
+        [agents.qa]
+        provider = "gpu"
+        model = "BASE"
+        training_file = "data/qa.jsonl"
+        hyperparameters = { training_steps = 5 }
+        """)
+    config.write_text(config.read_text().replace("gpus_per_job = 0", "gpus_per_job = 1"))
+    out = run_ftctl("submit", "qa", config=config)
+    assert out.returncode == 2, out
+    line = out.stderr.strip()
+    assert "\n" not in line and "a job needs 1 GPU and the largest node of the Ray cluster" in line, line
+    assert "has 0 (providers.gpu.gpus_per_job)" in line
+    assert not (config.parent / "ftctl.db").exists() or states(config) == []
+
+
+def test_preference_pairs_train_with_dpo_and_the_manifest_says_so(tmp_path, tiny_base):
+    import subprocess
+    import sys
+
+    data = tmp_path / "dpo.jsonl"
+    data.write_text("".join(json.dumps({"input": {"messages": [{"role": "user", "content": q}]},
+                                        "preferred_output": [{"role": "assistant", "content": a}],
+                                        "non_preferred_output": [{"role": "assistant", "content": "no idea"}]}) + "\n"
+                            for q, a in (("What colour is the sky?", "blue"), ("Name the largest planet.", "Jupiter"))))
+    spec = {"job_id": 9, "agent": "pref", "token": "pref-1", "base_model": str(tiny_base), "files": [[str(data), 1.0]],
+            "output": str(tmp_path / "out"), "method": "dpo",
+            "hyperparameters": {"training_steps": 4, "batch_size": 2, "checkpoint_steps": 2}}
+    p = subprocess.run([sys.executable, "-m", "ftctl.providers.trainer", "train", json.dumps(spec)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "FTCTL_TRAIN_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = protocol_lines(p.stdout)
+    assert [ln["step"] for ln in lines if ln["kind"] == "metric"] == [1, 2, 3, 4]
+    manifest = json.loads((tmp_path / "out" / "model" / "manifest.json").read_text())
+    assert manifest["method"] == "dpo" and manifest["adapter"] is True and manifest["steps"] == 4
+    assert (tmp_path / "out" / "model" / "adapter_model.safetensors").exists()
+
+
+def protocol_lines(text: str) -> list[dict]:
+    from ftctl.providers.trainer.protocol import parse
+
+    return parse(text)
+
+
+def _head_processes(exclude: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "/tmp/ftray" in cmd and exclude not in cmd:
+            found.append(cmd.replace("\0", " ")[:200])
+    return found
+
+
+def test_the_ray_demo_starts_a_head_runs_the_pipeline_and_both_gates_and_stops_it(tmp_path, ray_head):
+    import subprocess
+    import sys
+
+    before = set(os.listdir("/tmp"))
+    p = subprocess.run([sys.executable, "-m", "ftctl", "demo", "--provider", "ray"], capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "FTCTL_CONFIG"})
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
+    assert "3/3 agents succeeded on Ray" in p.stdout
+    assert "qa: succeeded" in p.stdout and "gate: promoted: improvement +1.00" in p.stdout
+    assert "gate: rejected: improvement +0.00" in p.stdout and "stopped the Ray head" in p.stdout
+    assert not _head_processes(exclude=ray_head.temp)
+    # its temporary folder (and the head's) are gone
+    assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith(("ftctl-demo-ray-", "ftray"))]
