@@ -48,6 +48,9 @@ train_time = "{train_time}s"
 fail_rate = 0.25        # a seeded share of jobs fails in training
 seed = {seed}
 
+[logs]
+interval = "2s"         # training logs read every 2 s (default 30 s): the jobs here are short
+
 [export]
 path = "agents/models.toml"   # each agent's newest promoted model, for the agents to read
 """
@@ -104,6 +107,7 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
     from ftctl.controller.cli.views import status_table
     from ftctl.controller.config import load_config
     from ftctl.controller.engine.tick import Ticker
+    from ftctl.controller.engine.trainlogs import LogFetcher
     from ftctl.controller.preflight.submit import plan_submissions, store_submissions
     from ftctl.controller.service.logs import configure
     from ftctl.models import Store
@@ -122,18 +126,22 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
     store.acquire_daemon_lock()
     store_submissions(store, plan_submissions(config, [], all_agents=True))
     reconciler = Ticker(config, store)
+    trainlogs = LogFetcher(config, store)  # as the daemon does: `ftctl logs` has the jobs' training afterwards
     started = time.monotonic()
     try:
         with Live(status_table(store.list_jobs(), title="ftctl status"), console=console,
                   refresh_per_second=4) as live:
             while True:
                 result = reconciler.tick()
+                trainlogs.run_once()
                 live.update(status_table(store.list_jobs(), title=f"ftctl status: {result.summary()}"))
                 if result.all_terminal or time.monotonic() - started > timeout:
                     break
                 time.sleep(config.controller.poll_interval)
+        trainlogs.run_once()  # the last points of the jobs that just finished
         return _summary(console, store, config, config_path, time.monotonic() - started)
     finally:
+        trainlogs.close()
         reconciler.close()
         store.close()
         log_file.close()
