@@ -19,6 +19,8 @@ from ftctl.controller.engine.states import EVENTS
 # how far back `--follow` looks again for events committed out of order
 # (PostgreSQL hands out ids before commit); what was printed is not again
 REREAD = 200
+# how often `logs --follow` tells the daemon it still follows (it forgets after 15 s)
+FOLLOW_RENEW = 5.0
 
 
 class Output(str, Enum):
@@ -109,8 +111,15 @@ def logs(
             out.print(_header(log), markup=False)
             for p in points:
                 out.print(point_text(p), markup=False, highlight=False)
+        told = 0.0
         try:
             while follow and not log["done"]:
+                if time.monotonic() - told >= FOLLOW_RENEW:
+                    # the daemon reads a followed job's log every few seconds, not every [logs] interval
+                    ft.wake(f"logs:{job_id}")
+                    told = time.monotonic()
+                if log["state"] in ("succeeded", "failed", "cancelled") and not ft.daemon():
+                    break  # finished, and no daemon is left to make its last read: nothing more will come
                 time.sleep(interval)
                 log = ft.logs(job_id, after=log["last_id"])
                 points += log["points"]

@@ -78,24 +78,33 @@ def emulator(
         register_secret(secret)
     elif webhook_secret_env:
         die("emulator: --webhook-secret-env goes with --webhook-url")
-    path = state_file or Path(tempfile.mkdtemp(prefix=f"ftctl-{kind}-emulator-")) / "state.db"
-    try:
-        server = make_emulator(kind, path, settings, api_key=key, webhook_url=webhook_url,
-                               webhook_secret=secret).serve(host, port)
-    except ValueError as exc:
-        die(f"emulator: --webhook-url: {exc}")
-    except OSError as exc:
-        die(f"emulator: cannot listen on {host}:{port}: {exc.strerror or exc}")
-    base = server.url + server.emulator.base_path
-    out.print(f"{kind} emulator on {server.url} (state {path}); Ctrl-C stops it")
-    out.print(f'in controller.toml: [providers.{kind}] kind = "{kind}", base_url = "{base}"', markup=False)
-    if webhook_url:
-        out.print(f"signed webhooks go to {webhook_url} when jobs finish", markup=False)
+    # without --state-file its state lives in a folder of its own, removed when it stops
+    scratch = None if state_file else Path(tempfile.mkdtemp(prefix=f"ftctl-{kind}-emulator-"))
+    path = state_file or scratch / "state.db"
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.stop()
+    try:
+        try:
+            server = make_emulator(kind, path, settings, api_key=key, webhook_url=webhook_url,
+                                   webhook_secret=secret).serve(host, port)
+        except ValueError as exc:
+            die(f"emulator: --webhook-url: {exc}")
+        except OSError as exc:
+            die(f"emulator: cannot listen on {host}:{port}: {exc.strerror or exc}")
+        base = server.url + server.emulator.base_path
+        kept = "" if scratch is None else ", removed when it stops: --state-file keeps it"
+        out.print(f"{kind} emulator on {server.url} (state {path}{kept}); Ctrl-C stops it")
+        out.print(f'in controller.toml: [providers.{kind}] kind = "{kind}", base_url = "{base}"', markup=False)
+        if webhook_url:
+            out.print(f"signed webhooks go to {webhook_url} when jobs finish", markup=False)
+        stop.wait()
+        server.stop()
+    finally:
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @app.command("service-unit")

@@ -48,6 +48,9 @@ train_time = "{train_time}s"
 fail_rate = 0.25        # a seeded share of jobs fails in training
 seed = {seed}
 
+[logs]
+interval = "2s"         # training logs read every 2 s (default 30 s): the jobs here are short
+
 [export]
 path = "agents/models.toml"   # each agent's newest promoted model, for the agents to read
 """
@@ -104,11 +107,14 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
     from ftctl.controller.cli.views import status_table
     from ftctl.controller.config import load_config
     from ftctl.controller.engine.tick import Ticker
+    from ftctl.controller.engine.trainlogs import LogFetcher
     from ftctl.controller.preflight.submit import plan_submissions, store_submissions
     from ftctl.controller.service.logs import configure
     from ftctl.models import Store
 
-    workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ftctl-demo-"))
+    # without --dir it runs in a temporary folder of its own, removed at the end
+    keep = directory is not None
+    workdir = Path(directory) if keep else Path(tempfile.mkdtemp(prefix="ftctl-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = write_demo_files(workdir, train_time)
     log_path = workdir / "ftctl.log"
@@ -119,27 +125,34 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
     console.print("simulated provider: allows 2 concurrent jobs; ftctl is told 5 and learns the real limit;\n"
                   "conversation trains on feedback's model; conversation and legal must pass an evaluation\n")
     store = Store(config.database_url)
-    store.acquire_daemon_lock()
-    store_submissions(store, plan_submissions(config, [], all_agents=True))
-    reconciler = Ticker(config, store)
+    reconciler = trainlogs = None
     started = time.monotonic()
     try:
+        store.acquire_daemon_lock()
+        store_submissions(store, plan_submissions(config, [], all_agents=True))
+        reconciler = Ticker(config, store)
+        trainlogs = LogFetcher(config, store)  # as the daemon does: `ftctl logs` has the jobs' training afterwards
         with Live(status_table(store.list_jobs(), title="ftctl status"), console=console,
                   refresh_per_second=4) as live:
             while True:
                 result = reconciler.tick()
+                trainlogs.run_once()
                 live.update(status_table(store.list_jobs(), title=f"ftctl status: {result.summary()}"))
                 if result.all_terminal or time.monotonic() - started > timeout:
                     break
                 time.sleep(config.controller.poll_interval)
-        return _summary(console, store, config, config_path, time.monotonic() - started)
+        trainlogs.run_once()  # the last points of the jobs that just finished
+        return _summary(console, store, config, config_path, time.monotonic() - started, kept=keep)
     finally:
-        reconciler.close()
-        store.close()
+        for part in (trainlogs, reconciler, store):
+            if part is not None:
+                part.close()
         log_file.close()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _summary(console: Console, store, config, config_path: Path, seconds: float) -> int:
+def _summary(console: Console, store, config, config_path: Path, seconds: float, kept: bool = True) -> int:
     jobs = {j.agent: j for j in store.list_jobs()}
     attempts = [a for j in jobs.values() for a in store.attempts(j.id)]
     capacity = sum(1 for a in attempts if a.outcome == "capacity")
@@ -163,7 +176,11 @@ def _summary(console: Console, store, config, config_path: Path, seconds: float)
     export = config.resolve(config.export.path)
     console.print(f"\n{config.export.path} (promoted models only):", markup=False)
     console.print(export.read_text() if export.exists() else "(not written)", markup=False)
-    console.print(try_lines(config_path, stage2.id if stage2 else 1), markup=False, soft_wrap=True)
+    if kept:
+        console.print(try_lines(config_path, stage2.id if stage2 else 1), markup=False, soft_wrap=True)
+    else:
+        console.print(f"its folder {config_path.parent} is removed now; `ftctl demo --dir DIR` keeps the files, "
+                      f"to try `ftctl --config DIR/controller.toml status` after it", markup=False, soft_wrap=True)
     ok = (succeeded == len(AGENTS) and rejected == ["legal"]
           and stage2 is not None and stage1 is not None and stage2.base_model == stage1.fine_tuned_model)
     return 0 if ok else 1

@@ -6,8 +6,9 @@ file, or NOTIFY on PostgreSQL), SIGHUP, and a provider's verified webhook
 (which reconciles just that provider). The poll stays the safety net: a
 lost wake-up costs latency, never correctness. Beside the tick, on their own
 threads: the lease renewer, the webhook server, the hooks' dispatcher
-(events out, from the outbox) and the training-log reader; none of them ever
-holds a tick. All of it starts when leadership is won and stops the moment
+(events out, from the outbox) and the training-log reader (every job on its
+interval, a followed one every few seconds: `logs:JOB` wake-ups); none of
+them ever holds a tick. All of it starts when leadership is won and stops the moment
 it is lost.
 """
 
@@ -26,6 +27,10 @@ from ftctl.models import LockLost
 
 if TYPE_CHECKING:  # pragma: no cover
     from ftctl.controller.service.daemon import Daemon
+
+# a follower of a job's log (`ftctl logs JOB --follow`) says so again every
+# few seconds; it counts as gone after this long without a word
+FOLLOW_HOLD = 15.0
 
 
 class Wakes:
@@ -83,6 +88,7 @@ class Leading:
                                id="reconcile", coalesce=True, max_instances=1, misfire_grace_time=None)
         self.trainlogs = None
         self.retention = None
+        self.followed: dict[int, float] = {}  # job id -> when its follower counts as gone (monotonic)
         self.listener = None
         self.threads: list[threading.Thread] = []
 
@@ -124,8 +130,13 @@ class Leading:
     # -- the tick and its wake-ups ------------------------------------------------------
 
     def wake(self, reason: str, provider: str | None = None) -> None:
-        """Reconcile now (`provider`: just that one), not at the next poll."""
+        """Reconcile now (`provider`: just that one), not at the next poll;
+        `logs:JOB`: someone follows that job's training log (no tick)."""
         self.log.debug("wake-up", reason=reason, provider=provider)
+        what, _, job = reason.partition(":")
+        if what == "logs" and job.isdigit():
+            self.followed[int(job)] = time.monotonic() + FOLLOW_HOLD
+            return
         self.wakes.add(provider)
 
     def _waker(self) -> None:
@@ -234,7 +245,7 @@ class Leading:
             self.log.info("listening for wake-ups", on=self.listener.address)
 
     def _start_training_logs(self) -> None:
-        from ftctl.controller.engine.trainlogs import LogFetcher
+        from ftctl.controller.engine.trainlogs import FOLLOWED_EVERY, LogFetcher
 
         self.trainlogs = LogFetcher(self.daemon.config, self.store, should_stop=self.should_stop)
 
@@ -248,6 +259,21 @@ class Leading:
 
         self.scheduler.add_job(run, "interval", seconds=self.daemon.config.logs.interval, id="training-logs",
                                coalesce=True, max_instances=1, misfire_grace_time=None)
+
+        def followed() -> None:
+            now = time.monotonic()
+            for job_id, until in list(self.followed.items()):
+                if until < now:
+                    self.followed.pop(job_id, None)
+            if not self.followed or self.should_stop():
+                return
+            try:
+                self.trainlogs.run_followed(list(self.followed))
+            except Exception as exc:  # noqa: BLE001 - the log is a nicety: never the loop's problem
+                self.log.warning("training log pass failed", error=f"{exc.__class__.__name__}: {exc}")
+
+        self.scheduler.add_job(followed, "interval", seconds=FOLLOWED_EVERY, id="followed-logs", coalesce=True,
+                               max_instances=1, misfire_grace_time=None)
 
     def _start_retention(self) -> None:
         from ftctl.controller.service.retention import EVERY_S, Retention

@@ -219,3 +219,33 @@ def test_the_demo_runs_and_ends_with_separate_commands(tmp_path):
     assert "5/5 agents succeeded" in p.stdout
     assert p.stdout.rstrip().splitlines()[-4:] == [f"  ftctl --config {tmp_path / 'demo' / 'controller.toml'} {cmd}"
                                                    for cmd in ("status", "show 5", "models --all", "models -o toml")]
+
+
+@pytest.mark.slow
+def test_the_demo_and_the_emulator_leave_no_temporary_folder_behind(tmp_path):
+    """18.6: each run left its temporary folder. Without --dir / --state-file
+    it is removed at the end; with them, what was asked for is kept."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = ftctl_env(TMPDIR=str(scratch))
+    demo = subprocess.run([sys.executable, "-m", "ftctl", "demo", "--train-time", "0.3"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=env)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "ftctl demo in " + str(scratch / "ftctl-demo-") in demo.stdout and "is removed now" in demo.stdout
+    assert list(scratch.iterdir()) == []
+    for state in (None, tmp_path / "kept" / "emu.db"):
+        args = ["--state-file", str(state)] if state else []
+        emu = subprocess.Popen([sys.executable, "-m", "ftctl", "emulator", "--kind", "mistral", "--port", "0", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        try:
+            ready = emu.stdout.readline()  # "mistral emulator on http://... (state PATH...)"
+            assert " emulator on http://127.0.0.1:" in ready, ready + emu.stderr.read()
+            made = list(scratch.iterdir())
+            assert (made == [] and state.exists()) if state else (len(made) == 1 and (made[0] / "state.db").exists())
+            emu.send_signal(signal.SIGTERM)
+            assert emu.wait(timeout=20) == 0
+        finally:
+            if emu.poll() is None:
+                emu.kill()
+        assert list(scratch.iterdir()) == []
+        assert state is None or state.exists()

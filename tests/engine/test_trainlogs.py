@@ -90,3 +90,40 @@ def test_a_paused_provider_or_one_without_logs_is_not_asked(make_config, clock):
     logs.close()
     rec.close()
     store.close()
+
+
+def test_a_followed_job_is_read_every_few_seconds_whatever_the_interval(make_config, clock):
+    """18.5: `logs --follow` on a short job showed nothing, the log being read
+    every [logs] interval. A followed job is read every FOLLOWED_EVERY
+    seconds while it trains, once more after it finished, then never."""
+    from ftctl.controller.engine.trainlogs import FOLLOWED_EVERY
+
+    cfg = load_config(make_config(agents=("qa", "legal"), concurrency=2, max_concurrent=2, queue_time="1s",
+                                  validate_time="1s", train_time="10s", extra='\n[logs]\ninterval = "10m"\n'))
+    store = Store(cfg.database_url)
+    store_submissions(store, plan_submissions(cfg, [], all_agents=True))
+    rec = Ticker(cfg, store, {"sim": build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))},
+                 clock=clock, rng=random.Random(0))
+    reader = Counting(build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch)))
+    logs = LogFetcher(cfg, store, clock=clock, providers={"sim": reader})
+    for _ in range(4):
+        rec.tick()
+        clock.advance(1)
+    assert logs.run_once() >= 0 and len(reader.reads) == 2  # the interval's first read of each
+    qa = store.get_job(1).provider_job_id
+    assert logs.run_once() == 0 and logs.run_followed([1]) == 0 and len(reader.reads) == 2  # just read
+    steps = []
+    while store.get_job(1).state != "succeeded":
+        clock.advance(FOLLOWED_EVERY)
+        rec.tick()
+        logs.run_once()  # nobody else is due before 10 minutes
+        logs.run_followed([1])
+        steps.append(len([p for p in store.log_points(1) if p.step]))
+    assert set(reader.reads[2:]) == {qa}  # legal, not followed, waits for its interval
+    assert steps[0] < steps[-2] and steps[-1] == 10  # read as it trained, and its last read after it finished
+    reads = len(reader.reads)
+    clock.advance(FOLLOWED_EVERY * 3)
+    assert logs.run_followed([1]) == 0 and len(reader.reads) == reads  # done: never again
+    logs.close()
+    rec.close()
+    store.close()

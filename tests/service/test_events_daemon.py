@@ -261,3 +261,43 @@ def test_hooks_get_a_clean_environment_even_from_a_daemon_killed_with_events_owe
         assert e["HOOK_OK"] == "visible" and e["LANG"] == "C.UTF-8" and e["PATH"]
         assert KEY_ENV not in e and "CREDENTIALS_DIRECTORY" not in e and "COPY_OF_KEY" not in e
         assert_no_key("\n".join(e.values()), where=f"hook environment of {e['FTCTL_EVENT_ID']}")
+
+
+def test_logs_follow_shows_a_short_job_train_while_it_trains(tmp_path):
+    """18.5: with the log read every [logs] interval (here 10 minutes), a
+    follower of a 6-second job saw nothing. `logs --follow` tells the daemon
+    it follows; the daemon reads that job every few seconds."""
+    import threading
+
+    from tests.conftest import submit_jobs
+
+    cfg = write_config(tmp_path / "site", agents=("qa",), queue_time="0.2s", validate_time="0.2s", train_time="8s",
+                       poll="0.5s", extra='\n[logs]\ninterval = "10m"\n')
+    submit_jobs(cfg)
+    daemon = Daemon(cfg)
+    follow = None
+    try:
+        assert wait_until(lambda: states(cfg) == ["running"], timeout=30), daemon.stderr[-2000:]
+        follow = subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(cfg), "logs", "1", "--follow",
+                                   "--interval", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=tempfile.gettempdir(), env=ftctl_env())
+        lines: list[tuple[str, str]] = []  # (the line, the job's state when it came)
+
+        def read() -> None:
+            for line in follow.stdout:
+                lines.append((line, states(cfg)[0]))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert follow.wait(timeout=60) == 0, follow.stderr.read()[-2000:]  # it ends by itself once the job is done
+        reader.join(timeout=10)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+        daemon.kill()
+    steps = [(line, state) for line, state in lines if re.search(r"\bstep \d+", line)]
+    assert [s for _, s in steps].count("running") >= 2, lines  # points came while it trained
+    assert len({re.search(r"\bstep (\d+)", line).group(1) for line, _ in steps}) == 10, lines  # and every step
+    assert re.search(r"^train_loss +[▁▂▃▄▅▆▇█]+", "".join(line for line, _ in lines), re.M)
