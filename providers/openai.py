@@ -236,6 +236,9 @@ class OpenAISection(RemoteSection):
 
 
 _verifiers: dict[str, Any] = {}
+# what OpenAI says about fine-tuning jobs; any other event (a batch, an eval,
+# a response) means nothing to ftctl
+WEBHOOK_TYPES = ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled")
 
 
 class OpenAIKind(ProviderKind):
@@ -271,13 +274,25 @@ class OpenAIKind(ProviderKind):
             raise WebhookRejected("the signature does not match", status=401) from None
         except ValueError as exc:  # a header missing, a body that is not JSON
             raise WebhookRejected(clip(f"malformed webhook: {exc}", 200), status=400) from None
-        data = getattr(event, "data", None)
-        job_id = getattr(data, "id", None) if data is not None else None
-        if job_id is None and isinstance(data, dict):
-            job_id = data.get("id")
+        # signed, but is it about a fine-tuning job? (the SDK makes an event of any JSON)
+        import json
+
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise WebhookRejected("malformed webhook: the body is not JSON", status=400) from None
+        if not isinstance(data, dict):
+            raise WebhookRejected(f"malformed webhook: the body is a JSON {type(data).__name__}, not an event object",
+                                  status=400)
+        kind = data.get("type")
+        if kind not in WEBHOOK_TYPES:
+            raise WebhookRejected(clip(f"event type {kind!r} means nothing here (ftctl acts on "
+                                       f"{', '.join(WEBHOOK_TYPES)})", 200), status=422)
+        job_id = data.get("data", {}).get("id") if isinstance(data.get("data"), dict) else None
+        if not isinstance(job_id, str) or not job_id:
+            raise WebhookRejected(f"a {kind} event without data.id (the fine-tuning job)", status=422)
         wid = next((v for k, v in headers.items() if k.lower() == "webhook-id"), "")
-        return WebhookEvent(id=wid, type=str(getattr(event, "type", None) or "unknown"),
-                            job_id=job_id if isinstance(job_id, str) else None)
+        return WebhookEvent(id=wid, type=kind, job_id=job_id)
 
     def default_epochs(self, examples: int) -> tuple[float, str]:
         """OpenAI's own choice when n_epochs is "auto" (the cookbook's chat
