@@ -129,8 +129,18 @@ class WebhookServer:
             self.log.error("webhook verification failed", provider=name, error=clip(f"{exc.__class__.__name__}: "
                                                                                    f"{exc}", 200))
             return 503, {"error": "cannot verify webhooks now"}
+        kind = KINDS[section.kind]
+        why = None
+        if event.type not in kind.webhook_types:
+            why = clip(f"event type {event.type!r} means nothing here (ftctl acts on "
+                       f"{', '.join(kind.webhook_types)})", 200)
+        elif event.job_id is None:
+            why = f"a {event.type} event without data.id (the job)"
+        if why is not None:
+            self.log.warning("webhook refused", provider=name, status=422, why=why, webhook_id=event.id)
+            return 422, {"error": why}
         try:
-            ours = event.job_id is not None and self.store.knows_provider_job(name, event.job_id)
+            ours = self.store.knows_provider_job(name, event.job_id)
         except Exception as exc:  # noqa: BLE001 - the database is busy: the sender will retry
             self.log.error("webhook not recorded", provider=name, error=clip(f"{exc.__class__.__name__}: {exc}", 200))
             return 503, {"error": "try again later"}
