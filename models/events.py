@@ -14,7 +14,7 @@ from sqlalchemy import and_, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import delete, func, select
 
-from ftctl.models.tables import Job, JobEvent, LogCursor, LogPoint, OutboxEvent, WebhookDelivery
+from ftctl.models.tables import Attempt, Job, JobEvent, LogCursor, LogPoint, OutboxEvent, WebhookDelivery
 
 # a job in one of these states has a training log that may still grow
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -213,6 +213,18 @@ class EventQueries:
             return True
         except IntegrityError:  # the same delivery twice at once: one of them wins
             return False
+
+    def knows_provider_job(self, provider: str, provider_job_id: str) -> bool:
+        """Whether one of our jobs (or an earlier attempt of one) is
+        `provider_job_id` at `provider`: what a webhook about a job must be
+        to mean anything here."""
+        with self.read() as s:
+            if s.exec(select(Job.id).where(Job.provider == provider, Job.provider_job_id == provider_job_id)
+                      .limit(1)).first() is not None:
+                return True
+            return s.exec(select(Attempt.id).join(Job, Job.id == Attempt.job_id)
+                          .where(Job.provider == provider, Attempt.provider_job_id == provider_job_id)
+                          .limit(1)).first() is not None
 
     def prune_webhooks(self, before: datetime) -> None:
         with self.write() as s:

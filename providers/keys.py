@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 import urllib.parse
@@ -28,6 +29,8 @@ PIECE = 6
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
 _pieces: frozenset[str] = frozenset()
+# any piece, as one pattern: most texts hold none, and say so fast
+_any_piece: re.Pattern[str] | None = None
 
 
 class SecretError(Exception):
@@ -42,7 +45,7 @@ def _forms(value: str) -> set[str]:
 
 def register_secret(value: str) -> None:
     """From now on `value` (and every piece of it) is masked by `redact`."""
-    global _secrets, _pieces
+    global _secrets, _pieces, _any_piece
     if not isinstance(value, str) or len(value) < 4:
         return
     with _lock:
@@ -51,8 +54,9 @@ def register_secret(value: str) -> None:
             return
         pieces = {form[i:i + PIECE] for form in forms for i in range(len(form) - PIECE + 1)}
         # readers take the sets without the lock: each is replaced whole
-        _secrets = _secrets | forms
         _pieces = _pieces | pieces
+        _any_piece = re.compile("|".join(sorted(map(re.escape, _pieces)))) if _pieces else None
+        _secrets = _secrets | forms
 
 
 def holds_secret(text: str) -> bool:
@@ -61,10 +65,10 @@ def holds_secret(text: str) -> bool:
 
 
 def _mask(text: str) -> str:
-    secrets, pieces = _secrets, _pieces
+    secrets, pieces, any_piece = _secrets, _pieces, _any_piece
     for secret in sorted((s for s in secrets if s in text), key=len, reverse=True):
         text = text.replace(secret, MASK)
-    if len(text) < PIECE:
+    if any_piece is None or len(text) < PIECE or not any_piece.search(text):
         return text
     hits = [i for i in range(len(text) - PIECE + 1) if text[i:i + PIECE] in pieces]
     if not hits:

@@ -162,6 +162,8 @@ class ProviderKind:
     resources: ClassVar[bool] = False
     # the provider signs webhooks about its jobs (Standard Webhooks)
     webhooks: ClassVar[bool] = False
+    # the webhook event types about its jobs (any other means nothing to ftctl)
+    webhook_types: ClassVar[tuple[str, ...]] = ()
     # a job may continue from an upstream job's model (JobSpec.upstream_job_id)
     chaining: ClassVar[bool] = False
     # the training methods this kind takes (the first is the default), each

@@ -247,6 +247,8 @@ class OpenAIKind(ProviderKind):
     price_key = "openai"
     training_log = True
     webhooks = True
+    # what OpenAI says about fine-tuning jobs; a batch's, an eval's or a response's event is not ours
+    webhook_types = ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled")
     roles = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
     example_keys = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
     chat = True
@@ -273,13 +275,20 @@ class OpenAIKind(ProviderKind):
             raise WebhookRejected("the signature does not match", status=401) from None
         except ValueError as exc:  # a header missing, a body that is not JSON
             raise WebhookRejected(clip(f"malformed webhook: {exc}", 200), status=400) from None
-        data = getattr(event, "data", None)
-        job_id = getattr(data, "id", None) if data is not None else None
-        if job_id is None and isinstance(data, dict):
-            job_id = data.get("id")
+        # signed; the SDK makes an event of any JSON: what it is about is read here
+        import json
+
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise WebhookRejected("malformed webhook: the body is not JSON", status=400) from None
+        if not isinstance(data, dict):
+            raise WebhookRejected(f"malformed webhook: the body is a JSON {type(data).__name__}, not an event object",
+                                  status=400)
+        job_id = data["data"].get("id") if isinstance(data.get("data"), dict) else None
         wid = next((v for k, v in headers.items() if k.lower() == "webhook-id"), "")
-        return WebhookEvent(id=wid, type=str(getattr(event, "type", None) or "unknown"),
-                            job_id=job_id if isinstance(job_id, str) else None)
+        return WebhookEvent(id=wid, type=str(data.get("type") or "unknown"),
+                            job_id=job_id if isinstance(job_id, str) and job_id else None)
 
     def default_epochs(self, examples: int) -> tuple[float, str]:
         """OpenAI's own choice when n_epochs is "auto" (the cookbook's chat

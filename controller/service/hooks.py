@@ -80,6 +80,16 @@ def _register_provider_keys(config: Config) -> None:
                 provider.api_key(name)
 
 
+def url_tokens(url: str) -> list[str]:
+    """The parts of a hook's URL that are secrets (Slack's
+    /services/T0123ABCD/B0123ABCD/<token>): path segments and query values
+    that look like tokens. A word like `services` is not one: masked, every
+    6 characters of it would go from every log line."""
+    parts = urlsplit(url)
+    pieces = parts.path.split("/") + [v for _, _, v in (q.partition("=") for q in parts.query.split("&"))]
+    return [p for p in pieces if len(p) >= 20 or (len(p) >= 8 and not p.replace("-", "").replace("_", "").isalpha())]
+
+
 def hook_secrets(config: Config) -> dict[str, str]:
     """The signing secret of every URL hook that names one, by hook key;
     ConfigError (one line naming the key) when one cannot be had."""
@@ -87,10 +97,8 @@ def hook_secrets(config: Config) -> dict[str, str]:
     out = {}
     for i, hook in enumerate(config.hooks):
         if hook.url is not None:
-            path = urlsplit(hook.url)
-            hidden = path.path + (f"?{path.query}" if path.query else "")
-            if len(hidden) >= 8:  # a Slack incoming-webhook URL is a secret itself
-                register_secret(hidden)
+            for token in url_tokens(hook.url):  # a Slack incoming-webhook URL is a secret itself
+                register_secret(token)
         if hook.has_secret:
             try:
                 out[hook.key] = hook.secret(f"hooks[{i}]")

@@ -281,3 +281,15 @@ def test_hooks_can_ask_for_every_kind_of_event_that_events_shows(tmp_path, monke
     helped = " ".join(run_ftctl("events", "--help").stdout.split())
     assert "can ask for each kind shown here" in helped and all(f" {k}," in helped or f" {k}." in helped
                                                                  for k in kinds | set(EVENTS)), helped
+
+
+def test_a_slack_url_s_tokens_are_masked_and_its_words_are_not():
+    from ftctl.controller.service.hooks import url_tokens
+    from ftctl.providers.keys import redact
+
+    url = "https://hooks.slack.com/services/T0FAKE0TESTS/B0FAKE0TESTS/fakeFORtests0123456789ab?token=fakeTOKEN99"
+    assert url_tokens(url) == ["T0FAKE0TESTS", "B0FAKE0TESTS", "fakeFORtests0123456789ab", "fakeTOKEN99"]
+    for token in url_tokens(url):
+        register_secret(token)
+    assert redact(url) == "https://hooks.slack.com/services/***/***/***?token=***"
+    assert redact("restart the webhooks services") == "restart the webhooks services"
