@@ -335,7 +335,7 @@ def main() -> None:
         if "campaign" in only:
             from scale_campaign import campaign
 
-            campaign(root, args.repeats, row, jobs=args.campaign_jobs, keep=args.campaign_dir)
+            campaign(root, args.repeats, row, jobs=args.campaign_jobs, keep=args.campaign_dir, idle=args.idle)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     width = max(len(r[0]) for r in ROWS)
     print(f"{'measure':<{width}}  {'filed (issue 13)':<34} {'goal':<24} this run")

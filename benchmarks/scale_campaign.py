@@ -46,6 +46,21 @@ def _vacuumed_kb(db: Path) -> float:
     return db.stat().st_size / 1024
 
 
+def _copy(c: Campaign, to: Path) -> tuple[Path, Path]:
+    """The campaign's database (and its config without a hook) in `to`: for
+    rows that change what they read."""
+    import shutil
+
+    shutil.rmtree(to, ignore_errors=True)
+    to.mkdir()
+    _vacuumed_kb(c.dir / "ftctl.db")  # the campaign's WAL into the file, before the copy
+    config = c.config(hooks=False)
+    for path in (c.dir / "ftctl.db", config):
+        shutil.copy(path, to / path.name)
+    (to / "data").symlink_to(c.dir / "data")
+    return to, to / config.name
+
+
 def history_rows(c: Campaign, root: Path, row) -> None:
     """18.11: bytes a succeeded job keeps, whole and after `[history]
     keep_logs_for` and `[events] keep` passed (on a copy, a virtual clock)."""
@@ -58,16 +73,10 @@ def history_rows(c: Campaign, root: Path, row) -> None:
     from ftctl.controller.service.retention import Retention
     from ftctl.models import Store, utcnow
 
-    copy = root / "history-copy"
-    shutil.rmtree(copy, ignore_errors=True)
-    copy.mkdir()
-    _vacuumed_kb(c.dir / "ftctl.db")  # the campaign's WAL into the file, before the copy
-    for name in ("ftctl.db", c.config(hooks=False).name):
-        shutil.copy(c.dir / name, copy / name)
-    (copy / "data").symlink_to(c.dir / "data")
+    copy, config = _copy(c, root / "history-copy")
     jobs = c.counts()["jobs"]
     before = _vacuumed_kb(copy / "ftctl.db")
-    cfg = load_config(copy / c.config(hooks=False).name)
+    cfg = load_config(config)
     store = Store(cfg.database_url)
     now = [utcnow()]
     hooks = Dispatcher(store, cfg, {}, clock=lambda: now[0])  # no hook asks: every event settles, as delivered
@@ -96,8 +105,76 @@ def history_rows(c: Campaign, root: Path, row) -> None:
     shutil.rmtree(copy)
 
 
+def listing_rows(c: Campaign, repeats: int, row) -> None:
+    """18.7: a tick after the campaign, through the mistralai SDK and the
+    emulator: CPU and provider calls (steady state, after a first tick)."""
+    import random
+    import time
+
+    from ftctl.controller.config import load_config
+    from ftctl.controller.engine.tick import Ticker
+    from ftctl.models import Store
+
+    cfg = load_config(c.config(hooks=False))
+    store = Store(cfg.database_url)
+    ticker = Ticker(cfg, store, rng=random.Random(0))
+    calls = c.emulator.calls()
+    started = time.process_time()
+    ticker.tick()
+    first = (time.process_time() - started, c.emulator.calls() - calls)
+    cpus, counts = [], []
+    for _ in range(max(3, repeats)):
+        calls = c.emulator.calls()
+        started = time.process_time()
+        result = ticker.tick()
+        cpus.append(time.process_time() - started)
+        counts.append(c.emulator.calls() - calls)
+    ticker.close()
+    store.close()
+    running, done = result.states.get("running", 0), result.states.get("succeeded", 0)
+    cpu, n = statistics.median(cpus), statistics.median(counts)
+    row(f"tick after a bulk campaign: {running} running, {done:,} succeeded (created within "
+        f"{c.created_within():.0f} min)", "0.136 s, 10 calls", "<= 0.05 s, 1 call",
+        f"{cpu:.3f} s, {n:.0f} call(s) (first tick after a start: {first[0]:.2f} s, {first[1]} calls)",
+        cpu <= 0.05 and n <= 1)
+
+
+def idle_row(c: Campaign, seconds: float, row) -> None:
+    """18.7: an idle daemon (poll 15s) on the campaign, once its start-up
+    work (the first listing, settling the events no hook asks for) is done."""
+    import sqlite3
+    import subprocess
+    import time
+
+    from scale_data import proc_cpu
+
+    import shutil
+
+    copy, config = _copy(c, c.dir.parent / "idle-copy")
+    daemon = subprocess.Popen([sys.executable, "-m", "ftctl", "--config", str(config), "daemon"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with sqlite3.connect(copy / "ftctl.db") as conn:
+            deadline = time.monotonic() + 600
+            while conn.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]:
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise RuntimeError("the daemon did not settle the outbox")
+                time.sleep(0.5)
+        time.sleep(20)  # the log reader's pass over the running jobs, and a tick or so
+        d0, t0 = proc_cpu(daemon.pid), time.monotonic()
+        time.sleep(seconds)
+        d1, t1 = proc_cpu(daemon.pid), time.monotonic()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        shutil.rmtree(copy)
+    share = (d1 - d0) / (t1 - t0) * 100
+    row(f"idle daemon after the campaign, over {seconds:.0f} s", "2.27% CPU", "<= 0.5%", f"{share:.2f}% CPU",
+        share <= 0.5)
+
+
 def campaign(root: Path, repeats: int, row, jobs: int = 10_000, concurrency: int = 500,
-             keep: Path | None = None) -> None:
+             keep: Path | None = None, idle: float = 60.0) -> None:
     """`keep`: build the campaign there once and reuse it on later runs
     (rows that change it work on a copy)."""
     running = min(50, jobs // 10)
@@ -114,5 +191,8 @@ def campaign(root: Path, repeats: int, row, jobs: int = 10_000, concurrency: int
     try:
         outbox_rows(c, repeats, row)
         history_rows(c, root, row)
+        c.serve()
+        listing_rows(c, repeats, row)
+        idle_row(c, idle, row)
     finally:
         c.close()

@@ -3,6 +3,7 @@ failure policy is written against."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -241,10 +242,14 @@ class Provider(Protocol):
     def create_job(self, spec: JobSpec) -> ProviderJob:
         """Create a fine-tuning job that carries spec.client_token."""
 
-    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+    def list_jobs(self, created_after: datetime | None = None,
+                  enough: Callable[[list[ProviderJob]], bool] | None = None) -> list[ProviderJob]:
         """Jobs created after the given time (all pages), newest first. A
         failed job may come without its details (`detailed` False): the
-        caller reads them with `get_job`, for its own jobs only."""
+        caller reads them with `get_job`, for its own jobs only. A client
+        that pages may take `enough`: called with each page's jobs as read,
+        and when it returns True no further page is asked for (the caller
+        has seen every job that can still change)."""
 
     def get_job(self, job_id: str) -> ProviderJob:
         """One job; NotFoundError if the provider does not know it."""

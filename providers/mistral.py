@@ -185,8 +185,10 @@ class MistralProvider:
         )
         return self._to_job(job)
 
-    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
-        """Newest first, back to `created_after` (the API filters): no detail
+    def list_jobs(self, created_after: datetime | None = None,
+                  enough: Callable[[list[ProviderJob]], bool] | None = None) -> list[ProviderJob]:
+        """Newest first, back to `created_after` (the API filters), or to the
+        page after which `enough` says the caller has what it needs: no detail
         call here; a failed job comes back `detailed` False, and get_job
         reads why it failed for the jobs the caller owns.
 
@@ -210,9 +212,12 @@ class MistralProvider:
             data = res.get("data") or []
             known = self._details  # failed jobs whose details were read: those, as read
             try:  # every job on the key holds a slot, whatever its job_type
-                out.extend((known.get(d["id"]) if known else None) or job_from_listing(d) for d in data)
+                jobs = [(known.get(d["id"]) if known else None) or job_from_listing(d) for d in data]
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise TransientError(f"unexpected answer from Mistral: a listed job without {exc}") from None
+            out.extend(jobs)
+            if enough is not None and enough(jobs):
+                return out
             total = res.get("total") or 0
             if page == 0 and 0 < len(data) < min(size, total):
                 # fewer than asked and more to come: the service's pages are this long

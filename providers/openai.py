@@ -120,8 +120,10 @@ class OpenAIProvider:
                          metadata={TOKEN_KEY: spec.client_token}, **kwargs)
         return self._to_job(job)
 
-    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
-        """Newest first, page by page, back to `created_after`. The pages are
+    def list_jobs(self, created_after: datetime | None = None,
+                  enough: Callable[[list[ProviderJob]], bool] | None = None) -> list[ProviderJob]:
+        """Newest first, page by page, back to `created_after`, or to the page
+        after which `enough` says the caller has what it needs. The pages are
         read as raw JSON (the SDK's `with_raw_response`): only the fields
         ftctl needs are parsed."""
         floor = created_after.replace(tzinfo=timezone.utc).timestamp() if created_after else None
@@ -135,13 +137,16 @@ class OpenAIProvider:
             try:
                 page = parse_json(raw.http_response.content)
                 data = list(page.get("data") or [])
+                jobs, older = [], False
                 for job in data:
                     if floor is not None and job["created_at"] < floor:
-                        return out  # newest first: the rest are older still
-                    out.append(self._to_job(job))
+                        older = True  # newest first: the rest are older still
+                        break
+                    jobs.append(self._to_job(job))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise TransientError(f"unexpected answer from OpenAI: {exc.__class__.__name__}") from None
-            if not data or not page.get("has_more"):
+            out.extend(jobs)
+            if older or not data or not page.get("has_more") or (enough is not None and enough(jobs)):
                 return out
             after = data[-1]["id"]
 

@@ -5,14 +5,16 @@ own boundary. A part of `engine.tick.Ticker`."""
 
 from __future__ import annotations
 
+import inspect
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.states import IN_FLIGHT
 from ftctl.models import ProviderState
+from ftctl.providers.base import P_FAILED, NotFoundError, Provider, ProviderError, ProviderJob, TransientError
 from ftctl.providers.registry import KINDS
-from ftctl.providers.base import P_FAILED, NotFoundError, ProviderError, TransientError
 
 # The provider's listing is read newest first, back to the oldest job that
 # can still change: ours in flight, a quote not yet settled, and any job
@@ -21,6 +23,12 @@ from ftctl.providers.base import P_FAILED, NotFoundError, ProviderError, Transie
 LISTING_WINDOW = timedelta(days=7)
 # read a little further back than that, for clocks that disagree
 LISTING_MARGIN = timedelta(minutes=15)
+# Those are the listing's outer bound. Within it, a client that pages stops
+# at the page holding the last job that can still change, known by id (ours
+# in flight, and the ones the previous listing saw active): a bulk campaign's
+# finished jobs behind it are not read again every tick. Only what is known
+# by a time alone (a create whose job id is not known yet, a pending quote)
+# reads back to that time, with the margin.
 
 
 class Observation:
@@ -29,6 +37,7 @@ class Observation:
     log: Any
     clock: Any
     _floors: dict[str, datetime]
+    _live: dict[str, frozenset[str]]
     _quiet_until: dict[str, tuple[datetime, ProviderError]]
 
     def _since(self, name: str, mine: list[rc.JobView], quote_since: datetime | None, now: datetime) -> datetime:
@@ -40,6 +49,24 @@ class Observation:
         if quote_since is not None:
             floor = min(floor, quote_since)
         return floor - LISTING_MARGIN
+
+    def _stop(self, name: str, mine: list[rc.JobView], quote_since: datetime | None) -> "_Stop | None":
+        """Where the listing may stop (see LISTING_MARGIN); None (read the
+        whole window) for the first listing after a start, which has not
+        seen the others' active jobs yet."""
+        seen_active = self._live.get(name)
+        if seen_active is None:
+            return None
+        stop = _Stop(set(seen_active), quote_since)
+        for v in mine:
+            if v.state in IN_FLIGHT or v.cancel_pending:
+                if v.provider_job_id:
+                    stop.wanted.add(v.provider_job_id)
+                elif v.intent_at or v.created_at:  # a create that may have landed: found by its token
+                    at = v.intent_at or v.created_at
+                    stop.back_to = at if stop.back_to is None else min(stop.back_to, at)
+        stop.back_to = stop.back_to - LISTING_MARGIN if stop.back_to is not None else None
+        return stop
 
     def _observe(self, name: str, mine: list[rc.JobView], state: ProviderState | None,
                  quotes: tuple[str, ...], quote_since: datetime | None, now: datetime) -> rc.ProviderView:
@@ -60,8 +87,15 @@ class Observation:
         listed_at = self.clock()
         try:
             provider = self.provider(name)
-            listing = provider.list_jobs(created_after=since)
+            stop = self._stop(name, mine, quote_since)
+            listing = _list(provider, since, stop)
             at = {pj.id: i for i, pj in enumerate(listing)}
+            ours = {v.provider_job_id for v in mine}
+            for job_id in sorted(stop.wanted - at.keys() - ours) if stop is not None else ():
+                try:  # someone else's job, active when last seen, behind the pages read
+                    listing.append(provider.get_job(job_id))
+                except NotFoundError:
+                    pass
             by_token = {pj.client_token: i for i, pj in enumerate(listing) if pj.client_token}
             missing = set()
             for v in mine:
@@ -84,6 +118,7 @@ class Observation:
             return self._unobserved(name, exc, base)
         active = [pj.created_at for pj in listing if pj.active and pj.created_at is not None]
         self._floors[name] = min(active, default=listed_at)
+        self._live[name] = frozenset(pj.id for pj in listing if pj.active)
         if room is not None:
             base.update(room=room.jobs, room_need=room.need, room_short=room.short)
         return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at, **base)
@@ -102,3 +137,41 @@ class Observation:
         # a bug or a surprise in a client: its outcome is unknown
         self.log.error("unexpected provider error", error=f"{exc.__class__.__name__}: {exc}")
         return TransientError(f"unexpected error: {exc.__class__.__name__}")
+
+
+# the listing stops once at most this many jobs that can still change are
+# not seen yet: each is then read by its id, one call, not a page each
+FETCH_AT_MOST = 5
+
+
+class _Stop:
+    """The listing's stop: True after a page once every job that can still
+    change, but at most FETCH_AT_MOST, is seen, and the pages reach back to
+    `back_to` (a create whose job id is not known yet, a pending quote)."""
+
+    def __init__(self, wanted: set[str], back_to: datetime | None):
+        self.wanted, self.back_to = wanted, back_to
+
+    def __call__(self, page: list[ProviderJob]) -> bool:
+        self.wanted.difference_update(pj.id for pj in page)
+        if self.back_to is not None and any(pj.created_at is not None and pj.created_at < self.back_to
+                                            for pj in page):
+            self.back_to = None
+        return len(self.wanted) <= FETCH_AT_MOST and self.back_to is None
+
+
+@cache
+def _pages_on_request(list_jobs: Any) -> bool:
+    """Whether a client's listing takes `enough` (one that does not reads
+    its whole window, as every listing did before)."""
+    try:
+        return "enough" in inspect.signature(list_jobs).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _list(provider: Provider, since: datetime, enough: _Stop | None) -> list:
+    method = provider.list_jobs
+    if enough is not None and _pages_on_request(getattr(method, "__func__", method)):
+        return method(created_after=since, enough=enough)
+    return method(created_after=since)

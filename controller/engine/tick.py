@@ -101,6 +101,8 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches):
         # per provider: the creation time of the oldest job the last listing saw
         # active, or when it was read if none was (see LISTING_WINDOW)
         self._floors: dict[str, datetime] = {}
+        # per provider: the ids of the jobs the last listing saw active (observe._enough)
+        self._live: dict[str, frozenset[str]] = {}
         self.log = logger or structlog.get_logger("ftctl")
 
     # -- providers -------------------------------------------------------------
@@ -133,6 +135,7 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches):
                 continue
             changes.append(f"providers.{name}")
             self._floors.pop(name, None)
+            self._live.pop(name, None)
             provider = self.providers.pop(name, None)
             if provider is not None:
                 provider.close()

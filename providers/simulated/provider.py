@@ -81,15 +81,17 @@ class SimulatedProvider:
         )
         return job_from_engine(raw)
 
-    def list_jobs(self, created_after: datetime | None = None) -> list[ProviderJob]:
+    def list_jobs(self, created_after: datetime | None = None,
+                  enough: Callable[[list[ProviderJob]], bool] | None = None) -> list[ProviderJob]:
         after = created_after.replace(tzinfo=timezone.utc).timestamp() if created_after else None
         out: list[ProviderJob] = []
         page = 0
         while True:
             rows, total = self._call(self.engine.list_jobs, page=page, page_size=PAGE_SIZE, created_after=after)
-            out.extend(job_from_engine(r) for r in rows)
+            jobs = [job_from_engine(r) for r in rows]
+            out.extend(jobs)
             page += 1
-            if not rows or page * PAGE_SIZE >= total:
+            if not rows or page * PAGE_SIZE >= total or (enough is not None and enough(jobs)):
                 return out
 
     def get_job(self, job_id: str) -> ProviderJob:
