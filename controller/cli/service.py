@@ -229,9 +229,13 @@ def demo(
     from ftctl.controller.cli.app import console
 
     if provider == "ray":
-        from ftctl.controller.demo.ray_demo import run_ray_demo
+        from ftctl.controller.demo.ray_demo import DemoError, run_ray_demo
 
-        raise typer.Exit(run_ray_demo(console(), directory, address=address))
+        try:
+            code = run_ray_demo(console(), directory, address=address)
+        except DemoError as exc:
+            die(str(exc))
+        raise typer.Exit(code)
     if provider != "simulated":
         die(f"--provider: {provider!r} is not a demo (simulated or ray)")
     if address is not None:
