@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, console, die,
-                                      emit_json, note, out, stdout_is_terminal)
+from ftctl.controller.cli.app import (DURATION, EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, console,
+                                      die, duration, emit_json, note, out, stdout_is_terminal)
 
 
 # -- submit ------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def _parse_hp(values: list[str]) -> dict[str, bool | int | float | str]:
 
 @app.command()
 def submit(
-    agents: Annotated[Optional[list[str]], typer.Argument(help="agents from controller.toml")] = None,
+    agents: Annotated[Optional[list[str]], typer.Argument(metavar="AGENT", help="agents from controller.toml")] = None,
     all_agents: Annotated[bool, typer.Option("--all", help="every agent in controller.toml")] = False,
     agent: Annotated[Optional[str], typer.Option("--agent", help="ad hoc: the agent's name")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="ad hoc: the training file")] = None,
@@ -146,7 +146,8 @@ def status(
     = FINISHED_SHOWN,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="again every --interval until Ctrl-C: in place on "
                                         "a terminal, a snapshot each time in a pipe")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.2)] = 2.0,
+    interval: Annotated[float, typer.Option("--interval", parser=duration(0.2), metavar=DURATION,
+                                            help="time between refreshes, e.g. 2s, 500ms")] = "2s",
 ) -> None:
     """Every unfinished job and the last 50 finished: state, attempt, age, cost, why it waits (or its model)."""
     fmt = "json" if as_json else output.value
@@ -294,7 +295,7 @@ def models(
 
 @app.command()
 def show(
-    job: Annotated[str, typer.Argument(help="job id")],
+    job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A job and its full transition history."""
@@ -363,7 +364,7 @@ def daemon_line(ft) -> str:
 
 
 @app.command()
-def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def cancel(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Cancel a job (at the provider too)."""
     with api() as ft:
         done = ft.cancel(_job_id(job))
@@ -378,7 +379,7 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
 
 
 @app.command()
-def promote(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def promote(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Make a succeeded job's model its agent's, overriding the evaluation gate (recorded in its history)."""
     with api() as ft:
         row = ft.promote(_job_id(job))
@@ -386,7 +387,7 @@ def promote(job: Annotated[str, typer.Argument(help="job id")]) -> None:
 
 
 @app.command()
-def reject(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def reject(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Never deliver a succeeded job's model, overriding the evaluation gate (recorded in its history)."""
     with api() as ft:
         row = ft.reject(_job_id(job))
@@ -394,7 +395,7 @@ def reject(job: Annotated[str, typer.Argument(help="job id")]) -> None:
 
 
 @app.command()
-def retry(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def retry(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Put a failed or cancelled job back to `prepared`, with fresh attempts."""
     with api() as ft:
         row = ft.retry(_job_id(job))
@@ -403,19 +404,16 @@ def retry(job: Annotated[str, typer.Argument(help="job id")]) -> None:
 
 @app.command()
 def wait(
-    jobs: Annotated[list[str], typer.Argument(help="job ids")],
-    timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
+    jobs: Annotated[list[str], typer.Argument(metavar="JOB", help="job ids")],
+    timeout: Annotated[Optional[float], typer.Option("--timeout", parser=duration(0.0, 365 * 86400.0),
+                                                     metavar=DURATION, help="give up after this long, e.g. 2h")] = None,
+    interval: Annotated[float, typer.Option("--interval", parser=duration(0.1), metavar=DURATION,
+                                            help="time between looks, e.g. 5s")] = "5s",
 ) -> None:
     """Block until the jobs are finished (and their models promoted or rejected); exit 0 only if all succeeded
     (1 if not, 5 on timeout)."""
-    from ftctl.controller.config import parse_duration
-
     ids = [_job_id(j) for j in jobs]
-    try:
-        limit = parse_duration(timeout) if timeout else None
-    except ValueError as exc:
-        die(f"--timeout: {exc}")
+    limit = timeout
     with api() as ft:
         def moving(j: dict) -> bool:  # what only a daemon moves on: unfinished jobs, models still at the gate
             return (j["state"] not in ("succeeded", "failed", "cancelled")
