@@ -270,7 +270,10 @@ def models(
     else:
         with api() as ft:
             found = ft.model_rows(agents=agents, providers=providers)
-        if fmt in ("json", "toml", "env"):
+            if fmt == "json":  # an array of model records, as --all prints them
+                emit_json(ft.model_records(found))
+                return
+        if fmt in ("toml", "env"):
             print(models_text({m.agent: m.model for m in found}, fmt))
             return
         if fmt == "name":
@@ -299,38 +302,39 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A job and its full transition history."""
-    from rich.markup import escape
-    from rich.table import Table
+    import sys
+
+    from ftctl.controller.cli.views import HISTORY_COLUMNS, curve_line, evaluation_text, history_rows, plain, \
+        show_fields
 
     with api() as ft:
         d = ft.show(_job_id(job))
     if as_json:
         emit_json(d)
         return
-    for key in ("id", "agent", "provider", "model", "base_model", "upstream_job_ids", "state", "attempt", "reason",
-                "fine_tuned_model", "promotion", "provider_job_id", "provider_status", "training_file",
-                "training_files", "hyperparameters", "estimated_cost", "actual_cost", "last_error", "not_before",
-                "created_at", "updated_at"):
-        if d[key] not in (None, "", {}, []):
-            out.print(f"[bold]{key:>17}[/]  {escape(str(d[key]))}")
+    fields = show_fields(d)
     if d.get("evaluation"):
-        from ftctl.controller.cli.views import evaluation_text
+        fields.append(("evaluation", evaluation_text(d["evaluation"])))
+    rows = history_rows(d["events"])
+    if stdout_is_terminal():
+        from rich.markup import escape
 
-        out.print(f"[bold]{'evaluation':>17}[/]  {escape(evaluation_text(d['evaluation']))}")
-    table = Table(title="history", title_justify="left")
-    for col in ("AT", "FROM", "TO", "TRIGGER", "PROVIDER", "REASON"):
-        table.add_column(col)
-    for e in d["events"]:
-        table.add_row(e["at"].replace("T", " ").rstrip("Z"), e["from"] or "-", e["to"], e["trigger"],
-                      e["provider_status"] or "", escape(e["reason"] or ""))
-    out.print(table)
+        from ftctl.controller.cli.views import rich_table
+
+        for key, text in fields:
+            out.print(f"[bold]{key:>17}[/]  {escape(text)}")
+        out.print(rich_table(rows, HISTORY_COLUMNS, title="history"))
+    else:  # a pipe or a log: plain lines and columns, no box characters
+        write = sys.stdout.write
+        for key, text in fields:
+            write(f"{key:>17}  {text}\n")
+        write("\nhistory\n")
+        plain(rows, HISTORY_COLUMNS, write)
     if d["training"]:
-        from ftctl.controller.cli.views import curve_line
-
         for name in ("train_loss", "valid_loss"):
             line = curve_line(name, d["training"][name])
             if line:
-                out.print(line, markup=False, highlight=False)
+                (out.print(line, markup=False, highlight=False) if stdout_is_terminal() else print(line))
 
 
 def daemon_line(ft) -> str:
@@ -368,7 +372,7 @@ def cancel(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or
     """Cancel a job (at the provider too)."""
     with api() as ft:
         done = ft.cancel(_job_id(job))
-    message = f"job {done.job['id']} cancelled"
+    message = f"job {done.job['job_id']} cancelled"
     if done.provider_status:
         message += f"; provider job {done.job['provider_job_id']} is {done.provider_status}"
     elif done.provider_error:
@@ -383,7 +387,7 @@ def promote(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, o
     """Make a succeeded job's model its agent's, overriding the evaluation gate (recorded in its history)."""
     with api() as ft:
         row = ft.promote(_job_id(job))
-    out.print(f"job {row['id']} ({row['agent']}): {row['fine_tuned_model']} promoted", markup=False)
+    out.print(f"job {row['job_id']} ({row['agent']}): {row['fine_tuned_model']} promoted", markup=False)
 
 
 @app.command()
@@ -391,7 +395,7 @@ def reject(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or
     """Never deliver a succeeded job's model, overriding the evaluation gate (recorded in its history)."""
     with api() as ft:
         row = ft.reject(_job_id(job))
-    out.print(f"job {row['id']} ({row['agent']}): {row['fine_tuned_model']} rejected", markup=False)
+    out.print(f"job {row['job_id']} ({row['agent']}): {row['fine_tuned_model']} rejected", markup=False)
 
 
 @app.command()
@@ -399,7 +403,7 @@ def retry(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or 
     """Put a failed or cancelled job back to `prepared`, with fresh attempts."""
     with api() as ft:
         row = ft.retry(_job_id(job))
-    out.print(f"job {row['id']} is prepared again (attempts reset)")
+    out.print(f"job {row['job_id']} is prepared again (attempts reset)")
 
 
 @app.command()
@@ -429,5 +433,5 @@ def wait(
         detail = r["reason"] or ""
         if r["state"] == "succeeded":
             detail = f"{r['fine_tuned_model']} ({r['promotion']})"
-        print(f"job {r['id']} ({r['agent']}): {r['state']} {detail}".rstrip())
+        print(f"job {r['job_id']} ({r['agent']}): {r['state']} {detail}".rstrip())
     raise typer.Exit(EXIT_OK if all(r["state"] == "succeeded" for r in rows) else EXIT_FAILED)
