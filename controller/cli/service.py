@@ -115,9 +115,8 @@ def service_unit(
 ) -> None:
     """Print the hardened systemd unit, with this interpreter and config filled in."""
     from ftctl.controller.config import find_config
-    from ftctl.providers.settings import duration_text
 
-    watchdog = duration_text(watchdog_s)  # as systemd reads it: 2m is two minutes there too
+    watchdog = f"{watchdog_s:g}s"  # seconds, as systemd reads them
     from ftctl.controller.service.unit import hidden_paths, installed_paths, unit_text
 
     try:
