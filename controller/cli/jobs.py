@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import (DURATION, EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, console,
-                                      die, duration, emit_json, note, out, stdout_is_terminal)
+from ftctl.controller.cli.app import (DURATION, EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, die,
+                                      duration, emit_json, note, out, stdout_is_terminal)
 
 
 # -- submit ------------------------------------------------------------------------
@@ -158,7 +158,9 @@ def status(
     if watch:
         if fmt in ("json", "name"):
             die(f"--watch and -o {fmt} do not go together")
-        _watch(query, fmt, no_headers, interval)
+        from ftctl.controller.cli.watch import watch as watch_status
+
+        watch_status(query, fmt, no_headers, interval, _print_jobs)
         return
     with api() as ft:
         found = ft.listing(**query)
@@ -177,49 +179,6 @@ def status(
             from ftctl.records import undelivered_text
 
             note(undelivered_text(owed, found.now, daemon=bool(ft.daemon())))
-
-
-def _watch(query: dict, fmt: str, no_headers: bool, interval: float) -> None:
-    import sys
-    import time
-
-    from ftctl.models import utcnow
-
-    def snapshot(draw):
-        """`draw(found)` inside the read session: a reason that waits for a
-        slot or the budget reads those facts when it is rendered, so the
-        rendering must happen before the session closes."""
-        with api() as ft:
-            return draw(ft.listing(**query))
-
-    if not stdout_is_terminal():
-        # a pipe or a log: one snapshot an interval, each under its own title line
-        def lines(found) -> None:
-            _print_jobs(found, fmt, no_headers, title=f"ftctl status  {utcnow():%Y-%m-%d %H:%M:%S} UTC")
-
-        try:
-            while True:
-                snapshot(lines)
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-                time.sleep(interval)
-        except (KeyboardInterrupt, BrokenPipeError):
-            return
-    from rich.live import Live as LiveDisplay
-
-    from ftctl.controller.cli.views import status_table
-
-    def table(title: str):
-        return snapshot(lambda found: status_table(list(found.rows), found.now, title=title, live=found.live,
-                                                   wide=fmt == "wide", no_headers=no_headers))
-
-    with LiveDisplay(table("ftctl status"), console=console(), auto_refresh=False) as display:
-        try:
-            while True:
-                time.sleep(interval)
-                display.update(table(f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
-        except KeyboardInterrupt:
-            return
 
 
 class ModelOutput(str, Enum):
