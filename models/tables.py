@@ -19,6 +19,8 @@ from ftctl.models.schema import LIVE_STATES, SCHEMA_HEAD  # noqa: F401, E402
 _LIVE = text("state IN ('prepared', 'queued', 'running', 'succeeded')")
 _MODELS = text("state = 'succeeded' AND promotion = 'promoted' AND fine_tuned_model IS NOT NULL")
 _CANCEL = text("cancel_pending")
+_OWED = text("delivered_at IS NULL")
+_FAILING = text("delivered_at IS NULL AND last_error IS NOT NULL")
 
 
 def job_identity(agent: str, provider: str, model: str, content_hash: str, hyperparameters: dict[str, Any],
@@ -166,7 +168,11 @@ class OutboxEvent(SQLModel, table=True):
     transition it reports, delivered (at least once) by the daemon."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "delivered_at", "next_at"),)
+    __table_args__ = (Index("ix_outbox_due", "delivered_at", "next_at"),
+                      # what `status` counts as owed, in the index alone (migration 0010)
+                      Index("ix_outbox_owed", "name", "gave_up_at", "created_at", "delivered_at",
+                            sqlite_where=_OWED, postgresql_where=_OWED),
+                      Index("ix_outbox_failing", "id", sqlite_where=_FAILING, postgresql_where=_FAILING))
 
     id: Optional[int] = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True)
