@@ -73,6 +73,9 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
         for index in ("ix_jobs_promoted", "ix_jobs_state_updated", "ix_jobs_cancel_pending", "ix_log_cursors_open"):
             c.execute(f"DROP INDEX {index}")
         c.execute("ALTER TABLE log_cursors DROP COLUMN thinned_at")  # 0010
+        c.execute("ALTER TABLE evaluations DROP COLUMN compare_provider")  # 0011
+        c.execute("DROP TABLE golden_answers")
+        c.execute("DROP TABLE rehomes")
         c.execute("UPDATE alembic_version SET version_num = '0008'")
     reads = open_reads(db)
     assert len(reads.promoted_models()) == 40
