@@ -163,3 +163,17 @@ def test_golden_records_the_promoted_models_answers_and_proves_parity_on_them(tm
         f"golden:{rehome.id}", 3, 0.666667, 0.666667)
     assert old.asked == [first.fine_tuned_model] * 3 and new.asked == [job.fine_tuned_model] * 3
     assert job.promotion == "promoted" and exported(cfg) == {"support": job.fine_tuned_model}
+
+
+def test_compare_to_promoted_compares_a_new_model_with_the_agents_promoted_one_and_the_first_with_its_base(
+        tmp_path, clock):
+    cfg, store = site(tmp_path)
+    rec, old, new, first = promoted_on_sim(cfg, store, clock)
+    assert store.evaluations([1])[1].compare_model == "open-mistral-7b"  # no promoted model before it
+    store_submissions(store, plan_submissions(cfg, ["support"]), force=True)
+    run(rec, clock, store)
+    second = store.get_job(2)
+    run_ = store.evaluations([2])[2]
+    assert (second.provider, run_.compare_model, run_.compare_provider) == ("sim", first.fine_tuned_model, None)
+    assert (run_.candidate_score, run_.compare_score, second.promotion) == (1.0, 1.0, "promoted")
+    assert old.asked.count(first.fine_tuned_model) == 5 and new.asked == []
