@@ -141,6 +141,8 @@ def _move(config: Config, store: Any, job: Any, to: str, *, model: str | None, g
     move.plan = _spec(config, job, to, move.to_model, hyperparameters, where)
     move.plan = _preflight(config, move.plan, where, allow_pii=allow_pii, quote=False, phone_region=None)
     move.estimated_cost = move.plan.estimated_cost
+    if move.golden and move.plan.examples is not None:  # a golden set is at most every example there is
+        move.golden = min(move.golden, move.plan.examples)
     twin = store.live_twin(_identity(move.plan)) if store is not None else None
     if twin is not None:
         settled = f", its model {twin.promotion}" if twin.promotion else ""

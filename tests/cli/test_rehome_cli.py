@@ -60,7 +60,7 @@ def test_plan_prints_the_moves_their_cost_time_and_end_dates_and_changes_nothing
 
     site = promoted.parent
     before = fingerprint(site)
-    p = run_ftctl("rehome", "--all", "--to", "new", "--golden", "4", "--plan", config=promoted)
+    p = run_ftctl("rehome", "--all", "--to", "new", "--golden", "40", "--plan", config=promoted)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].startswith("qa: ft:open-mistral-7b:qa-") and lines[0].endswith(
@@ -68,7 +68,7 @@ def test_plan_prints_the_moves_their_cost_time_and_end_dates_and_changes_nothing
     assert lines[1] == "  estimate $4.00, about 50s (providers.new's queue, validate and train times)"
     assert lines[2] == "  hyperparameters simulated -> simulated: kept training_steps, learning_rate"
     assert lines[3].startswith("  promoted only on parity with ft:open-mistral-7b:qa-") and lines[3].endswith(
-        " on a golden set of 4 prompts from its training data (exact, as good)")
+        " on a golden set of 5 prompts from its training data (exact, as good)")  # all there are
     assert lines[4].endswith(" on sim: no known end date")
     # an agent with an eval file that compares with the promoted model proves parity on it, not on a golden set
     assert lines[5].startswith("support: ") and lines[8].endswith(
