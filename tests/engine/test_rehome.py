@@ -177,3 +177,17 @@ def test_compare_to_promoted_compares_a_new_model_with_the_agents_promoted_one_a
     assert (second.provider, run_.compare_model, run_.compare_provider) == ("sim", first.fine_tuned_model, None)
     assert (run_.candidate_score, run_.compare_score, second.promotion) == (1.0, 1.0, "promoted")
     assert old.asked.count(first.fine_tuned_model) == 5 and new.asked == []
+
+
+def test_show_names_the_provider_the_comparison_answered_on(tmp_path, clock):
+    from ftctl.controller.cli.views import evaluation_text
+
+    cfg, store = site(tmp_path)
+    rec, old, new, first = promoted_on_sim(cfg, store, clock)
+    with ftctl.open(cfg.path) as ft:
+        ft.rehome(["support"], to="new")
+        run(rec, clock, store)
+        ev = ft.show(2)["evaluation"]
+    assert (ev["compare_model"], ev["compare_provider"]) == (first.fine_tuned_model, "sim")
+    assert evaluation_text(ev) == (f"exact on n=5 examples: candidate 1.00, {first.fine_tuned_model} on sim 1.00; "
+                                   f"improvement +0.00 (needed -0.20)")
