@@ -15,7 +15,7 @@ from typing import Any
 PointRow = namedtuple("PointRow", "id job_id provider_job_id key kind at step message metrics")
 _EVAL_COLUMNS = ("id", "job_id", "metric", "file", "examples", "candidate_model", "compare_model", "min_improvement",
                  "estimated_cost", "started_at", "finished_at", "candidate_score", "compare_score", "improvement",
-                 "last_error", "error")
+                 "last_error", "error", "compare_provider")
 EvalRow = namedtuple("EvalRow", _EVAL_COLUMNS)
 
 

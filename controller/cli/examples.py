@@ -65,6 +65,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
               "ftctl demo --provider ray"),
              ("the same on a head you started (ray start --head)",
               "ftctl demo --provider ray --address http://127.0.0.1:8265")],
+    "rehome": [("what would move to the Ray cluster, its cost and the end dates; changes nothing",
+                "ftctl rehome --all --to gpu --plan"),
+               ("re-home one agent, promoted only if at most 2 points worse on 20 recorded answers",
+                "ftctl rehome support --to gpu --model Qwen/Qwen2.5-7B-Instruct --golden 20 --min-improvement -0.02"),
+               ("the same for every agent, for scripts", "ftctl rehome --all --to gpu --json")],
 }
 
 

@@ -298,16 +298,17 @@ class Evaluations:
                 "until": quiet.isoformat(), "why": run.last_error or "the provider asked to wait"}).stored())], now)
             return
         answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
-        batches = [KINDS[self.config.providers[n].kind].chat_batches for n in set(sides.values())]
-        if any(batches) and len(batches) > 1:
-            self.store.update_evaluation(run.id, error=f"the comparison answers on {sides['compare']} and the "
-                                         f"candidate on {row.provider}; a provider that answers in batches "
-                                         f"evaluates only both models on itself")
-            return
-        if any(batches):
-            self._evaluate_batches(row, run, conf, examples, answered, now)
-            return
-        todo = [(i, role) for i in range(len(examples)) for role in ROLES if (i, role) not in answered]
+        # a model on a cluster that answers in batches (ray) answers there; the other, on a provider
+        # that chats, in this tick's slice (a model re-homed onto ray, compared with its promoted one)
+        batched = tuple(r for r in ROLES if KINDS[self.config.providers[sides[r]].kind].chat_batches)
+        if batched:
+            going = self._evaluate_batches(row, run, conf, examples, answered, now, roles=batched,
+                                           provider_name=sides[batched[0]])
+            if not going or len(batched) == len(ROLES):
+                return
+            answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
+        todo = [(i, role) for i in range(len(examples)) for role in ROLES
+                if (i, role) not in answered and role not in batched]
         models = {"candidate": run.candidate_model, "compare": run.compare_model}
         try:  # each model answers on its own provider
             providers = {role: self.provider(name) for role, name in sides.items()}
