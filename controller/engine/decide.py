@@ -81,7 +81,7 @@ def _upstream(job: JobView) -> tuple[bool, Decision | None]:
         if up.state != SUCCEEDED:
             return True, note_if_changed(job, Reason("upstream", {"agent": up.agent, "job": up.job_id,
                                                                   "state": up.state}))
-    return False, None
+    return fallback.follow(job)  # its upstream's model is where the upstream ran
 
 
 def _submit(job: JobView, token: str | None = None) -> Submit:

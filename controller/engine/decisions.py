@@ -30,6 +30,7 @@ class UpstreamView:
     state: str  # "gone" when the row no longer exists
     fine_tuned_model: str | None = None
     provider_job_id: str | None = None
+    provider: str | None = None  # where it ran (its model stays there)
 
 
 class JobView(NamedTuple):

@@ -100,3 +100,21 @@ def after_refused(job: JobView, err: ProviderError, arrived_at: datetime, policy
         return [moved, mark]
     reason = Reason("provider_closed", {"provider": job.provider, "message": err.message})
     return [Transition(job.id, job.state, "requeue", reason, uncounted, attempt_outcome=("closed", False)), mark]
+
+
+def follow(job: JobView) -> tuple[bool, Decision | None]:
+    """A pipeline stage trained on its upstream's model (`"@upstream"`),
+    whose upstream succeeded: it trains where that model is, the provider the
+    upstream ran on (a fine-tuned model stays with the provider that made it).
+    On another provider it moves there if its list has it, else fails in one
+    line, sending nothing. (held, decision), as `decide._upstream`."""
+    base = next((u for u in job.upstream if u.job_id == job.model_job_id), None)
+    if base is None or base.provider is None or base.provider == job.provider:
+        return False, None
+    if base.provider in job.fallbacks:
+        why = f"follows its upstream {base.agent} (job {base.job_id}), whose model is on {base.provider}"
+        return True, Move(job.id, job.state, base.provider, Reason("moved", {"from": job.provider,
+                                                                            "to": base.provider, "why": why}))
+    reason = Reason("upstream_elsewhere", {"agent": base.agent, "job": base.job_id, "provider": base.provider,
+                                           "here": job.provider})
+    return True, Transition(job.id, job.state, "fail", reason, {"last_error": reason.text()})

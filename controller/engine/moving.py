@@ -28,9 +28,11 @@ class Moves:
     def _move(self, d: rc.Move, now: datetime) -> Any:
         row = self.store.get_job(d.job_id)
         entries = list(row.fallbacks or []) if row is not None else []
-        if row is None or row.state != d.expect or not entries or entries[0]["provider"] != d.to:
+        at = next((i for i, e in enumerate(entries) if e["provider"] == d.to), None)
+        if row is None or row.state != d.expect or at is None:
             return None  # it changed meanwhile: the next tick decides afresh
-        nxt, rest = entries[0], entries[1:]
+        # the next in order; a pipeline stage that follows its upstream may skip ahead to it
+        nxt, rest = entries[at], entries[at + 1:]
         if nxt["provider"] not in self.config.providers:
             # taken out of the config since submit: the job stays where it is, and says why
             self.log.error("fallback provider not configured", job_id=row.id, agent=row.agent, provider=nxt["provider"])
@@ -41,7 +43,7 @@ class Moves:
                    "storage_per_month": nxt.get("storage_per_month") or None, "fallbacks": rest or None,
                    "attempt": 0, "client_token": None, "intent_at": None, "provider_job_id": None,
                    "provider_file_id": None, "provider_status": None, "not_before": None, "last_error": None,
-                   "base_model": None}
+                   "base_model": None, "model_job_id": nxt.get("model_job_id")}
         job = self._transition(rc.Transition(row.id, d.expect, "move", d.reason, updates,
                                              attempt_outcome=("moved", False)), now)
         if job is not None:

@@ -231,7 +231,8 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
         found = self.store.jobs_by_id(sorted({u for i in chained for u in views[i].upstream}))
         for i in chained:
             views[i] = views[i]._replace(upstream=tuple(
-                rc.UpstreamView(u, found[u].agent, found[u].state, found[u].fine_tuned_model, found[u].provider_job_id)
+                rc.UpstreamView(u, found[u].agent, found[u].state, found[u].fine_tuned_model, found[u].provider_job_id,
+                                found[u].provider)
                 if u in found else rc.UpstreamView(u, "?", "gone") for u in views[i].upstream))
         return views
 

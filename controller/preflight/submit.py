@@ -326,7 +326,7 @@ def store_submissions(store: Store, plans: list[Plan], *, force: bool = False) -
                              data_tokens=plan.data_tokens, force=force and plan.named,
                              upstream_job_ids=upstream or None, training_files=files,
                              model_job_id=ids.get(plan.upstream_model or ""),
-                             storage_per_month=plan.storage_per_month, fallbacks=list(plan.fallbacks) or None,
+                             storage_per_month=plan.storage_per_month, fallbacks=_upstream_ids(plan, ids),
                              fallback_after=plan.fallback_after)
         except Twin as twin:
             ids[plan.agent] = twin.job_id
@@ -341,3 +341,11 @@ def store_submissions(store: Store, plans: list[Plan], *, force: bool = False) -
                               estimated_cost=plan.estimated_cost, warnings=plan.warnings,
                               fallbacks=tuple(f["provider"] for f in plan.fallbacks)))
     return results
+
+
+def _upstream_ids(plan: Plan, ids: dict[str, int]) -> list[dict[str, Any]] | None:
+    """The plan's fallbacks, each trained on an upstream's model ("@x") naming
+    that upstream's job (a move to it trains on that job's model)."""
+    out = [{**f, "model_job_id": ids.get(f["model"][1:]) if f["model"].startswith("@") else None}
+           for f in plan.fallbacks]
+    return out or None

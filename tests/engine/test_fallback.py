@@ -125,3 +125,21 @@ def test_paused_for_auth_longer_than_fallback_after_moves_a_waiting_job():
     assert "longer than fallback_after 6h" in move.reason.text()
     # without fallback_after a pause is waited out however long
     assert of(rc.Move, decide([job()], pv(paused_since=NOW - timedelta(days=3), **paused))) == []
+
+
+def test_a_stage_follows_its_upstream_to_where_its_model_is_or_fails_in_one_line():
+    up = rc.UpstreamView(job_id=7, agent="research", state="succeeded", fine_tuned_model="sim:research:1",
+                         provider_job_id="sim-1", provider="sim")
+    stage = job(id=8, model_job_id=7, upstream=(up,))
+    (move,) = of(rc.Move, decide([stage], pv()))
+    assert move.to == "sim" and "follows its upstream research" in move.reason.text()
+    stuck = job(id=8, fallbacks=(), model_job_id=7, upstream=(up,))
+    out = decide([stuck], pv())
+    (fail,) = of(rc.Transition, out)
+    assert fail.trigger == "fail" and fail.reason.code == "upstream_elsewhere" and of(rc.Submit, out) == []
+    assert "cannot be a base on openai" in fail.reason.text()
+    # the upstream ran where the stage is: admitted as usual, on the upstream's model
+    here = job(id=8, model_job_id=7, upstream=(rc.UpstreamView(7, "research", "succeeded", "ft:m", "ftjob-7",
+                                                               "openai"),))
+    (submit,) = of(rc.Submit, decide([here], pv()))
+    assert submit.base_model == "ft:m"

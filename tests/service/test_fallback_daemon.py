@@ -117,6 +117,9 @@ def test_openai_closes_mid_campaign_and_each_job_moves_to_sim_exactly_once(tmp_p
         assert srv.emulator.calls["POST /v1/fine_tuning/jobs"] <= 3  # one refusal at most per moved job
         assert set(live_per_job(srv, cfg).values()) == {1}
         assert len(srv.emulator.engine.all_jobs()) == 1
+        # the estimate is sim's own now (Mistral's $4 minimum), as priced at submit; OpenAI's was tokens
+        costs = dict(rows(db, "SELECT provider, estimated_cost FROM jobs"))
+        assert costs["sim"] == 4.0 and costs["openai"] != 4.0, costs
 
 
 def test_a_daemon_killed_during_the_move_leaves_one_live_provider_job_per_job(tmp_path, monkeypatch):
