@@ -127,3 +127,11 @@ def test_a_bad_accepts_jobs_until_is_one_line(tmp_path):
     assert p.returncode == 2
     assert "providers.sim.accepts_jobs_until" in p.stderr.strip().splitlines()[0], p.stderr
     assert jobs_in(cfg) == []
+
+
+def test_a_bad_fixed_today_is_one_line_and_stores_nothing(tmp_path):
+    cfg = site(tmp_path)
+    p = run_ftctl("submit", "qa", config=cfg, env=ftctl_env(FTCTL_TODAY="next tuesday"))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "$FTCTL_TODAY" in lines[0], p.stderr
+    assert jobs_in(cfg) == []
