@@ -134,8 +134,13 @@ def _routed(data: Any) -> Any:
         hps = {name: {**common, **(hp.get(name) or {})} for name in names}
     if len(names) == 1 and data.get("fallback_after") is not None:
         raise ValueError('.fallback_after: only with a list of providers (provider = ["openai", "gpu"])')
-    return {**data, "provider": names[0], "model": models[names[0]], "hyperparameters": hps[names[0]],
-            "fallbacks": [{"provider": n, "model": models[n], "hyperparameters": hps[n]} for n in names[1:]]}
+    if "model" not in data:
+        return {**data, "provider": names[0]}  # "model: required key is missing", as for any agent
+    out = {**data, "provider": names[0], "model": models[names[0]],
+           "fallbacks": [{"provider": n, "model": models[n], "hyperparameters": hps[n]} for n in names[1:]]}
+    if "hyperparameters" in data:
+        out["hyperparameters"] = hps[names[0]]
+    return out
 
 
 class AgentConfig(Section):
