@@ -134,6 +134,17 @@ class OpenAIEmulator(Emulator):
         self.closed = message or ("Fine-tuning is not available for your organization: OpenAI no longer accepts "
                                   "new self-serve fine-tuning jobs.")
 
+    def _control(self, req: Request) -> Any:
+        # POST /_emulator/close {"message": ...} closes fine-tuning; {"open": true} opens it again
+        if req.path == "/_emulator/close" and req.method == "POST":
+            data = req.json()
+            if data.get("open"):
+                self.closed = None
+            else:
+                self.close_fine_tuning(data.get("message"))
+            return 200, {"closed": self.closed}, {}
+        return super()._control(req)
+
     def routes(self) -> None:
         super().routes()
         self.route("GET", "/v1/fine_tuning/jobs/{job_id}/events", self.list_events)

@@ -35,3 +35,16 @@ def test_a_closed_openai_emulator_refuses_creates_as_provider_closed(tmp_path, m
             assert len(srv.emulator.engine.all_jobs()) == 1
         finally:
             client.close()
+
+
+def test_the_emulator_closes_and_opens_over_its_control_endpoint(tmp_path):
+    import httpx
+
+    with start_emulator("openai", tmp_path) as srv:
+        headers = {"Authorization": f"Bearer {FAKE_KEY}"}
+        body = {"model": "gpt-4o-mini", "training_file": "file-x"}
+        assert httpx.post(srv.url + "/_emulator/close", json={}).json()["closed"]
+        refused = httpx.post(srv.url + "/v1/fine_tuning/jobs", json=body, headers=headers)
+        assert refused.status_code == 403 and "not available" in refused.json()["error"]["message"]
+        assert httpx.post(srv.url + "/_emulator/close", json={"open": True}).json() == {"closed": None}
+        assert httpx.post(srv.url + "/v1/fine_tuning/jobs", json=body, headers=headers).status_code != 403
