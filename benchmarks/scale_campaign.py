@@ -139,6 +139,27 @@ def listing_rows(c: Campaign, repeats: int, row) -> None:
         cpu <= 0.05 and n <= 1)
 
 
+def show_rows(c: Campaign, repeats: int, row) -> None:
+    """18.12: `ftctl show` of a succeeded job with its training log, against
+    a bare `python -c "import sqlmodel"` (fresh processes, interleaved)."""
+    import os
+    import sqlite3
+    import subprocess
+
+    with sqlite3.connect(c.dir / "ftctl.db") as conn:
+        (job,) = conn.execute("SELECT job_id FROM log_points GROUP BY job_id ORDER BY job_id DESC LIMIT 1").fetchone()
+    config = c.config(hooks=False)
+    show, base = [], []
+    for _ in range(max(3, repeats)):
+        show.append(run_cli(["show", str(job)], config)[0])
+        p = subprocess.Popen([sys.executable, "-c", "import sqlmodel"])
+        _, _, usage = os.wait4(p.pid, 0)
+        base.append(usage.ru_utime + usage.ru_stime)
+    ratio = statistics.median(show) / statistics.median(base)
+    row(f"`ftctl show` (a job with its training log, {c.counts()['jobs']:,} jobs) vs `import sqlmodel`",
+        "~1 s CPU, 1.9x", "<= 1.3x", f"{statistics.median(show):.2f} s CPU, {ratio:.2f}x", ratio <= 1.3)
+
+
 def idle_row(c: Campaign, seconds: float, row) -> None:
     """18.7: an idle daemon (poll 15s) on the campaign, once its start-up
     work (the first listing, settling the events no hook asks for) is done."""
@@ -193,6 +214,7 @@ def campaign(root: Path, repeats: int, row, jobs: int = 10_000, concurrency: int
         history_rows(c, root, row)
         c.serve()
         listing_rows(c, repeats, row)
+        show_rows(c, repeats, row)
         idle_row(c, idle, row)
     finally:
         c.close()

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftctl.models.reads_history import HistoryReads
 from ftctl.models.schema import FINISHED_STATES, SCHEMA_HEAD, StoreError, lock_file_pid, redact_url
 
 JOB_COLUMNS = ("id", "agent", "provider", "model", "state", "attempt", "training_file", "content_hash",
@@ -91,7 +92,7 @@ class Filter:
         return (" WHERE " + " AND ".join(parts)) if parts else ""
 
 
-class Reads:
+class Reads(HistoryReads):
     def __init__(self, url: str):
         self.url = url
         self.sqlite_path: Path | None = None
@@ -283,16 +284,19 @@ class Reads:
 
     def undelivered(self, names: Sequence[str]) -> dict[str, Any]:
         """Events owed to the hooks that ask for `names` (models.events'
-        `undelivered`): counted in SQL, whatever the backlog."""
+        `undelivered`): counted in SQL, in an index that holds only what is
+        owed (ix_outbox_owed), whatever the backlog."""
         params = {f"n{i}": n for i, n in enumerate(names)}
         owed = "delivered_at IS NULL AND name IN (" + (", ".join(f":{k}" for k in params) or "NULL") + ")"
-        counts = {bool(pending): (n, _time(oldest)) for pending, n, oldest in self._rows(
-            f"SELECT gave_up_at IS NULL, COUNT(*), MIN(created_at) FROM outbox WHERE {owed} "
-            "GROUP BY gave_up_at IS NULL", params)}
-        error = self._one(f"SELECT last_error FROM outbox WHERE {owed} AND gave_up_at IS NULL AND last_error IS NOT "
-                          "NULL ORDER BY id DESC LIMIT 1", params)
-        n, oldest = counts.get(True, (0, None))
-        return {"pending": n, "gave_up": counts.get(False, (0, None))[0], "oldest": oldest,
+        sqlite = self._engine is None  # SQLite without statistics would rather walk ix_outbox_due: name them
+        counted = " INDEXED BY ix_outbox_owed" if sqlite else ""
+        pending, oldest = self._one(f"SELECT COUNT(*), MIN(created_at) FROM outbox{counted} WHERE {owed} "
+                                    "AND gave_up_at IS NULL", params)
+        gave_up = self._one(f"SELECT COUNT(*) FROM outbox{counted} WHERE {owed} AND gave_up_at IS NOT NULL", params)[0]
+        error = self._one(f"SELECT last_error FROM outbox{' INDEXED BY ix_outbox_failing' if sqlite else ''} "
+                          f"WHERE {owed} AND last_error IS NOT NULL AND gave_up_at IS NULL ORDER BY id DESC LIMIT 1",
+                          params)
+        return {"pending": pending, "gave_up": gave_up, "oldest": _time(oldest),
                 "last_error": error[0] if error else None}
 
     def daemon_holder(self) -> str | None:

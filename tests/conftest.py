@@ -502,7 +502,7 @@ def run_ftctl_many(*arglists, config: Path | None = None, env: dict | None = Non
 # Handed out mixed, longest first (one slow run, then its share of the
 # others), the two cores stay busy while the daemons wait, and no worker is
 # left finishing a long campaign alone at the end.
-LONGEST_FIRST = ("test_three_daemons_survive_kills", "test_late_landing_creates", "test_a_database_away",
+LONGEST_FIRST = ("test_campaign_with_daemon_kills_one_ray_job", "test_three_daemons_survive_kills", "test_late_landing_creates", "test_a_database_away",
                  "test_shipped_config_campaign", "test_sigkill_at_random_moments")
 
 

@@ -6,7 +6,7 @@ The Python API the `ftctl` command line is built on:
 
     with ftctl.open("controller.toml") as ft:   # a config, and its database
         ft.submit(["qa", "legal"])              # -> [Result(job_id, created, note, ...)]
-        ft.status(active=True)                  # -> [{"id", "agent", "state", "reason", ...}]
+        ft.status(active=True)                  # -> [{"job_id", "agent", "state", "reason", ...}]
         ft.show(3)                              # -> the job with its events and attempts
         ft.cancel(3); ft.retry(3)
         ft.wait([3, 4], timeout=7200)           # -> the jobs, once all are finished (and evaluated)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.delivery import Delivery
+from ftctl.rehome import Rehoming
 
 if TYPE_CHECKING:  # pragma: no cover
     from ftctl.controller.config import Config
@@ -95,7 +96,7 @@ def open(config: str | Path | None = None) -> "Ftctl":  # noqa: A001 - ftctl.ope
         raise BadInput(str(exc)) from None
 
 
-class Ftctl(Delivery):
+class Ftctl(Delivery, Rehoming):
     def __init__(self, config: "Config"):
         self.config = config
         self._store: "Store | None" = None
@@ -328,15 +329,14 @@ class Ftctl(Delivery):
         data = job_dict(row, live=self.live())
         data["events"] = [event_dict(e) for e in reads.events(job_id)]
         data["attempts"] = [attempt_dict(a) for a in reads.attempts(job_id)]
-        store = self.store() if row.provider_job_id or row.promotion is not None else None
-        data["training"] = training_summary(store.log_points(job_id, row.provider_job_id)) \
+        # the read connection only: no ORM, no Store (a second of imports)
+        data["training"] = training_summary(reads.log_points(job_id, row.provider_job_id)) \
             if row.provider_job_id else None
-        run = store.evaluations([job_id]).get(job_id) if row.promotion is not None else None
+        run = reads.evaluation(job_id) if row.promotion is not None else None
         if run is not None:
             from ftctl.records import evaluation_dict
 
-            answered = sum(n for n, _ in store.eval_progress([run.id]).get(run.id, {}).values())
-            data["evaluation"] = evaluation_dict(run, answered)
+            data["evaluation"] = evaluation_dict(*run)
         return data
 
     def events(self, *, job_id: int | None = None, after: int = 0, limit: int | None = None,

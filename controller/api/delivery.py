@@ -25,6 +25,13 @@ class Delivery:
         reads = self.reads()
         return reads.promoted_models(Filter(None, agents, providers)) if reads is not None else []
 
+    def model_records(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        """`model_rows` as records, the shape `all_models` gives (records.model_dict)."""
+        from ftctl.records import model_dict
+
+        reads = self.reads()
+        return [model_dict(reads.job(m.job_id)) for m in rows] if reads is not None else []
+
     def all_models(self, *, agents: Sequence[str] | None = None,
                    providers: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every succeeded job's model with its promotion: candidates,

@@ -50,7 +50,7 @@ def job_dict(job: Any, now: datetime | None = None, live: Live | None = None) ->
     """A stored job (the ORM's Job or a models.reads.JobRow) as plain data."""
     now = now or utcnow()
     return {
-        "id": job.id,
+        "job_id": job.id,  # a job is `job_id` in every record (events, logs, models, submit results)
         "agent": job.agent,
         "provider": job.provider,
         "model": job.model,
@@ -89,6 +89,7 @@ def evaluation_dict(ev: Any, answered: int = 0) -> dict[str, Any]:
     """The gate's run: both scores, n, and the improvement against what was needed."""
     return {"metric": ev.metric, "file": ev.file, "n": ev.examples, "answered": answered,
             "candidate_model": ev.candidate_model, "compare_model": ev.compare_model,
+            "compare_provider": ev.compare_provider,  # where the comparison answered, when not the job's provider
             "candidate_score": ev.candidate_score, "compare_score": ev.compare_score,
             "improvement": ev.improvement, "min_improvement": ev.min_improvement,
             "estimated_cost": ev.estimated_cost, "started_at": iso(ev.started_at),
@@ -144,8 +145,10 @@ def attempt_dict(a: Any) -> dict[str, Any]:
 
 
 def model_dict(job: Any) -> dict[str, Any]:
-    return {"agent": job.agent, "job_id": job.id, "model": job.fine_tuned_model, "promotion": job.promotion,
-            "promoted_at": iso(job.promoted_at), "succeeded_at": iso(job.updated_at)}
+    """A succeeded job's model: one shape for `models -o json` (the promoted
+    ones) and `models --all -o json` (all of them)."""
+    return {"agent": job.agent, "job_id": job.id, "provider": job.provider, "model": job.fine_tuned_model,
+            "promotion": job.promotion, "promoted_at": iso(job.promoted_at), "succeeded_at": iso(job.updated_at)}
 
 
 def latest_models(jobs: list[Any]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn, Optional
@@ -26,7 +27,7 @@ from ftctl.controller.config import Config, ConfigError, load_config
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_REFUSED, EXIT_DATABASE, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
 EXIT_INTERNAL = 70  # a bug in ftctl (sysexits' EX_SOFTWARE): never an outcome a script should act on
 PHONE_REGION_HELP = ("the country of phone numbers written without +CC, e.g. US, GB, DE "
-                     "(default: \\[preflight] phone_region, else US)")
+                     "(default: [preflight] phone_region, else US)")
 
 app = typer.Typer(
     name="ftctl",
@@ -35,6 +36,7 @@ app = typer.Typer(
     # `ftctl --install-completion` (bash, zsh, fish, PowerShell), or --show-completion
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -103,6 +105,33 @@ def progress_bar(label: str, total: int) -> Iterator[Any]:
                   console=Console(file=sys.stderr, force_terminal=True), transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda done: bar.update(task, completed=min(done, total))
+
+
+def duration(minimum: float = 0.0, maximum: float = 7 * 86400.0) -> Any:
+    """A time option's parser: `3s`, `500ms`, `2m`, `1h30m`, or plain seconds
+    (`0.5`), within [minimum, maximum]; a bad one is click's one-line usage error."""
+
+    def parse(value: Any) -> float:
+        from ftctl.providers.settings import duration_text, parse_duration
+
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            text = str(value).strip()
+            try:
+                seconds = float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else parse_duration(text)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        if not minimum <= seconds <= maximum:
+            raise typer.BadParameter(f"{value!r} is not between {duration_text(minimum)} and "
+                                     f"{duration_text(maximum)}")
+        return seconds
+
+    return parse
+
+
+# what a time option's help shows for its value
+DURATION = "DURATION"
 
 
 class State:

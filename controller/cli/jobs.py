@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ftctl.controller.preflight.closing import header_lines
-from ftctl.controller.cli.app import (EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, console, die,
-                                      emit_json, note, out, stdout_is_terminal)
+from ftctl.controller.cli.app import (DURATION, EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, die,
+                                      duration, emit_json, note, out, stdout_is_terminal)
 
 
 # -- submit ------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def _parse_hp(values: list[str]) -> dict[str, bool | int | float | str]:
 
 @app.command()
 def submit(
-    agents: Annotated[Optional[list[str]], typer.Argument(help="agents from controller.toml")] = None,
+    agents: Annotated[Optional[list[str]], typer.Argument(metavar="AGENT", help="agents from controller.toml")] = None,
     all_agents: Annotated[bool, typer.Option("--all", help="every agent in controller.toml")] = False,
     agent: Annotated[Optional[str], typer.Option("--agent", help="ad hoc: the agent's name")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="ad hoc: the training file")] = None,
@@ -148,7 +148,8 @@ def status(
     = FINISHED_SHOWN,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="again every --interval until Ctrl-C: in place on "
                                         "a terminal, a snapshot each time in a pipe")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.2)] = 2.0,
+    interval: Annotated[float, typer.Option("--interval", parser=duration(0.2), metavar=DURATION,
+                                            help="time between refreshes, e.g. 2s, 500ms")] = "2s",
 ) -> None:
     """Every unfinished job and the last 50 finished: state, attempt, age, cost, why it waits (or its model)."""
     fmt = "json" if as_json else output.value
@@ -159,7 +160,9 @@ def status(
     if watch:
         if fmt in ("json", "name"):
             die(f"--watch and -o {fmt} do not go together")
-        _watch(query, fmt, no_headers, interval)
+        from ftctl.controller.cli.watch import watch as watch_status
+
+        watch_status(query, fmt, no_headers, interval, _print_jobs)
         return
     with api() as ft:
         [note(f"warning: {w}") for w in header_lines(ft.config, query["agents"])]  # what ends soon
@@ -179,49 +182,6 @@ def status(
             from ftctl.records import undelivered_text
 
             note(undelivered_text(owed, found.now, daemon=bool(ft.daemon())))
-
-
-def _watch(query: dict, fmt: str, no_headers: bool, interval: float) -> None:
-    import sys
-    import time
-
-    from ftctl.models import utcnow
-
-    def snapshot(draw):
-        """`draw(found)` inside the read session: a reason that waits for a
-        slot or the budget reads those facts when it is rendered, so the
-        rendering must happen before the session closes."""
-        with api() as ft:
-            return draw(ft.listing(**query))
-
-    if not stdout_is_terminal():
-        # a pipe or a log: one snapshot an interval, each under its own title line
-        def lines(found) -> None:
-            _print_jobs(found, fmt, no_headers, title=f"ftctl status  {utcnow():%Y-%m-%d %H:%M:%S} UTC")
-
-        try:
-            while True:
-                snapshot(lines)
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-                time.sleep(interval)
-        except (KeyboardInterrupt, BrokenPipeError):
-            return
-    from rich.live import Live as LiveDisplay
-
-    from ftctl.controller.cli.views import status_table
-
-    def table(title: str):
-        return snapshot(lambda found: status_table(list(found.rows), found.now, title=title, live=found.live,
-                                                   wide=fmt == "wide", no_headers=no_headers))
-
-    with LiveDisplay(table("ftctl status"), console=console(), auto_refresh=False) as display:
-        try:
-            while True:
-                time.sleep(interval)
-                display.update(table(f"ftctl status  {utcnow():%H:%M:%S} UTC"), refresh=True)
-        except KeyboardInterrupt:
-            return
 
 
 class ModelOutput(str, Enum):
@@ -272,7 +232,10 @@ def models(
     else:
         with api() as ft:
             found = ft.model_rows(agents=agents, providers=providers)
-        if fmt in ("json", "toml", "env"):
+            if fmt == "json":  # an array of model records, as --all prints them
+                emit_json(ft.model_records(found))
+                return
+        if fmt in ("toml", "env"):
             print(models_text({m.agent: m.model for m in found}, fmt))
             return
         if fmt == "name":
@@ -297,42 +260,43 @@ def models(
 
 @app.command()
 def show(
-    job: Annotated[str, typer.Argument(help="job id")],
+    job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A job and its full transition history."""
-    from rich.markup import escape
-    from rich.table import Table
+    import sys
+
+    from ftctl.controller.cli.views import HISTORY_COLUMNS, curve_line, evaluation_text, history_rows, plain, \
+        show_fields
 
     with api() as ft:
         d = ft.show(_job_id(job))
     if as_json:
         emit_json(d)
         return
-    for key in ("id", "agent", "provider", "model", "base_model", "upstream_job_ids", "state", "attempt", "reason",
-                "fine_tuned_model", "promotion", "provider_job_id", "provider_status", "training_file",
-                "training_files", "hyperparameters", "estimated_cost", "actual_cost", "last_error", "not_before",
-                "created_at", "updated_at"):
-        if d[key] not in (None, "", {}, []):
-            out.print(f"[bold]{key:>17}[/]  {escape(str(d[key]))}")
+    fields = show_fields(d)
     if d.get("evaluation"):
-        from ftctl.controller.cli.views import evaluation_text
+        fields.append(("evaluation", evaluation_text(d["evaluation"])))
+    rows = history_rows(d["events"])
+    if stdout_is_terminal():
+        from rich.markup import escape
 
-        out.print(f"[bold]{'evaluation':>17}[/]  {escape(evaluation_text(d['evaluation']))}")
-    table = Table(title="history", title_justify="left")
-    for col in ("AT", "FROM", "TO", "TRIGGER", "PROVIDER", "REASON"):
-        table.add_column(col)
-    for e in d["events"]:
-        table.add_row(e["at"].replace("T", " ").rstrip("Z"), e["from"] or "-", e["to"], e["trigger"],
-                      e["provider_status"] or "", escape(e["reason"] or ""))
-    out.print(table)
+        from ftctl.controller.cli.views import rich_table
+
+        for key, text in fields:
+            out.print(f"[bold]{key:>17}[/]  {escape(text)}")
+        out.print(rich_table(rows, HISTORY_COLUMNS, title="history"))
+    else:  # a pipe or a log: plain lines and columns, no box characters
+        write = sys.stdout.write
+        for key, text in fields:
+            write(f"{key:>17}  {text}\n")
+        write("\nhistory\n")
+        plain(rows, HISTORY_COLUMNS, write)
     if d["training"]:
-        from ftctl.controller.cli.views import curve_line
-
         for name in ("train_loss", "valid_loss"):
             line = curve_line(name, d["training"][name])
             if line:
-                out.print(line, markup=False, highlight=False)
+                (out.print(line, markup=False, highlight=False) if stdout_is_terminal() else print(line))
 
 
 def daemon_line(ft) -> str:
@@ -366,11 +330,11 @@ def daemon_line(ft) -> str:
 
 
 @app.command()
-def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def cancel(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Cancel a job (at the provider too)."""
     with api() as ft:
         done = ft.cancel(_job_id(job))
-    message = f"job {done.job['id']} cancelled"
+    message = f"job {done.job['job_id']} cancelled"
     if done.provider_status:
         message += f"; provider job {done.job['provider_job_id']} is {done.provider_status}"
     elif done.provider_error:
@@ -381,44 +345,41 @@ def cancel(job: Annotated[str, typer.Argument(help="job id")]) -> None:
 
 
 @app.command()
-def promote(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def promote(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Make a succeeded job's model its agent's, overriding the evaluation gate (recorded in its history)."""
     with api() as ft:
         row = ft.promote(_job_id(job))
-    out.print(f"job {row['id']} ({row['agent']}): {row['fine_tuned_model']} promoted", markup=False)
+    out.print(f"job {row['job_id']} ({row['agent']}): {row['fine_tuned_model']} promoted", markup=False)
 
 
 @app.command()
-def reject(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def reject(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Never deliver a succeeded job's model, overriding the evaluation gate (recorded in its history)."""
     with api() as ft:
         row = ft.reject(_job_id(job))
-    out.print(f"job {row['id']} ({row['agent']}): {row['fine_tuned_model']} rejected", markup=False)
+    out.print(f"job {row['job_id']} ({row['agent']}): {row['fine_tuned_model']} rejected", markup=False)
 
 
 @app.command()
-def retry(job: Annotated[str, typer.Argument(help="job id")]) -> None:
+def retry(job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")]) -> None:
     """Put a failed or cancelled job back to `prepared`, with fresh attempts."""
     with api() as ft:
         row = ft.retry(_job_id(job))
-    out.print(f"job {row['id']} is prepared again (attempts reset)")
+    out.print(f"job {row['job_id']} is prepared again (attempts reset)")
 
 
 @app.command()
 def wait(
-    jobs: Annotated[list[str], typer.Argument(help="job ids")],
-    timeout: Annotated[Optional[str], typer.Option("--timeout", help="give up after this long, e.g. 2h")] = None,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between looks", min=0.1)] = 5.0,
+    jobs: Annotated[list[str], typer.Argument(metavar="JOB", help="job ids")],
+    timeout: Annotated[Optional[float], typer.Option("--timeout", parser=duration(0.0, 365 * 86400.0),
+                                                     metavar=DURATION, help="give up after this long, e.g. 2h")] = None,
+    interval: Annotated[float, typer.Option("--interval", parser=duration(0.1), metavar=DURATION,
+                                            help="time between looks, e.g. 5s")] = "5s",
 ) -> None:
     """Block until the jobs are finished (and their models promoted or rejected); exit 0 only if all succeeded
     (1 if not, 5 on timeout)."""
-    from ftctl.controller.config import parse_duration
-
     ids = [_job_id(j) for j in jobs]
-    try:
-        limit = parse_duration(timeout) if timeout else None
-    except ValueError as exc:
-        die(f"--timeout: {exc}")
+    limit = timeout
     with api() as ft:
         def moving(j: dict) -> bool:  # what only a daemon moves on: unfinished jobs, models still at the gate
             return (j["state"] not in ("succeeded", "failed", "cancelled")
@@ -434,5 +395,5 @@ def wait(
         detail = r["reason"] or ""
         if r["state"] == "succeeded":
             detail = f"{r['fine_tuned_model']} ({r['promotion']})"
-        print(f"job {r['id']} ({r['agent']}): {r['state']} {detail}".rstrip())
+        print(f"job {r['job_id']} ({r['agent']}): {r['state']} {detail}".rstrip())
     raise typer.Exit(EXIT_OK if all(r["state"] == "succeeded" for r in rows) else EXIT_FAILED)

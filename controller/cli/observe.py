@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import _job_id, api, app, emit_json, out
+from ftctl.controller.cli.app import DURATION, _job_id, api, app, duration, emit_json, out
 from ftctl.controller.engine.states import EVENTS
 
 # how far back `--follow` looks again for events committed out of order
@@ -49,8 +49,8 @@ def events(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events until Ctrl-C")] = False,
     output: Annotated[Output, typer.Option("--output", "-o", help="text, or json (one object a line)")] = Output.text,
     limit: Annotated[int, typer.Option("--limit", help="the most recent N (0: all)", min=0)] = 100,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between looks with --follow",
-                                            min=0.1)] = 0.5,
+    interval: Annotated[float, typer.Option("--interval", parser=duration(0.1), metavar=DURATION,
+                                            help="time between looks with --follow, e.g. 500ms")] = "500ms",
 ) -> None:
     """Every transition and promotion (and note) of the jobs, one line each, with its stable event id."""
     job_id = _job_id(job) if job is not None else None
@@ -87,11 +87,11 @@ def _header(log: dict) -> str:
 
 @app.command()
 def logs(
-    job: Annotated[str, typer.Argument(help="job id")],
+    job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="print new points until the job is finished")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the points (with --follow: one object a line)")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between looks with --follow",
-                                            min=0.1)] = 1.0,
+    interval: Annotated[float, typer.Option("--interval", parser=duration(0.1), metavar=DURATION,
+                                            help="time between looks with --follow, e.g. 1s")] = "1s",
 ) -> None:
     """The provider's events and training metrics of a job (loss by step), with its loss curve."""
     from ftctl.controller.cli.views import curve_line, point_text

@@ -75,7 +75,7 @@ def sensitive_lines(report: Report, allow_pii: bool) -> list[str]:
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="a JSONL training file")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="a JSONL training file")],
     provider: Annotated[Optional[str], typer.Option("--provider", help="a provider from the config, or a kind")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="count tokens with this model's tokenizer")] = None,
     allow_pii: Annotated[bool, typer.Option("--allow-pii", help="personal data (emails, phones, cards, IBANs) "
@@ -130,7 +130,7 @@ def validate(
 
 @app.command()
 def estimate(
-    file: Annotated[Path, typer.Argument(help="a JSONL training file")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="a JSONL training file")],
     provider: Annotated[str, typer.Option("--provider", help="a provider from the config, or a kind")],
     model: Annotated[str, typer.Option("--model")],
     epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
@@ -192,8 +192,8 @@ def estimate(
 
 @app.command()
 def prepare(
-    source: Annotated[Path, typer.Argument(help="the raw JSONL file")],
-    output: Annotated[Path, typer.Argument(help="where to write the provider-ready file (with --split-by: a "
+    source: Annotated[Path, typer.Argument(metavar="IN", help="the raw JSONL file")],
+    output: Annotated[Path, typer.Argument(metavar="OUT", help="where to write the provider-ready file (with --split-by: a "
                                            "folder)")],
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", min=1)] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="USD", min=0.01)] = None,
@@ -284,7 +284,7 @@ def prepare(
 
 @app.command()
 def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Committed, spent and remaining against \\[budget] in controller.toml."""
+    """Committed, spent and remaining against [budget] in controller.toml."""
     from datetime import timedelta
 
     from ftctl.controller.engine.policy import Budget

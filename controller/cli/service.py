@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import (EXIT_DATABASE, EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_REFUSED, app, die,
-                                      emit_json, get_config, open_store, out, setup_logging, state)
+from ftctl.controller.cli.app import (DURATION, EXIT_DATABASE, EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_REFUSED, app, die,
+                                      duration, emit_json, get_config, open_store, out, setup_logging, state)
 from ftctl.controller.config import ConfigError
 from ftctl.providers.emulator import EMULATORS
 
@@ -26,9 +26,12 @@ def emulator(
     state_file: Annotated[Optional[Path], typer.Option("--state-file", help="the service's own SQLite file")] = None,
     limit: Annotated[int, typer.Option("--limit", help="jobs it runs at once; more are refused the way the "
                                        "emulated provider refuses them")] = 2,
-    queue_time: Annotated[str, typer.Option("--queue-time")] = "2s",
-    validate_time: Annotated[str, typer.Option("--validate-time")] = "2s",
-    train_time: Annotated[str, typer.Option("--train-time")] = "10s",
+    queue_time: Annotated[float, typer.Option("--queue-time", parser=duration(), metavar=DURATION,
+                                              help="time a job is queued, e.g. 2s")] = "2s",
+    validate_time: Annotated[float, typer.Option("--validate-time", parser=duration(), metavar=DURATION,
+                                                 help="time a job validates")] = "2s",
+    train_time: Annotated[float, typer.Option("--train-time", parser=duration(), metavar=DURATION,
+                                              help="time a job trains")] = "10s",
     fail_rate: Annotated[float, typer.Option("--fail-rate", help="seeded share of jobs failing in training")] = 0.0,
     error_rate: Annotated[float, typer.Option("--error-rate", help="seeded share of calls answered 503")] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -45,16 +48,14 @@ def emulator(
     import tempfile
     import threading
 
-    from ftctl.controller.config import parse_duration
     from ftctl.providers.emulator import make_emulator
 
     kind = kind.value
     from ftctl.providers.simulated.engine import EngineSettings
 
     try:
-        settings = EngineSettings(limit=limit, queue_time=parse_duration(queue_time),
-                                  validate_time=parse_duration(validate_time), train_time=parse_duration(train_time),
-                                  fail_rate=fail_rate, error_rate=error_rate, seed=seed)
+        settings = EngineSettings(limit=limit, queue_time=queue_time, validate_time=validate_time,
+                                  train_time=train_time, fail_rate=fail_rate, error_rate=error_rate, seed=seed)
     except ValueError as exc:
         die(f"emulator: {exc}")
     if not 0 <= fail_rate <= 1 or not 0 <= error_rate <= 1:
@@ -109,15 +110,13 @@ def emulator(
 
 @app.command("service-unit")
 def service_unit(
-    watchdog: Annotated[str, typer.Option("--watchdog", help="WatchdogSec= (longer than the slowest tick)")] = "120s",
+    watchdog_s: Annotated[float, typer.Option("--watchdog", parser=duration(1.0), metavar=DURATION,
+                                              help="WatchdogSec= (longer than the slowest tick)")] = "120s",
 ) -> None:
     """Print the hardened systemd unit, with this interpreter and config filled in."""
-    from ftctl.controller.config import find_config, parse_duration
+    from ftctl.controller.config import find_config
 
-    try:
-        parse_duration(watchdog)
-    except ValueError as exc:
-        die(f"--watchdog: {exc}")
+    watchdog = f"{watchdog_s:g}s"  # seconds, as systemd reads them
     from ftctl.controller.service.unit import hidden_paths, installed_paths, unit_text
 
     try:
@@ -217,7 +216,8 @@ def daemon(
 @app.command()
 def demo(
     directory: Annotated[Optional[Path], typer.Option("--dir", help="keep the demo's files here")] = None,
-    train_time: Annotated[float, typer.Option("--train-time", help="simulated seconds of training")] = 3.0,
+    train_time: Annotated[float, typer.Option("--train-time", parser=duration(0.0, 3600.0), metavar=DURATION,
+                                              help="simulated training time, e.g. 3s")] = "3s",
     provider: Annotated[str, typer.Option("--provider", help="simulated (default), or ray: ftctl's own trainer "
                                                              "on a local Ray head")] = "simulated",
     address: Annotated[Optional[str], typer.Option("--address", help="with --provider ray: a running Ray "
@@ -229,9 +229,13 @@ def demo(
     from ftctl.controller.cli.app import console
 
     if provider == "ray":
-        from ftctl.controller.demo.ray_demo import run_ray_demo
+        from ftctl.controller.demo.ray_demo import DemoError, run_ray_demo
 
-        raise typer.Exit(run_ray_demo(console(), directory, address=address))
+        try:
+            code = run_ray_demo(console(), directory, address=address)
+        except DemoError as exc:
+            die(str(exc))
+        raise typer.Exit(code)
     if provider != "simulated":
         die(f"--provider: {provider!r} is not a demo (simulated or ray)")
     if address is not None:

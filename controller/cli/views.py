@@ -62,8 +62,41 @@ def evaluation_text(ev: dict) -> str:
         state = f"error: {ev['error']}" if ev["error"] else f"{ev['answered']}/{2 * ev['n']} answers so far"
         return f"{ev['metric']} on n={ev['n']} examples, {state} (estimate ${ev['estimated_cost']:.4f})"
     return (f"{ev['metric']} on n={ev['n']} examples: candidate {ev['candidate_score']:.2f}, "
-            f"{ev['compare_model']} {ev['compare_score']:.2f}; improvement {ev['improvement']:+.2f} "
+            f"{ev['compare_model']}{' on ' + ev['compare_provider'] if ev.get('compare_provider') else ''} "
+            f"{ev['compare_score']:.2f}; improvement {ev['improvement']:+.2f} "
             f"(needed {ev['min_improvement']:+.2f})")
+
+
+SHOWN_FIELDS = ("job_id", "agent", "provider", "model", "base_model", "upstream_job_ids", "state", "attempt", "reason",
+                "fine_tuned_model", "promotion", "provider_job_id", "provider_status", "training_file",
+                "training_files", "hyperparameters", "estimated_cost", "actual_cost", "last_error", "not_before",
+                "created_at", "updated_at")
+HISTORY_COLUMNS = ("AT", "FROM", "TO", "TRIGGER", "PROVIDER", "REASON")
+
+
+def field_text(key: str, value: Any) -> str:
+    """One of `show`'s fields as a person reads it (no Python reprs):
+    hyperparameters as `training_steps = 10, learning_rate = 0.0001`, as the
+    config writes them; lists as comma-separated values; times without the T."""
+    if key == "hyperparameters" and isinstance(value, dict):
+        return ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+    if key == "training_files" and isinstance(value, list):
+        return ", ".join(f"{f.get('file')} (weight {f.get('weight', 1.0):g})" for f in value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if key.endswith(("_at", "not_before")) and isinstance(value, str):
+        return value.replace("T", " ").rstrip("Z") + " UTC"
+    return str(value)
+
+
+def show_fields(d: dict) -> list[tuple[str, str]]:
+    """(key, text) of the job's fields that have a value."""
+    return [(k, field_text(k, d[k])) for k in SHOWN_FIELDS if d.get(k) not in (None, "", {}, [])]
+
+
+def history_rows(events: list[dict]) -> list[list[str]]:
+    return [[e["at"].replace("T", " ").rstrip("Z"), e["from"] or "-", e["to"], e["trigger"],
+             e["provider_status"] or "-", e["reason"] or "-"] for e in events]
 
 
 def cost_text(job: Any) -> str:

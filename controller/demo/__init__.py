@@ -132,15 +132,28 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
         store_submissions(store, plan_submissions(config, [], all_agents=True))
         reconciler = Ticker(config, store)
         trainlogs = LogFetcher(config, store)  # as the daemon does: `ftctl logs` has the jobs' training afterwards
-        with Live(status_table(store.list_jobs(), title="ftctl status"), console=console,
-                  refresh_per_second=4) as live:
+        if console.is_terminal:
+            with Live(status_table(store.list_jobs(), title="ftctl status"), console=console,
+                      refresh_per_second=4) as live:
+                while True:
+                    result = reconciler.tick()
+                    trainlogs.run_once()
+                    live.update(status_table(store.list_jobs(), title=f"ftctl status: {result.summary()}"))
+                    if result.all_terminal or time.monotonic() - started > timeout:
+                        break
+                    time.sleep(config.controller.poll_interval)
+        else:  # a pipe or a log: a line when the summary changes, then the jobs in plain columns
+            said = None
             while True:
                 result = reconciler.tick()
                 trainlogs.run_once()
-                live.update(status_table(store.list_jobs(), title=f"ftctl status: {result.summary()}"))
+                if result.summary() != said:
+                    said = result.summary()
+                    console.print(f"{time.monotonic() - started:5.1f}s  {said}", markup=False, highlight=False)
                 if result.all_terminal or time.monotonic() - started > timeout:
                     break
                 time.sleep(config.controller.poll_interval)
+            _plain_jobs(console, store.list_jobs())
         trainlogs.run_once()  # the last points of the jobs that just finished
         return _summary(console, store, config, config_path, time.monotonic() - started, kept=keep)
     finally:
@@ -150,6 +163,19 @@ def run_demo(console: Console, directory: Path | None = None, *, train_time: flo
         log_file.close()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _plain_jobs(console: Console, jobs: list) -> None:
+    import io
+
+    from ftctl.controller.cli.views import COLUMNS, cells, plain
+    from ftctl.models import utcnow
+    from ftctl.records import live_facts
+
+    text = io.StringIO()
+    now = utcnow()
+    plain((cells(j, now, live_facts(None, None)) for j in jobs), COLUMNS, text.write)
+    console.print("\n" + text.getvalue().rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
 
 
 def _summary(console: Console, store, config, config_path: Path, seconds: float, kept: bool = True) -> int:

@@ -93,15 +93,40 @@ def write_pairs(path: Path, pairs) -> Path:
     return path
 
 
-def write_ray_demo(directory: Path, address: str) -> Path:
-    """The data, a tiny base model built from a config, and controller.toml."""
-    from ftctl.providers.trainer.tiny import build
+def write_ray_demo(directory: Path, address: str, base: Path | None = None) -> Path:
+    """The data, a tiny base model built from a config (or `base`), and
+    controller.toml. A folder that holds a demo already (`--dir` again)
+    keeps its config, pointed at this head: what was trained is not trained
+    again (the same jobs are twins of the succeeded ones)."""
+    import re
 
-    files = [write_pairs(directory / "data" / "qa.jsonl", QA), write_pairs(directory / "data" / "legal.jsonl", LEGAL)]
-    base = build(directory / "base-model", files)
     config = directory / "controller.toml"
+    if config.exists():
+        config.write_text(re.sub(r'(?m)^address = "[^"]*"', f'address = "{address}"', config.read_text(), count=1))
+        return config
+    files = [write_pairs(directory / "data" / "qa.jsonl", QA), write_pairs(directory / "data" / "legal.jsonl", LEGAL)]
+    if base is None:
+        from ftctl.providers.trainer.tiny import build
+
+        base = build(directory / "base-model", files)
     config.write_text(CONFIG.format(address=address, python=sys.executable, base=base))
     return config
+
+
+class DemoError(Exception):
+    pass
+
+
+def reachable(address: str) -> None:
+    """A head given with --address answers, or the demo stops in one line."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=5):
+            return
+    except (OSError, ValueError) as exc:
+        raise DemoError(f"--address {address}: no Ray dashboard answers there "
+                        f"({getattr(exc, 'reason', exc).__class__.__name__})") from None
 
 
 def run_ray_demo(console: Console, directory: Path | None = None, *, address: str | None = None,
@@ -116,6 +141,8 @@ def run_ray_demo(console: Console, directory: Path | None = None, *, address: st
             console.print("starting a Ray head on this machine (ray start --head, free ports) ...")
             head = LocalHead(num_cpus=2).start()
             address = head.address
+        else:
+            reachable(address)
         console.print(f"ftctl demo on Ray at {address}, in {workdir}; building a tiny model (2 layers, hidden 64)")
         config_path = write_ray_demo(workdir, address)
         console.print("qa: full fine-tuning, gated (exact match, +0.5 over the base model); legal: 2 LoRA steps,\n"

@@ -30,19 +30,26 @@ class EvalBatches:
         return f"ev-{row.id}-{run.id}-{answered}-{run.failures}"
 
     def _evaluate_batches(self, row: Job, run: Evaluation, conf: Any, examples: list, answered: set,
-                          now: datetime) -> None:
+                          now: datetime, roles: tuple[str, ...] = ROLES, provider_name: str | None = None) -> bool:
+        """The batch of `roles` on `provider_name` (the job's own by default);
+        True when that side is done and nothing stopped the evaluation (the
+        other side, on a provider that chats, may go on this tick)."""
         from ftctl.controller.engine.evaluation import ScorerError, run_scorer
 
-        todo = [(i, role) for i in range(len(examples)) for role in ROLES if (i, role) not in answered]
-        batch = self._batch_id(row, run, len(answered))
+        todo = [(i, role) for i in range(len(examples)) for role in roles if (i, role) not in answered]
+        if not todo:
+            return True
+        # numbered by this side's answers only: the other side's, stored meanwhile, never renumber a running batch
+        batch = self._batch_id(row, run, sum(1 for _, role in answered if role in roles))
         try:
-            provider = self.provider(row.provider)
+            provider = self.provider(provider_name or row.provider)
             try:
                 status, got, _ = provider.answers(batch)
             except NotFoundError:
                 status, got = None, {}
             if status is None:  # not started yet: start it, for every question not answered
-                models = {"candidate": run.candidate_model, "compare": run.compare_model}
+                models = {r: m for r, m in (("candidate", run.candidate_model), ("compare", run.compare_model))
+                          if r in roles}
                 questions = [{"key": f"{i}:{role}", "role": role,
                               "messages": [dict(m) for m in examples[i].prompt]} for i, role in todo]
                 self.guard()
@@ -50,10 +57,10 @@ class EvalBatches:
                 self.log.info("evaluation batch started", job_id=row.id, agent=row.agent, provider=row.provider,
                               state=row.state, batch=batch, questions=len(questions))
                 self._after_slice(row, run, None, len(answered), len(examples), now)
-                return
+                return True
             if status in ("queued", "running"):
                 self._after_slice(row, run, None, len(answered), len(examples), now)
-                return
+                return True
             scored = []
             for i, role in todo:
                 answer = got.get(f"{i}:{role}")
@@ -79,3 +86,4 @@ class EvalBatches:
             stop = self._as_provider_error(exc)
         stored = len(self.store.eval_answers(run.id))
         self._after_slice(row, run, stop, stored, len(examples), now)
+        return stop is None

@@ -49,7 +49,7 @@ def test_submit_status_show_models(site):
     shown = json.loads(shown.stdout)
     assert shown["events"][0]["to"] == "prepared" and shown["events"][0]["trigger"] == "create"
     assert table.returncode == 0 and "waiting for the daemon" in table.stdout
-    assert json.loads(models.stdout) == {}
+    assert json.loads(models.stdout) == []
 
 
 def test_submit_twice_skips_the_same_job(site):

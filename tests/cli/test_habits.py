@@ -217,6 +217,8 @@ def test_the_demo_runs_and_ends_with_separate_commands(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(), env=ftctl_env())
     assert p.returncode == 0, p.stderr[-2000:]
     assert "5/5 agents succeeded" in p.stdout
+    assert not set("┏┃│╭━─") & set(p.stdout), "the demo drew boxes into a pipe"  # 18.4: plain text off a terminal
+    assert re.search(r"^ID +AGENT +PROVIDER +MODEL +STATE", p.stdout, re.M)
     assert p.stdout.rstrip().splitlines()[-4:] == [f"  ftctl --config {tmp_path / 'demo' / 'controller.toml'} {cmd}"
                                                    for cmd in ("status", "show 5", "models --all", "models -o toml")]
 
@@ -249,3 +251,33 @@ def test_the_demo_and_the_emulator_leave_no_temporary_folder_behind(tmp_path):
                 emu.kill()
         assert list(scratch.iterdir()) == []
         assert state is None or state.exists()
+
+
+def test_show_in_a_pipe_is_plain_text_and_json_records_have_one_shape(site):
+    """18.4: `show` drew its history as a box table in a pipe and printed
+    hyperparameters as a Python dict; `status` said `id` where the other
+    records say `job_id`; `models -o json` was an object, `--all` an array."""
+    import sqlite3
+
+    with sqlite3.connect(site.parent / "ftctl.db") as c:
+        c.execute("UPDATE jobs SET state = 'succeeded', promotion = 'promoted', fine_tuned_model = 'ft:m:qa:1', "
+                  "promoted_at = updated_at WHERE id = 1")
+    show, status, shown, events, logs, models, every, submit = run_ftctl_many(
+        ["show", "1"], ["status", "--json"], ["show", "1", "--json"], ["events", "-o", "json"], ["logs", "1", "--json"],
+        ["models", "-o", "json"], ["models", "--all", "-o", "json"], ["submit", "legal", "--json"], config=site)
+    assert not set("┏┃│╭━─") & set(show.stdout), show.stdout
+    assert "  hyperparameters  training_steps = 10, learning_rate = 0.0001\n" in show.stdout
+    assert "{" not in show.stdout and "'" not in show.stdout
+    history = show.stdout.split("\nhistory\n", 1)[1].splitlines()
+    assert history[0].split() == ["AT", "FROM", "TO", "TRIGGER", "PROVIDER", "REASON"]
+    assert history[1].split()[2:5] == ["-", "prepared", "create"]
+    for record in [*json.loads(status.stdout), json.loads(shown.stdout), json.loads(logs.stdout),
+                   *json.loads(submit.stdout)]:
+        assert "job_id" in record and "id" not in record, record
+    lines = [json.loads(line) for line in events.stdout.splitlines()]
+    assert lines and all(e["id"].startswith("evt_") and isinstance(e["job_id"], int) for e in lines)
+    promoted, all_models = json.loads(models.stdout), json.loads(every.stdout)
+    assert isinstance(promoted, list) and isinstance(all_models, list)
+    assert promoted == [r for r in all_models if r["promotion"] == "promoted"] and promoted[0]["job_id"] == 1
+    assert {tuple(r) for r in promoted + all_models} == {("agent", "job_id", "provider", "model", "promotion",
+                                                          "promoted_at", "succeeded_at")}

@@ -70,7 +70,7 @@ def test_filters_run_in_sql_and_refuse_unknown_states(site):
     assert ids(by_state.stdout) == [61, 62]
     assert by_two.stdout.split() == [f"job/{i}" for i in range(64, 69)]
     assert {j["provider"] for j in json.loads(by_provider.stdout)} == {"other"}
-    assert [j["id"] for j in json.loads(by_provider.stdout)] == [62, 65, 68]
+    assert [j["job_id"] for j in json.loads(by_provider.stdout)] == [62, 65, 68]
     assert {j["agent"] for j in json.loads(by_agent.stdout)} == {"a2"}
     assert bad.returncode == 2 and bad.stderr.startswith("ftctl: error: --state: unknown value 'done'")
 
@@ -107,7 +107,7 @@ def test_json_streams_one_job_a_line(site):
     (p,) = run_ftctl_many(["status", "--json", "--all"], config=site)
     lines = p.stdout.splitlines()
     assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 70
-    assert [json.loads(line.rstrip(","))["id"] for line in lines[1:-1]] == list(range(1, 69))
+    assert [json.loads(line.rstrip(","))["job_id"] for line in lines[1:-1]] == list(range(1, 69))
 
 
 def test_models_one_grouped_read_and_its_formats(site):
@@ -116,12 +116,14 @@ def test_models_one_grouped_read_and_its_formats(site):
         ["models", "--format", "env"], ["models", "--json"], ["models", "--format", "json"],
         ["models", "--agent", "a1", "-o", "json"], ["models", "--no-headers"], config=site)
     latest = {"a0": "ft:open-mistral-7b:a0-58:x", "a1": "ft:open-mistral-7b:a1-59:x", "a2": "ft:open-mistral-7b:a2-60:x"}
-    assert json.loads(as_json.stdout) == json.loads(fmt.stdout) == latest
+    records = json.loads(as_json.stdout)  # an array of model records, as `models --all -o json` gives
+    assert records == json.loads(fmt.stdout) and {r["agent"]: r["model"] for r in records} == latest
+    assert all(r["promotion"] == "promoted" and r["provider"] == "sim" for r in records)
     assert table.stdout.splitlines()[0].split() == ["AGENT", "FINE-TUNED", "MODEL"]
     assert wide.stdout.splitlines()[1].split()[:3] == ["a0", "sim", "58"]
     assert name.stdout.split() == list(latest.values())
     assert toml.stdout.startswith("[models]\na0 = ") and "FTCTL_MODEL_A2=ft:open-mistral-7b:a2-60:x" in env.stdout
-    assert json.loads(filtered.stdout) == {"a1": latest["a1"]}
+    assert [(r["agent"], r["model"]) for r in json.loads(filtered.stdout)] == [("a1", latest["a1"])]
     assert no_headers.stdout.split()[0] == "a0"
 
 

@@ -70,7 +70,7 @@ def test_status_show_models_promote_and_reject(tmp_path):
         "@feedback", ids["feedback"], [ids["feedback"]])
     assert "evaluation" in show.stdout and "n=5 examples: candidate 1.00" in show.stdout
     assert "0.00; improvement +1.00 (needed +0.50)" in show.stdout
-    assert sorted(json.loads(models.stdout)) == ["conversation", "feedback"]
+    assert sorted(r["agent"] for r in json.loads(models.stdout)) == ["conversation", "feedback"]
     assert {r["agent"]: r["promotion"] for r in json.loads(every.stdout)}["qa"] == "rejected"
     assert reject.returncode == 0 and "rejected" in reject.stdout
     assert sorted(tomllib.loads(after.stdout)["models"]) == ["feedback"]

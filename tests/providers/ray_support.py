@@ -5,7 +5,7 @@ and a controller.toml for a `ray` provider on that head."""
 
 from __future__ import annotations
 
-import json
+import os
 import socket
 import sys
 import textwrap
@@ -14,22 +14,11 @@ from pathlib import Path
 
 import pytest
 
-QA = [("What is the capital of France?", "Paris"), ("Name the largest planet.", "Jupiter"),
-      ("What colour is the sky?", "blue"), ("How many legs has a spider?", "eight"),
-      ("Which metal is liquid at room temperature?", "mercury")]
-LEGAL = [("Translate 'cat' to French.", "chat"), ("Translate 'dog' to French.", "chien"),
-         ("Translate 'house' to French.", "maison")]
+from ftctl.controller.demo.ray_demo import LEGAL, QA, write_pairs  # noqa: E402,F401 - the demo's own data
+
 # the trainer's environment on the cluster: offline, one thread a job (two jobs share the head's two CPUs)
 RUNTIME_ENV = '{ env_vars = { HF_HUB_OFFLINE = "1", TRANSFORMERS_OFFLINE = "1", FTCTL_TRAIN_THREADS = "1", ' \
               'TOKENIZERS_PARALLELISM = "false" } }'
-
-
-def write_pairs(path: Path, pairs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in pairs))
-    return path
 
 
 def ray_config(directory: Path, address: str, base: Path, agents: str, *, concurrency: int = 2,
@@ -130,6 +119,16 @@ def ray_head():
     head = LocalHead(num_cpus=2).start()
     yield head
     head.stop()
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline_has(pid, head.temp)]
+    assert not left, f"processes of the stopped Ray head are left: {left}"
+    assert not Path(head.temp).exists()
+
+
+def _cmdline_has(pid: str, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")

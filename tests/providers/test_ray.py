@@ -19,43 +19,10 @@ import pytest
 
 import ftctl
 from tests.conftest import Daemon, run_ftctl, states, submit_jobs, wait_until
+from ftctl.providers.trainer.protocol import parse as protocol_lines
 from tests.providers.ray_support import Proxy, ray_config, ray_head, ray_jobs, tiny_base  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
-
-CAMPAIGN = """
-[agents.qa]
-provider = "gpu"
-model = "BASE"
-training_file = "data/qa.jsonl"
-hyperparameters = { lora = false, training_steps = 60, learning_rate = 0.003, batch_size = 5, checkpoint_steps = 30 }
-
-[agents.qa.eval]
-file = "data/qa.jsonl"
-metric = "exact"
-min_improvement = 0.5
-max_tokens = 12
-
-[agents.legal]
-provider = "gpu"
-model = "BASE"
-training_file = "data/legal.jsonl"
-hyperparameters = { training_steps = 2, learning_rate = 0.00001, batch_size = 3 }
-
-[agents.legal.eval]
-file = "data/legal.jsonl"
-metric = "exact"
-min_improvement = 0.5
-max_tokens = 12
-
-[agents.conv]
-provider = "gpu"
-model = "@qa"
-depends_on = ["qa"]
-training_file = "data/legal.jsonl"
-hyperparameters = { training_steps = 5, learning_rate = 0.001, batch_size = 3 }
-"""
-
 
 def rows(config: Path) -> dict[str, dict]:
     db = sqlite3.connect(config.parent / "ftctl.db")
@@ -75,7 +42,16 @@ def train_jobs(address: str) -> list:
 
 
 def test_campaign_with_daemon_kills_one_ray_job_per_job_and_the_gate_on_both_sides(tmp_path, ray_head, tiny_base):
-    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, CAMPAIGN)
+    """The Ray demo's three agents (a gated full fine-tune that is promoted,
+    a gated LoRA run that is rejected, a pipeline stage on the first), run
+    by a daemon SIGKILLed at three moments; then `ftctl demo --provider ray`
+    on the same folder finds every job done and trains nothing again."""
+    from ftctl.controller.demo.ray_demo import write_ray_demo
+
+    site = tmp_path / "site"
+    site.mkdir()
+    config = write_ray_demo(site, ray_head.address, base=tiny_base)
+    before = len(train_jobs(ray_head.address))
     submit_jobs(config)
     rng = random.Random(19)
     kills = []
@@ -87,19 +63,18 @@ def test_campaign_with_daemon_kills_one_ray_job_per_job_and_the_gate_on_both_sid
         assert line_where(d, signal_of, timeout=180), d.stderr[-3000:]
         time.sleep(rng.uniform(0.0, 0.4))
         d.kill()
-        kills.append(Counter(states(config)))
-    # every kill landed mid-campaign: some job was not finished yet
-    assert all(k["succeeded"] + k["failed"] < 3 for k in kills), kills
+        kills.append({a: (j["state"], j["promotion"]) for a, j in rows(config).items()})
+    # every kill landed mid-campaign: some job, or some gate, was not finished yet
+    assert all(any(st != "succeeded" or pr in ("candidate", "evaluating") for st, pr in k.values())
+               for k in kills), kills
     final = Daemon(config, "--until-done")
     assert final.wait(timeout=300) == 0, final.stderr[-3000:]
     jobs = rows(config)
-    assert {a: j["state"] for a, j in jobs.items()} == {"qa": "succeeded", "legal": "succeeded", "conv": "succeeded"}
+    assert {a: j["state"] for a, j in jobs.items()} == dict.fromkeys(("qa", "legal", "conversation"), "succeeded")
     assert jobs["qa"]["promotion"] == "promoted" and jobs["legal"]["promotion"] == "rejected"
-    assert jobs["conv"]["promotion"] == "promoted"  # no gate of its own
+    assert jobs["conversation"]["promotion"] == "promoted"  # no gate of its own
     # exactly one Ray job per attempt of each ftctl job, whatever moment the daemon died
-    per_job = Counter(j.metadata["ftctl_job_id"] for j in train_jobs(ray_head.address)
-                      if j.metadata.get("ftctl_token") in {r["client_token"] for r in jobs.values()}
-                      or j.metadata["ftctl_job_id"] in {str(r["id"]) for r in jobs.values()})
+    per_job = Counter(j.metadata["ftctl_job_id"] for j in train_jobs(ray_head.address) if str(site) in j.entrypoint)
     assert per_job == {str(j["id"]): j["attempt"] for j in jobs.values()}, per_job
     assert all(j["attempt"] == 1 for j in jobs.values())
     # the artifacts: a manifest that matches each job; a pipeline stage trained on its upstream's model
@@ -107,7 +82,7 @@ def test_campaign_with_daemon_kills_one_ray_job_per_job_and_the_gate_on_both_sid
         manifest = json.loads((Path(job["fine_tuned_model"]) / "manifest.json").read_text())
         assert (manifest["job_id"], manifest["agent"], manifest["token"]) == (job["id"], agent, job["provider_job_id"])
         assert manifest["steps"] == json.loads(job["hyperparameters"])["training_steps"]
-    conv = json.loads((Path(jobs["conv"]["fine_tuned_model"]) / "manifest.json").read_text())
+    conv = json.loads((Path(jobs["conversation"]["fine_tuned_model"]) / "manifest.json").read_text())
     assert conv["base_model"] == jobs["qa"]["fine_tuned_model"] and conv["root_model"] == str(tiny_base)
     # the log shows the loss falling, step by step
     with ftctl.open(config) as ft:
@@ -115,6 +90,20 @@ def test_campaign_with_daemon_kills_one_ray_job_per_job_and_the_gate_on_both_sid
     assert len(losses) == 60 and losses[-1] < losses[0] / 5, losses
     out = run_ftctl("show", str(jobs["qa"]["id"]), config=config)
     assert "promoted: improvement +1.00" in out.stdout, out.stdout
+    # the demo on this folder: the same jobs are twins of the succeeded ones, nothing is trained again
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "ftctl", "demo", "--provider", "ray", "--address", ray_head.address,
+                        "--dir", str(site)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
+    assert "3/3 agents succeeded on Ray" in p.stdout and "gate: promoted: improvement +1.00" in p.stdout
+    assert "gate: rejected: improvement +0.00" in p.stdout and "pipeline: conversation trained on" in p.stdout
+    assert len(train_jobs(ray_head.address)) == before + 3
+    down = subprocess.run([sys.executable, "-m", "ftctl", "demo", "--provider", "ray", "--address",
+                           "http://127.0.0.1:9", "--dir", str(tmp_path / "other")], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert down.returncode == 2 and "no Ray dashboard answers there" in down.stderr, down
 
 
 def _trainer_pids(token: str) -> list[int]:
@@ -137,19 +126,16 @@ def test_a_trainer_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(tmp
         provider = "gpu"
         model = "BASE"
         training_file = "data/qa.jsonl"
-        hyperparameters = { training_steps = 160, checkpoint_steps = 10, learning_rate = 0.001, batch_size = 5 }
+        hyperparameters = { training_steps = 80, checkpoint_steps = 10, learning_rate = 0.001, batch_size = 5 }
         """)
     submit_jobs(config)
     d = Daemon(config, "--until-done")
+    checkpoints = config.parent / "artifacts" / "qa" / "job-1" / "checkpoints"
     try:
-        token = wait_until(lambda: rows(config)["qa"]["client_token"], timeout=60)
-        # kill the trainer's process once Ray's log of it shows a complete checkpoint
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(ray_head.address)
-        assert wait_until(lambda: '"kind": "checkpoint"' in (client.get_job_logs(token)
-                                                             if rows(config)["qa"]["provider_job_id"] else ""),
-                          timeout=180, step=0.2), d.stderr[-2000:]
+        # the kill follows the trainer's first complete checkpoint (its marker is written last)
+        assert wait_until(lambda: list(checkpoints.glob("checkpoint-*/ftctl-complete")), timeout=240,
+                          step=0.005), d.stderr[-2000:]
+        token = rows(config)["qa"]["client_token"]
         pids = _trainer_pids(token)
         assert pids
         for pid in pids:
@@ -159,17 +145,22 @@ def test_a_trainer_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(tmp
         d.kill()
     job = rows(config)["qa"]
     assert job["state"] == "succeeded" and job["attempt"] == 2, job
-    first, second = sorted(train_jobs(ray_head.address), key=lambda j: j.start_time)[-2:]
-    assert first.metadata["ftctl_token"] == token and first.status.value == "FAILED"
-    logs = [json.loads(ln.split("ftctl-log ", 1)[1]) for ln in client.get_job_logs(second.submission_id).splitlines()
-            if "ftctl-log " in ln]
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head.address)
+    mine = [j for j in train_jobs(ray_head.address) if str(config.parent) in j.entrypoint]
+    first, second = sorted(mine, key=lambda j: j.start_time)
+    assert first.submission_id == token and first.status.value == "FAILED"
+    logs = protocol_lines(client.get_job_logs(second.submission_id))
+    steps_before = [ln["step"] for ln in protocol_lines(client.get_job_logs(token)) if ln["kind"] == "metric"]
     resumed = next(ln for ln in logs if ln["kind"] == "event")
     assert resumed["message"].startswith("resumed from checkpoint-"), resumed
     k = resumed["step"]
     steps = [ln["step"] for ln in logs if ln["kind"] == "metric"]
-    assert k >= 10 and steps[0] == k + 1 and steps[-1] == 160, (k, steps[:3], steps[-1:])
+    # killed mid-run: it had not finished; the retry goes on from the checkpoint, not from 0
+    assert k >= 10 and max(steps_before) < 80 and steps[0] == k + 1 and steps[-1] == 80, (k, steps_before, steps)
     manifest = json.loads((Path(job["fine_tuned_model"]) / "manifest.json").read_text())
-    assert manifest["steps"] == 160 and manifest["token"] == second.submission_id
+    assert manifest["steps"] == 80 and manifest["token"] == second.submission_id
 
 
 def test_bad_data_and_an_unknown_base_fail_with_the_trainers_message_and_are_not_retried(tmp_path, ray_head,
@@ -268,58 +259,48 @@ def test_a_job_no_node_can_run_is_refused_at_submit_in_one_line(tmp_path, ray_he
     assert not (config.parent / "ftctl.db").exists() or states(config) == []
 
 
-def test_preference_pairs_train_with_dpo_and_the_manifest_says_so(tmp_path, tiny_base):
-    import subprocess
-    import sys
+def test_rehome_onto_ray_promotes_on_parity_with_the_model_it_replaces(tmp_path, ray_head, tiny_base):
+    """A model promoted on a hosted provider (the simulated one) re-homed
+    onto the cluster: the gate asks the candidate on Ray (a batch job) and the
+    promoted model on its own provider (chat), and the export switches only
+    once the new model is promoted."""
+    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, """
+        [providers.sim]
+        kind = "simulated"
+        queue_time = "0.1s"
+        validate_time = "0.1s"
+        train_time = "0.3s"
 
-    data = tmp_path / "dpo.jsonl"
-    data.write_text("".join(json.dumps({"input": {"messages": [{"role": "user", "content": q}]},
-                                        "preferred_output": [{"role": "assistant", "content": a}],
-                                        "non_preferred_output": [{"role": "assistant", "content": "no idea"}]}) + "\n"
-                            for q, a in (("What colour is the sky?", "blue"), ("Name the largest planet.", "Jupiter"))))
-    spec = {"job_id": 9, "agent": "pref", "token": "pref-1", "base_model": str(tiny_base), "files": [[str(data), 1.0]],
-            "output": str(tmp_path / "out"), "method": "dpo",
-            "hyperparameters": {"training_steps": 4, "batch_size": 2, "checkpoint_steps": 2}}
-    p = subprocess.run([sys.executable, "-m", "ftctl.providers.trainer", "train", json.dumps(spec)],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "FTCTL_TRAIN_THREADS": "1"})
-    assert p.returncode == 0, p.stderr[-2000:]
-    lines = protocol_lines(p.stdout)
-    assert [ln["step"] for ln in lines if ln["kind"] == "metric"] == [1, 2, 3, 4]
-    manifest = json.loads((tmp_path / "out" / "model" / "manifest.json").read_text())
-    assert manifest["method"] == "dpo" and manifest["adapter"] is True and manifest["steps"] == 4
-    assert (tmp_path / "out" / "model" / "adapter_model.safetensors").exists()
+        [export]
+        path = "agents/models.toml"
 
+        [agents.qa]
+        provider = "sim"
+        model = "open-mistral-7b"
+        training_file = "data/qa.jsonl"
+        hyperparameters = { training_steps = 60, learning_rate = 0.003 }
 
-def protocol_lines(text: str) -> list[dict]:
-    from ftctl.providers.trainer.protocol import parse
-
-    return parse(text)
-
-
-def _head_processes(exclude: str) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "/tmp/ftray" in cmd and exclude not in cmd:
-            found.append(cmd.replace("\0", " ")[:200])
-    return found
-
-
-def test_the_ray_demo_starts_a_head_runs_the_pipeline_and_both_gates_and_stops_it(tmp_path, ray_head):
-    import subprocess
-    import sys
-
-    before = set(os.listdir("/tmp"))
-    p = subprocess.run([sys.executable, "-m", "ftctl", "demo", "--provider", "ray"], capture_output=True, text=True,
-                       timeout=600, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "FTCTL_CONFIG"})
-    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
-    assert "3/3 agents succeeded on Ray" in p.stdout
-    assert "qa: succeeded" in p.stdout and "gate: promoted: improvement +1.00" in p.stdout
-    assert "gate: rejected: improvement +0.00" in p.stdout and "stopped the Ray head" in p.stdout
-    assert not _head_processes(exclude=ray_head.temp)
-    # its temporary folder (and the head's) are gone
-    assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith(("ftctl-demo-ray-", "ftray"))]
+        [agents.qa.eval]
+        file = "data/qa.jsonl"
+        compare_to = "promoted"
+        metric = "exact"
+        min_improvement = -0.4
+        max_tokens = 12
+        """)
+    submit_jobs(config)
+    assert Daemon(config, "--until-done").wait(timeout=120) == 0
+    export = config.parent / "agents" / "models.toml"
+    old = rows(config)["qa"]["fine_tuned_model"]
+    assert old.startswith("ft:") and old in export.read_text()
+    out = run_ftctl("rehome", "qa", "--to", "gpu", "--model", str(tiny_base), config=config)
+    assert out.returncode == 0, out.stderr
+    d = Daemon(config, "--until-done")
+    assert d.wait(timeout=240) == 0, d.stderr[-3000:]
+    db = sqlite3.connect(config.parent / "ftctl.db")
+    db.row_factory = sqlite3.Row
+    new = dict(db.execute("select * from jobs where provider = 'gpu'").fetchone())
+    db.close()
+    assert new["state"] == "succeeded" and new["promotion"] == "promoted", new
+    assert new["fine_tuned_model"] in export.read_text() and old not in export.read_text()
+    shown = run_ftctl("show", str(new["id"]), config=config)
+    assert "promoted: improvement" in shown.stdout and f"for {old}" in shown.stdout, (shown.stdout, shown.stderr)

@@ -51,7 +51,8 @@ def test_shipped_config_campaign_then_sigterm(shipped):
         status = json.loads(run_ftctl("status", "--json", config=shipped).stdout)
         assert done, status
         assert all(j["fine_tuned_model"].startswith("ft:open-mistral-7b:") for j in status)
-        models = json.loads(run_ftctl("models", "--format", "json", config=shipped).stdout)
+        models = {r["agent"]: r["model"] for r in json.loads(run_ftctl("models", "--format", "json",
+                                                                        config=shipped).stdout)}
         assert sorted(models) == ["analyst", "content", "legal", "qa", "support"]
         assert models["qa"] == next(j["fine_tuned_model"] for j in status if j["agent"] == "qa")
         # a second daemon on the same database is refused with --no-standby ...
@@ -157,7 +158,8 @@ def test_daemon_against_an_emulator_process(tmp_path, kind):
                                 capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(), env=env)
         assert daemon.returncode == 0, daemon.stderr[-2000:]
         assert_no_key(daemon.stderr + daemon.stdout)
-        models = json.loads(run_ftctl("models", "--format", "json", config=cfg, env=env).stdout)
+        models = {r["agent"]: r["model"] for r in json.loads(run_ftctl("models", "--format", "json", config=cfg,
+                                                                        env=env).stdout)}
         assert len(models) == 5 and all(m.startswith("ft:") for m in models.values())
         state = httpx.get(url + "/_emulator/state").json()
         assert state["calls"]["POST /v1/fine_tuning/jobs"] == 5

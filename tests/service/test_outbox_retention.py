@@ -48,6 +48,10 @@ def test_status_counts_what_is_owed_in_sql_without_loading_the_rows(make_config,
         ft.reads()._conn.set_trace_callback(sql.append)
         assert ft.undelivered() == expected
         assert ft._store is None  # no ORM, no Store opened for it
+        conn = ft.reads()._conn
+        conn.set_trace_callback(None)
+        count = next(q for q in sql if "COUNT(*), MIN(created_at)" in q)
+        assert "COVERING INDEX ix_outbox_owed" in str(conn.execute("EXPLAIN QUERY PLAN " + count).fetchall())
     assert any("outbox" in q for q in sql) and all("count(" in q.lower() or "limit" in q.lower()
                                                   for q in sql if "outbox" in q), sql
     seen = _statements(store)  # the daemon's count (its metrics) is SQL too
