@@ -274,4 +274,11 @@ def load_config(explicit: str | Path | None = None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.__class__.__name__}") from None
-    return parse_config(text, path)
+    config = parse_config(text, path)
+    from ftctl.providers.lifecycle import today
+
+    try:  # a fixed "today" ($FTCTL_TODAY) is checked where the config is: one line, exit 2
+        today()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return config

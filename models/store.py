@@ -31,7 +31,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # their views; the few jobs a provider call acts on are read again whole)
 TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "provider_job_id", "intent_at",
                 "not_before", "created_at", "cancel_pending", "reason_code", "reason_args", "provider_status",
-                "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion")
+                "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion", "fallbacks",
+                "fallback_after")
 
 
 class Store(EventQueries, EvaluationQueries, RehomeQueries):
@@ -222,7 +223,7 @@ class Store(EventQueries, EvaluationQueries, RehomeQueries):
             raw = conn.exec_driver_sql(sql).fetchall()
         out = []
         for (job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at, cancel,
-             code, args, status, cost, error, model_job_id, upstream, promotion) in raw:
+             code, args, status, cost, error, model_job_id, upstream, promotion, fallbacks, fallback_after) in raw:
             if isinstance(args, (str, bytes)):
                 if args not in decoded:
                     decoded[args] = json.loads(args)
@@ -230,12 +231,17 @@ class Store(EventQueries, EvaluationQueries, RehomeQueries):
             if isinstance(upstream, (str, bytes)):
                 upstream = json.loads(upstream)
             upstream = tuple(upstream) if upstream else ()
+            if isinstance(fallbacks, (str, bytes)):
+                fallbacks = json.loads(fallbacks)
+            # the providers it may move to, by name (the shell reads the rest when it moves)
+            fallbacks = tuple(f["provider"] for f in fallbacks) if fallbacks else ()
             if isinstance(created_at, str):  # SQLite keeps times as text
                 intent_at = when(intent_at) if intent_at else None
                 not_before = when(not_before) if not_before else None
                 created_at = when(created_at)
             out.append((job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at,
-                        bool(cancel), code, args, status, cost, error, model_job_id, upstream, promotion))
+                        bool(cancel), code, args, status, cost, error, model_job_id, upstream, promotion,
+                        fallbacks, fallback_after))
         return out
 
     def spent_since(self, since: datetime) -> float:

@@ -93,6 +93,12 @@ class Job(SQLModel, table=True):
     # what a succeeded job's model is to its agent (engine.states.PromotionState)
     promotion: Optional[str] = Field(default=None, index=True)
     promoted_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    # provider = [...]: the providers the job may still move to, in order, each
+    # checked and priced at submit ({"provider", "model", "hyperparameters",
+    # "estimated_cost", "data_tokens", "storage_per_month"}), and how long its
+    # provider may be paused for auth or quota before it moves on (seconds)
+    fallbacks: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    fallback_after: Optional[float] = None
 
 
 class Evaluation(SQLModel, table=True):
@@ -315,6 +321,9 @@ class ProviderState(SQLModel, table=True):
     paused_why: Optional[str] = None  # auth, quota, unavailable
     paused_message: Optional[str] = None
     paused_until: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    # since when it has been paused without a break (a job with a fallback
+    # moves on after its fallback_after)
+    paused_since: Optional[datetime] = Field(default=None, sa_type=DateTime)
     # what the last tick's admission saw, for "2/2 busy" in status lines
     slots_used: Optional[int] = None
     slots_limit: Optional[int] = None

@@ -33,6 +33,7 @@ from ftctl.providers.base import (
     retry_after_seconds,
 )
 from ftctl.providers.keys import clip, redact
+from ftctl.providers.lifecycle import MISTRAL as MISTRAL_LIFECYCLE
 from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 
 HYPERPARAMETERS = {k: k for k in ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs",
@@ -385,6 +386,7 @@ class MistralKind(ProviderKind):
     training_log = True
     chat = True
     sdk = "mistralai"
+    lifecycle = MISTRAL_LIFECYCLE
     install_hint = "pip install . from a checkout"
 
     def client(self, name: str, section: MistralSection, env: BuildEnv) -> MistralProvider:

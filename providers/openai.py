@@ -35,6 +35,7 @@ from ftctl.providers.base import (
     retry_after_seconds,
 )
 from ftctl.providers.keys import clip, redact
+from ftctl.providers.lifecycle import OPENAI as OPENAI_LIFECYCLE
 from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 
 TOKEN_KEY = "ftctl_token"
@@ -259,6 +260,7 @@ class OpenAIKind(ProviderKind):
     chat = True
     sdk = "openai"
     install_hint = "pip install '.[openai]' from a checkout"
+    lifecycle = OPENAI_LIFECYCLE
 
     def client(self, name: str, section: OpenAISection, env: BuildEnv) -> OpenAIProvider:
         return OpenAIProvider(name, section.api_key(name), base_url=section.base_url, timeout=section.timeout)

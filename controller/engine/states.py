@@ -59,6 +59,8 @@ TRANSITIONS = (
     {"trigger": "cancel", "source": [PREPARED, QUEUED, RUNNING], "dest": CANCELLED},
     # by the user: run a finished-but-unsuccessful job again
     {"trigger": "retry", "source": [FAILED, CANCELLED], "dest": PREPARED},
+    # to the next provider in its agent's list, holding nothing at the old one
+    {"trigger": "move", "source": [PREPARED, QUEUED], "dest": PREPARED},
 )
 
 TRIGGERS = tuple(sorted({t["trigger"] for t in TRANSITIONS}))
