@@ -57,6 +57,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "doctor": [("check everything, one line each", "ftctl doctor"),
                ("the same, for scripts", "ftctl doctor --json")],
     "tick": [("one reconcile pass (cron, debugging)", "ftctl tick")],
+    "gc": [("what [retention] would delete, and the storage fee it saves a month", "ftctl gc --dry-run"),
+           ("delete it now (the daemon does it on its own)", "ftctl gc")],
     "daemon": [("the reconcile loop (systemd runs this)", "ftctl daemon"),
                ("in CI: exit once every job is done", "ftctl daemon --until-done")],
     "demo": [("five agents on a simulated provider, in a temporary folder", "ftctl demo"),

@@ -296,6 +296,7 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     now = utcnow()
     since = now - timedelta(seconds=caps.period)
     storage = store.storage_since(since, now) if store else 0.0
+    kept_fee, saved_fee = store.storage_fees() if store else (0.0, 0.0)
     spent = store.spent_in(since, now) if store else 0.0
     committed = store.committed() if store else 0.0
     waiting = list(store.jobs(states=["prepared"])) if store else []
@@ -307,6 +308,7 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     data = {"per_job_cap": caps.per_job, "total_cap": caps.total, "period_days": round(caps.period / 86400, 2),
             "spent": round(spent, 2), "storage": round(storage, 2), "committed": round(committed, 2),
             "remaining": remaining,
+            "storage_per_month_kept": round(kept_fee, 2), "storage_per_month_saved": round(saved_fee, 2),
             "waiting_estimates": round(sum(j.estimated_cost or 0 for j in waiting), 2),
             "jobs_over_budget": [j.id for j in over]}
     if as_json:
@@ -315,6 +317,8 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"period: the last {data['period_days']:g} days", markup=False)
     out.print(f"spent: ${spent:,.2f} (succeeded jobs, finished evaluations, ${storage:,.2f} keeping their models)"
               f"   committed: ${committed:,.2f} (queued and running jobs, evaluations under way)", markup=False)
+    out.print(f"storage: ${kept_fee:,.2f} a month for the models kept; retention saves ${saved_fee:,.2f} a month"
+              + ("" if config.retention is not None else " (no [retention]: nothing is ever deleted)"), markup=False)
     if caps.total is not None:
         out.print(f"total cap: ${caps.total:,.2f}   remaining: ${remaining:,.2f}", markup=False)
     else:
