@@ -210,6 +210,10 @@ def prepare(
                                                   "the messages and, where given, the target agent)")] = False,
     split_by: Annotated[Optional[SplitBy], typer.Option("--split-by", help="weight: one file per weight value "
                                                         "in the OUTPUT folder, and their training_files")] = None,
+    stratify: Annotated[Optional[str], typer.Option("--stratify", metavar="FIELD", help="sample so that FIELD's "
+                                                    "values have the --target shares")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", metavar="VALUE=SHARE,...", help="with --stratify, "
+                                                  "e.g. easy=0.30,medium=0.45,hard=0.25 (shares add up to 1)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample or split by weight."""
@@ -222,8 +226,16 @@ def prepare(
     from ftctl.providers.registry import kind as kind_of
     from ftctl.providers.tokenizers import TokenizerUnavailable
 
+    from ftctl.controller.preflight.stratify import StratifyError, parse_target, shortfall_lines
+
     if not source.is_file():
         die(f"{source}: no such file")
+    if (stratify is None) != (target is None):
+        die("--stratify FIELD and --target VALUE=SHARE,... go together")
+    try:
+        shares = parse_target(target) if target is not None else None
+    except StratifyError as exc:
+        die(str(exc))
     config = maybe_config()
     kind, _ = _kind(config, provider, model)
     try:
@@ -244,7 +256,8 @@ def prepare(
                                  max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
                                  scrub_pii=scrub_pii, seed=seed, phone_region=region, progress=progress,
                                  jobs=jobs or (default_jobs() if size > 8 * 2**20 else 1),
-                                 keep_duplicates=keep_duplicates, split_by=split_by.value if split_by else None)
+                                 keep_duplicates=keep_duplicates, split_by=split_by.value if split_by else None,
+                                 stratify=stratify, target=shares)
     except PrepareError as exc:
         die(str(exc))
     if as_json:
@@ -274,6 +287,12 @@ def prepare(
         out.print("  source agent share in -> out: " + ", ".join(
             f"{k}: {v:.1f}% -> {d['source_agent_share_out'].get(k, 0.0):.1f}%"
             for k, v in d["source_agent_share_in"].items()), markup=False)
+    if d["stratify"]:
+        reached = d["stratify"]["shares_reached"]
+        out.print(f"  {stratify} share reached (target): " + ", ".join(
+            f"{v}: {100 * reached[v]:.1f}% ({100 * s:g}%)" for v, s in result.target.items()), markup=False)
+        for line in shortfall_lines(stratify, result.strata_out, result.short):
+            out.print(f"  short: {line}", markup=False)
     if result.cost is not None:
         out.print(f"  {result.data_tokens:,} data tokens; estimate ${result.cost:,.2f}", markup=False)
     if split_by:
