@@ -20,7 +20,8 @@ from ftctl.models import Store, utcnow
 
 RETENTION = '\n[retention]\nrejected_after = "7d"\nsuperseded_after = "30d"\nfiles_after = "30d"\n'
 FEES = '\n[prices."{kind}/{model}"]\nstorage_per_month = 2.0\n'
-MODEL = {"mistral": "open-mistral-7b", "openai": "gpt-4o-mini-2024-07-18"}
+MODEL = {"mistral": "open-mistral-7b", "openai": "gpt-4o-mini-2024-07-18",
+         "together": "mistralai/Mistral-7B-Instruct-v0.2"}
 
 
 def run_to_end(cfg, store, agents, force=False):
@@ -59,7 +60,7 @@ def provider_models(srv):
     return {m["id"] for m in srv.emulator.engine.list_models()}
 
 
-@pytest.mark.parametrize("kind", ["mistral", "openai"])
+@pytest.mark.parametrize("kind", ["mistral", "openai", "together"])
 def test_forty_days_on_only_the_exported_models_remain(kind, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     with start_emulator(kind, tmp_path, queue_time=0.02, validate_time=0.02, train_time=0.05) as srv:
@@ -67,33 +68,38 @@ def test_forty_days_on_only_the_exported_models_remain(kind, tmp_path, monkeypat
         store = Store(cfg.database_url)
         exported = set(store.promoted_models().values())
         assert len(exported) == 2 and jobs[qa[2]].fine_tuned_model in exported
-        assert provider_models(srv) == {j.fine_tuned_model for j in jobs.values()}
+        made = provider_models(srv)  # (Together's emulator names its models its own way)
+        assert len(made) == 4 and (kind == "together" or made == {j.fine_tuned_model for j in jobs.values()})
         files_before = {f["id"] for f in srv.emulator.engine.list_files()}
+        assert files_before
 
         now = utcnow()
         gc = Collector(cfg, store, clock=lambda: now)
         assert gc.run_once() == []  # nothing is old enough yet
         gc.clock = lambda: now + timedelta(days=8)  # the rejected model goes after 7 days
-        assert [(r["kind"], r["job_id"], r["rule"]) for r in gc.run_once()] == [("model", qa[1], "rejected")]
+        first = [(r["kind"], r["job_id"], r["rule"]) for r in gc.run_once()]
         gc.clock = lambda: now + timedelta(days=40)  # the superseded one and the files after 30
         done = gc.run_once()
+        deleted_files = {r["target"] for r in done if r["kind"] == "file"}
+        assert len(deleted_files) == len(files_before) and (kind == "together" or deleted_files == files_before)
+        assert not {f["id"] for f in srv.emulator.engine.list_files()}
+        assert store.uploaded_file(kind, jobs[qa[0]].content_hash) is None  # a later job uploads it again
+        gc.close()
+        if kind == "together":  # no fine-tuned model delete there: its models stay, and nothing says otherwise
+            assert first == [] and not [r for r in done if r["kind"] == "model"]
+            assert provider_models(srv) == made and store.storage_fees() == (8.0, 0.0)
+            store.close()
+            return
+        assert first == [("model", qa[1], "rejected")]
         assert [(r["kind"], r["job_id"], r["rule"]) for r in done if r["kind"] == "model"] == [
             ("model", qa[0], "superseded")]
-        assert {r["target"] for r in done if r["kind"] == "file"} == files_before
-        gc.close()
-
         # the provider's own model list: the exported models, nothing rejected or superseded
         assert provider_models(srv) == exported
-        assert not {f["id"] for f in srv.emulator.engine.list_files()}
         # each deletion once in the history, as an event a hook can ask for
-        names = [e.name for e in store.events(qa[1])]
-        assert names.count("model-deleted") == 1
+        assert [e.name for e in store.events(qa[1])].count("model-deleted") == 1
         assert [e.name for e in store.events(qa[2])].count("model-deleted") == 0
         assert store.undelivered(["model-deleted"])["pending"] == 2  # in the outbox, for the hooks
-        kept, saved = store.storage_fees()
-        assert (kept, saved) == (4.0, 4.0)
-        # a later submit uploads its file again: the forgotten upload is not reused
-        assert store.uploaded_file(kind, jobs[qa[0]].content_hash) is None
+        assert store.storage_fees() == (4.0, 4.0)
         store.close()
 
 

@@ -4,7 +4,7 @@ twice by mistake, and the exported models are never touched."""
 
 import sqlite3
 
-from tests.conftest import FAKE_KEY, KEY_ENV, Daemon, ftctl_env, start_emulator, wait_until
+from tests.conftest import FAKE_KEY, KEY_ENV, Daemon, ftctl_env, run_ftctl, start_emulator, wait_until
 from tests.service.test_gc import campaign, provider_models
 
 from ftctl.models import Store
@@ -45,6 +45,10 @@ def test_a_daemon_killed_mid_deletion_neither_forgets_nor_deletes_what_it_should
         try:
             assert wait_until(lambda: len(deletions(db)) == 2 and all(d[2] for d in deletions(db)), timeout=60), \
                 second.stderr[-3000:]
+            # while a daemon leads, `ftctl gc` leaves the deleting to it: one line, exit 3
+            refused = run_ftctl("gc", config=cfg.path, env=env)
+            assert refused.returncode == 3 and "applies [retention]" in refused.stderr, refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1
         finally:
             second.kill()
         rows = deletions(db)
