@@ -50,9 +50,11 @@ class Collector:
         self.clock = clock
         self.guard = guard
         self.log = logger or structlog.get_logger("ftctl")
+        self._kinds: dict[str, Any] = {}  # provider name -> its descriptor (None: no longer configured)
 
     def reload(self, config: Config) -> None:
         self.config = config
+        self._kinds.clear()
 
     def close(self) -> None:
         for client in self.providers.values():
@@ -70,10 +72,12 @@ class Collector:
         return self.providers[name]
 
     def _kind(self, provider: str) -> Any:
-        from ftctl.providers.registry import KINDS
+        if provider not in self._kinds:
+            from ftctl.providers.registry import KINDS
 
-        section = self.config.providers.get(provider)
-        return KINDS.get(section.kind) if section is not None else None
+            section = self.config.providers.get(provider)
+            self._kinds[provider] = KINDS.get(section.kind) if section is not None else None
+        return self._kinds[provider]
 
     # -- the facts and the plan --------------------------------------------------------------
 
