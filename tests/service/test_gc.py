@@ -17,6 +17,7 @@ from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.controller.service.gc import Collector
 from ftctl.models import Store, utcnow
+from ftctl.models.reads import open_reads
 
 RETENTION = '\n[retention]\nrejected_after = "7d"\nsuperseded_after = "30d"\nfiles_after = "30d"\n'
 FEES = '\n[prices."{kind}/{model}"]\nstorage_per_month = 2.0\n'
@@ -100,6 +101,14 @@ def test_forty_days_on_only_the_exported_models_remain(kind, tmp_path, monkeypat
         assert [e.name for e in store.events(qa[2])].count("model-deleted") == 0
         assert store.undelivered(["model-deleted"])["pending"] == 2  # in the outbox, for the hooks
         assert store.storage_fees() == (4.0, 4.0)
+        # the budget counts each deleted model's fee until its deletion, the kept ones on: $2 a month each
+        later = now + timedelta(days=60)
+        expected = 2.0 * (8 + 40 + 60 + 60) / 30
+        assert abs(store.storage_since(now - timedelta(days=1), later) - expected) < 0.01
+        reads = open_reads(cfg.database_url)
+        assert abs(reads.storage_since(now - timedelta(days=1), later) - expected) < 0.01
+        assert reads.storage_fees() == (4.0, 4.0)
+        reads.close()
         store.close()
 
 
