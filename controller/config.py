@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftctl.controller.service.settings import (EventsSection, HistorySection, HookConfig, LogsSection,
-                                              WebhooksSection)
+                                              RetentionSection, WebhooksSection)
 from ftctl.providers.registry import KINDS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, parse_duration
 
@@ -129,6 +129,8 @@ class Config(Section):
     events: EventsSection = EventsSection()
     logs: LogsSection = LogsSection()
     history: HistorySection = HistorySection()
+    # None: nothing is ever deleted at a provider
+    retention: RetentionSection | None = None
     preflight: PreflightSection = PreflightSection()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
+from ftctl.models.deletions import DeletionQueries
 from ftctl.models.evaluations import EvaluationQueries
 from ftctl.models.events import EventQueries
 from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
@@ -35,7 +36,7 @@ TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "
                 "fallback_after")
 
 
-class Store(EventQueries, EvaluationQueries, RehomeQueries):
+class Store(EventQueries, EvaluationQueries, RehomeQueries, DeletionQueries):
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -256,24 +257,9 @@ class Store(EventQueries, EvaluationQueries, RehomeQueries):
 
     def spent_in(self, since: datetime, now: datetime) -> float:
         """What the budget's period cost: succeeded jobs and evaluations
-        finished in it, and keeping the fine-tuned models through it."""
+        finished in it, and keeping the fine-tuned models through it
+        (models.deletions: until `[retention]` deleted them)."""
         return self.spent_since(since) + self.storage_since(since, now)
-
-    def storage_since(self, since: datetime, now: datetime) -> float:
-        """What keeping the fine-tuned models of succeeded jobs cost between
-        `since` and `now` (a month counted as 30 days): a model kept all along
-        costs the whole span, one made within it from when it was made."""
-        month = 30 * 86400.0
-        span = max(0.0, (now - since).total_seconds())
-        with self.read() as s:
-            kept = (Job.state == "succeeded", Job.storage_per_month > 0)
-            before = s.exec(select(func.coalesce(func.sum(Job.storage_per_month), 0.0)).where(
-                *kept, Job.updated_at < since)).one()
-            recent = s.exec(select(Job.storage_per_month, Job.updated_at).where(*kept, Job.updated_at >= since)).all()
-        total = float(before) * span / month
-        for fee, at in recent:
-            total += fee * max(0.0, (now - at).total_seconds()) / month
-        return total
 
     def committed(self) -> float:
         """What queued and running jobs, and evaluations under way, hold."""

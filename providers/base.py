@@ -304,6 +304,27 @@ class Provider(Protocol):
         them (descriptor.training_log); a client may return only what is new
         since its last call for that job: the caller stores points by key."""
 
+    def delete_model(self, model: str) -> bool:
+        """Delete a fine-tuned model (descriptor.deletes_models): True when
+        deleted, False when the provider had no such model (gone already)."""
+
+    def delete_file(self, file_id: str) -> bool:
+        """Delete an uploaded file (descriptor.deletes_files); True/False as delete_model."""
+
+    def prune_checkpoints(self, model: str) -> int:
+        """Drop the checkpoints of the job that made `model`, but what the
+        model itself is (descriptor.prunes_checkpoints); how many went."""
+
+
+def deleted(call: Callable[[], Any]) -> bool:
+    """A provider's delete: True when done, False when there was nothing to
+    delete (a 404: an earlier call that took effect, or deleted by hand)."""
+    try:
+        call()
+    except NotFoundError:
+        return False
+    return True
+
 
 def error_from_status(status_code: int, message: str, retry_after: float | None = None) -> ProviderError:
     """Classify an HTTP-shaped error by the failure policy."""

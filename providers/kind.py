@@ -171,6 +171,12 @@ class ProviderKind:
     webhook_types: ClassVar[tuple[str, ...]] = ()
     # a job may continue from an upstream job's model (JobSpec.upstream_job_id)
     chaining: ClassVar[bool] = False
+    # `[retention]` can delete a fine-tuned model, an uploaded file, a job's
+    # checkpoints but its model (the client's delete_model, delete_file,
+    # prune_checkpoints)
+    deletes_models: ClassVar[bool] = False
+    deletes_files: ClassVar[bool] = False
+    prunes_checkpoints: ClassVar[bool] = False
     # the training methods this kind takes (the first is the default), each
     # with its data format (providers.formats), and the hyperparameter that
     # picks one

@@ -45,7 +45,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "prepare": [("a cleaned copy with personal data scrubbed", "ftctl prepare raw.jsonl ready.jsonl --strip-extra "
                                                               "--scrub-pii"),
                 ("a sample of 200 examples, the same each time", "ftctl prepare raw.jsonl sample.jsonl "
-                                                                 "--max-examples 200 --seed 7")],
+                                                                 "--max-examples 200 --seed 7"),
+                ("5000 examples, 30% easy, 45% medium, 25% hard", "ftctl prepare raw.jsonl mix.jsonl --stratify "
+                 "difficulty --target easy=0.30,medium=0.45,hard=0.25 --max-examples 5000")],
     "budget": [("spent, committed and left", "ftctl budget"),
                ("the same, for scripts", "ftctl budget --json")],
     "emulator": [("Mistral's API on port 8089", "ftctl emulator --kind mistral --port 8089"),
@@ -57,6 +59,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "doctor": [("check everything, one line each", "ftctl doctor"),
                ("the same, for scripts", "ftctl doctor --json")],
     "tick": [("one reconcile pass (cron, debugging)", "ftctl tick")],
+    "gc": [("what [retention] would delete, and the storage fee it saves a month", "ftctl gc --dry-run"),
+           ("delete it now (the daemon does it on its own)", "ftctl gc")],
     "daemon": [("the reconcile loop (systemd runs this)", "ftctl daemon"),
                ("in CI: exit once every job is done", "ftctl daemon --until-done")],
     "demo": [("five agents on a simulated provider, in a temporary folder", "ftctl demo"),

@@ -6,6 +6,8 @@ happen and reads the providers' training logs), and both can follow.
 
 from __future__ import annotations
 
+import textwrap
+
 import json
 import time
 from enum import Enum
@@ -38,9 +40,11 @@ def _print_event(e: dict, fmt: Output) -> None:
 
 
 # what a hook may ask for is every kind listed here (one list: states.EVENTS)
+# (the kinds in a paragraph of their own that click does not wrap again: it would break
+# a name such as model-deleted at its hyphen)
 _EVENTS_HELP = ("Every transition and promotion (and note) of the jobs, one line each, with its stable event id."
-                "\n\nHooks (\\[\\[hooks]] on = [...], or \"*\" for all) can ask for each kind shown here: "
-                f"{', '.join(EVENTS)}.")
+                "\n\nHooks (\\[\\[hooks]] on = [...], or \"*\" for all) can ask for each kind shown here:\n\n\b\n"
+                + "\n".join(textwrap.wrap(", ".join(EVENTS) + ".", 72, break_on_hyphens=False)))
 
 
 @app.command(help=_EVENTS_HELP)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -192,6 +192,22 @@ class HistorySection(Section):
 
     keep_logs_for: Duration = Field(default=30 * DAY, ge=DAY)
     keep_points: int = Field(default=20, ge=0, le=100_000)
+
+
+class RetentionSection(Section):
+    """`[retention]`: what the daemon deletes at the providers, and when.
+    Without the section nothing is ever deleted; a rule left out deletes
+    nothing of its kind. Never deleted: an agent's exported model, a model a
+    pipeline stage that is not done needs as its base, a file a job that may
+    still run or retry needs."""
+
+    rejected_after: Duration | None = Field(default=None, ge=0)  # rejected models, after their rejection
+    superseded_after: Duration | None = Field(default=None, ge=0)  # promoted models a newer promotion replaced
+    files_after: Duration | None = Field(default=None, ge=0)  # uploaded files, after their last job ended
+    # "best": of a self-hosted job's checkpoints, keep only what its model is
+    checkpoints: Literal["all", "best"] = "all"
+    # how often the daemon applies the rules (a bounded batch a pass)
+    interval: bounded_duration(DAY) = Field(default=600.0, gt=0)  # type: ignore[valid-type]
 
 
 class LogsSection(Section):

@@ -79,6 +79,7 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
         c.execute("DROP TABLE rehomes")
         for table, column in (("jobs", "fallbacks"), ("jobs", "fallback_after"), ("provider_state", "paused_since")):
             c.execute(f"ALTER TABLE {table} DROP COLUMN {column}")  # 0012
+        c.execute("DROP TABLE deletions")  # 0013
         c.execute("UPDATE alembic_version SET version_num = '0008'")
     reads = open_reads(db)
     assert len(reads.promoted_models()) == 40
