@@ -1,0 +1,167 @@
+"""The dashboard's server without a browser (issue 22): read-only (GET only,
+405 otherwise), every value escaped and keys masked, a token off loopback
+(header or login cookie), a 10k-point loss curve downsampled under 200 KB,
+and `ftctl dashboard`'s URL and bad input. tests/service/test_dashboard_browser.py
+drives the same pages in a real Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+
+from ftctl.controller.config import ConfigError, load_config
+from ftctl.controller.service.dashboard.server import COOKIE, start_dashboard
+from ftctl.controller.service.dashboard.svg import MAX_POINTS, downsample
+from ftctl.providers.keys import register_secret
+from tests.conftest import FAKE_KEY, assert_no_key, run_ftctl, submit_jobs, write_config
+
+SCRIPT = "<script>document.title='PWNED'</script>"
+TOKEN = "fake-token-FOR-TESTS-9876543210"
+
+
+def build_site(tmp_path, extra: str = "", points: int = 0):
+    """Two agents in a pipeline (down depends on up), submitted; job 1 made
+    succeeded with a provider job, `points` loss points, a provider message
+    and an error holding a <script> and the fake key."""
+    config = write_config(tmp_path / "site", agents=("up", "down"), extra='depends_on = ["up"]\n' + extra)
+    submit_jobs(config)
+    db = sqlite3.connect(config.parent / "ftctl.db")
+    with db:
+        db.execute("UPDATE jobs SET state = 'succeeded', provider_job_id = 'pj-1', actual_cost = 3.5, "
+                   "fine_tuned_model = 'ft:up:1', last_error = ? WHERE id = 1", (f"{SCRIPT} key {FAKE_KEY}",))
+        db.execute("UPDATE job_events SET reason = ? WHERE job_id = 1", (SCRIPT,))
+        db.execute("INSERT INTO provider_state (name, paused_why, paused_message) VALUES ('ghost', 'auth', ?)",
+                   (f"{SCRIPT} bad key {FAKE_KEY}",))
+        start = datetime(2026, 1, 1)
+        db.executemany("INSERT INTO log_points (job_id, provider_job_id, key, kind, at, step, message, metrics, "
+                       "fetched_at) VALUES (1, 'pj-1', ?, ?, ?, ?, NULL, ?, ?)",
+                       [(f"step:{s}", "checkpoint" if s % 1000 == 0 else "metric",
+                         str(start + timedelta(seconds=s)), s,
+                         json.dumps({"train_loss": 2.0 / (1 + s / 100) + (1.5 if s == 4321 else 0.0)}), str(start))
+                        for s in range(1, points + 1)])
+    db.close()
+    return config
+
+
+@pytest.fixture
+def site(tmp_path):
+    register_secret(FAKE_KEY)
+    config = build_site(tmp_path, points=10_000)
+    server = start_dashboard(load_config(config), listen="127.0.0.1:0")
+    yield config, server
+    server.close()
+
+
+def test_every_page_answers_and_every_value_is_text(site):
+    _, server = site
+    with httpx.Client(base_url=server.url) as http:
+        for path in ("/", "/?state=succeeded", "/jobs/1", "/jobs/2", "/pipelines", "/spend", "/providers"):
+            r = http.get(path)
+            assert r.status_code == 200, (path, r.text[:300])
+            assert "<script>document.title" not in r.text, path
+            assert_no_key(r.text, where=path)
+            scripts = re.findall(r"<script[^>]*>", r.text)
+            nonce = re.search(r"'nonce-([^']+)'", r.headers["content-security-policy"]).group(1)
+            assert all(f'nonce="{nonce}"' in s for s in scripts), path  # only our own script may run
+        job = http.get("/jobs/1").text
+        assert "&lt;script&gt;document.title=&#x27;PWNED&#x27;&lt;/script&gt;" in job  # the error and the history
+        providers = http.get("/providers").text
+        assert "&lt;script&gt;" in providers and "ghost" in providers and "***" in providers
+        assert http.get("/jobs/99").status_code == 404
+        assert http.get("/nowhere").status_code == 404
+        bad = http.get("/?state=bogus")
+        assert bad.status_code == 400 and "state: unknown value &#x27;bogus&#x27;" in bad.text
+
+
+def test_the_filters_are_links_and_select_rows(site):
+    _, server = site
+    with httpx.Client(base_url=server.url) as http:
+        page = http.get("/").text
+        assert 'href="/?state=running"' in page and 'href="/?agent=down"' in page and 'href="/?provider=sim"' in page
+        rows = re.findall(r'<tr id="job-(\d+)" data-state="(\w+)"', http.get("/?state=prepared").text)
+        assert rows == [("2", "prepared")]
+        assert re.findall(r'<tr id="job-(\d+)"', http.get("/?agent=up").text) == ["1"]
+
+
+def test_the_dashboard_serves_get_only(site):
+    _, server = site
+    with httpx.Client(base_url=server.url) as http:
+        for method in ("POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "BREW"):
+            r = http.request(method, "/jobs/1")
+            assert r.status_code == 405 and r.headers["allow"] == "GET", method
+        assert http.post("/login", data={"token": "x"}).status_code == 405  # no token configured: no login
+
+
+def test_a_ten_thousand_point_curve_is_downsampled_under_200_kb(site):
+    _, server = site
+    r = httpx.get(server.url + "jobs/1")
+    assert len(r.content) < 200_000, len(r.content)
+    drawn = re.search(r'data-series="train_loss" data-points="([^"]+)"', r.text).group(1).split()
+    assert len(drawn) <= MAX_POINTS
+    steps = [float(p.split(":")[0]) for p in drawn]
+    assert steps[0] == 1 and steps[-1] == 10_000 and steps == sorted(steps)
+    assert "4321:" in r.text  # the spike survives downsampling
+    assert re.findall(r'class="checkpoint" data-step="(\d+)"', r.text) == [str(s) for s in range(1000, 10_001, 1000)]
+
+
+def test_downsample_keeps_the_extremes_of_each_stretch():
+    points = [[s, (s * 7919) % 101] for s in range(5000)]
+    out = downsample(points, 100)
+    assert len(out) <= 100 and out[0] == (0, 0) and out[-1] == (4999, float(4999 * 7919 % 101))
+    assert max(v for _, v in out) == 100 and min(v for _, v in out) == 0
+    assert downsample(points[:50], 100) == [(float(s), float(v)) for s, v in points[:50]]
+
+
+def test_off_loopback_every_request_needs_the_token(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASH_TOKEN", TOKEN)
+    config = build_site(tmp_path, extra='\n[dashboard]\nlisten = "0.0.0.0:0"\ntoken_env = "DASH_TOKEN"\n')
+    server = start_dashboard(load_config(config))
+    try:
+        url = f"http://127.0.0.1:{server.httpd.server_address[1]}"
+        with httpx.Client(base_url=url) as http:
+            for path in ("/", "/jobs/1", "/pipelines", "/spend", "/providers", "/events"):
+                r = http.get(path)
+                assert r.status_code == 401 and "ft:up:1" not in r.text, path
+            assert http.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert http.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+            wrong = http.post("/login", data={"token": "nope"})
+            assert wrong.status_code == 401 and "nope" not in wrong.text
+            ok = http.post("/login", data={"token": TOKEN})
+            assert ok.status_code == 303
+            cookie = ok.cookies[COOKIE]
+            assert TOKEN not in ok.headers["set-cookie"] and "HttpOnly" in ok.headers["set-cookie"]
+        # each with no cookie jar: only the cookie named
+        assert httpx.get(url + "/jobs/1", headers={"Cookie": f"{COOKIE}={cookie}"}).status_code == 200
+        forged = cookie[:-1] + ("1" if cookie[-1] == "0" else "0")
+        assert httpx.get(url + "/jobs/1", headers={"Cookie": f"{COOKIE}={forged}"}).status_code == 401
+        assert httpx.get(url + "/jobs/1", headers={"Cookie": f"{COOKIE}={TOKEN}"}).status_code == 401
+    finally:
+        server.close()
+
+
+def test_off_loopback_without_a_token_is_refused_in_one_line(tmp_path):
+    config = write_config(tmp_path / "site", agents=("qa",), extra='\n[dashboard]\nlisten = "0.0.0.0:9466"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert "dashboard.token_env: listen 0.0.0.0:9466 is not a loopback address" in str(err.value)
+    p = run_ftctl("daemon", "--until-done", config=config)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "dashboard.token_env" in p.stderr
+    assert not (config.parent / "ftctl.db").exists()
+
+
+def test_the_dashboard_command_prints_the_url_or_says_what_is_missing(tmp_path):
+    plain = write_config(tmp_path / "a", agents=("qa",))
+    p = run_ftctl("dashboard", config=plain)
+    assert p.returncode == 2 and "dashboard.listen is not set" in p.stderr and p.stderr.count("\n") == 1
+    served = write_config(tmp_path / "b", agents=("qa",), extra='\n[dashboard]\nlisten = "127.0.0.1:9470"\n')
+    p = run_ftctl("dashboard", config=served)
+    assert p.returncode == 0 and p.stdout == "http://127.0.0.1:9470/\n"
+    p = run_ftctl("dashboard", "--listen", "127.0.0.1:1", config=served)
+    assert p.returncode == 2 and "--listen goes with --serve" in p.stderr
+    p = run_ftctl("dashboard", "--serve", "--listen", "nowhere", config=served)
+    assert p.returncode == 2 and "--listen" in p.stderr and "HOST:PORT" in p.stderr
