@@ -122,11 +122,11 @@ def job_page(ft: Any, job_id: int, nonce: str) -> tuple[int, str]:
             f"{esc(f'${act:,.4f}' if act is not None else '-')} {bar(act or 0.0, max(est or 0.0, act or 0.0, 1e-9))}"
             f"</p>")
     body = (f'<p><span class="state s-{esc(row.state)}">{esc(row.state)}</span> · {esc(cost_text(row))}</p>'
-            + table(("FIELD", "VALUE"), fields)
             + f"<h2>Loss by step</h2>{loss_chart(curves, checkpoints)}"
             + f'<p class="muted">{len(points):,} log points stored; {len(checkpoints)} checkpoints (dashed)</p>'
             + "<h2>Cost</h2>" + cost + _gate(reads, job_id)
-            + "<h2>History</h2>" + _history(reads.events(job_id)))
+            + "<h2>History</h2>" + _history(reads.events(job_id))
+            + "<h2>Fields</h2>" + table(("FIELD", "VALUE"), fields))
     return 200, page(f"Job {job_id} · {row.agent}", body, active="/", nonce=nonce)
 
 
