@@ -9,7 +9,7 @@ from typing import Any
 
 from ftctl.controller.cli.views import COLUMNS, cells, cost_text, show_fields
 from ftctl.controller.engine.states import STATES
-from ftctl.controller.service.dashboard.html import esc, link, page, table, tr
+from ftctl.controller.service.dashboard.html import esc, esc_all, link, page, table, tr
 from ftctl.controller.service.dashboard.svg import bar, loss_chart, pipeline_graph
 from ftctl.models.schema import utcnow
 
@@ -43,10 +43,11 @@ class Query:
 
 def job_row(job: Any, now: Any, live: Any) -> str:
     """One row of the jobs table: the `status` columns, the id a link."""
-    values = cells(job, now, live)
-    shown = [f'<a href="/jobs/{job.id}">{esc(values[0])}</a>'] + [esc(v) for v in values[1:]]
-    shown[4] = f'<span class="state s-{esc(job.state)}">{shown[4]}</span>'
-    return tr(shown, f' id="job-{job.id}" data-state="{esc(job.state)}"')
+    shown = esc_all(cells(job, now, live))
+    state = shown[4]  # one of STATES: needs no escaping of its own
+    return (f'<tr id="job-{job.id}" data-state="{state}"><td><a href="/jobs/{job.id}">{shown[0]}</a></td><td>'
+            + "</td><td>".join(shown[1:4]) + f'</td><td><span class="state s-{state}">{state}</span></td><td>'
+            + "</td><td>".join(shown[5:]) + "</td></tr>")
 
 
 def _filters(q: Query, name: str, key: str, values: list[str], chosen: list[str] | None) -> str:
