@@ -165,3 +165,55 @@ def test_the_dashboard_command_prints_the_url_or_says_what_is_missing(tmp_path):
     assert p.returncode == 2 and "--listen goes with --serve" in p.stderr
     p = run_ftctl("dashboard", "--serve", "--listen", "nowhere", config=served)
     assert p.returncode == 2 and "--listen" in p.stderr and "HOST:PORT" in p.stderr
+
+
+@pytest.mark.postgres
+def test_every_page_reads_postgresql_too(tmp_path, postgres_server):
+    """The same SQL on PostgreSQL (spend by month is to_char there, strftime on SQLite)."""
+    from sqlalchemy import create_engine, text
+
+    url = postgres_server.database("dashboard_pages")
+    config = write_config(tmp_path / "site", agents=("up", "down"), database=url, extra='depends_on = ["up"]\n')
+    submit_jobs(config)
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as c:
+        c.execute(text("UPDATE jobs SET state = 'succeeded', actual_cost = 3.5, updated_at = '2026-02-03 04:05:06', "
+                       "last_error = :e WHERE id = 1"), {"e": SCRIPT})
+    engine.dispose()
+    server = start_dashboard(load_config(config), listen="127.0.0.1:0")
+    try:
+        with httpx.Client(base_url=server.url) as http:
+            for path in ("/", "/jobs/1", "/pipelines", "/spend", "/providers"):
+                r = http.get(path)
+                assert r.status_code == 200 and "<script>document" not in r.text, (path, r.text[-500:])
+            spend = http.get("/spend").text
+            assert re.search(r"<td>2026-02</td><td>up</td><td>sim</td><td>1</td><td>\$4\.00</td><td>\$3\.50</td>",
+                             spend), spend
+            assert 'data-from="up" data-to="down"' in http.get("/pipelines").text
+    finally:
+        server.close()
+
+
+def _next_job_event(lines) -> dict:
+    for line in lines:
+        if line.startswith("data: "):
+            return json.loads(line[6:])
+    raise AssertionError("the stream ended")
+
+
+def test_the_events_stream_sends_changed_rows_and_drops_those_the_filters_no_longer_select(site):
+    config, server = site
+    db = sqlite3.connect(config.parent / "ftctl.db")
+    (after,) = db.execute("SELECT MAX(id) FROM job_events").fetchone()
+    with httpx.stream("GET", server.url + f"events?state=prepared&after={after}", timeout=10) as live, \
+            httpx.stream("GET", server.url + f"events?after={after}", timeout=10) as every:
+        assert live.headers["content-type"].startswith("text/event-stream")
+        with db:
+            db.execute("UPDATE jobs SET state = 'queued' WHERE id = 2")
+            db.execute("INSERT INTO job_events (job_id, at, from_state, to_state, trigger, reason, event_id) "
+                       "VALUES (2, '2026-01-01 00:00:00', 'prepared', 'queued', 'submit', ?, 'evt_test')", (SCRIPT,))
+        assert _next_job_event(live.iter_lines()) == {"id": 2, "remove": True}
+        row = _next_job_event(every.iter_lines())
+        assert row["id"] == 2 and row["state"] == "queued"
+        assert row["html"].startswith('<tr id="job-2" data-state="queued">') and "<script" not in row["html"]
+    db.close()
