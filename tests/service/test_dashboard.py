@@ -18,7 +18,7 @@ from ftctl.controller.config import ConfigError, load_config
 from ftctl.controller.service.dashboard.server import COOKIE, start_dashboard
 from ftctl.controller.service.dashboard.svg import MAX_POINTS, downsample
 from ftctl.providers.keys import register_secret
-from tests.conftest import FAKE_KEY, assert_no_key, run_ftctl, submit_jobs, write_config
+from tests.conftest import FAKE_KEY, assert_no_key, run_ftctl, submit_jobs, wait_until, write_config
 
 SCRIPT = "<script>document.title='PWNED'</script>"
 TOKEN = "fake-token-FOR-TESTS-9876543210"
@@ -95,6 +95,17 @@ def test_the_dashboard_serves_get_only(site):
             r = http.request(method, "/jobs/1")
             assert r.status_code == 405 and r.headers["allow"] == "GET", method
         assert http.post("/login", data={"token": "x"}).status_code == 405  # no token configured: no login
+
+
+def test_on_loopback_a_page_asked_for_by_another_name_is_refused(site):
+    # a web page whose own name was rebound to 127.0.0.1 must not read the dashboard
+    _, server = site
+    port = server.httpd.server_address[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert httpx.get(server.url, headers={"Host": host}).status_code == 200, host
+    for host in (f"evil.example:{port}", "attacker.test", ""):
+        r = httpx.get(server.url + "jobs/1", headers={"Host": host})
+        assert r.status_code == 403 and "ft:up:1" not in r.text and "loopback address" in r.text, host
 
 
 def test_a_ten_thousand_point_curve_is_downsampled_under_200_kb(site):
@@ -217,3 +228,16 @@ def test_the_events_stream_sends_changed_rows_and_drops_those_the_filters_no_lon
         assert row["id"] == 2 and row["state"] == "queued"
         assert row["html"].startswith('<tr id="job-2" data-state="queued">') and "<script" not in row["html"]
     db.close()
+
+
+def test_event_streams_are_bounded(site):
+    import threading
+
+    _, server = site
+    server.streams = threading.BoundedSemaphore(1)  # MAX_STREAMS, made small
+    with httpx.stream("GET", server.url + "events", timeout=10) as first:
+        lines = first.iter_lines()  # kept: a dropped iterator closes the response
+        assert first.status_code == 200 and next(lines) == "retry: 2000"
+        second = httpx.get(server.url + "events", timeout=10)
+        assert second.status_code == 503 and second.headers["retry-after"] == "10"
+    assert wait_until(lambda: server.streams.acquire(blocking=False), timeout=10)  # the first one's slot is back

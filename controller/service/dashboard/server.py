@@ -33,6 +33,8 @@ COOKIE = "ftctl_dashboard"
 STREAM_POLL = 0.5
 STREAM_PING = 15.0
 READ_TIMEOUT = 10.0
+# open event streams at once (each holds a thread and a database connection)
+MAX_STREAMS = 32
 
 
 class DashboardUnavailable(Exception):
@@ -46,6 +48,7 @@ class DashboardServer:
         self.cookie = hmac.new(token.encode(), b"ftctl dashboard", hashlib.sha256).hexdigest() if token else None
         self.log = logger or structlog.get_logger("ftctl")
         self.stopping = threading.Event()
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
         self.listen = listen or config.dashboard.listen
         host, _, port = self.listen.rpartition(":")
         handler = type("Handler", (_Handler,), {"side": self, "timeout": READ_TIMEOUT})
@@ -66,6 +69,13 @@ class DashboardServer:
         self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def misnamed(self, headers: Any) -> bool:
+        """Without a token (loopback), a request must name a loopback host: a
+        web page that rebinds its own name to 127.0.0.1 is refused."""
+        from ftctl.controller.service.settings import is_loopback
+
+        return self.token is None and not is_loopback(urlsplit("//" + headers.get("Host", "")).hostname or "")
 
     def allowed(self, headers: Any) -> bool:
         if self.token is None:
@@ -132,8 +142,22 @@ class DashboardServer:
                     handler.wfile.write(b": ping\n\n")
                     handler.wfile.flush()
                     quiet = 0.0
-                self.stopping.wait(STREAM_POLL)
+                if _gone(handler.connection, STREAM_POLL):
+                    return
                 quiet += STREAM_POLL
+
+
+def _gone(sock: Any, seconds: float) -> bool:
+    """Waits up to `seconds`; True once the client has closed its side (a
+    stream's slot comes back at once, not at the next write)."""
+    import select
+
+    try:
+        readable, _, _ = select.select([sock], [], [], seconds)
+        # anything a client sends after its request means nothing: read and dropped
+        return bool(readable) and sock.recv(4096) == b""
+    except (OSError, ValueError):
+        return True
 
 
 class _Server(ThreadingHTTPServer):
@@ -184,6 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         params = parse_qs(parts.query)
         try:
+            if self.side.misnamed(self.headers):
+                self.answer(403, "open the dashboard by a loopback address (http://127.0.0.1:PORT/)\n",
+                            content_type="text/plain")
+                return
             if not self.side.allowed(self.headers):
                 if parts.path == "/events":
                     self.answer(401, "a token is needed\n", content_type="text/plain",
@@ -192,7 +220,14 @@ class _Handler(BaseHTTPRequestHandler):
                     self.answer(401, login_page(self.nonce), extra={"WWW-Authenticate": "Bearer"})
                 return
             if parts.path == "/events":
-                self.side.stream(self, params)
+                if not self.side.streams.acquire(blocking=False):
+                    self.answer(503, f"at most {MAX_STREAMS} event streams at once\n", content_type="text/plain",
+                                extra={"Retry-After": "10"})
+                    return
+                try:
+                    self.side.stream(self, params)
+                finally:
+                    self.side.streams.release()
                 return
             status, body = self.side.render(parts.path, params, self.nonce)
             self.answer(status, body)
