@@ -257,7 +257,8 @@ class Daemon:
             self.log.info("daemon started", role=role, database=self.store.url.split("@")[-1],
                           config=str(self.config.path or ""), poll_interval=self.config.controller.poll_interval,
                           providers=sorted(self.config.providers), metrics=self.config.metrics.listen,
-                          webhooks=self.config.webhooks.listen, hooks=len(self.config.hooks))
+                          webhooks=self.config.webhooks.listen, dashboard=self.config.dashboard.listen,
+                          hooks=len(self.config.hooks))
             self.notifier.ready(f"started as {role}; watching {len(self.config.providers)} provider(s)")
             watchdog.start()
             try:

@@ -241,3 +241,25 @@ def test_event_streams_are_bounded(site):
         second = httpx.get(server.url + "events", timeout=10)
         assert second.status_code == 503 and second.headers["retry-after"] == "10"
     assert wait_until(lambda: server.streams.acquire(blocking=False), timeout=10)  # the first one's slot is back
+
+
+@pytest.mark.slow
+def test_the_daemon_serves_it_and_a_reload_shows_new_agents(tmp_path):
+    import signal
+
+    from tests.conftest import Daemon
+
+    config = write_config(tmp_path / "site", agents=("qa",), extra='\n[dashboard]\nlisten = "127.0.0.1:0"\n')
+    daemon = Daemon(config)
+    try:
+        assert daemon.wait_for("dashboard serving"), daemon.stderr[-2000:]
+        url = next(line["url"] for line in daemon.lines if line.get("event") == "dashboard serving")
+        assert 'href="/?agent=qa"' in httpx.get(url).text and "agent=triage" not in httpx.get(url).text
+        (config.parent / "data" / "triage.jsonl").write_text((config.parent / "data" / "qa.jsonl").read_text())
+        config.write_text(config.read_text() + '\n[agents.triage]\nprovider = "sim"\nmodel = "open-mistral-7b"\n'
+                          'training_file = "data/triage.jsonl"\n')
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_for("config reloaded"), daemon.stderr[-2000:]
+        assert 'href="/?agent=triage"' in httpx.get(url).text  # the same address, the new config
+    finally:
+        daemon.kill()
