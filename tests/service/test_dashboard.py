@@ -263,3 +263,23 @@ def test_the_daemon_serves_it_and_a_reload_shows_new_agents(tmp_path):
         assert 'href="/?agent=triage"' in httpx.get(url).text  # the same address, the new config
     finally:
         daemon.kill()
+
+
+def test_a_job_page_shows_its_gate_and_the_examples_that_regressed(site):
+    config, server = site
+    with sqlite3.connect(config.parent / "ftctl.db") as db:
+        db.execute("INSERT INTO evaluations (id, job_id, metric, file, file_hash, examples, candidate_model, "
+                   "compare_model, min_improvement, estimated_cost, started_at, finished_at, candidate_score, "
+                   "compare_score, improvement, failures) VALUES (7, 1, 'exact', 'eval.jsonl', 'h', 3, 'ft:up:1', "
+                   "'open-mistral-7b', 0.05, 0.01, '2026-01-01 00:00:00', '2026-01-01 00:01:00', 0.33, 0.67, "
+                   "-0.34, 0)")
+        answers = [(0, "candidate", SCRIPT, 0.0), (0, "compare", "Paris", 1.0), (1, "candidate", "yes", 1.0),
+                   (1, "compare", "yes", 1.0), (2, "candidate", "half", 0.5), (2, "compare", "no", 0.0)]
+        db.executemany("INSERT INTO eval_answers (evaluation_id, example, role, answer, score, at) "
+                       "VALUES (7, ?, ?, ?, ?, '2026-01-01 00:00:30')", answers)
+    page = httpx.get(server.url + "jobs/1").text
+    gate = page[page.index("<h2>Evaluation gate</h2>"):page.index("<h2>History</h2>")]
+    assert "exact on n=3 examples (6 answers)" in gate and "needed +0.05" in gate and "ft:up:1: 0.33" in gate
+    regressed = gate[gate.index("Regressed examples"):]
+    assert re.findall(r"<tr><td>(\d+)</td>", regressed) == ["0"]  # only the example the candidate did worse on
+    assert "&lt;script&gt;" in regressed and "<script>document" not in regressed and "Paris" in regressed
