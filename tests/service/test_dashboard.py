@@ -283,3 +283,22 @@ def test_a_job_page_shows_its_gate_and_the_examples_that_regressed(site):
     regressed = gate[gate.index("Regressed examples"):]
     assert re.findall(r"<tr><td>(\d+)</td>", regressed) == ["0"]  # only the example the candidate did worse on
     assert "&lt;script&gt;" in regressed and "<script>document" not in regressed and "Paris" in regressed
+
+
+def test_spend_against_the_budget_and_the_providers_learned_limits(tmp_path):
+    config = build_site(tmp_path, extra="\n[budget]\ntotal = 100.0\nperiod = \"30d\"\n")
+    with sqlite3.connect(config.parent / "ftctl.db") as db:
+        db.execute("INSERT INTO provider_state (name, learned_limit, learned_at, slots_used, slots_limit) "
+                   "VALUES ('sim', 2, '2026-01-02 03:04:05', 1, 2)")
+    server = start_dashboard(load_config(config), listen="127.0.0.1:0")
+    try:
+        spend = httpx.get(server.url + "spend").text
+        # job 1 succeeded at $3.50; job 2 (prepared, $4.00 estimated) holds nothing until it is queued
+        assert "$3.50 spent and $0.00 committed of $100.00 over 30 days" in spend
+        assert re.search(r'<td>\d{4}-\d{2}</td><td>\$3\.50</td><td>\$100\.00</td><td><svg class="bar" [^>]*'
+                         r'data-value="3\.5" data-total="100"', spend), spend
+        providers = httpx.get(server.url + "providers").text
+        assert re.search(r"<td>sim</td><td>simulated</td><td>2</td><td>1/2</td><td>2 \(since 2026-01-02 03:04\)</td>",
+                         providers), providers
+    finally:
+        server.close()
