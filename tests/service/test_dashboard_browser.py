@@ -23,7 +23,8 @@ import pytest
 from tests.conftest import Daemon, ftctl_env, submit_jobs, wait_until, write_config
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-pytestmark = [pytest.mark.slow,
+# one worker takes the module (--dist loadgroup): one browser, one daemon
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dashboard_browser"),
               pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()),
                                  reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
                                         "chromium-driver; .ci/run installs them)")]
