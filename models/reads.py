@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftctl.models.reads_dashboard import DashboardReads
 from ftctl.models.reads_history import HistoryReads
 from ftctl.models.schema import FINISHED_STATES, SCHEMA_HEAD, StoreError, lock_file_pid, redact_url
 
@@ -92,7 +93,7 @@ class Filter:
         return (" WHERE " + " AND ".join(parts)) if parts else ""
 
 
-class Reads(HistoryReads):
+class Reads(HistoryReads, DashboardReads):
     def __init__(self, url: str):
         self.url = url
         self.sqlite_path: Path | None = None

@@ -34,6 +34,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "logs": [("a job's training log and loss curve", "ftctl logs 3"),
              ("as it trains, until it is done", "ftctl logs 3 --follow"),
              ("the points, for scripts", "ftctl logs 3 --json")],
+    "dashboard": [("open the daemon's dashboard ([dashboard] listen) in a browser", "ftctl dashboard"),
+                  ("serve it from the database alone, on a standby or a laptop", "ftctl dashboard --serve"),
+                  ("on another address (a token is needed off loopback)",
+                   "ftctl dashboard --serve --listen 127.0.0.1:9467")],
     "validate": [("a file, with the model's own tokenizer", "ftctl validate data/qa.jsonl --provider mistral "
                                                             "--model open-mistral-7b"),
                  ("a preference (DPO) file", "ftctl validate pairs.jsonl --provider together --method dpo"),
