@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ftctl.controller.engine.decisions import (UNCHANGED, CancelAtProvider, CancelQuote, Decision, Evaluate,
-                                               ForgetUpload, GateView, JobView, Note, Promote, ProviderUpdate,
+                                               ForgetUpload, GateView, JobView, Line, Note, Promote, ProviderUpdate,
                                                ProviderView, QuoteSettled, Slots, Submit, Transition, UpstreamView)
 from ftctl.controller.engine.gate import decide_promotions
 from ftctl.controller.engine.outcomes import after_create, after_upload_error, begin_submit, file_problem
@@ -36,11 +36,7 @@ def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: dat
     jobs = list(jobs)
     gates = gates or {}
     budget = budget or Budget()
-    committed = 0.0
-    if budget.total is not None:
-        committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
-        committed += sum(gates[j.id].estimate for j in jobs if j.promotion == EVALUATING and j.id in gates)
-    money = _Money(budget, budget.left(committed))
+    money = _Money(budget, money_left(jobs, budget, gates))
     out: list[Decision | None] = []
     grouped: dict[str, list[JobView]] = {}
     for job in jobs:
@@ -61,10 +57,24 @@ def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: dat
             continue
         out.extend(_ProviderStep(group, pv, now, policy, rng, money, gated).run())
     for name, pv in providers.items():
-        if name not in grouped and pv.jobs is not None:
-            out.extend(_quotes(pv))
+        if name not in grouped:  # none of its jobs read: its line (if any) still gets its reason
+            out.extend(_ProviderStep((), pv, now, policy, rng, money, gated).run())
     out.extend(decide_promotions([j for j in jobs if j.state == SUCCEEDED], gates, now, money))
     return [d for d in out if d is not None]
+
+
+def money_left(jobs: Sequence[JobView], budget: Budget | None,
+               gates: dict[int, GateView] | None = None) -> float | None:
+    """What is left to commit before this tick admits anything (None: no
+    total cap): what queued and running jobs and evaluations under way hold
+    counts as spent. The shell reads a line only within
+    `budget.ceiling(money_left(...))`: a job above it is refused anyway."""
+    budget, gates = budget or Budget(), gates or {}
+    if budget.total is None:
+        return None
+    committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
+    committed += sum(gates[j.id].estimate for j in jobs if j.promotion == EVALUATING and j.id in gates)
+    return budget.left(committed)
 
 
 def _upstream(job: JobView) -> tuple[bool, Decision | None]:
@@ -175,7 +185,10 @@ class _ProviderStep:
         if err is not None:
             self.out.append(pause_for(err, self.pv.name, self.now, self.policy))
         reason = error_reason(err)
+        self.out.append(Line(self.pv.name, reason))
         for job in self.jobs:
+            if job.state == PREPARED and job.not_before and self.now < job.not_before:
+                continue  # its reason says until when it backs off
             if job.state != CANCELLED:
                 self.out.append(note_if_changed(job, reason))
         return self.out
@@ -284,6 +297,9 @@ class _ProviderStep:
         if pv.room_short:
             slot = Reason("resources_short", {"provider": pv.name, "message": pv.room_short})
             room = 0
+        resources = Reason("resources", {"provider": pv.name, "need": pv.room_need or "resources"})
+        paused_why = Reason("paused", {"why": pv.paused_why, "message": pv.paused_message})
+        end = pv.line_end
         for job in waiting:
             if job.attempt >= self.policy.max_attempts:
                 why = job.last_error or "no attempts left"
@@ -293,25 +309,37 @@ class _ProviderStep:
             if job.not_before and self.now < job.not_before:
                 continue  # its reason says until when it backs off
             if paused:
-                self.out.append(note_if_changed(job, Reason("paused", {"why": pv.paused_why, "message": pv.paused_message})))
+                self.out.append(note_if_changed(job, paused_why))
                 continue
             over = self.money.refuse(job.estimated_cost)
+            # a job behind the part of the line read (a retried one, read on
+            # its own) waits for those ahead of it, whatever is free
+            behind = end is not None and (job.created_at or self.now, job.id) > end
             if over:
                 self.out.append(note_if_changed(job, over))
-            elif used < limit and (room is None or room > 0):
+            elif used < limit and (room is None or room > 0) and not behind:
                 used += 1
                 room = None if room is None else room - 1
                 self.money.commit(job.estimated_cost)
                 self.out.append(_submit(job))
             else:
                 told_to_wait += 1
-                why = slot if used >= limit or pv.room_short else \
-                    Reason("resources", {"provider": pv.name, "need": pv.room_need or "resources"})
+                why = slot if used >= limit or pv.room_short or behind else resources
                 self.out.append(note_if_changed(job, why))
+        # what a job in line that was not read (or comes later) is shown with
+        if paused:
+            line = paused_why
+        elif used >= limit:
+            line = Reason("slot", {"provider": pv.name})
+        elif pv.room_short or (room is not None and room <= 0):
+            line = slot if pv.room_short else resources
+        else:
+            line = Reason("daemon")  # nothing stops it: the next tick takes the next job
+        self.out.append(Line(pv.name, line))
         self.out.append(Slots(pv.name, used, limit, told_to_wait))
 
 
 __all__ = ["UNCHANGED", "Budget", "CancelAtProvider", "CancelQuote", "Decision", "Evaluate", "ForgetUpload",
-           "GateView", "JobState", "JobView", "Note", "Policy", "Promote", "ProviderUpdate", "ProviderView",
+           "GateView", "JobState", "JobView", "Line", "Note", "money_left", "Policy", "Promote", "ProviderUpdate", "ProviderView",
            "QuoteSettled", "Slots", "Submit", "Transition", "UpstreamView", "after_create", "after_upload_error", "backoff_seconds", "begin_submit", "decide",
            "effective_limit", "error_reason", "file_problem", "pause_for", "retry_or_fail"]

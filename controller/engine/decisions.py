@@ -101,6 +101,9 @@ class ProviderView:
     room: int | None = None
     room_need: str | None = None
     room_short: str | None = None
+    # the waiting jobs in line were read only this far (created_at, id): the
+    # ones behind it are not in `jobs` given to the step (None: all of them are)
+    line_end: tuple[datetime, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -245,5 +248,16 @@ class Slots:
     waiting: int  # prepared jobs told to wait for a slot
 
 
+@dataclass(frozen=True)
+class Line:
+    """Why a provider's line of waiting jobs does not move (a slot, its
+    pause, the cluster's resources; "daemon": it does, at the next tick).
+    Stored on the provider's row: a job in line is shown with it
+    (engine.reasons.shown), so the jobs further back are never rewritten."""
+
+    name: str
+    reason: Reason
+
+
 Decision = (Transition | Note | Submit | CancelAtProvider | CancelQuote | QuoteSettled | ForgetUpload
-            | ProviderUpdate | Slots | Promote | Evaluate)
+            | ProviderUpdate | Slots | Line | Promote | Evaluate)
