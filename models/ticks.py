@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import text
@@ -27,6 +28,7 @@ _FITS = " AND estimated_cost IS NOT NULL AND estimated_cost <= :ceiling"
 
 class TickQueries:
     engine: Any
+    is_sqlite: bool
 
     def jobs_to_reconcile(self, active_states: Sequence[str], open_promotions: Sequence[str] = (),
                           max_attempts: int | None = None) -> list[tuple]:
@@ -38,6 +40,23 @@ class TickQueries:
         ix_jobs_tried); the others come by `line_head`. Indexed queries
         (finished jobs done with are never read), their values converted here
         rather than by the ORM."""
+        sql = self.reconcile_sql(active_states, open_promotions, max_attempts)
+        with self.engine.connect() as conn:
+            # the driver's own cursor: plain tuples, no Row objects; and sorted
+            # here (each part comes by id already): the database would sort
+            # the wide rows of the whole union in a temporary b-tree
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                cur.execute(sql)
+                raw = cur.fetchall()
+            finally:
+                cur.close()
+        raw.sort(key=itemgetter(0))
+        return _tick_rows(raw)
+
+    def reconcile_sql(self, active_states: Sequence[str], open_promotions: Sequence[str] = (),
+                      max_attempts: int | None = None) -> str:
+        """jobs_to_reconcile's query (a union of indexed parts, unsorted)."""
         if not all(s.isidentifier() for s in (*active_states, *open_promotions)):
             raise ValueError(f"not a state: {active_states!r} {open_promotions!r}")
         active_states = [str(getattr(s, "value", s)) for s in active_states]
@@ -48,17 +67,19 @@ class TickQueries:
             listed = ", ".join(f"'{s}'" for s in moving)
             parts.append(f"SELECT {_COLS} FROM jobs WHERE state IN ({listed})")
         if "prepared" in active_states:
-            parts.append(f"SELECT {_COLS} FROM jobs WHERE {HELD_SQL}")
+            # SQLite's planner, without statistics, would take the state index
+            # and walk every waiting job: these few come by their own index
+            held, tried = ((" INDEXED BY ix_jobs_held", " INDEXED BY ix_jobs_tried") if self.is_sqlite
+                           else ("", ""))
+            parts.append(f"SELECT {_COLS} FROM jobs{held} WHERE {HELD_SQL}")
             if max_attempts is not None:
-                parts.append(f"SELECT {_COLS} FROM jobs WHERE {TRIED_SQL} AND attempt >= {int(max_attempts)} "
-                             f"AND {IN_LINE_SQL}")
+                parts.append(f"SELECT {_COLS} FROM jobs{tried} WHERE {TRIED_SQL} AND attempt >= "
+                             f"{int(max_attempts)} AND {IN_LINE_SQL}")
         if open_promotions:
             promotions = ", ".join(f"'{p}'" for p in open_promotions)
             parts.append(f"SELECT {_COLS} FROM jobs WHERE promotion IN ({promotions}) "
                          f"AND state NOT IN ({states}) AND NOT cancel_pending")
-        with self.engine.connect() as conn:
-            raw = conn.exec_driver_sql(" UNION ALL ".join(parts) + " ORDER BY id").fetchall()
-        return _tick_rows(raw)
+        return " UNION ALL ".join(parts)
 
     def line_head(self, provider: str, limit: int, ceiling: float | None = None) -> list[tuple]:
         """The first `limit` jobs in `provider`'s line (by creation, then id),
@@ -96,9 +117,11 @@ def _tick_rows(raw: Sequence[Any]) -> list[tuple]:
             if args not in decoded:
                 decoded[args] = json.loads(args)
             args = decoded[args]
-        if isinstance(upstream, (str, bytes)):
-            upstream = json.loads(upstream)
-        upstream = tuple(upstream) if upstream else ()
+        if upstream is None or upstream == "null":  # no upstream jobs (the JSON column's null)
+            upstream = ()
+        else:
+            upstream = json.loads(upstream) if isinstance(upstream, (str, bytes)) else upstream
+            upstream = tuple(upstream) if upstream else ()
         if isinstance(created_at, str):  # SQLite keeps times as text
             intent_at = when(intent_at) if intent_at else None
             not_before = when(not_before) if not_before else None

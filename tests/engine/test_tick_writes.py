@@ -125,6 +125,12 @@ def test_the_tick_loads_plain_columns_without_finished_jobs(tmp_path, clock):
     assert all(any("USING INDEX" in str(step) or "USING COVERING INDEX" in str(step) for step in plan)
                for plan in plans), plans
     assert not any("TEMP B-TREE" in str(step) for plan in plans for step in plan), plans
+    # the tick's own union: the waiting jobs held or out of attempts by their own indexes, never
+    # by the state index (which would walk every waiting job)
+    with store.engine.connect() as conn:
+        plan = str(conn.exec_driver_sql("EXPLAIN QUERY PLAN " + store.reconcile_sql(
+            ["prepared", "queued", "running"], ["candidate"], 5)).fetchall())
+    assert "ix_jobs_held" in plan and "ix_jobs_tried" in plan and "TEMP B-TREE" not in plan, plan
     assert "COVERING INDEX ix_jobs_line" in str(plans[-1])  # the line is counted in the index alone
     ticker.close()
     store.close()
