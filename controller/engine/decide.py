@@ -161,7 +161,7 @@ class _ProviderStep:
         waiting = any(j.state == PREPARED for j in self.jobs)
         limit, _probe = effective_limit(pv, self.now, self.policy, waiting=waiting)
         if self.capacity_hit:
-            still_active = sum(1 for pj in pv.jobs if pj.active and pj.id not in pv.quote_ids)
+            still_active = len(pv.active() - pv.quote_ids)
             learned = max(1, min(pv.configured_limit, still_active))
             hold = pv.probe_hold or self.policy.capacity_hold
             # a rejection while a limit was known already is a probe that found no room
@@ -286,8 +286,11 @@ class _ProviderStep:
         pv = self.pv
         ids = {i for i, _ in self.inflight if i}
         tokens = {t for _, t in self.inflight if t}
-        foreign = sum(1 for pj in pv.jobs if pj.active and pj.id not in ids and pj.id not in pv.quote_ids
-                      and (not pj.client_token or pj.client_token not in tokens))
+        others = pv.active() - ids - pv.quote_ids  # set arithmetic: the few not ours are looked at
+        if others and tokens:
+            by_id = {pj.id: pj for pj in pv.jobs if pj.id in others}
+            others = {i for i in others if by_id[i].client_token not in tokens or not by_id[i].client_token}
+        foreign = len(others)
         used = len(self.inflight) + foreign
         waiting = [j for j in self.jobs if j.state == PREPARED]
         waiting.sort(key=lambda j: (j.created_at or self.now, j.id))

@@ -104,6 +104,14 @@ class ProviderView:
     # the waiting jobs in line were read only this far (created_at, id): the
     # ones behind it are not in `jobs` given to the step (None: all of them are)
     line_end: tuple[datetime, int] | None = None
+    # the ids of the jobs in `jobs` that are active (None: not counted yet)
+    active_ids: frozenset[str] | None = None
+
+    def active(self) -> frozenset[str]:
+        """The ids of the listed jobs that hold a slot at the provider (anyone's, quotes too)."""
+        if self.active_ids is None:
+            return frozenset(pj.id for pj in self.jobs or () if pj.active)
+        return self.active_ids
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class Lines:
         for name, pv in observed.items():
             if pv.jobs is None:
                 continue  # nothing is admitted: the line shows why (rc.Line)
-            busy = sum(1 for pj in pv.jobs if pj.active and pj.id not in pv.quote_ids)
+            busy = len(pv.active() - pv.quote_ids)
             want = max(0, pv.configured_limit - busy) + LINE_MARGIN
             head = self.store.line_head(name, want, ceiling)
             if len(head) >= want:
