@@ -32,10 +32,10 @@ class Lines:
         seen = {v.id for v in views}
         more: list[tuple] = []
         for name, pv in observed.items():
-            if pv.jobs is None:
-                continue  # nothing is admitted: the line shows why (rc.Line)
-            busy = len(pv.active() - pv.quote_ids)
-            want = max(0, pv.configured_limit - busy) + LINE_MARGIN
+            if pv.jobs is None:  # nothing is admitted: the head is told why, the line shows it (rc.Line)
+                want = LINE_MARGIN
+            else:
+                want = max(0, pv.configured_limit - len(pv.active() - pv.quote_ids)) + LINE_MARGIN
             head = self.store.line_head(name, want, ceiling)
             if len(head) >= want:
                 observed[name] = replace(pv, line_end=(head[-1][_CREATED], head[-1][0]))
