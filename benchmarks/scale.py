@@ -7,11 +7,14 @@ Ticks run in this process (CPU time of the tick call); CLI reads run as
 fresh `ftctl` processes (their user + system CPU from wait4). Repeats are
 interleaved and the median is printed, with the load average seen.
 
-    .venv/bin/python benchmarks/scale.py [--repeats 5] [--idle 60] [--only tick,churn,restart,idle,cli,campaign]
-        [--campaign-jobs 10000] [--campaign-dir DIR]
+    .venv/bin/python benchmarks/scale.py [--repeats 5] [--idle 60]
+        [--only tick,churn,restart,idle,cli,campaign,backlog]
+        [--campaign-jobs 10000] [--campaign-dir DIR] [--backlog-jobs 100000]
 
 `campaign` builds a bulk campaign through ftctl's own submit and Ticker
-(benchmarks/scale_campaign.py) and measures issue 18's rows on it.
+(benchmarks/scale_campaign.py) and measures issue 18's rows on it;
+`backlog` bulk-submits 100,000 jobs behind busy slots the same way
+(benchmarks/scale_backlog.py) and times the ticks on that backlog.
 """
 
 from __future__ import annotations
@@ -316,9 +319,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds the idle daemon is watched")
-    parser.add_argument("--only", default="tick,churn,restart,idle,cli,campaign")
+    parser.add_argument("--only", default="tick,churn,restart,idle,cli,campaign,backlog")
     parser.add_argument("--campaign-jobs", type=int, default=10_000)
     parser.add_argument("--campaign-dir", type=Path, help="build the campaign here once, reuse it after")
+    parser.add_argument("--backlog-jobs", type=int, default=100_000)
     args = parser.parse_args()
     from ftctl.controller.service.logs import configure
 
@@ -336,6 +340,10 @@ def main() -> None:
             from scale_campaign import campaign
 
             campaign(root, args.repeats, row, jobs=args.campaign_jobs, keep=args.campaign_dir, idle=args.idle)
+        if "backlog" in only:
+            from scale_backlog import backlog
+
+            backlog(root, args.repeats, row, jobs=args.backlog_jobs, keep=args.campaign_dir)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     width = max(len(r[0]) for r in ROWS)
     print(f"{'measure':<{width}}  {'filed (issue 13)':<34} {'goal':<24} this run")

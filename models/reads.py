@@ -251,6 +251,12 @@ class Reads(HistoryReads, DashboardReads):
         return {name: (used, limit) for name, used, limit in self._rows(
             "SELECT name, slots_used, slots_limit FROM provider_state") if used is not None and limit is not None}
 
+    def lines(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Why each provider's line of waiting jobs does not move, as the last
+        tick saw it: (reason code, its arguments) by provider."""
+        return {name: (code, _json(args) or {}) for name, code, args in self._rows(
+            "SELECT name, line_code, line_args FROM provider_state") if code is not None}
+
     def spent_in(self, since: datetime, now: datetime) -> float:
         """What the budget's period cost (models.store.Store.spent_in): succeeded
         jobs and evaluations finished in it, and keeping the fine-tuned models

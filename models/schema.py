@@ -8,12 +8,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0013"
+SCHEMA_HEAD = "0014"
 
 # a job in one of these states blocks an identical submission (same agent,
 # provider, model, data and hyperparameters): never pay twice for one job
 LIVE_STATES = ("prepared", "queued", "running", "succeeded")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
+
+# the reason codes of a waiting job in its provider's line: why the line does
+# not move, or why the job's estimate does not fit the budget. The tick reads
+# the line in order, only as far as it can admit (ix_jobs_line); a job held for
+# a reason of its own (backoff, its upstream jobs, ...) is read every tick
+# (ix_jobs_held). engine.reasons.IN_LINE names the same codes.
+IN_LINE_CODES = ("daemon", "slot", "paused", "unreachable", "unobserved", "unknown_provider", "budget_left",
+                 "budget_cap", "budget_no_estimate", "resources", "resources_short")
+_CODES = ", ".join(f"'{c}'" for c in IN_LINE_CODES)
+IN_LINE_SQL = f"COALESCE(reason_code, '') IN ({_CODES})"
+HELD_SQL = f"state = 'prepared' AND COALESCE(reason_code, '') NOT IN ({_CODES})"
+TRIED_SQL = "state = 'prepared' AND attempt > 0"
 
 
 def utcnow() -> datetime:

@@ -20,6 +20,7 @@ from ftctl.models.events import EventQueries
 from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
 from ftctl.models.rehomes import RehomeQueries
 from ftctl.models.schema import StoreError, redact_url as _redact_url, utcnow
+from ftctl.models.ticks import TICK_COLUMNS, TickQueries  # noqa: F401 - TICK_COLUMNS re-exported
 from ftctl.models.tables import SCHEMA_HEAD, Attempt, Evaluation, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
 # a fixed advisory-lock key on PostgreSQL: "a schema migration is running"
@@ -27,16 +28,7 @@ _PG_MIGRATE_KEY = 0x6674636D  # "ftcm"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-# what the tick loads of each job, in this order: plain columns (the decision
-# step's JobView, the ids of the jobs a downstream job waits for in place of
-# their views; the few jobs a provider call acts on are read again whole)
-TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "provider_job_id", "intent_at",
-                "not_before", "created_at", "cancel_pending", "reason_code", "reason_args", "provider_status",
-                "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion", "fallbacks",
-                "fallback_after")
-
-
-class Store(EventQueries, EvaluationQueries, RehomeQueries, DeletionQueries):
+class Store(EventQueries, EvaluationQueries, RehomeQueries, DeletionQueries, TickQueries):
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -198,52 +190,6 @@ class Store(EventQueries, EvaluationQueries, RehomeQueries, DeletionQueries):
         with self.engine.connect() as conn:
             rows = conn.exec_driver_sql(sql).fetchall()
         return dict(sorted({agent: model for agent, model, _ in rows}.items()))
-
-    def jobs_to_reconcile(self, active_states: Sequence[str], open_promotions: Sequence[str] = ()) -> list[tuple]:
-        """Jobs not finished, finished ones with a cancel still owed to the
-        provider, and succeeded ones whose model's promotion is still open:
-        tuples of TICK_COLUMNS, by id. Indexed queries (finished jobs done with
-        are never read), their values converted here rather than by the ORM:
-        a tick reads every unfinished job."""
-        import json
-
-        if not all(s.isidentifier() for s in (*active_states, *open_promotions)):
-            raise ValueError(f"not a state: {active_states!r} {open_promotions!r}")
-        states = ", ".join(f"'{s}'" for s in active_states)
-        cols = ", ".join(TICK_COLUMNS)
-        sql = (f"SELECT {cols} FROM jobs WHERE state IN ({states}) UNION ALL "
-               f"SELECT {cols} FROM jobs WHERE cancel_pending AND state NOT IN ({states})")
-        if open_promotions:
-            promotions = ", ".join(f"'{p}'" for p in open_promotions)
-            sql += (f" UNION ALL SELECT {cols} FROM jobs WHERE promotion IN ({promotions}) "
-                    f"AND state NOT IN ({states}) AND NOT cancel_pending")
-        sql += " ORDER BY id"
-        decoded: dict[Any, Any] = {None: None}  # the same few reasons repeat over thousands of waiting jobs
-        when = datetime.fromisoformat
-        with self.engine.connect() as conn:
-            raw = conn.exec_driver_sql(sql).fetchall()
-        out = []
-        for (job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at, cancel,
-             code, args, status, cost, error, model_job_id, upstream, promotion, fallbacks, fallback_after) in raw:
-            if isinstance(args, (str, bytes)):
-                if args not in decoded:
-                    decoded[args] = json.loads(args)
-                args = decoded[args]
-            if isinstance(upstream, (str, bytes)):
-                upstream = json.loads(upstream)
-            upstream = tuple(upstream) if upstream else ()
-            if isinstance(fallbacks, (str, bytes)):
-                fallbacks = json.loads(fallbacks)
-            # the providers it may move to, by name (the shell reads the rest when it moves)
-            fallbacks = tuple(f["provider"] for f in fallbacks) if fallbacks else ()
-            if isinstance(created_at, str):  # SQLite keeps times as text
-                intent_at = when(intent_at) if intent_at else None
-                not_before = when(not_before) if not_before else None
-                created_at = when(created_at)
-            out.append((job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at,
-                        bool(cancel), code, args, status, cost, error, model_job_id, upstream, promotion,
-                        fallbacks, fallback_after))
-        return out
 
     def spent_since(self, since: datetime) -> float:
         """What succeeded jobs finished since `since` cost (the provider's

@@ -14,13 +14,14 @@ from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects, and the states a twin is refused
 # in, live in models.schema (importable without SQLModel)
-from ftctl.models.schema import LIVE_STATES, SCHEMA_HEAD  # noqa: F401, E402
+from ftctl.models.schema import HELD_SQL, LIVE_STATES, SCHEMA_HEAD, TRIED_SQL  # noqa: F401, E402
 
 _LIVE = text("state IN ('prepared', 'queued', 'running', 'succeeded')")
 _MODELS = text("state = 'succeeded' AND promotion = 'promoted' AND fine_tuned_model IS NOT NULL")
 _CANCEL = text("cancel_pending")
 _OWED = text("delivered_at IS NULL")
 _FAILING = text("delivered_at IS NULL AND last_error IS NOT NULL")
+_WAITING, _HELD, _TRIED = text("state = 'prepared'"), text(HELD_SQL), text(TRIED_SQL)
 
 
 def job_identity(agent: str, provider: str, model: str, content_hash: str, hyperparameters: dict[str, Any],
@@ -46,7 +47,14 @@ class Job(SQLModel, table=True):
                       Index("ix_jobs_state_updated", "state", "updated_at"),
                       Index("ix_jobs_promoted", "agent", "promoted_at", sqlite_where=_MODELS,
                             postgresql_where=_MODELS),
-                      Index("ix_jobs_cancel_pending", "id", sqlite_where=_CANCEL, postgresql_where=_CANCEL))
+                      Index("ix_jobs_cancel_pending", "id", sqlite_where=_CANCEL, postgresql_where=_CANCEL),
+                      # the tick (migration 0011): each provider's line of waiting jobs in order, read
+                      # only as far as admission goes (and counted in the index alone); the waiting
+                      # jobs held for a reason of their own; those that have had an attempt
+                      Index("ix_jobs_line", "provider", "created_at", "id", "reason_code", "estimated_cost", "state",
+                            sqlite_where=_WAITING, postgresql_where=_WAITING),
+                      Index("ix_jobs_held", "id", sqlite_where=_HELD, postgresql_where=_HELD),
+                      Index("ix_jobs_tried", "attempt", sqlite_where=_TRIED, postgresql_where=_TRIED))
 
     id: Optional[int] = Field(default=None, primary_key=True)
     agent: str = Field(index=True)
@@ -327,6 +335,10 @@ class ProviderState(SQLModel, table=True):
     # what the last tick's admission saw, for "2/2 busy" in status lines
     slots_used: Optional[int] = None
     slots_limit: Optional[int] = None
+    # why its line of waiting jobs does not move, as the last tick saw it (a
+    # reason: engine.reasons); a job in line is shown with it (engine.reasons.shown)
+    line_code: Optional[str] = None
+    line_args: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class QuoteJob(SQLModel, table=True):

@@ -112,11 +112,22 @@ def job_from_listing(data: dict[str, Any]) -> ProviderJob:
             detailed = False
     meta = get("metadata")
     created = get("created_at")
+    at = _CREATED.get(created) if created is not None else None
+    if at is None and created is not None:
+        if len(_CREATED) >= _CREATED_KEPT:
+            _CREATED.clear()
+        at = _CREATED[created] = _EPOCH + timedelta(seconds=created)
     return ProviderJob(
         data["id"], MISTRAL_STATUS.get(raw, "queued"), raw, get("suffix"), get("model"), get("fine_tuned_model"),
-        failure, message, _EPOCH + timedelta(seconds=created) if created is not None else None,
-        get("trained_tokens"), meta.get("cost") if type(meta) is dict else None, detailed,
+        failure, message, at, get("trained_tokens"), meta.get("cost") if type(meta) is dict else None, detailed,
     )
+
+
+# a creation time (epoch seconds) as a datetime, kept from one listing to the
+# next: the same jobs are listed every tick, and their times were half of
+# reading a listed job (issue 18.8); bounded, started afresh when full
+_CREATED: dict[Any, datetime] = {}
+_CREATED_KEPT = 200_000
 
 
 def _unset(value: Any) -> Any:

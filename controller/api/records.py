@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from ftctl.controller.engine.reasons import Live, render
+from ftctl.controller.engine.reasons import Live, Reason, render, shown
 from ftctl.models.schema import utcnow
 
 
@@ -16,10 +16,11 @@ def iso(at: datetime | None) -> str | None:
 
 
 def live_facts(source: Any, config: Any, now: datetime | None = None) -> Live:
-    """The numbers a waiting job's reason shows, as they are now: slots busy
-    per provider (as the last tick saw them) and money left in the budget.
-    `source`: a Store or a models.reads.Reads. Each is read only when a
-    reason shown needs it."""
+    """The facts a waiting job's reason is shown with, as they are now:
+    slots busy and why each line does not move (as the last tick saw them),
+    money left in the budget and its answer for an estimate, the providers
+    configured. `source`: a Store or a models.reads.Reads. Each is read only
+    when a reason shown needs it."""
     if source is None:
         return Live()
 
@@ -39,16 +40,36 @@ def live_facts(source: Any, config: Any, now: datetime | None = None) -> Live:
         return Budget(caps.per_job, caps.total, source.spent_in(at - timedelta(seconds=caps.period), at)).left(
             source.committed())
 
-    return Live(slots=slots, budget_left=left)
+    def lines() -> dict[str, Reason]:
+        if hasattr(source, "lines"):
+            return {name: Reason(code, args) for name, (code, args) in source.lines().items()}
+        return {name: Reason(s.line_code, s.line_args or {}) for name, s in source.provider_states().items()
+                if s.line_code is not None}
+
+    def refusal(cost: float | None) -> Reason | None:
+        from ftctl.controller.engine.policy import Budget
+
+        caps = config.budget
+        if caps.per_job is None and caps.total is None:
+            return None
+        return Budget(caps.per_job, caps.total).refuse(cost, live.budget_left)
+
+    live = Live(slots=slots, budget_left=left, lines=lines, refusal=refusal,
+                providers=frozenset(config.providers) if config is not None else None)
+    return live
 
 
 def reason_text(job: Any, live: Live | None = None) -> str | None:
-    return render(job.reason_code, job.reason_args, live)
+    """A job's reason in one line; a waiting job in line is shown with its
+    provider's line and the budget as they are now (engine.reasons.shown)."""
+    reason = shown(job, live)
+    return reason.text(live) if reason is not None else None
 
 
 def job_dict(job: Any, now: datetime | None = None, live: Live | None = None) -> dict[str, Any]:
     """A stored job (the ORM's Job or a models.reads.JobRow) as plain data."""
     now = now or utcnow()
+    reason = shown(job, live)
     return {
         "job_id": job.id,  # a job is `job_id` in every record (events, logs, models, submit results)
         "agent": job.agent,
@@ -57,8 +78,8 @@ def job_dict(job: Any, now: datetime | None = None, live: Live | None = None) ->
         "state": job.state,
         "attempt": job.attempt,
         "age_seconds": int((now - job.created_at).total_seconds()),
-        "reason": reason_text(job, live),
-        "reason_code": job.reason_code,
+        "reason": reason.text(live) if reason is not None else None,
+        "reason_code": reason.code if reason is not None else None,
         "fine_tuned_model": job.fine_tuned_model,
         "provider_job_id": job.provider_job_id,
         "provider_status": job.provider_status,

@@ -319,7 +319,14 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     spent = store.spent_in(since, now) if store else 0.0
     committed = store.committed() if store else 0.0
     waiting = list(store.jobs(states=["prepared"])) if store else []
-    over = [j for j in waiting if (j.reason_code or "").startswith("budget")]
+    if store:  # a job in line no tick read yet is shown with the budget as it is now
+        from ftctl.controller.engine.reasons import shown
+        from ftctl.records import live_facts
+
+        live = live_facts(store, config, now)
+        over = [j for j in waiting if (r := shown(j, live)) is not None and r.code.startswith("budget")]
+    else:
+        over = []
     if store:
         store.close()
     left = Budget(caps.per_job, caps.total, spent).left(committed)

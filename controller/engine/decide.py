@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ftctl.controller.engine.decisions import (UNCHANGED, CancelAtProvider, CancelQuote, Decision, Evaluate,
-                                               ForgetUpload, GateView, JobView, Move, Note, Promote, ProviderUpdate,
+                                               ForgetUpload, GateView, JobView, Line, Move, Note, Promote, ProviderUpdate,
                                                ProviderView, QuoteSettled, Slots, Submit, Transition, UpstreamView)
 from ftctl.controller.engine import fallback
 from ftctl.controller.engine.gate import decide_promotions
@@ -37,11 +37,7 @@ def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: dat
     jobs = list(jobs)
     gates = gates or {}
     budget = budget or Budget()
-    committed = 0.0
-    if budget.total is not None:
-        committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
-        committed += sum(gates[j.id].estimate for j in jobs if j.promotion == EVALUATING and j.id in gates)
-    money = _Money(budget, budget.left(committed))
+    money = _Money(budget, money_left(jobs, budget, gates))
     out: list[Decision | None] = []
     grouped: dict[str, list[JobView]] = {}
     for job in jobs:
@@ -62,10 +58,24 @@ def decide(jobs: Iterable[JobView], providers: dict[str, ProviderView], now: dat
             continue
         out.extend(_ProviderStep(group, pv, now, policy, rng, money, gated).run())
     for name, pv in providers.items():
-        if name not in grouped and pv.jobs is not None:
-            out.extend(_quotes(pv))
+        if name not in grouped:  # none of its jobs read: its line (if any) still gets its reason
+            out.extend(_ProviderStep((), pv, now, policy, rng, money, gated).run())
     out.extend(decide_promotions([j for j in jobs if j.state == SUCCEEDED], gates, now, money))
     return [d for d in out if d is not None]
+
+
+def money_left(jobs: Sequence[JobView], budget: Budget | None,
+               gates: dict[int, GateView] | None = None) -> float | None:
+    """What is left to commit before this tick admits anything (None: no
+    total cap): what queued and running jobs and evaluations under way hold
+    counts as spent. The shell reads a line only within
+    `budget.ceiling(money_left(...))`: a job above it is refused anyway."""
+    budget, gates = budget or Budget(), gates or {}
+    if budget.total is None:
+        return None
+    committed = sum(j.estimated_cost or 0.0 for j in jobs if j.state in IN_FLIGHT)
+    committed += sum(gates[j.id].estimate for j in jobs if j.promotion == EVALUATING and j.id in gates)
+    return budget.left(committed)
 
 
 def _upstream(job: JobView) -> tuple[bool, Decision | None]:
@@ -152,7 +162,7 @@ class _ProviderStep:
         waiting = any(j.state == PREPARED for j in self.jobs)
         limit, _probe = effective_limit(pv, self.now, self.policy, waiting=waiting)
         if self.capacity_hit:
-            still_active = sum(1 for pj in pv.jobs if pj.active and pj.id not in pv.quote_ids)
+            still_active = len(pv.active() - pv.quote_ids)
             learned = max(1, min(pv.configured_limit, still_active))
             hold = pv.probe_hold or self.policy.capacity_hold
             # a rejection while a limit was known already is a probe that found no room
@@ -176,8 +186,11 @@ class _ProviderStep:
         if err is not None:
             self.out.append(pause_for(err, self.pv.name, self.now, self.policy))
         reason = error_reason(err)
+        self.out.append(Line(self.pv.name, reason))
         for job in self.jobs:
             handled, moved = fallback.waiting(job, self.pv, self.now) if job.state == PREPARED else (False, None)
+            if not handled and job.state == PREPARED and job.not_before and self.now < job.not_before:
+                continue  # its reason says until when it backs off
             if job.state != CANCELLED:
                 self.out.append(moved if handled else note_if_changed(job, reason))
         return self.out
@@ -276,8 +289,11 @@ class _ProviderStep:
         pv = self.pv
         ids = {i for i, _ in self.inflight if i}
         tokens = {t for _, t in self.inflight if t}
-        foreign = sum(1 for pj in pv.jobs if pj.active and pj.id not in ids and pj.id not in pv.quote_ids
-                      and (not pj.client_token or pj.client_token not in tokens))
+        others = pv.active() - ids - pv.quote_ids  # set arithmetic: the few not ours are looked at
+        if others and tokens:
+            by_id = {pj.id: pj for pj in pv.jobs if pj.id in others}
+            others = {i for i in others if by_id[i].client_token not in tokens or not by_id[i].client_token}
+        foreign = len(others)
         used = len(self.inflight) + foreign
         waiting = [j for j in self.jobs if j.state == PREPARED]
         waiting.sort(key=lambda j: (j.created_at or self.now, j.id))
@@ -287,6 +303,9 @@ class _ProviderStep:
         if pv.room_short:
             slot = Reason("resources_short", {"provider": pv.name, "message": pv.room_short})
             room = 0
+        resources = Reason("resources", {"provider": pv.name, "need": pv.room_need or "resources"})
+        paused_why = Reason("paused", {"why": pv.paused_why, "message": pv.paused_message})
+        end = pv.line_end
         for job in waiting:
             if job.attempt >= self.policy.max_attempts:
                 why = job.last_error or "no attempts left"
@@ -300,25 +319,37 @@ class _ProviderStep:
             if job.not_before and self.now < job.not_before:
                 continue  # its reason says until when it backs off
             if paused:
-                self.out.append(note_if_changed(job, Reason("paused", {"why": pv.paused_why, "message": pv.paused_message})))
+                self.out.append(note_if_changed(job, paused_why))
                 continue
             over = self.money.refuse(job.estimated_cost)
+            # a job behind the part of the line read (a retried one, read on
+            # its own) waits for those ahead of it, whatever is free
+            behind = end is not None and (job.created_at or self.now, job.id) > end
             if over:
                 self.out.append(note_if_changed(job, over))
-            elif used < limit and (room is None or room > 0):
+            elif used < limit and (room is None or room > 0) and not behind:
                 used += 1
                 room = None if room is None else room - 1
                 self.money.commit(job.estimated_cost)
                 self.out.append(_submit(job))
             else:
                 told_to_wait += 1
-                why = slot if used >= limit or pv.room_short else \
-                    Reason("resources", {"provider": pv.name, "need": pv.room_need or "resources"})
+                why = slot if used >= limit or pv.room_short or behind else resources
                 self.out.append(note_if_changed(job, why))
+        # what a job in line that was not read (or comes later) is shown with
+        if paused:
+            line = paused_why
+        elif used >= limit:
+            line = Reason("slot", {"provider": pv.name})
+        elif pv.room_short or (room is not None and room <= 0):
+            line = slot if pv.room_short else resources
+        else:
+            line = Reason("daemon")  # nothing stops it: the next tick takes the next job
+        self.out.append(Line(pv.name, line))
         self.out.append(Slots(pv.name, used, limit, told_to_wait))
 
 
 __all__ = ["UNCHANGED", "Budget", "CancelAtProvider", "CancelQuote", "Decision", "Evaluate", "ForgetUpload",
-           "GateView", "JobState", "JobView", "Move", "Note", "Policy", "Promote", "ProviderUpdate", "ProviderView",
+           "GateView", "JobState", "JobView", "Line", "Move", "Note", "money_left", "Policy", "Promote", "ProviderUpdate", "ProviderView",
            "QuoteSettled", "Slots", "Submit", "Transition", "UpstreamView", "after_create", "after_upload_error", "backoff_seconds", "begin_submit", "decide",
            "effective_limit", "error_reason", "file_problem", "pause_for", "retry_or_fail"]

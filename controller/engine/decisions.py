@@ -114,6 +114,17 @@ class ProviderView:
     room: int | None = None
     room_need: str | None = None
     room_short: str | None = None
+    # the waiting jobs in line were read only this far (created_at, id): the
+    # ones behind it are not in `jobs` given to the step (None: all of them are)
+    line_end: tuple[datetime, int] | None = None
+    # the ids of the jobs in `jobs` that are active (None: not counted yet)
+    active_ids: frozenset[str] | None = None
+
+    def active(self) -> frozenset[str]:
+        """The ids of the listed jobs that hold a slot at the provider (anyone's, quotes too)."""
+        if self.active_ids is None:
+            return frozenset(pj.id for pj in self.jobs or () if pj.active)
+        return self.active_ids
 
 
 @dataclass(frozen=True)
@@ -270,5 +281,16 @@ class Slots:
     waiting: int  # prepared jobs told to wait for a slot
 
 
+@dataclass(frozen=True)
+class Line:
+    """Why a provider's line of waiting jobs does not move (a slot, its
+    pause, the cluster's resources; "daemon": it does, at the next tick).
+    Stored on the provider's row: a job in line is shown with it
+    (engine.reasons.shown), so the jobs further back are never rewritten."""
+
+    name: str
+    reason: Reason
+
+
 Decision = (Transition | Note | Submit | Move | CancelAtProvider | CancelQuote | QuoteSettled | ForgetUpload
-            | ProviderUpdate | Slots | Promote | Evaluate)
+            | ProviderUpdate | Slots | Line | Promote | Evaluate)

@@ -79,6 +79,7 @@ def create_job(store: Store, *, agent: str, provider: str, model: str, training_
                                   training_files=training_files)
                 job.storage_per_month = storage_per_month or None
                 job.fallbacks, job.fallback_after = fallbacks or None, fallback_after
+                _waits_upstream(s, job)
                 live = s.exec(select(Job).where(Job.identity == job.identity, Job.state.in_(LIVE_STATES))
                               .order_by(Job.id)).first()
                 if live is not None and not force:
@@ -91,6 +92,17 @@ def create_job(store: Store, *, agent: str, provider: str, model: str, training_
         except IntegrityError:
             continue  # another submit stored the same job meanwhile: look again
     raise Twin(store.live_twin(job.identity))
+
+
+def _waits_upstream(session: Any, job: Job) -> None:
+    """A downstream job is stored waiting for its first upstream job not
+    succeeded yet, not in its provider's line: the tick reads the line only
+    as far as it admits, and reads every job held for a reason of its own."""
+    for up_id in job.upstream_job_ids or ():
+        up = session.get(Job, up_id)
+        if up is not None and up.state != SUCCEEDED.value:
+            job.reason_code, job.reason_args = "upstream", {"agent": up.agent, "job": up.id, "state": up.state}
+            return
 
 
 def new_job_row(*, agent: str, provider: str, model: str, training_file: Path, content_hash: str,

@@ -13,7 +13,7 @@ from typing import Any
 from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.states import IN_FLIGHT
 from ftctl.models import ProviderState
-from ftctl.providers.base import P_FAILED, NotFoundError, Provider, ProviderError, ProviderJob, TransientError
+from ftctl.providers.base import ACTIVE, P_FAILED, NotFoundError, Provider, ProviderError, ProviderJob, TransientError
 from ftctl.providers.registry import KINDS
 
 # The provider's listing is read newest first, back to the oldest job that
@@ -116,12 +116,13 @@ class Observation:
             room = provider.room(listing) if KINDS[conf.kind].resources else None
         except Exception as exc:  # noqa: BLE001 - one provider's trouble stays its own
             return self._unobserved(name, exc, base)
-        active = [pj.created_at for pj in listing if pj.active and pj.created_at is not None]
-        self._floors[name] = min(active, default=listed_at)
-        self._live[name] = frozenset(pj.id for pj in listing if pj.active)
+        active = [pj for pj in listing if pj.status in ACTIVE]  # one pass: the step and the lines use it
+        self._floors[name] = min((pj.created_at for pj in active if pj.created_at is not None), default=listed_at)
+        self._live[name] = live = frozenset(pj.id for pj in active)
         if room is not None:
             base.update(room=room.jobs, room_need=room.need, room_short=room.short)
-        return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at, **base)
+        return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at,
+                               active_ids=live, **base)
 
     def _closed(self, name: str, now: datetime) -> str | None:
         """Why `name` takes no new jobs today by its date (providers.lifecycle), or None."""

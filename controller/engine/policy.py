@@ -50,6 +50,15 @@ class Budget:
             return None
         return self.total - self.spent - committed
 
+    def ceiling(self, left: float | None) -> float | None:
+        """The highest estimate `refuse` lets through with `left` to commit
+        (None: any, even none, the budget being off). A job without an
+        estimate never fits an active budget."""
+        if not self.active:
+            return None
+        caps = [c for c in (self.per_job, left) if c is not None]
+        return min(caps) if caps else float("inf")
+
     def refuse(self, cost: float | None, left: float | None) -> Reason | None:
         """Why a job that would cost `cost` may not start, or None."""
         if not self.active:

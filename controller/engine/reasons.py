@@ -29,13 +29,25 @@ class Reason:
 
 
 class Live:
-    """Facts known at display time: (used, limit) per provider, money left.
-    Either may be given as a function, asked the first time a reason needs
-    it: a listing whose jobs wait for nothing reads neither."""
+    """Facts known at display time: (used, limit) per provider, money left,
+    why each provider's line does not move (as the last tick saw it), the
+    budget's answer for an estimate, the providers configured. Each may be
+    given as a function, asked the first time a reason needs it: a listing
+    whose jobs wait for nothing reads none of them."""
 
     def __init__(self, slots: Mapping[str, tuple[int, int]] | Callable[[], Mapping[str, tuple[int, int]]] | None = None,
-                 budget_left: float | None | Callable[[], float | None] = None):
-        self._slots, self._budget_left = slots, budget_left
+                 budget_left: float | None | Callable[[], float | None] = None,
+                 lines: Mapping[str, Reason] | Callable[[], Mapping[str, Reason]] | None = None,
+                 refusal: Callable[[float | None], Reason | None] | None = None,
+                 providers: frozenset[str] | None = None):
+        self._slots, self._budget_left, self._lines = slots, budget_left, lines
+        self.refusal, self.providers = refusal, providers
+
+    @property
+    def lines(self) -> Mapping[str, Reason]:
+        if callable(self._lines):
+            self._lines = self._lines()
+        return self._lines or {}
 
     @property
     def slots(self) -> Mapping[str, tuple[int, int]]:
@@ -48,6 +60,39 @@ class Live:
         if callable(self._budget_left):
             self._budget_left = self._budget_left()
         return self._budget_left
+
+
+# A waiting job in its provider's line carries one of these codes: why the
+# line does not move, or why its estimate does not fit the budget. The tick
+# reads a line only as far as admission goes, so a job further back keeps
+# what it was told last (at first "daemon"): it is shown as the line and the
+# money are now (`shown`). models.schema.IN_LINE_CODES names the same codes.
+IN_LINE = frozenset({"daemon", "slot", "paused", "unreachable", "unobserved", "unknown_provider", "budget_left",
+                     "budget_cap", "budget_no_estimate", "resources", "resources_short"})
+# a line stopped for its whole provider: no job in it goes, whatever it costs
+_STOPPED = frozenset({"paused", "unreachable", "unobserved"})
+
+
+def shown(job: Any, live: "Live | None") -> Reason | None:
+    """The reason a stored job is shown with: its own, or for a waiting job
+    in line, its provider's line as the last tick saw it (stopped for the
+    whole provider; else the budget's answer for its estimate; else what it
+    waits for in line). "daemon": no tick has looked at the provider yet."""
+    code = job.reason_code
+    if code is None:
+        return None
+    own = Reason(code, job.reason_args or {})
+    if live is None or job.state != "prepared" or code not in IN_LINE:
+        return own
+    if live.providers is not None and job.provider not in live.providers:
+        return Reason("unknown_provider", {"provider": job.provider})
+    line = live.lines.get(job.provider)
+    if line is None:
+        return own
+    if line.code in _STOPPED:
+        return line
+    refused = live.refusal(job.estimated_cost) if live.refusal is not None else None
+    return refused or line
 
 
 def clock_text(at: datetime | str) -> str:

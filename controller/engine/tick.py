@@ -27,6 +27,7 @@ from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire
 from ftctl.controller.engine.policy import Budget, Policy
 from ftctl.controller.engine.states import (PROMOTION_OPEN, STATES, SUCCEEDED, TERMINAL, UNFINISHED,
                                            InvalidTransition)
+from ftctl.controller.engine.lines import Lines
 from ftctl.controller.engine.observe import LISTING_MARGIN, LISTING_WINDOW, Observation  # noqa: F401
 from ftctl.controller.engine.moving import Moves, pause_clock
 from ftctl.controller.engine.submission import Submission
@@ -74,7 +75,7 @@ def _no_guard() -> None:
     return None
 
 
-class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
+class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
     def __init__(self, config: Config, store: Store, providers: dict[str, Provider] | None = None, *,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
                  logger: Any = None, should_stop: Callable[[], bool] = _never,
@@ -178,7 +179,7 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
         now = self.clock()
         self._active = {}
         self._eval_until = None  # engine.evaluation: this tick's time for questions starts at the first
-        rows = self.store.jobs_to_reconcile(list(UNFINISHED), list(PROMOTION_OPEN))
+        rows = self.store.jobs_to_reconcile(list(UNFINISHED), list(PROMOTION_OPEN), self.policy.max_attempts)
         quotes = self.store.pending_quotes()
         if only is not None:
             rows = [r for r in rows if r[2] in only]  # TICK_COLUMNS: provider is the third
@@ -191,7 +192,9 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
         for v in views:
             if v.state != SUCCEEDED:
                 mine.setdefault(v.provider, []).append(v)
-        for name in sorted(set(mine) | set(quotes)):
+        lined = self.store.lined_providers(sorted(n for n in self.config.providers if (only is None or n in only)
+                                                  and n not in mine and n not in quotes))
+        for name in sorted(set(mine) | set(quotes) | lined):
             if name in self.config.providers:
                 observed[name] = self._observe(name, mine.get(name, []), states.get(name), quotes.get(name, ()),
                                                quote_times.get(name), now)
@@ -199,8 +202,11 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
         gated = frozenset(name for name, agent in self.config.agents.items()
                           if agent.evaluation is not None) | self.store.rehoming_agents()
         open_rows = self._open_promotions(views)
-        decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now),
-                              self._gates(list(open_rows.values())), gated)
+        gates = self._gates(list(open_rows.values()))
+        budget = self._budget(now)
+        left = rc.money_left(views, budget, gates)
+        views = self._read_lines(views, observed, budget.ceiling(left) if budget else None)
+        decisions = rc.decide(views, observed, now, self.policy, self.rng, budget, gates, gated)
         by_id: dict[int, Any] = {v.id: v for v in views}
         by_id.update(open_rows)
         result = TickResult(at=now, decisions=len(decisions))
@@ -211,14 +217,14 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
         for decision in decisions:
             if isinstance(decision, rc.Slots):
                 result.slots[decision.name] = decision
-            if isinstance(decision, (rc.Note, rc.Slots, rc.ProviderUpdate)):
+            if isinstance(decision, (rc.Note, rc.Slots, rc.ProviderUpdate, rc.Line)):
                 continue
             if self.should_stop():
                 self.log.info("tick cut short by a stop request")
                 break
             self._apply(decision, by_id, now)
         result.states = Counter(self.store.count_by_state())
-        result.waiting_for_slot = self.store.count_waiting("slot")
+        result.waiting_for_slot = self._waiting_for_slot(decisions, by_id, states, budget, left)
         result.promotions_open = self.store.count_open_promotions(list(PROMOTION_OPEN))
         self._export()
         return result
@@ -263,14 +269,15 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
         notes = [d for d in decisions if isinstance(d, rc.Note)]
         updates = [d for d in decisions if isinstance(d, rc.ProviderUpdate)
                    and not self._same(states.get(d.name), d.changes())]
-        slots = [d for d in decisions if isinstance(d, rc.Slots)
-                 and not self._same(states.get(d.name), {"slots_used": d.used, "slots_limit": d.limit})]
-        if not (notes or updates or slots):
+        facts = [(d.name, {"slots_used": d.used, "slots_limit": d.limit}) for d in decisions if isinstance(d, rc.Slots)]
+        facts += [(d.name, {"line_code": d.reason.code, "line_args": dict(d.reason.args)}) for d in decisions
+                  if isinstance(d, rc.Line)]
+        facts = [(name, changes) for name, changes in facts if not self._same(states.get(name), changes)]
+        if not (notes or updates or facts):
             return
         with self.store.write() as s:
             note_many_in(self.store, s, notes, now)
-            for name, changes in [(d.name, d.changes()) for d in updates] + [
-                    (d.name, {"slots_used": d.used, "slots_limit": d.limit}) for d in slots]:
+            for name, changes in [(d.name, d.changes()) for d in updates] + facts:
                 row = s.get(ProviderState, name) or ProviderState(name=name)
                 for key, value in changes.items():
                     setattr(row, key, value)

@@ -292,7 +292,7 @@ def test_no_note_when_nothing_changed():
     jobs = [job(1, "queued", provider_job_id="p1", reason=Reason("queued_at", {"status": "QUEUED"}),
                 provider_status="QUEUED")]
     out = decide(jobs, view([pj("p1", "queued")]))
-    assert [d for d in out if not isinstance(d, rc.Slots)] == []
+    assert [d for d in out if not isinstance(d, (rc.Slots, rc.Line))] == []
 
 
 def test_admission_reports_slots_in_use_and_allowed():

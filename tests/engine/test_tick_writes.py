@@ -13,7 +13,10 @@ from ftctl.controller.engine.jobs import create_job, file_sha256, note_many
 from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.models import Store
+from ftctl.controller.engine.lines import LINE_MARGIN
+from ftctl.models.schema import HELD_SQL, IN_LINE_SQL, TRIED_SQL
 from ftctl.models.store import TICK_COLUMNS
+from ftctl.records import live_facts, reason_text
 from tests.conftest import reason_of, write_config, write_training_file
 
 
@@ -50,11 +53,13 @@ def test_a_ticks_notes_are_one_write_transaction_and_an_idle_tick_writes_nothing
     ticker.tick()
     _more_jobs(store, tmp_path, 300)
     writes = Writes(store)
-    result = ticker.tick()  # 300 jobs told to wait for a slot
+    result = ticker.tick()  # 300 jobs wait for a slot: the head of the line is told so, the rest shown so
     assert writes.count == 1
     assert result.waiting_for_slot == 300
     waiting = [j for j in store.list_jobs() if j.agent.startswith("bulk")]
-    assert {reason_of(j) for j in waiting} == {"waiting for a slot (all busy on sim)"}
+    told = [j for j in waiting if j.reason_code == "slot"]
+    assert len(told) == LINE_MARGIN and told == waiting[:LINE_MARGIN]  # the oldest, and only as many as read
+    assert {reason_text(j, live_facts(store, config)) for j in waiting} == {"waiting for a slot (2/2 busy on sim)"}
     writes.count = 0
     clock.advance(5)
     ticker.tick()  # nothing changed
@@ -101,12 +106,31 @@ def test_the_tick_loads_plain_columns_without_finished_jobs(tmp_path, clock):
         conn.exec_driver_sql("UPDATE jobs SET state = 'succeeded' WHERE agent = 'qa'")
         conn.commit()
     rows = store.jobs_to_reconcile(["prepared", "queued", "running"])
-    assert [JobView(*r).agent for r in rows] == ["legal"]
+    assert rows == []  # legal waits in its provider's line: read by line_head, as far as admission goes
+    assert [JobView(*r).agent for r in store.line_head("sim", 10)] == ["legal"]
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("UPDATE jobs SET reason_code = 'backoff' WHERE agent = 'legal'")
+        conn.commit()
+    rows = store.jobs_to_reconcile(["prepared", "queued", "running"])
+    assert [JobView(*r).agent for r in rows] == ["legal"] and store.line_head("sim", 10) == []
     cols = ", ".join(TICK_COLUMNS)
     with store.engine.connect() as conn:
         plans = [conn.exec_driver_sql(f"EXPLAIN QUERY PLAN SELECT {cols} FROM jobs WHERE {where}").fetchall()
-                 for where in ("state IN ('prepared', 'queued', 'running')",
-                               "cancel_pending AND state NOT IN ('prepared', 'queued', 'running')")]
-    assert all(any("USING INDEX" in str(step) for step in plan) for plan in plans), plans
+                 for where in ("state IN ('queued', 'running')",
+                               "cancel_pending AND state NOT IN ('prepared', 'queued', 'running')",
+                               HELD_SQL, f"{TRIED_SQL} AND attempt >= 5 AND {IN_LINE_SQL}",
+                               f"state = 'prepared' AND provider = 'sim' AND {IN_LINE_SQL} ORDER BY created_at, id")]
+        plans.append(conn.exec_driver_sql(f"EXPLAIN QUERY PLAN SELECT count(*) FROM jobs WHERE state = 'prepared' "
+                                          f"AND provider = 'sim' AND {IN_LINE_SQL}").fetchall())
+    assert all(any("USING INDEX" in str(step) or "USING COVERING INDEX" in str(step) for step in plan)
+               for plan in plans), plans
+    assert not any("TEMP B-TREE" in str(step) for plan in plans for step in plan), plans
+    # the tick's own union: the waiting jobs held or out of attempts by their own indexes, never
+    # by the state index (which would walk every waiting job)
+    with store.engine.connect() as conn:
+        plan = str(conn.exec_driver_sql("EXPLAIN QUERY PLAN " + store.reconcile_sql(
+            ["prepared", "queued", "running"], ["candidate"], 5)).fetchall())
+    assert "ix_jobs_held" in plan and "ix_jobs_tried" in plan and "TEMP B-TREE" not in plan, plan
+    assert "COVERING INDEX ix_jobs_line" in str(plans[-1])  # the line is counted in the index alone
     ticker.close()
     store.close()

@@ -71,7 +71,7 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
     path = db.split(":///", 1)[1]
     with sqlite3.connect(path) as c:
         for index in ("ix_jobs_promoted", "ix_jobs_state_updated", "ix_jobs_cancel_pending", "ix_log_cursors_open",
-                      "ix_outbox_owed", "ix_outbox_failing"):
+                      "ix_outbox_owed", "ix_outbox_failing", "ix_jobs_line", "ix_jobs_held", "ix_jobs_tried"):
             c.execute(f"DROP INDEX {index}")
         c.execute("ALTER TABLE log_cursors DROP COLUMN thinned_at")  # 0010
         c.execute("ALTER TABLE evaluations DROP COLUMN compare_provider")  # 0011
@@ -80,6 +80,8 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
         for table, column in (("jobs", "fallbacks"), ("jobs", "fallback_after"), ("provider_state", "paused_since")):
             c.execute(f"ALTER TABLE {table} DROP COLUMN {column}")  # 0012
         c.execute("DROP TABLE deletions")  # 0013
+        for column in ("line_code", "line_args"):  # 0014
+            c.execute(f"ALTER TABLE provider_state DROP COLUMN {column}")
         c.execute("UPDATE alembic_version SET version_num = '0008'")
     reads = open_reads(db)
     assert len(reads.promoted_models()) == 40

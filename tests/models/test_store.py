@@ -116,3 +116,16 @@ def test_the_daemon_probe_sees_a_holder_without_taking_the_lock(tmp_path):
     assert other.daemon_holder() is None
     other.close()
     store.close()
+
+
+def test_the_waiting_lines_indexes_are_the_same_from_the_migration_and_the_models(tmp_path):
+    from sqlalchemy import create_engine
+
+    Store(f"sqlite:///{tmp_path / 'migrated.db'}").close()
+    SQLModel.metadata.create_all(create_engine(f"sqlite:///{tmp_path / 'models.db'}"))
+    sql = {}
+    for name in ("migrated", "models"):
+        with sqlite3.connect(tmp_path / f"{name}.db") as c:
+            sql[name] = {n: " ".join(s.replace('"', "").split()) for n, s in c.execute(
+                "SELECT name, sql FROM sqlite_master WHERE name IN ('ix_jobs_line', 'ix_jobs_held', 'ix_jobs_tried')")}
+    assert len(sql["migrated"]) == 3 and sql["migrated"] == sql["models"]
