@@ -191,8 +191,8 @@ def test_a_bad_agent_name_is_refused_wherever_it_enters(make_config, tmp_path):
                 ("agents", good + f'\n[agents.{quoted}]\nprovider = "sim"\nmodel = "open-mistral-7b"\n'
                                   f'training_file = "data/qa.jsonl"\n'),
                 ("agents.qa.depends_on", good + f"depends_on = [{quoted}]\n"),
-                ("agents.qa.model", good.replace('model = "open-mistral-7b"', f"model = {json.dumps('@' + name)}")
-                 + f"depends_on = [{quoted}]\n")):
+                # an "@name" model alone: with depends_on beside it, the list is checked first
+                ("agents.qa.model", good.replace('model = "open-mistral-7b"', f"model = {json.dumps('@' + name)}"))):
             cfg.write_text(text)
             for args in (["submit", "--all"], ["status"]):
                 one_line_error(run_ftctl(*args, config=cfg, cwd=tmp_path), f"{cfg}: {where}: {name!r} {RULE}")
