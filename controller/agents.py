@@ -59,7 +59,9 @@ class EvalConfig(Section):
     command: list[str] | None = None
     # the candidate's score minus the comparison's, at least (0.08: 8 points)
     min_improvement: float = Field(default=0.01, ge=-1, le=1)
-    # "base": the model the job trained from; or another model id
+    # "base": the model the job trained from; "promoted": the agent's promoted
+    # model, asked on its own provider (what `ftctl rehome` proves parity
+    # with; min_improvement = -0.02: at most 2 points worse); or a model id
     compare_to: str = Field(default="base", min_length=1)
     concurrency: int = Field(default=4, ge=1, le=64)
     max_tokens: int = Field(default=512, ge=1, le=32768)

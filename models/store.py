@@ -17,6 +17,7 @@ from sqlmodel import Session, create_engine, func, select
 from ftctl.models.evaluations import EvaluationQueries
 from ftctl.models.events import EventQueries
 from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
+from ftctl.models.rehomes import RehomeQueries
 from ftctl.models.schema import StoreError, redact_url as _redact_url, utcnow
 from ftctl.models.tables import SCHEMA_HEAD, Attempt, Evaluation, Job, JobEvent, ProviderState, QuoteJob, UploadedFile
 
@@ -33,7 +34,7 @@ TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "
                 "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion")
 
 
-class Store(EventQueries, EvaluationQueries):
+class Store(EventQueries, EvaluationQueries, RehomeQueries):
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")

@@ -109,6 +109,9 @@ class Evaluation(SQLModel, table=True):
     examples: int
     candidate_model: str
     compare_model: str
+    # the provider the comparison model answers on, when it is not the job's
+    # (a re-homed model is compared with the promoted one on its old provider)
+    compare_provider: Optional[str] = None
     min_improvement: float
     estimated_cost: float = 0.0
     started_at: datetime = Field(sa_type=DateTime)
@@ -136,6 +139,41 @@ class EvalAnswer(SQLModel, table=True):
     answer: str
     score: float
     at: datetime = Field(sa_type=DateTime)
+
+
+class Rehome(SQLModel, table=True):
+    """`ftctl rehome`: a job that trains an agent's promoted spec on another
+    provider, promoted only on parity with the model it replaces."""
+
+    __tablename__ = "rehomes"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", unique=True)
+    agent: str = Field(index=True)
+    # the promoted job it replaces, its model and the provider that answers for it
+    from_job_id: int
+    from_model: str
+    from_provider: str
+    metric: str
+    min_improvement: float
+    # prompts whose expected answers are the promoted model's (GoldenAnswer), or None: the agent's eval file
+    golden: Optional[int] = None
+    # which hyperparameters were kept, renamed or dropped, in words
+    mapping: Optional[str] = None
+    created_at: datetime = Field(sa_type=DateTime)
+
+
+class GoldenAnswer(SQLModel, table=True):
+    """One prompt of a re-home's golden set and the promoted model's answer to it."""
+
+    __tablename__ = "golden_answers"
+    __table_args__ = (UniqueConstraint("rehome_id", "example"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    rehome_id: int = Field(foreign_key="rehomes.id", index=True)
+    example: int
+    prompt: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    expected: str
 
 
 def new_event_id() -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.delivery import Delivery
+from ftctl.rehome import Rehoming
 
 if TYPE_CHECKING:  # pragma: no cover
     from ftctl.controller.config import Config
@@ -95,7 +96,7 @@ def open(config: str | Path | None = None) -> "Ftctl":  # noqa: A001 - ftctl.ope
         raise BadInput(str(exc)) from None
 
 
-class Ftctl(Delivery):
+class Ftctl(Delivery, Rehoming):
     def __init__(self, config: "Config"):
         self.config = config
         self._store: "Store | None" = None

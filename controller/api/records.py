@@ -89,6 +89,7 @@ def evaluation_dict(ev: Any, answered: int = 0) -> dict[str, Any]:
     """The gate's run: both scores, n, and the improvement against what was needed."""
     return {"metric": ev.metric, "file": ev.file, "n": ev.examples, "answered": answered,
             "candidate_model": ev.candidate_model, "compare_model": ev.compare_model,
+            "compare_provider": ev.compare_provider,  # where the comparison answered, when not the job's provider
             "candidate_score": ev.candidate_score, "compare_score": ev.compare_score,
             "improvement": ev.improvement, "min_improvement": ev.min_improvement,
             "estimated_cost": ev.estimated_cost, "started_at": iso(ev.started_at),

@@ -62,7 +62,8 @@ def evaluation_text(ev: dict) -> str:
         state = f"error: {ev['error']}" if ev["error"] else f"{ev['answered']}/{2 * ev['n']} answers so far"
         return f"{ev['metric']} on n={ev['n']} examples, {state} (estimate ${ev['estimated_cost']:.4f})"
     return (f"{ev['metric']} on n={ev['n']} examples: candidate {ev['candidate_score']:.2f}, "
-            f"{ev['compare_model']} {ev['compare_score']:.2f}; improvement {ev['improvement']:+.2f} "
+            f"{ev['compare_model']}{' on ' + ev['compare_provider'] if ev.get('compare_provider') else ''} "
+            f"{ev['compare_score']:.2f}; improvement {ev['improvement']:+.2f} "
             f"(needed {ev['min_improvement']:+.2f})")
 
 

@@ -30,11 +30,17 @@ from ftctl.controller.engine.jobs import note_many
 from ftctl.controller.engine.policy import backoff_seconds
 from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.states import CANDIDATE, EVALUATING
-from ftctl.models import Evaluation, Job
+from ftctl.models import Evaluation, Job, Rehome
 from ftctl.providers.base import NotFoundError, PermanentError, ProviderError
 from ftctl.providers.registry import KINDS
 
 SCORER_TIMEOUT = 60.0
+# an evaluation whose examples are a re-home's golden set names it so (not a file)
+GOLDEN = "golden:"
+
+
+def golden_file(rehome_id: int) -> str:
+    return f"{GOLDEN}{rehome_id}"
 
 
 class EvalFileError(Exception):
@@ -171,16 +177,45 @@ class Evaluations:
         open_rows = [r for r in rows if r.state == "succeeded" and r.promotion in (CANDIDATE, EVALUATING)]
         runs = self.store.evaluations([r.id for r in open_rows if r.promotion == EVALUATING])
         progress = self.store.eval_progress([e.id for e in runs.values()])
+        rehomes = self.store.rehomes([r.id for r in open_rows])
         out: dict[int, GateView] = {}
         for row in open_rows:
-            conf = self._gate_config(row.agent)
+            conf = self._job_gate(row, rehomes.get(row.id))
             if conf is None:
                 out[row.id] = GateView(row.id, configured=False)
             elif row.promotion == EVALUATING:
                 out[row.id] = self._running_gate(row, runs.get(row.id), progress)
             else:
-                out[row.id] = self._new_gate(row, conf)
+                out[row.id] = self._new_gate(row, conf, rehomes.get(row.id))
         return out
+
+    def _job_gate(self, row: Job, rehome: Rehome | None) -> Any:
+        """The gate a job's model must pass: its agent's [eval]; for a re-home
+        (`ftctl rehome`), parity with the model it replaces, on the agent's
+        eval file or on its golden set, by the figures stored with it."""
+        conf = self._gate_config(row.agent)
+        if rehome is None:
+            return conf
+        from ftctl.controller.agents import EvalConfig
+
+        settings = {"metric": rehome.metric, "min_improvement": rehome.min_improvement, "compare_to": "promoted",
+                    "concurrency": conf.concurrency if conf else 4, "max_tokens": conf.max_tokens if conf else 512}
+        if rehome.golden:
+            return EvalConfig(file=golden_file(rehome.id), **settings)
+        if conf is None:  # its [eval] went away since: there is nothing to compare on
+            return None
+        return conf.model_copy(update=settings)
+
+    def _examples(self, file: str) -> tuple[str, list[EvalExample]]:
+        """(hash, examples) of an eval file, or of a re-home's golden set ("golden:ID")."""
+        if not file.startswith(GOLDEN):
+            return load_eval_file(Path(file))
+        rows = self.store.golden(int(file[len(GOLDEN):]))
+        if not rows:
+            raise EvalFileError(f"golden set {file[len(GOLDEN):]} has no answers")
+        examples = [EvalExample(tuple(dict(m) for m in r.prompt), r.expected) for r in rows]
+        digest = hashlib.sha256(json.dumps([[r.prompt, r.expected] for r in rows]).encode()).hexdigest()
+        return digest, examples
 
     def _running_gate(self, row: Job, run: Evaluation | None, progress: dict) -> GateView:
         if run is None:
@@ -192,35 +227,53 @@ class Evaluations:
                         compare_score=means["compare"], min_improvement=run.min_improvement, metric=run.metric,
                         compare_model=run.compare_model, not_before=run.not_before, error=run.error)
 
-    def _new_gate(self, row: Job, conf: Any) -> GateView:
-        path = self.config.resolve(conf.file)
+    def _new_gate(self, row: Job, conf: Any, rehome: Rehome | None = None) -> GateView:
+        path = conf.file if conf.file.startswith(GOLDEN) else str(self.config.resolve(conf.file))
         try:
-            digest, examples = load_eval_file(path)
+            digest, examples = self._examples(path)
         except EvalFileError as exc:
             return GateView(row.id, problem=str(exc))
-        compare = (row.base_model or row.model) if conf.compare_to == "base" else conf.compare_to
+        compare, compare_provider = self._compare_with(row, conf, rehome)
         if compare.startswith("@") or not row.fine_tuned_model:
             return GateView(row.id, problem=f"no model to compare with ({compare})")
-        kind = self.config.providers[row.provider].kind if row.provider in self.config.providers else None
-        if kind is None:
-            return GateView(row.id, problem=f"provider {row.provider!r} is not in the config")
-        key = (digest, kind, row.fine_tuned_model, conf.max_tokens)
+        for name in (row.provider, compare_provider):
+            if name is not None and name not in self.config.providers:
+                return GateView(row.id, problem=f"provider {name!r} is not in the config")
+        kind = self.config.providers[row.provider].kind
+        key = (digest, kind, row.fine_tuned_model, conf.max_tokens, compare_provider)
         estimates = self._eval_estimates
         if key not in estimates:  # a candidate waiting for money is not counted again every tick
             if len(estimates) > 256:
                 estimates.clear()
-            estimates[key] = eval_estimate(examples, kind, row.fine_tuned_model, self.config.price_overrides,
-                                           conf.max_tokens, self.config.providers[row.provider])
+            sides = [(row.provider, row.fine_tuned_model), (compare_provider or row.provider, compare)]
+            estimates[key] = round(sum(eval_estimate(examples, self.config.providers[name].kind, model,
+                                                     self.config.price_overrides, conf.max_tokens,
+                                                     self.config.providers[name]) for name, model in sides) / 2, 4)
         estimate = estimates[key]
-        start = {"metric": conf.metric, "file": str(path), "file_hash": digest, "examples": len(examples),
+        start = {"metric": conf.metric, "file": path, "file_hash": digest, "examples": len(examples),
                  "candidate_model": row.fine_tuned_model, "compare_model": compare,
-                 "min_improvement": conf.min_improvement}
+                 "compare_provider": compare_provider, "min_improvement": conf.min_improvement}
         return GateView(row.id, estimate=estimate, examples=len(examples), start=start)
+
+    def _compare_with(self, row: Job, conf: Any, rehome: Rehome | None) -> tuple[str, str | None]:
+        """(the model the candidate is compared with, the provider it answers
+        on where that is not the job's): the base, a model id, or the agent's
+        promoted model (a re-home's: the one it replaces) on its own provider."""
+        if rehome is not None:
+            return rehome.from_model, (rehome.from_provider if rehome.from_provider != row.provider else None)
+        if conf.compare_to == "base":
+            return row.base_model or row.model, None
+        if conf.compare_to != "promoted":
+            return conf.compare_to, None
+        promoted = self.store.promoted_jobs().get(row.agent)
+        if promoted is None or promoted.id == row.id:  # the agent's first model: compared with its base
+            return row.base_model or row.model, None
+        return promoted.fine_tuned_model, (promoted.provider if promoted.provider != row.provider else None)
 
     # -- a slice of questions ----------------------------------------------------------
 
     def _evaluate(self, row: Job, now: datetime) -> None:
-        conf = self._gate_config(row.agent)
+        conf = self._job_gate(row, self.store.rehomes([row.id]).get(row.id))
         run = self.store.evaluations([row.id]).get(row.id)
         if conf is None or run is None:
             return
@@ -228,7 +281,7 @@ class Evaluations:
             self.store.update_evaluation(run.id, error="metric \"command\" has no scorer in the config any more")
             return
         try:
-            digest, examples = load_eval_file(Path(run.file))
+            digest, examples = self._examples(run.file)
         except EvalFileError as exc:
             self.store.update_evaluation(run.id, error=str(exc))
             return
@@ -236,27 +289,40 @@ class Evaluations:
             self.store.reset_evaluation(run.id, file_hash=digest, examples=len(examples))
             self.log.warning("eval file changed; evaluation started over", job_id=row.id, agent=row.agent,
                              provider=row.provider, state=row.state)
-        quiet = self._chat_quiet().get(row.provider)
+        sides = {"candidate": row.provider, "compare": run.compare_provider or row.provider}
+        quiet = max((q for q in (self._chat_quiet().get(n) for n in set(sides.values())) if q is not None),
+                    default=None)
         if quiet is not None and self.clock() < quiet:
             self.store.update_evaluation(run.id, not_before=quiet)
             note_many(self.store, [Note(row.id, "succeeded", Reason("eval_backoff", {
                 "until": quiet.isoformat(), "why": run.last_error or "the provider asked to wait"}).stored())], now)
             return
         answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
-        if KINDS[self.config.providers[row.provider].kind].chat_batches:
+        batches = [KINDS[self.config.providers[n].kind].chat_batches for n in set(sides.values())]
+        if any(batches) and len(batches) > 1:
+            self.store.update_evaluation(run.id, error=f"the comparison answers on {sides['compare']} and the "
+                                         f"candidate on {row.provider}; a provider that answers in batches "
+                                         f"evaluates only both models on itself")
+            return
+        if any(batches):
             self._evaluate_batches(row, run, conf, examples, answered, now)
             return
         todo = [(i, role) for i in range(len(examples)) for role in ROLES if (i, role) not in answered]
         models = {"candidate": run.candidate_model, "compare": run.compare_model}
-        try:
-            provider = self.provider(row.provider)
+        try:  # each model answers on its own provider
+            providers = {role: self.provider(name) for role, name in sides.items()}
         except Exception as exc:  # noqa: BLE001 - no client (a key gone, an SDK missing): later, not a failed tick
             self._after_slice(row, run, self._as_provider_error(exc), len(answered), len(examples), now)
             return
 
         def ask(i: int, role: str) -> tuple[int, str, str, float]:
             ex = examples[i]
-            answer = provider.complete(models[role], [dict(m) for m in ex.prompt], max_tokens=conf.max_tokens)
+            try:
+                answer = providers[role].complete(models[role], [dict(m) for m in ex.prompt],
+                                                  max_tokens=conf.max_tokens)
+            except ProviderError as exc:
+                exc.provider_name = sides[role]  # whose Retry-After it is
+                raise
             if run.metric == "command":
                 return i, role, answer, run_scorer(conf.command, self.config.base_dir, ex, answer)
             return i, role, answer, score(run.metric, ex.expected, answer)
@@ -305,7 +371,7 @@ class Evaluations:
                 backoff_seconds(failures, self.policy, self.rng)
             until = self.clock() + timedelta(seconds=wait_for)
             if getattr(stop, "retry_after", None) is not None:
-                self._chat_quiet()[row.provider] = until
+                self._chat_quiet()[getattr(stop, "provider_name", None) or row.provider] = until
             self.store.update_evaluation(run.id, not_before=until, failures=failures, last_error=stop.message)
             reason = Reason("eval_backoff", {"until": until.isoformat(), "why": stop.message})
             self.log.warning("evaluation paused", job_id=row.id, agent=row.agent, provider=row.provider,

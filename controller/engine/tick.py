@@ -194,7 +194,9 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches):
             if name in self.config.providers:
                 observed[name] = self._observe(name, mine.get(name, []), states.get(name), quotes.get(name, ()),
                                                quote_times.get(name), now)
-        gated = frozenset(name for name, agent in self.config.agents.items() if agent.evaluation is not None)
+        # a re-home's job is gated (parity with the model it replaces) even where its agent has no [eval]
+        gated = frozenset(name for name, agent in self.config.agents.items()
+                          if agent.evaluation is not None) | self.store.rehoming_agents()
         open_rows = self._open_promotions(views)
         decisions = rc.decide(views, observed, now, self.policy, self.rng, self._budget(now),
                               self._gates(list(open_rows.values())), gated)

@@ -74,6 +74,9 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
                       "ix_outbox_owed", "ix_outbox_failing"):
             c.execute(f"DROP INDEX {index}")
         c.execute("ALTER TABLE log_cursors DROP COLUMN thinned_at")  # 0010
+        c.execute("ALTER TABLE evaluations DROP COLUMN compare_provider")  # 0011
+        c.execute("DROP TABLE golden_answers")
+        c.execute("DROP TABLE rehomes")
         c.execute("UPDATE alembic_version SET version_num = '0008'")
     reads = open_reads(db)
     assert len(reads.promoted_models()) == 40
