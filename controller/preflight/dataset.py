@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ftctl.controller.preflight.pii import DEFAULT_REGION, KINDS, PERSONAL, Detector
 from ftctl.controller.preflight.report import DigestSet, Finding, Report
@@ -143,11 +144,10 @@ def check_line(number: int, raw: bytes, *, provider: str, counter: TokenCounter 
     conversations = [m for _, m in split.conversations]
     seen: set[int] = set()  # a preference pair shares its prompt: its personal data counts once
     unique = [m for c in conversations for m in c if id(m) not in seen and not seen.add(id(m))]
-    found: Counter = Counter()
-    find = detector(phone_region).count
+    find = detector(phone_region).find
     for t in _texts(unique):
-        found.update(find(t))
-    ex.found = dict(found)
+        for m in find(t):  # most texts hold nothing: no Counter built for them
+            ex.found[m.kind] = ex.found.get(m.kind, 0) + 1
     if counter is not None:
         try:
             counts = [counter.count(c) for c in conversations]
@@ -167,8 +167,11 @@ def conversation_digest(messages: list[Any], target_agent: Any = None) -> int:
     agent, it is part of what makes an example the same."""
     if target_agent is not None:
         messages = [{"target_agent": target_agent}, messages]
-    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
+    try:  # orjson: a fifth of the standard library's time, the same bytes for the same conversation
+        canonical = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # what orjson refuses (an int over 64 bits ...)
+        canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "big")
 
 
 # No provider takes an example anywhere near this long; a longer line is

@@ -34,6 +34,7 @@ PERSONAL = ("email", "phone", "card", "iban")  # --allow-pii allows these; a sec
 PLACEHOLDERS = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "iban": "[IBAN]", "secret": "[SECRET]"}
 DEFAULT_REGION = "US"
 _DROP_DIGITS = str.maketrans("", "", "0123456789")
+_A_DIGIT = re.compile(r"[0-9]")
 _NAMES = {"email": ("email address", "email addresses"), "phone": ("phone number", "phone numbers"),
           "card": ("card number", "card numbers"), "iban": ("IBAN", "IBANs"), "secret": ("secret", "secrets")}
 
@@ -224,7 +225,7 @@ class Detector:
 
         Each detector runs only where its cheap precondition holds (enough
         digits, an @, a long token): most text costs a few microseconds."""
-        digits = len(text) - len(text.translate(_DROP_DIGITS))
+        digits = len(text) - len(text.translate(_DROP_DIGITS)) if _A_DIGIT.search(text) else 0
         found = [
             _secrets(text),
             _cards(text) if digits >= 12 else (),
