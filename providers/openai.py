@@ -156,9 +156,17 @@ class OpenAIProvider:
     def cancel_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id))
 
-    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+    def warm_chat(self) -> None:
+        """Load the SDK's chat resource (imported on first use, a fraction of
+        a second) before the gate times its answers."""
+        self.client.chat.completions  # noqa: B018
+
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None,
+                 temperature: float | None = None) -> str:
         """One answer from `model` (`chat.completions.create`), for the evaluation gate."""
         kwargs = {"max_tokens": max_tokens} if max_tokens else {}
+        if temperature is not None:
+            kwargs["temperature"] = temperature
         reply = self._call(self.client.chat.completions.create, model=model, messages=messages, **kwargs)
         return (reply.choices[0].message.content if reply.choices else None) or ""
 

@@ -21,7 +21,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                ("as environment variables, for a deploy", "ftctl models -o env"),
                ("every succeeded job's model with its promotion", "ftctl models --all -o json")],
     "show": [("a job, its history and its attempts", "ftctl show 3"),
-             ("the same, for scripts", "ftctl show 3 --json")],
+             ("the same, for scripts", "ftctl show 3 -o json"),
+             ("the examples its model did worse on than the comparison", "ftctl show 3 --diff")],
     "cancel": [("cancel a job, at the provider too", "ftctl cancel 3")],
     "promote": [("make job 3's model its agent's, whatever its evaluation said", "ftctl promote 3")],
     "reject": [("withdraw job 3's model: it leaves the export", "ftctl reject 3")],
@@ -65,6 +66,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
               "ftctl demo --provider ray"),
              ("the same on a head you started (ray start --head)",
               "ftctl demo --provider ray --address http://127.0.0.1:8265")],
+    "rehome": [("what would move to the Ray cluster, its cost and the end dates; changes nothing",
+                "ftctl rehome --all --to gpu --plan"),
+               ("re-home one agent, promoted only if at most 2 points worse on 20 recorded answers",
+                "ftctl rehome support --to gpu --model Qwen/Qwen2.5-7B-Instruct --golden 20 --min-improvement -0.02"),
+               ("the same for every agent, for scripts", "ftctl rehome --all --to gpu --json")],
 }
 
 

@@ -130,7 +130,8 @@ class SimulatedProvider:
                                 p["step"], None, metrics))
         return out
 
-    def complete(self, model: str, messages: list[dict], *, max_tokens: int | None = None) -> str:
+    def complete(self, model: str, messages: list[dict], *, max_tokens: int | None = None,
+                 temperature: float | None = None) -> str:
         """A fine-tuned model answers what it was trained on (simulated.recall)."""
         return self._call(self.engine.chat, model, messages)
 

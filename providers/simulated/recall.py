@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -85,14 +88,34 @@ class Recall:
         a prompt it was trained on with the answer it was taught; any other
         prompt, and any base model, gets an echo that answers nothing."""
         self.maybe_fail()
+        settings = self.settings
+        if settings.chat_latency:
+            time.sleep(settings.chat_latency)  # a slow model: the gate's latency criterion measures it
         job = job or self.job_by_model(model)
         if job is None and model.startswith("ft:"):
             from ftctl.providers.simulated.engine import ServiceError
 
             raise ServiceError(404, f"model {model} not found")
+        last = next((m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
+                    "")
+        if settings.unsafe_prompt and settings.unsafe_prompt in str(last):
+            return settings.unsafe_answer
+        if settings.chat_noise and self._noisy(model, messages):
+            return f"(emulated {model}) a guess"
         learned = self.recall(job, messages, parent) if job is not None else None
         if learned is not None:
             return learned
-        last = next((m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
-                    "")
         return f"(emulated {model}) you said: {last}"
+
+    def _noisy(self, model: str, messages: list[Any]) -> bool:
+        """Whether this asking of this question gets a wrong answer: drawn from
+        the seed, the model, the prompt and how many times it was asked before,
+        so the same run answers the same whatever the order of its calls."""
+        key = (model, prompt_key(messages))
+        lock = self.__dict__.setdefault("_asked_lock", threading.Lock())
+        with lock:
+            asked = self.__dict__.setdefault("_asked", Counter())
+            n = asked[key]
+            asked[key] += 1
+        digest = hashlib.sha256(f"{self.settings.seed}|{model}|{key[1]}|{n}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64 < self.settings.chat_noise
