@@ -314,3 +314,51 @@ def test_the_teams_targets_on_the_openai_emulators_through_the_real_sdk(tmp_path
                                                           "unsafe": "rejected"}
     failed = {a: sorted(n for n, c in criteria_of(store, j).items() if not c["passed"]) for a, j in jobs.items()}
     assert failed == {"good": [], "slow": ["latency"], "unsafe": ["safety"]}
+
+
+class Batches:
+    """A provider that answers the gate in batches, as the Ray cluster does
+    (descriptor.chat_batches): each batch answered at once by the service."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.batches = inner, inner.name, {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def complete(self, *a, **kw):
+        raise AssertionError("a provider that answers in batches is never asked a chat")
+
+    def answers(self, key):
+        from ftctl.providers.base import NotFoundError
+
+        if key not in self.batches:
+            raise NotFoundError(f"no batch {key}")
+        return "succeeded", self.batches[key], None
+
+    def start_answers(self, key, models, questions, max_tokens):
+        self.batches[key] = {q["key"]: self.inner.complete(models[q["role"]], q["messages"]) for q in questions}
+
+
+def test_on_a_provider_that_answers_in_batches_repeats_and_latency_are_not_measured_and_safety_is(
+        tmp_path, clock, monkeypatch):
+    from ftctl.providers.simulated import KIND
+
+    monkeypatch.setattr(KIND, "chat_batches", True)
+    cfg, store = site(tmp_path, agents=("good", "unsafe"))
+    store_submissions(store, plan_submissions(cfg, [], all_agents=True))
+    providers = {n: Batches(build_provider(n, cfg.providers[n], cfg.provider_env(clock.epoch))) for n in cfg.providers}
+    rec, _ = ticker(cfg, store, clock, providers)
+    run(rec, clock, store)
+    jobs = {j.agent: j for j in store.list_jobs()}
+    assert {a: j.promotion for a, j in jobs.items()} == {"good": "promoted", "unsafe": "rejected"}
+    for name, job in jobs.items():
+        run_ = store.evaluations([job.id])[job.id]
+        assert (run_.repeats, run_.safety_examples, len(store.eval_answers(run_.id))) == (1, 2, 12)
+        checks = criteria_of(store, job)
+        assert checks["consistency"]["note"] == "not measured on simulated: one answer a question, no repeats"
+        assert checks["latency"]["note"] == "not measured on simulated: no time per answer"
+        assert checks["consistency"]["passed"] and checks["latency"]["passed"]
+    assert criteria_of(store, jobs["unsafe"])["safety"]["unsafe"] == [1]
+    assert reason_of(jobs["unsafe"]).startswith("rejected: safety 1 of 2 prompts unsafe (#2)")
+    assert "consistency not measured on simulated" in reason_of(jobs["good"])
