@@ -76,6 +76,10 @@ class EvalConfig(Section):
     # safety: prompts whose answers must not contain what each line names, or
     # must refuse (engine.eval_files.load_safety_file); one failure rejects
     safety_file: str | None = Field(default=None, min_length=1)
+    # "best": each checkpoint of the job is a candidate too (where the
+    # provider's checkpoints are models: OpenAI); the best that passes
+    # every criterion is promoted. "last": the final model only
+    checkpoints: Literal["last", "best"] = "last"
 
     @field_validator("command", mode="before")
     @classmethod

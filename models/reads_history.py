@@ -16,7 +16,8 @@ PointRow = namedtuple("PointRow", "id job_id provider_job_id key kind at step me
 _EVAL_COLUMNS = ("id", "job_id", "metric", "file", "file_hash", "examples", "candidate_model", "compare_model",
                  "compare_provider", "min_improvement", "estimated_cost", "started_at", "finished_at",
                  "candidate_score", "compare_score", "improvement", "last_error", "error", "repeats", "temperature",
-                 "max_score_stdev", "max_latency_p95", "safety_file", "safety_examples", "criteria")
+                 "max_score_stdev", "max_latency_p95", "safety_file", "safety_examples", "criteria", "checkpoints",
+                 "chosen_model")
 EvalRow = namedtuple("EvalRow", _EVAL_COLUMNS)
 AnswerRow = namedtuple("AnswerRow", "part example role repeat answer score seconds")
 
@@ -49,9 +50,9 @@ class HistoryReads:
         values = list(raw)
         for i in (_EVAL_COLUMNS.index("started_at"), _EVAL_COLUMNS.index("finished_at")):
             values[i] = _time(values[i])
-        at = _EVAL_COLUMNS.index("criteria")
-        if isinstance(values[at], (str, bytes)):
-            values[at] = json.loads(values[at])
+        for at in (_EVAL_COLUMNS.index("criteria"), _EVAL_COLUMNS.index("checkpoints")):
+            if isinstance(values[at], (str, bytes)):
+                values[at] = json.loads(values[at])
         answered = self._one("SELECT COUNT(*) FROM eval_answers WHERE evaluation_id = :id", {"id": values[0]})[0]
         return EvalRow(*values), int(answered)
 

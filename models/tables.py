@@ -125,6 +125,11 @@ class Evaluation(SQLModel, table=True):
     safety_examples: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # the verdict's criteria, one record each (engine.gate.criteria)
     criteria: Optional[list] = Field(default=None, sa_column=Column(JSON))
+    # checkpoints = "best": the job's other checkpoints, each asked as a
+    # candidate ([step, model], by step; their answers' role "ckpt-STEP"),
+    # and the model the verdict chose (the final one or a checkpoint)
+    checkpoints: Optional[list] = Field(default=None, sa_column=Column(JSON))
+    chosen_model: Optional[str] = None
     estimated_cost: float = 0.0
     started_at: datetime = Field(sa_type=DateTime)
     finished_at: Optional[datetime] = Field(default=None, sa_type=DateTime)

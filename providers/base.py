@@ -272,6 +272,10 @@ class Provider(Protocol):
                  temperature: float | None = None) -> str:
         """One chat completion from `model` (used by the evaluation gate)."""
 
+    def checkpoints(self, job_id: str) -> list[tuple[int, str]]:
+        """(step, model) of each checkpoint of a succeeded job that its chat
+        answers with, by step (descriptor.checkpoint_models)."""
+
     def training_log(self, job_id: str) -> list[LogEntry]:
         """The job's events, metrics and checkpoints as the provider reports
         them (descriptor.training_log); a client may return only what is new

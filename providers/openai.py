@@ -203,6 +203,12 @@ class OpenAIProvider:
                                 c.fine_tuned_model_checkpoint, _numbers(c.metrics.model_dump()) or None))
         return out
 
+    def checkpoints(self, job_id: str) -> list[tuple[int, str]]:
+        """(step, model) of each checkpoint the job kept, by step: each a model
+        the chat API answers with (OpenAI keeps the last three epochs')."""
+        page = self._call(self.client.fine_tuning.jobs.checkpoints.list, job_id, limit=PAGE_SIZE)
+        return sorted((c.step_number, c.fine_tuned_model_checkpoint) for c in page.data)
+
     def close(self) -> None:
         try:
             self.client.close()
@@ -265,6 +271,7 @@ class OpenAIKind(ProviderKind):
     roles = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
     example_keys = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
     chat = True
+    checkpoint_models = True  # ft:...:ckpt-step-N answers chat like the final model
     sdk = "openai"
     install_hint = "pip install '.[openai]' from a checkout"
 

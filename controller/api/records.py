@@ -99,6 +99,8 @@ def evaluation_dict(ev: Any, answered: int = 0) -> dict[str, Any]:
             "max_latency_p95": getattr(ev, "max_latency_p95", None),
             "safety_file": getattr(ev, "safety_file", None), "safety_prompts": safety,
             "criteria": getattr(ev, "criteria", None),
+            # checkpoints = "best": [step, model] of each checkpoint asked besides the final model, and the one chosen
+            "checkpoints": getattr(ev, "checkpoints", None), "chosen_model": getattr(ev, "chosen_model", None),
             "candidate_model": ev.candidate_model, "compare_model": ev.compare_model,
             "compare_provider": ev.compare_provider,  # where the comparison answered, when not the job's provider
             "candidate_score": ev.candidate_score, "compare_score": ev.compare_score,
@@ -212,4 +214,6 @@ def evaluation_diff(reads: Any, ev: Any) -> dict[str, Any]:
                 prompts = [list(x.prompt) for x in examples]
             else:
                 note = f"prompts not shown: eval file {ev.file} changed since the evaluation"
-    return {"regressions": regressions(reads.eval_answer_rows(ev.id), prompts), "note": note}
+    role = next((f"ckpt-{step}" for step, model in getattr(ev, "checkpoints", None) or ()
+                 if model == getattr(ev, "chosen_model", None)), "candidate")  # the model the verdict chose
+    return {"regressions": regressions(reads.eval_answer_rows(ev.id), prompts, role), "note": note}

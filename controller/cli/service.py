@@ -43,6 +43,9 @@ def emulator(
                                                          "text unsafely (--unsafe-answer)")] = None,
     unsafe_answer: Annotated[str, typer.Option("--unsafe-answer", help="the unsafe answer")] =
         "Sure. Step 1: UNSAFE-INSTRUCTIONS",
+    checkpoint_recall: Annotated[Optional[str], typer.Option("--checkpoint-recall", help="the share of its "
+                                                             "lessons each checkpoint knows, first to last, e.g. "
+                                                             "0.2,1,0.6 (OpenAI's checkpoint models)")] = None,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="accept only the key in this "
                                                        "environment variable (default: any non-empty key)")] = None,
     webhook_url: Annotated[Optional[str], typer.Option("--webhook-url", help="POST signed webhooks here when "
@@ -62,10 +65,16 @@ def emulator(
     from ftctl.providers.simulated.engine import EngineSettings
 
     try:
+        shares = tuple(float(x) for x in checkpoint_recall.split(",")) if checkpoint_recall else None
+    except ValueError:
+        die(f"emulator: --checkpoint-recall: {checkpoint_recall!r} is not shares like 0.2,1,0.6")
+    if shares and not all(0 <= x <= 1 for x in shares):
+        die("emulator: --checkpoint-recall: each share is between 0 and 1")
+    try:
         settings = EngineSettings(limit=limit, queue_time=queue_time, validate_time=validate_time,
                                   train_time=train_time, fail_rate=fail_rate, error_rate=error_rate, seed=seed,
                                   chat_latency=chat_latency, chat_noise=chat_noise, unsafe_prompt=unsafe_prompt,
-                                  unsafe_answer=unsafe_answer)
+                                  unsafe_answer=unsafe_answer, checkpoint_recall=shares)
     except ValueError as exc:
         die(f"emulator: {exc}")
     if not 0 <= fail_rate <= 1 or not 0 <= error_rate <= 1 or not 0 <= chat_noise <= 1:

@@ -73,8 +73,19 @@ def criteria_lines(ev: dict) -> list[str]:
     pass or fail); while it runs, the thresholds it will be held to."""
     from ftctl.controller.engine.criteria import line
 
+    if ev.get("checkpoints") and ev.get("improvement") is not None:
+        steps = ", ".join(str(step) for step, _ in ev["checkpoints"])
+        chosen = next((f"checkpoint step {step} ({model})" for step, model in ev["checkpoints"]
+                       if model == ev.get("chosen_model")), None)
+        head = [f"checkpoints  steps {steps} and the final model asked; "
+                + (f"chose {chosen}" if chosen else "chose the final model" if ev.get("chosen_model")
+                   else "none passed")]
+    else:
+        head = []
     if ev.get("criteria"):
-        return [line(c) for c in ev["criteria"]]
+        return head + [line(c) for c in ev["criteria"]]
+    if head:
+        return head
     wanted = []
     if ev.get("repeats", 1) > 1:
         wanted.append(f"each example asked {ev['repeats']} times")

@@ -32,25 +32,30 @@ def p95(values: list[float]) -> float | None:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def measure(answers: Iterable[Any], repeats: int, batch_kind: str | None = None) -> dict[str, Any]:
+def measure(answers: Iterable[Any], repeats: int, batch_kind: str | None = None,
+            role: str = "candidate") -> dict[str, Any]:
     """What a finished evaluation's answers (rows with part, example, role,
-    repeat, score, seconds) measure: both mean scores, the candidate's score
-    by repeat and its spread, its p95 seconds, the unsafe safety prompts."""
+    repeat, score, seconds) measure for one candidate (`role`: the final
+    model, or a checkpoint's "ckpt-STEP"): both mean scores, the candidate's
+    score by repeat and its spread, its p95 seconds, the unsafe safety prompts."""
     sums: dict[str, list[float]] = {"candidate": [], "compare": []}
     by_repeat: dict[int, list[float]] = {}
     seconds: list[float] = []
     unsafe: list[int] = []
     safety = 0
     for a in answers:
-        if a.role == "candidate" and a.seconds is not None:
+        if a.role not in (role, "compare"):
+            continue
+        a_role = "candidate" if a.role == role else "compare"
+        if a_role == "candidate" and a.seconds is not None:
             seconds.append(float(a.seconds))
         if a.part == "safety":
             safety += 1
             if a.score < 0.5:
                 unsafe.append(a.example)
             continue
-        sums.setdefault(a.role, []).append(a.score)
-        if a.role == "candidate":
+        sums[a_role].append(a.score)
+        if a_role == "candidate":
             by_repeat.setdefault(a.repeat, []).append(a.score)
     means = {role: (sum(v) / len(v) if v else 0.0) for role, v in sums.items()}
     per_repeat = [sum(v) / len(v) for _, v in sorted(by_repeat.items()) if v]
@@ -132,7 +137,7 @@ def line(c: Mapping[str, Any]) -> str:
     return f"{name:<12} {shown} ({bound} {limit}): {'pass' if c.get('passed') else 'FAIL'}"
 
 
-def regressions(answers: Iterable[Any], prompts: list[Any]) -> list[dict[str, Any]]:
+def regressions(answers: Iterable[Any], prompts: list[Any], role: str = "candidate") -> list[dict[str, Any]]:
     """The examples of the eval file where the candidate did worse than the
     comparison (its mean score over the repeats below the comparison's): the
     example's number (1-based), its prompt (None where unknown), both first
@@ -143,7 +148,7 @@ def regressions(answers: Iterable[Any], prompts: list[Any]) -> list[dict[str, An
             by.setdefault(a.example, {}).setdefault(a.role, []).append(a)
     out = []
     for example, roles in sorted(by.items()):
-        mine, theirs = roles.get("candidate"), roles.get("compare")
+        mine, theirs = roles.get(role), roles.get("compare")
         if not mine or not theirs:
             continue
         ours, others = (sum(a.score for a in v) / len(v) for v in (mine, theirs))

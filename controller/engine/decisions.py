@@ -129,6 +129,12 @@ class GateView:
     max_latency_p95: float | None = None
     safety_examples: int = 0
     figures: Mapping[str, Any] | None = None
+    # checkpoints = "best": the final model and each checkpoint's figures
+    # (role "ckpt-STEP" -> {"step", "model", "figures"})
+    candidate_model: str = ""
+    checkpoint_figures: Mapping[str, Mapping[str, Any]] | None = None
+    # a gate that cannot start yet, and why (the provider did not list the checkpoints)
+    pending: str | None = None
     # for a gate not started: the evaluation record to start (metric, file,
     # models, examples, min_improvement)
     start: Mapping[str, Any] | None = None

@@ -30,7 +30,7 @@ from ftctl.controller.engine.decisions import GateView, Note
 from ftctl.controller.engine.eval_files import (  # noqa: F401 - submit and doctor read the files from here
     EvalExample, EvalFileError, SafetyPrompt, ScorerError, eval_estimate, load_eval_file, load_safety_file,
     run_scorer, safety_estimate, safety_score)
-from ftctl.controller.engine.gate import ROLES, score, total_questions
+from ftctl.controller.engine.gate import ROLES, checkpoint_role, score, total_questions
 from ftctl.controller.engine.jobs import note_many
 from ftctl.controller.engine.policy import backoff_seconds
 from ftctl.controller.engine.reasons import Reason
@@ -120,17 +120,21 @@ class Evaluations:
         mine = progress.get(run.id, {})
         means = {role: (mine[role][1] / mine[role][0]) if role in mine and mine[role][0] else None for role in ROLES}
         answered = sum(n for n, _ in mine.values())
-        total = total_questions(run.examples, run.repeats, run.safety_examples)
-        figures = None
+        checkpoints = run.checkpoints or []
+        total = total_questions(run.examples, run.repeats, run.safety_examples, 1 + len(checkpoints))
+        figures = others = None
         if answered >= total and not run.error:  # every question answered: what the answers measure
-            batch_kind = self._batch_kind(row, run)
-            figures = measure(self.store.eval_answers(run.id), run.repeats, batch_kind)
+            batch_kind, answers = self._batch_kind(row, run), self.store.eval_answers(run.id)
+            figures = measure(answers, run.repeats, batch_kind)
+            others = {checkpoint_role(step): {"step": step, "model": model, "figures": measure(
+                answers, run.repeats, batch_kind, role=checkpoint_role(step))} for step, model in checkpoints}
         return GateView(row.id, estimate=run.estimated_cost, started=True, examples=run.examples,
                         answered=answered, total=total, candidate_score=means["candidate"],
                         compare_score=means["compare"], min_improvement=run.min_improvement, metric=run.metric,
                         compare_model=run.compare_model, not_before=run.not_before, error=run.error,
                         max_score_stdev=run.max_score_stdev, max_latency_p95=run.max_latency_p95,
-                        safety_examples=run.safety_examples, figures=figures)
+                        safety_examples=run.safety_examples, figures=figures,
+                        candidate_model=run.candidate_model, checkpoint_figures=others)
 
     def _batch_kind(self, row: Job, run: Evaluation) -> str | None:
         """The kind of the provider that answers in batches, where one does (ray)."""
@@ -162,21 +166,31 @@ class Evaluations:
         except EvalFileError as exc:
             return GateView(row.id, problem=str(exc))
         kind = self.config.providers[row.provider].kind
+        checkpoints: list = []
+        if getattr(conf, "checkpoints", "last") == "best" and KINDS[kind].checkpoint_models:
+            try:
+                checkpoints = self._checkpoints(row)
+            except Exception as exc:  # noqa: BLE001 - the provider did not answer: the next tick asks again
+                return GateView(row.id, pending=f"the job's checkpoints could not be listed "
+                                                f"({getattr(exc, 'message', None) or exc.__class__.__name__})")
         # a provider that answers in batches (ray) answers each question once: no repeats
         batches = any(KINDS[self.config.providers[n].kind].chat_batches for n in {row.provider, compare_provider}
                       if n is not None)
         repeats = 1 if batches else conf.repeats
-        key = (digest, kind, row.fine_tuned_model, conf.max_tokens, compare_provider, repeats, safety_hash)
+        key = (digest, kind, row.fine_tuned_model, conf.max_tokens, compare_provider, repeats, safety_hash,
+               len(checkpoints))
         estimates = self._eval_estimates
         if key not in estimates:  # a candidate waiting for money is not counted again every tick
             if len(estimates) > 256:
                 estimates.clear()
             sides = [(row.provider, row.fine_tuned_model), (compare_provider or row.provider, compare)]
-            asked = sum(eval_estimate(examples, self.config.providers[name].kind, model, self.config.price_overrides,
-                                      conf.max_tokens, self.config.providers[name], repeats=repeats)
-                        for name, model in sides) / 2
-            asked += safety_estimate(safety, kind, row.fine_tuned_model, self.config.price_overrides,
-                                     conf.max_tokens, self.config.providers[row.provider])
+            asked = sum(weight * eval_estimate(examples, self.config.providers[name].kind, model,
+                                               self.config.price_overrides, conf.max_tokens,
+                                               self.config.providers[name], repeats=repeats)
+                        for (name, model), weight in zip(sides, (1 + len(checkpoints), 1))) / 2
+            asked += (1 + len(checkpoints)) * safety_estimate(safety, kind, row.fine_tuned_model,
+                                                              self.config.price_overrides, conf.max_tokens,
+                                                              self.config.providers[row.provider])
             estimates[key] = round(asked, 4)
         estimate = estimates[key]
         start = {"metric": conf.metric, "file": path, "file_hash": digest, "examples": len(examples),
@@ -186,9 +200,21 @@ class Evaluations:
                  "max_score_stdev": getattr(conf, "max_score_stdev", None),
                  "max_latency_p95": getattr(conf, "max_latency_p95", None),
                  "safety_file": str(self.config.resolve(conf.safety_file)) if safety_hash else None,
-                 "safety_hash": safety_hash, "safety_examples": len(safety)}
-        total = total_questions(len(examples), repeats, len(safety))
+                 "safety_hash": safety_hash, "safety_examples": len(safety), "checkpoints": checkpoints or None}
+        total = total_questions(len(examples), repeats, len(safety), 1 + len(checkpoints))
         return GateView(row.id, estimate=estimate, examples=len(examples), total=total, start=start)
+
+    def _checkpoints(self, row: Job) -> list[list]:
+        """[step, model] of each checkpoint of the job but its last (the final
+        model itself), by step; asked of the provider once a job."""
+        found = self._eval_checkpoints.get(row.id)
+        if found is None:
+            listed = sorted(self.provider(row.provider).checkpoints(row.provider_job_id))
+            found = [[step, model] for step, model in listed[:-1] if model and model != row.fine_tuned_model]
+            if len(self._eval_checkpoints) > 256:
+                self._eval_checkpoints.clear()
+            self._eval_checkpoints[row.id] = found
+        return found
 
     def _compare_with(self, row: Job, conf: Any, rehome: Rehome | None) -> tuple[str, str | None]:
         """(the model the candidate is compared with, the provider it answers
@@ -232,7 +258,8 @@ class Evaluations:
             self.log.warning("eval file changed; evaluation started over", job_id=row.id, agent=row.agent,
                              provider=row.provider, state=row.state)
             run = self.store.evaluations([row.id])[row.id]
-        total = total_questions(len(examples), run.repeats, len(safety))
+        checkpoints = run.checkpoints or []
+        total = total_questions(len(examples), run.repeats, len(safety), 1 + len(checkpoints))
         sides = {"candidate": row.provider, "compare": run.compare_provider or row.provider}
         quiet = max((q for q in (self._chat_quiet().get(n) for n in set(sides.values())) if q is not None),
                     default=None)
@@ -251,13 +278,18 @@ class Evaluations:
             if not going or len(batched) == len(ROLES):
                 return
             answered = {(a.part, a.example, a.role, a.repeat) for a in self.store.eval_answers(run.id)}
-        # (part, example, role, repeat): every example per repeat by both models, then the safety prompts
-        todo = [("eval", i, role, r) for r in range(run.repeats) for i in range(len(examples)) for role in ROLES
-                if role not in batched]
-        if "candidate" not in batched:
-            todo += [("safety", i, "candidate", 0) for i in range(len(safety))]
-        todo = [q for q in todo if q not in answered]
+        # (part, example, role, repeat): every example per repeat by the comparison and each candidate
+        # (the final model; with checkpoints = "best" each checkpoint, on the job's provider), then the
+        # safety prompts of each candidate
         models = {"candidate": run.candidate_model, "compare": run.compare_model}
+        for step, model in checkpoints:
+            models[checkpoint_role(step)] = model
+            sides[checkpoint_role(step)] = row.provider
+        candidates = [r for r in models if r != "compare" and r not in batched]
+        todo = [("eval", i, role, r) for r in range(run.repeats) for i in range(len(examples)) for role in models
+                if role not in batched]
+        todo += [("safety", i, role, 0) for role in candidates for i in range(len(safety))]
+        todo = [q for q in todo if q not in answered]
         try:  # each model answers on its own provider
             providers = {role: self.provider(name) for role, name in sides.items()}
             for provider in providers.values():  # what the SDK loads on first use is not the model's latency

@@ -91,6 +91,17 @@ def _eval_budget(a: Mapping[str, Any], live: Live | None) -> str:
 
 
 def _verdict(a: Mapping[str, Any], live: Live | None) -> str:
+    text = _verdict_text(a)
+    chosen = a.get("chosen") or {}
+    if chosen.get("step") is not None:  # checkpoints = "best" chose a checkpoint over the final model
+        return text.replace("promoted: ", f"promoted checkpoint step {chosen['step']} ({chosen['model']}): ", 1)
+    if a.get("checkpoints") and not a["passed"]:
+        others = len(a["checkpoints"]) - 1
+        return text.replace("rejected: ", f"rejected (nor did any of its {others} checkpoints pass): ", 1)
+    return text
+
+
+def _verdict_text(a: Mapping[str, Any]) -> str:
     scores = (f"{a['metric']} {a['candidate']:.2f} vs {a['compare']:.2f} for {a['compare_model']}, "
               f"n={a['n']}")
     checks = a.get("criteria")

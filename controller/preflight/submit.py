@@ -145,6 +145,14 @@ def _check_eval(config: Config, agent: str) -> None:
         load_eval_file(config.resolve(conf.evaluation.file))
     except EvalFileError as exc:
         raise SubmitError(f"agents.{agent}.eval.file: {exc}") from None
+    if conf.evaluation.checkpoints == "best":
+        from ftctl.providers.registry import KINDS
+
+        kind = config.providers[conf.provider].kind
+        if not KINDS[kind].checkpoint_models:
+            able = ", ".join(sorted(k for k, d in KINDS.items() if d.checkpoint_models))
+            raise SubmitError(f"agents.{agent}.eval.checkpoints: \"best\" needs checkpoints that are models, and "
+                              f"provider {conf.provider!r} ({kind}) has none (only: {able})")
     if conf.evaluation.safety_file:
         try:
             load_safety_file(config.resolve(conf.evaluation.safety_file))

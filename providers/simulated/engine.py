@@ -104,6 +104,10 @@ class EngineSettings:
     chat_noise: float = 0.0
     unsafe_prompt: str | None = None
     unsafe_answer: str = "Sure. Step 1: UNSAFE-INSTRUCTIONS"
+    # the share of its lessons each checkpoint knows, first to last (the
+    # final model is the last): checkpoints that differ, for the gate's
+    # checkpoints = "best"; None: every checkpoint knows them all
+    checkpoint_recall: tuple[float, ...] | None = None
 
 
 def _iso(ts: float) -> str:

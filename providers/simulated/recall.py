@@ -54,6 +54,19 @@ def root_model(model: str) -> str:
     return parts[1] if model.startswith("ft:") and len(parts) > 1 and parts[1] else model
 
 
+# OpenAI's checkpoint models: ft:BASE:SUFFIX:ckpt-step-N (the emulator's ids)
+CHECKPOINT = ":ckpt-step-"
+
+
+def checkpoint_steps(job: dict[str, Any]) -> list[int]:
+    """The steps a job saves a checkpoint at (its final step among them)."""
+    from ftctl.providers.simulated.metrics import total_steps
+
+    total = total_steps(job)
+    every = max(1, total // 5)
+    return [s for s in range(1, total + 1) if s % every == 0 or s == total]
+
+
 class Recall:
     """Mixed into SimEngine (its `_conn`, `_decode`, `maybe_fail`)."""
 
@@ -62,6 +75,35 @@ class Recall:
         row = self._conn().execute("SELECT * FROM jobs WHERE fine_tuned_model = ? AND status = 'SUCCESS'",
                                    (model,)).fetchone()
         return self._decode(row) if row is not None else None
+
+    def job_by_checkpoint(self, model: str) -> tuple[dict[str, Any], int] | None:
+        """(the succeeded job, the step) of a checkpoint model this service made."""
+        head, _, step = model.rpartition(CHECKPOINT)
+        parts = head.split(":")
+        if not head or not step.isdigit() or len(parts) < 3 or parts[0] != "ft":
+            return None
+        suffix, base = parts[-1], ":".join(parts[1:-1])
+        row = self._conn().execute(
+            "SELECT * FROM jobs WHERE model = ? AND status = 'SUCCESS' AND "
+            + ("suffix IS NULL" if suffix == "model" else "suffix = ?") + " ORDER BY created_at DESC LIMIT 1",
+            (base,) if suffix == "model" else (base, suffix)).fetchone()
+        if row is None or int(step) not in checkpoint_steps(self._decode(row)):
+            return None
+        return self._decode(row), int(step)
+
+    def _knows(self, job: dict[str, Any], step: int | None, messages: list[Any]) -> bool:
+        """Whether the checkpoint at `step` (None: the final model) learned
+        this prompt: `checkpoint_recall` is the share of its lessons each
+        checkpoint knows, first to last (the last share for any later one,
+        the final model's included); none set: every one knows them all."""
+        shares = self.settings.checkpoint_recall
+        if not shares:
+            return True
+        steps = checkpoint_steps(job)
+        at = steps.index(step) if step in steps else len(steps) - 1
+        share = shares[min(at, len(shares) - 1)]
+        digest = hashlib.sha256(prompt_key(messages).encode()).digest()
+        return share >= 1.0 or int.from_bytes(digest[:8], "big") / 2 ** 64 < share
 
     def recall(self, job: dict[str, Any], messages: list[Any],
                parent: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> str | None:
@@ -91,7 +133,9 @@ class Recall:
         settings = self.settings
         if settings.chat_latency:
             time.sleep(settings.chat_latency)  # a slow model: the gate's latency criterion measures it
-        job = job or self.job_by_model(model)
+        job, step = job or self.job_by_model(model), None
+        if job is None and CHECKPOINT in model:  # a checkpoint answers as what it had learned by then
+            job, step = self.job_by_checkpoint(model) or (None, None)
         if job is None and model.startswith("ft:"):
             from ftctl.providers.simulated.engine import ServiceError
 
@@ -103,19 +147,20 @@ class Recall:
         if settings.chat_noise and self._noisy(model, messages):
             return f"(emulated {model}) a guess"
         learned = self.recall(job, messages, parent) if job is not None else None
-        if learned is not None:
+        if learned is not None and self._knows(job, step, messages):
             return learned
         return f"(emulated {model}) you said: {last}"
 
     def _noisy(self, model: str, messages: list[Any]) -> bool:
         """Whether this asking of this question gets a wrong answer: drawn from
-        the seed, the model, the prompt and how many times it was asked before,
-        so the same run answers the same whatever the order of its calls."""
+        the seed, the prompt and how many times this model was asked it
+        before, so a run answers the same whatever the order of its calls and
+        whatever ids its models got."""
         key = (model, prompt_key(messages))
         lock = self.__dict__.setdefault("_asked_lock", threading.Lock())
         with lock:
             asked = self.__dict__.setdefault("_asked", Counter())
             n = asked[key]
             asked[key] += 1
-        digest = hashlib.sha256(f"{self.settings.seed}|{model}|{key[1]}|{n}".encode()).digest()
+        digest = hashlib.sha256(f"{self.settings.seed}|{key[1]}|{n}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2 ** 64 < self.settings.chat_noise

@@ -78,7 +78,7 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
         c.execute("DROP TABLE golden_answers")
         c.execute("DROP TABLE rehomes")
         for column in ("repeats", "temperature", "max_score_stdev", "max_latency_p95", "safety_file", "safety_hash",
-                       "safety_examples", "criteria"):  # 0012
+                       "safety_examples", "criteria", "checkpoints", "chosen_model"):  # 0012, 0013
             c.execute(f"ALTER TABLE evaluations DROP COLUMN {column}")
         c.execute("DROP TABLE eval_answers")  # 0012 keys answers by part and repeat too: as 0007 made it
         c.execute("CREATE TABLE eval_answers (id INTEGER NOT NULL PRIMARY KEY, evaluation_id INTEGER NOT NULL "
