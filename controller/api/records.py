@@ -92,8 +92,9 @@ def evaluation_dict(ev: Any, answered: int = 0) -> dict[str, Any]:
     from ftctl.controller.engine.gate import total_questions
 
     repeats, safety = getattr(ev, "repeats", 1) or 1, getattr(ev, "safety_examples", 0) or 0
+    candidates = 1 + len(getattr(ev, "checkpoints", None) or ())
     return {"metric": ev.metric, "file": ev.file, "n": ev.examples, "answered": answered,
-            "questions": total_questions(ev.examples, repeats, safety), "repeats": repeats,
+            "questions": total_questions(ev.examples, repeats, safety, candidates), "repeats": repeats,
             "temperature": getattr(ev, "temperature", None),
             "max_score_stdev": getattr(ev, "max_score_stdev", None),
             "max_latency_p95": getattr(ev, "max_latency_p95", None),

@@ -91,6 +91,8 @@ def test_best_checkpoint_promotes_the_checkpoint_that_learned_most_and_the_histo
     shown = run_ftctl("show", str(best.id), config=path)
     assert f"checkpoints  steps 2, 4, 6, 8 and the final model asked; chose checkpoint step 6 ({chosen})" in \
         shown.stdout, shown.stdout
+    ev = json.loads(run_ftctl("show", str(best.id), "-o", "json", config=path).stdout)["evaluation"]
+    assert (ev["answered"], ev["questions"], ev["chosen_model"]) == (30, 30, chosen)
     exported = run_ftctl("models", "-o", "json", config=path)
     assert chosen in exported.stdout
 
