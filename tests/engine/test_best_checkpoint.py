@@ -110,3 +110,12 @@ def test_best_checkpoint_where_checkpoints_are_no_models_is_refused_at_submit_in
     assert 'checkpoints: "best" needs checkpoints' in result.stderr
     db = path.parent / "ftctl.db"  # nothing stored
     assert not db.exists() or states(db) == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--checkpoint-recall", "a,b"), "--checkpoint-recall: 'a,b' is not shares like 0.2,1,0.6"),
+    (("--checkpoint-recall", "0.5,2"), "--checkpoint-recall: each share is between 0 and 1"),
+    (("--chat-noise", "2"), "--chat-noise are shares between 0 and 1")])
+def test_the_emulators_chat_settings_refuse_bad_values_in_one_line(flags, message):
+    result = run_ftctl("emulator", "--kind", "openai", *flags)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
