@@ -14,6 +14,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ftctl.providers.settings import Duration, Section
 
+Scalar = bool | int | float | str
+
 
 # an agent's name becomes a file name (the export, Ray's artifacts), a key in
 # the hooks' payloads and an environment variable's value: one rule, checked
@@ -103,6 +105,64 @@ class EvalConfig(Section):
         return self
 
 
+class Fallback(Section):
+    """A provider an agent's job moves to when the ones before it in
+    `provider = [...]` are closed to it (what the first one has in AgentConfig)."""
+
+    provider: str
+    model: str = Field(min_length=1)
+    hyperparameters: dict[str, Scalar] = Field(default_factory=dict)
+
+
+def _routed(data: Any) -> Any:
+    """`provider = ["openai", "gpu"]`, `model = { openai = "...", gpu = "..." }`
+    and hyperparameters per provider (`{ epochs = 3, gpu = { lora = true } }`:
+    the plain keys for every provider, a provider's table over them) become
+    the first provider's plain settings and the others' `fallbacks`."""
+    if not isinstance(data, dict):
+        return data
+    if "fallbacks" in data:
+        raise ValueError(".fallbacks: unknown key (list the providers in provider = [...])")
+    provider = data.get("provider")
+    if isinstance(provider, list):
+        if not provider or not all(isinstance(p, str) and p for p in provider):
+            raise ValueError('.provider: a provider name, or a list of them in the order tried: ["openai", "gpu"]')
+        if len(set(provider)) != len(provider):
+            raise ValueError(".provider: a provider is named twice")
+    names = provider if isinstance(provider, list) else [provider]
+    if not all(isinstance(p, str) for p in names):
+        return data  # pydantic says what is wrong
+    model = data.get("model")
+    if isinstance(model, dict):
+        for key in model:
+            if key not in names:
+                raise ValueError(f".model.{key}: not one of this agent's providers ({', '.join(names)})")
+        for name in names:
+            if name not in model:
+                raise ValueError(f".model.{name}: required key is missing (a model for each provider)")
+        models = model
+    else:
+        models = {name: model for name in names}
+    hp = data.get("hyperparameters", {})
+    hps = {name: hp for name in names}
+    if isinstance(hp, dict) and any(isinstance(v, dict) for v in hp.values()):
+        for key, value in hp.items():
+            if isinstance(value, dict) and key not in names:
+                raise ValueError(f".hyperparameters.{key}: a table names one of this agent's providers "
+                                 f"({', '.join(names)})")
+        common = {k: v for k, v in hp.items() if not isinstance(v, dict)}
+        hps = {name: {**common, **(hp.get(name) or {})} for name in names}
+    if len(names) == 1 and data.get("fallback_after") is not None:
+        raise ValueError('.fallback_after: only with a list of providers (provider = ["openai", "gpu"])')
+    if "model" not in data:
+        return {**data, "provider": names[0]}  # "model: required key is missing", as for any agent
+    out = {**data, "provider": names[0], "model": models[names[0]],
+           "fallbacks": [{"provider": n, "model": models[n], "hyperparameters": hps[n]} for n in names[1:]]}
+    if "hyperparameters" in data:
+        out["hyperparameters"] = hps[names[0]]
+    return out
+
+
 class AgentConfig(Section):
     provider: str
     # a base model, or "@other": the fine-tuned model of agent other's job
@@ -111,10 +171,24 @@ class AgentConfig(Section):
     training_files: list[TrainingFileRef] | None = Field(default=None, min_length=1)
     # numbers, switches (lora = true) and names (training_method = "dpo");
     # each provider's descriptor says which it knows
-    hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    hyperparameters: dict[str, Scalar] = Field(default_factory=dict)
     # agents whose jobs must succeed before this one's is admitted
     depends_on: list[str] = Field(default_factory=list)
     evaluation: EvalConfig | None = Field(default=None, alias="eval")
+    # provider = [first, then ...]: the providers after the first, in order
+    fallbacks: list[Fallback] = Field(default_factory=list)
+    # paused for auth or quota this long: the job moves to the next provider
+    fallback_after: Duration | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _routes(cls, data: Any) -> Any:
+        return _routed(data)
+
+    def route(self) -> list[Fallback]:
+        """Each provider this agent may train on, in order, with its model and hyperparameters."""
+        first = Fallback(provider=self.provider, model=self.model, hyperparameters=dict(self.hyperparameters))
+        return [first, *self.fallbacks]
 
     @property
     def upstream_model(self) -> str | None:
@@ -155,8 +229,6 @@ def check_agent(config: Any, name: str, agent: AgentConfig) -> None:
         raise ValueError(f"agents.{name}.training_files: give training_file or training_files, not both")
     if not agent.training_file and not agent.training_files:
         raise ValueError(f"agents.{name}.training_file: required key is missing (or training_files)")
-    if agent.upstream_model is not None:
-        check_agent_name(agent.upstream_model, f"agents.{name}.model")
     known = ", ".join(sorted(config.agents))
     for other in agent.depends_on:
         check_agent_name(other, f"agents.{name}.depends_on")
@@ -166,19 +238,30 @@ def check_agent(config: Any, name: str, agent: AgentConfig) -> None:
             raise ValueError(f"agents.{name}.depends_on: unknown agent {other!r} (agents: {known})")
     if len(set(agent.depends_on)) != len(agent.depends_on):
         raise ValueError(f"agents.{name}.depends_on: an agent is named twice")
-    upstream = agent.upstream_model
-    if upstream is not None:
+    route = agent.route()
+    for step in route[1:]:
+        if step.provider not in config.providers:
+            known = ", ".join(sorted(config.providers)) or "none"
+            raise ValueError(f"agents.{name}.provider: unknown provider {step.provider!r} (configured: {known})")
+    for step in route:
+        where = f"agents.{name}.model" + (f".{step.provider}" if len(route) > 1 else "")
+        upstream = step.model[1:] if step.model.startswith("@") else None
+        if upstream is None:
+            continue
+        check_agent_name(upstream, where)
         if upstream not in agent.depends_on:
-            raise ValueError(f"agents.{name}.model: {agent.model!r} trains on {upstream}'s model, so "
+            raise ValueError(f"{where}: {step.model!r} trains on {upstream}'s model, so "
                              f"depends_on must name it: depends_on = [\"{upstream}\"]")
-        if config.agents[upstream].provider != agent.provider:
-            raise ValueError(f"agents.{name}.model: {agent.model!r} is trained on provider "
-                             f"{config.agents[upstream].provider!r}, not {agent.provider!r}: a fine-tuned model "
+        theirs = [s.provider for s in config.agents[upstream].route()]
+        if step.provider not in theirs:
+            raise ValueError(f"{where}: {step.model!r} is trained on provider "
+                             f"{' or '.join(repr(p) for p in theirs)}, not {step.provider!r}: a fine-tuned model "
                              f"stays with the provider that made it")
-    if agent.evaluation is not None and not (kind_of(config.providers[agent.provider].kind).chat
-                                             or kind_of(config.providers[agent.provider].kind).chat_batches):
-        raise ValueError(f"agents.{name}.eval: provider {agent.provider!r} cannot answer chat, so its models "
-                         f"cannot be evaluated")
+    for step in route:
+        descriptor = kind_of(config.providers[step.provider].kind)
+        if agent.evaluation is not None and not (descriptor.chat or descriptor.chat_batches):
+            raise ValueError(f"agents.{name}.eval: provider {step.provider!r} cannot answer chat, so its models "
+                             f"cannot be evaluated")
 
 
 def check_cycles(agents: dict[str, AgentConfig]) -> None:
@@ -214,12 +297,39 @@ def upstream_closure(config: Any, names: list[str]) -> list[str]:
     return order
 
 
-def root_model(config: Any, agent: str) -> str:
-    """The base model at the root of an agent's chain ("@x" followed back):
-    what its tokens are counted and its price looked up with at submit."""
-    model = config.agents[agent].model
+def _model_on(conf: AgentConfig, provider: str | None) -> str:
+    if provider is None:
+        return conf.model
+    return next((s.model for s in conf.route() if s.provider == provider), conf.model)
+
+
+def root_model(config: Any, agent: str, provider: str | None = None) -> str:
+    """The base model at the root of an agent's chain ("@x" followed back,
+    on `provider`: the agent's first by default): what its tokens are
+    counted and its price looked up with at submit."""
+    model = _model_on(config.agents[agent], provider)
     seen = {agent}
     while model.startswith("@") and model[1:] in config.agents and model[1:] not in seen:
         seen.add(model[1:])
-        model = config.agents[model[1:]].model
+        model = _model_on(config.agents[model[1:]], provider)
     return model
+
+
+def route_of(config: Any, agent: str) -> list[tuple[str, str]]:
+    """(provider, root base model) of each provider `agent` may train on, in order."""
+    return [(s.provider, root_model(config, agent, s.provider)) for s in config.agents[agent].route()]
+
+
+def unfollowed(config: Any, agent: str) -> list[str]:
+    """One line for each provider in a pipeline stage's list where it trains
+    from a base model, not from its upstream's (a fine-tuned model stays
+    with the provider that made it: a Mistral `ft:` model is no Ray base)."""
+    conf = config.agents[agent]
+    route = conf.route()
+    followed = [s for s in route if s.model.startswith("@")]
+    if not followed:
+        return []
+    up = followed[0].model[1:]
+    return [f"agents.{agent}: on {s.provider} it trains from {s.model}, not from {up}'s model (a model "
+            f"{up} makes on {followed[0].provider} cannot be a base on {s.provider})"
+            for s in route if not s.model.startswith("@")]

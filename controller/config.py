@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ftctl.controller.service.settings import (EventsSection, HistorySection, HookConfig, LogsSection,
-                                              WebhooksSection)
+from ftctl.controller.service.settings import (DashboardSection, EventsSection, HistorySection, HookConfig,
+                                              LogsSection, RetentionSection, WebhooksSection)
 from ftctl.providers.registry import KINDS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, parse_duration
 
@@ -112,6 +112,7 @@ def _no_key_to_hooks(config: "Config") -> None:
     keys = {getattr(p, "key_env", None): f"providers.{n}" for n, p in config.providers.items()}
     keys.update({h.secret_env: f"hooks[{i}]" for i, h in enumerate(config.hooks)})
     keys[config.webhooks.secret_env] = "webhooks"
+    keys[config.dashboard.token_env] = "dashboard"
     keys.pop(None, None)
     for i, hook in enumerate(config.hooks):
         for name in hook.env:
@@ -125,10 +126,13 @@ class Config(Section):
     budget: BudgetSection = BudgetSection()
     metrics: MetricsSection = MetricsSection()
     webhooks: WebhooksSection = WebhooksSection()
+    dashboard: DashboardSection = DashboardSection()
     hooks: list[HookConfig] = Field(default_factory=list)
     events: EventsSection = EventsSection()
     logs: LogsSection = LogsSection()
     history: HistorySection = HistorySection()
+    # None: nothing is ever deleted at a provider
+    retention: RetentionSection | None = None
     preflight: PreflightSection = PreflightSection()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
@@ -158,6 +162,8 @@ class Config(Section):
             raise ValueError("retry.backoff_max: must not be shorter than retry.backoff_initial")
         if self.webhooks.listen and self.metrics.listen == self.webhooks.listen:
             raise ValueError("webhooks.listen: the same address as metrics.listen")
+        if self.dashboard.listen and self.dashboard.listen in (self.metrics.listen, self.webhooks.listen):
+            raise ValueError("dashboard.listen: the same address as metrics.listen or webhooks.listen")
         _no_key_to_hooks(self)
         return self
 
@@ -274,4 +280,11 @@ def load_config(explicit: str | Path | None = None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.__class__.__name__}") from None
-    return parse_config(text, path)
+    config = parse_config(text, path)
+    from ftctl.providers.lifecycle import today
+
+    try:  # a fixed "today" ($FTCTL_TODAY) is checked where the config is: one line, exit 2
+        today()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return config

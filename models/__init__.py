@@ -11,8 +11,8 @@ from typing import Any
 
 from ftctl.models.schema import StoreError, utcnow  # noqa: F401 - re-exported
 
-_TABLES = ("Attempt", "EvalAnswer", "Evaluation", "GoldenAnswer", "Job", "JobEvent", "LogCursor", "LogPoint",
-           "OutboxEvent", "ProviderState", "QuoteJob", "Rehome", "UploadedFile", "WebhookDelivery")
+_TABLES = ("Attempt", "Deletion", "EvalAnswer", "Evaluation", "GoldenAnswer", "Job", "JobEvent", "LogCursor",
+           "LogPoint", "OutboxEvent", "ProviderState", "QuoteJob", "Rehome", "UploadedFile", "WebhookDelivery")
 _WHERE = {"LockError": "leadership", "LockHeld": "leadership", "LockLost": "leadership", "Store": "store",
           **{name: "tables" for name in _TABLES}}
 

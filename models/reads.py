@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftctl.models.reads_dashboard import DashboardReads
 from ftctl.models.reads_history import HistoryReads
 from ftctl.models.schema import FINISHED_STATES, SCHEMA_HEAD, StoreError, lock_file_pid, redact_url
 
@@ -92,7 +93,7 @@ class Filter:
         return (" WHERE " + " AND ".join(parts)) if parts else ""
 
 
-class Reads(HistoryReads):
+class Reads(HistoryReads, DashboardReads):
     def __init__(self, url: str):
         self.url = url
         self.sqlite_path: Path | None = None
@@ -263,17 +264,31 @@ class Reads(HistoryReads):
 
     def storage_since(self, since: datetime, now: datetime) -> float:
         """What keeping the fine-tuned models of succeeded jobs cost between
-        `since` and `now` (models.store.Store.storage_since)."""
+        `since` and `now`, each until `[retention]` deleted it
+        (models.deletions.DeletionQueries.storage_since)."""
+        from ftctl.models.deletions import MONTH_S, _kept_span
+
         at = {"since": self._time_param(since)}
         kept = "state = 'succeeded' AND storage_per_month > 0"
+        deleted = ("(SELECT MIN(x.done_at) FROM deletions AS x WHERE x.job_id = jobs.id AND x.kind = 'model' "
+                   "AND x.outcome IN ('deleted', 'gone'))")
         before = self._one(f"SELECT COALESCE(SUM(storage_per_month), 0.0) FROM jobs WHERE {kept} "
-                           "AND updated_at < :since", at)[0]
-        month = 30 * 86400.0
-        storage = float(before) * max(0.0, (now - since).total_seconds()) / month
-        for fee, made in self._rows(f"SELECT storage_per_month, updated_at FROM jobs WHERE {kept} "
-                                    "AND updated_at >= :since", at):
-            storage += fee * max(0.0, (now - _time(made)).total_seconds()) / month
+                           f"AND updated_at < :since AND {deleted} IS NULL", at)[0]
+        storage = float(before) * max(0.0, (now - since).total_seconds()) / MONTH_S
+        for fee, made, gone in self._rows(f"SELECT storage_per_month, updated_at, {deleted} FROM jobs WHERE {kept} "
+                                          f"AND (updated_at >= :since OR {deleted} IS NOT NULL)", at):
+            storage += _kept_span(float(fee), _time(made), _time(gone), since, now)
         return storage
+
+    def storage_fees(self) -> tuple[float, float]:
+        """(the monthly storage fee of the models kept, that of the models
+        `[retention]` deleted: what it saves a month)."""
+        gone = "x.kind = 'model' AND x.outcome IN ('deleted', 'gone')"
+        kept = self._one("SELECT COALESCE(SUM(storage_per_month), 0.0) FROM jobs WHERE state = 'succeeded' AND "
+                         f"storage_per_month > 0 AND NOT EXISTS (SELECT 1 FROM deletions AS x WHERE "
+                         f"x.job_id = jobs.id AND {gone})")[0]
+        saved = self._one(f"SELECT COALESCE(SUM(fee_per_month), 0.0) FROM deletions AS x WHERE {gone}")[0]
+        return float(kept), float(saved)
 
     def committed(self) -> float:
         """What queued and running jobs, and evaluations under way, hold."""

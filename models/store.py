@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
 
+from ftctl.models.deletions import DeletionQueries
 from ftctl.models.evaluations import EvaluationQueries
 from ftctl.models.events import EventQueries
 from ftctl.models.leadership import FileLeadership, Leadership, LeaseLeadership
@@ -31,10 +32,11 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # their views; the few jobs a provider call acts on are read again whole)
 TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "provider_job_id", "intent_at",
                 "not_before", "created_at", "cancel_pending", "reason_code", "reason_args", "provider_status",
-                "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion")
+                "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion", "fallbacks",
+                "fallback_after")
 
 
-class Store(EventQueries, EvaluationQueries, RehomeQueries):
+class Store(EventQueries, EvaluationQueries, RehomeQueries, DeletionQueries):
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -222,7 +224,7 @@ class Store(EventQueries, EvaluationQueries, RehomeQueries):
             raw = conn.exec_driver_sql(sql).fetchall()
         out = []
         for (job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at, cancel,
-             code, args, status, cost, error, model_job_id, upstream, promotion) in raw:
+             code, args, status, cost, error, model_job_id, upstream, promotion, fallbacks, fallback_after) in raw:
             if isinstance(args, (str, bytes)):
                 if args not in decoded:
                     decoded[args] = json.loads(args)
@@ -230,12 +232,17 @@ class Store(EventQueries, EvaluationQueries, RehomeQueries):
             if isinstance(upstream, (str, bytes)):
                 upstream = json.loads(upstream)
             upstream = tuple(upstream) if upstream else ()
+            if isinstance(fallbacks, (str, bytes)):
+                fallbacks = json.loads(fallbacks)
+            # the providers it may move to, by name (the shell reads the rest when it moves)
+            fallbacks = tuple(f["provider"] for f in fallbacks) if fallbacks else ()
             if isinstance(created_at, str):  # SQLite keeps times as text
                 intent_at = when(intent_at) if intent_at else None
                 not_before = when(not_before) if not_before else None
                 created_at = when(created_at)
             out.append((job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at,
-                        bool(cancel), code, args, status, cost, error, model_job_id, upstream, promotion))
+                        bool(cancel), code, args, status, cost, error, model_job_id, upstream, promotion,
+                        fallbacks, fallback_after))
         return out
 
     def spent_since(self, since: datetime) -> float:
@@ -250,24 +257,9 @@ class Store(EventQueries, EvaluationQueries, RehomeQueries):
 
     def spent_in(self, since: datetime, now: datetime) -> float:
         """What the budget's period cost: succeeded jobs and evaluations
-        finished in it, and keeping the fine-tuned models through it."""
+        finished in it, and keeping the fine-tuned models through it
+        (models.deletions: until `[retention]` deleted them)."""
         return self.spent_since(since) + self.storage_since(since, now)
-
-    def storage_since(self, since: datetime, now: datetime) -> float:
-        """What keeping the fine-tuned models of succeeded jobs cost between
-        `since` and `now` (a month counted as 30 days): a model kept all along
-        costs the whole span, one made within it from when it was made."""
-        month = 30 * 86400.0
-        span = max(0.0, (now - since).total_seconds())
-        with self.read() as s:
-            kept = (Job.state == "succeeded", Job.storage_per_month > 0)
-            before = s.exec(select(func.coalesce(func.sum(Job.storage_per_month), 0.0)).where(
-                *kept, Job.updated_at < since)).one()
-            recent = s.exec(select(Job.storage_per_month, Job.updated_at).where(*kept, Job.updated_at >= since)).all()
-        total = float(before) * span / month
-        for fee, at in recent:
-            total += fee * max(0.0, (now - at).total_seconds()) / month
-        return total
 
     def committed(self) -> float:
         """What queued and running jobs, and evaluations under way, hold."""

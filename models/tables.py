@@ -93,6 +93,12 @@ class Job(SQLModel, table=True):
     # what a succeeded job's model is to its agent (engine.states.PromotionState)
     promotion: Optional[str] = Field(default=None, index=True)
     promoted_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    # provider = [...]: the providers the job may still move to, in order, each
+    # checked and priced at submit ({"provider", "model", "hyperparameters",
+    # "estimated_cost", "data_tokens", "storage_per_month"}), and how long its
+    # provider may be paused for auth or quota before it moves on (seconds)
+    fallbacks: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    fallback_after: Optional[float] = None
 
 
 class Evaluation(SQLModel, table=True):
@@ -338,6 +344,9 @@ class ProviderState(SQLModel, table=True):
     paused_why: Optional[str] = None  # auth, quota, unavailable
     paused_message: Optional[str] = None
     paused_until: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    # since when it has been paused without a break (a job with a fallback
+    # moves on after its fallback_after)
+    paused_since: Optional[datetime] = Field(default=None, sa_type=DateTime)
     # what the last tick's admission saw, for "2/2 busy" in status lines
     slots_used: Optional[int] = None
     slots_limit: Optional[int] = None
@@ -382,3 +391,29 @@ class Daemon(SQLModel, table=True):
     role: str  # leader, standby
     started_at: datetime = Field(sa_type=DateTime)
     heartbeat_at: datetime = Field(sa_type=DateTime)
+
+
+class Deletion(SQLModel, table=True):
+    """Something `[retention]` deletes at a provider: a model, an uploaded
+    file, or a self-hosted job's checkpoints. The row is written (the intent)
+    before the provider is asked, and settled after: a daemon killed in
+    between finds it on its next pass, checks the rules again, and finishes
+    or drops it; nothing is forgotten nor asked twice by mistake."""
+
+    __tablename__ = "deletions"
+    __table_args__ = (Index("ix_deletions_open", "id", sqlite_where=text("done_at IS NULL"),
+                            postgresql_where=text("done_at IS NULL")),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str  # model, file, checkpoints
+    provider: str
+    target: str  # the model id, the provider's file id, the job's model folder
+    job_id: int = Field(foreign_key="jobs.id", index=True)  # whose history tells of it
+    content_hash: Optional[str] = None  # a file's: its upload is forgotten once deleted
+    rule: str  # rejected, superseded, files, checkpoints
+    fee_per_month: float = 0.0  # what keeping it cost a month (the provider's storage fee)
+    intent_at: datetime = Field(sa_type=DateTime)
+    done_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    # deleted; gone (the provider no longer had it); kept (the rules protect it now)
+    outcome: Optional[str] = None
+    error: Optional[str] = None

@@ -28,6 +28,19 @@ FAIL_TRAINING = "training"  # training itself failed: retry, limited
 CONCURRENCY_LIMIT_MESSAGE = "You have reached the maximum number of jobs you can run concurrently."
 
 
+# what a provider answers when fine-tuning is over: for the account (OpenAI's
+# wind-down: a 403 "fine-tuning is not available ..."), or for a model
+# (Mistral's 422 "Model not available for this type of fine-tuning")
+_ENDED = ("not available", "no longer available", "no longer accept", "not accepting", "no longer support",
+          "wound down", "winding down", "discontinued", "has ended", "not enabled")
+
+
+def is_closed_message(message: str | None) -> bool:
+    """Whether an error's text says fine-tuning is not (any longer) open."""
+    lowered = (message or "").lower().replace("fine tun", "fine-tun").replace("finetun", "fine-tun")
+    return "fine-tun" in lowered and any(phrase in lowered for phrase in _ENDED)
+
+
 def is_concurrency_limit_message(message: str | None) -> bool:
     if not message:
         return False
@@ -223,6 +236,21 @@ class PermanentError(ProviderError):
     kind = "permanent"
 
 
+class ProviderClosed(ProviderError):
+    """Fine-tuning is no longer open to this account (a wind-down, a
+    deprecation): never a retry, never counted against the job; a job with
+    a fallback provider moves on."""
+
+    kind = "closed"
+
+
+class ModelClosed(PermanentError):
+    """The provider no longer fine-tunes this model: permanent for the job
+    on this provider; a job with a fallback provider moves on."""
+
+    kind = "model_closed"
+
+
 class CapacityError(ProviderError):
     """The provider refused because its concurrency limit is reached."""
 
@@ -281,10 +309,35 @@ class Provider(Protocol):
         them (descriptor.training_log); a client may return only what is new
         since its last call for that job: the caller stores points by key."""
 
+    def delete_model(self, model: str) -> bool:
+        """Delete a fine-tuned model (descriptor.deletes_models): True when
+        deleted, False when the provider had no such model (gone already)."""
+
+    def delete_file(self, file_id: str) -> bool:
+        """Delete an uploaded file (descriptor.deletes_files); True/False as delete_model."""
+
+    def prune_checkpoints(self, model: str) -> int:
+        """Drop the checkpoints of the job that made `model`, but what the
+        model itself is (descriptor.prunes_checkpoints); how many went."""
+
+
+def deleted(call: Callable[[], Any]) -> bool:
+    """A provider's delete: True when done, False when there was nothing to
+    delete (a 404: an earlier call that took effect, or deleted by hand)."""
+    try:
+        call()
+    except NotFoundError:
+        return False
+    return True
+
 
 def error_from_status(status_code: int, message: str, retry_after: float | None = None) -> ProviderError:
     """Classify an HTTP-shaped error by the failure policy."""
     lowered = message.lower()
+    if status_code in (400, 403, 404, 422) and is_closed_message(message):
+        if status_code != 403 and "model" in lowered:
+            return ModelClosed(message, status_code=status_code)
+        return ProviderClosed(message, status_code=status_code)
     if status_code in (402, 429) and ("quota" in lowered or "billing" in lowered or "credit" in lowered):
         return QuotaError(message, status_code=status_code)
     if status_code in (409, 429) and is_concurrency_limit_message(message):

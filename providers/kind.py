@@ -16,12 +16,14 @@ import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ftctl.providers.base import ProviderUnavailable
+from ftctl.providers.lifecycle import Lifecycle
 from ftctl.providers.settings import Section, bounded_duration, resolve_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +44,9 @@ class BuildEnv:
 class ProviderSection(Section):
     kind: str
     concurrency: int = Field(default=2, ge=1)
+    # the last day this provider takes new fine-tuning jobs, over the date
+    # its descriptor ships (providers.lifecycle)
+    accepts_jobs_until: date | None = None
 
 
 class RemoteSection(ProviderSection):
@@ -169,6 +174,12 @@ class ProviderKind:
     webhook_types: ClassVar[tuple[str, ...]] = ()
     # a job may continue from an upstream job's model (JobSpec.upstream_job_id)
     chaining: ClassVar[bool] = False
+    # `[retention]` can delete a fine-tuned model, an uploaded file, a job's
+    # checkpoints but its model (the client's delete_model, delete_file,
+    # prune_checkpoints)
+    deletes_models: ClassVar[bool] = False
+    deletes_files: ClassVar[bool] = False
+    prunes_checkpoints: ClassVar[bool] = False
     # the training methods this kind takes (the first is the default), each
     # with its data format (providers.formats), and the hyperparameter that
     # picks one
@@ -177,6 +188,8 @@ class ProviderKind:
     # the SDK module the client needs, and how to install it from a checkout
     sdk: ClassVar[str | None] = None
     install_hint: ClassVar[str | None] = None
+    # what is known about the end of its fine-tuning (dates, with sources)
+    lifecycle: ClassVar[Lifecycle] = Lifecycle()
 
     # -- clients -------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import secrets
 from typing import Any, ClassVar, Literal
 
+from ftctl.providers.base import deleted
 from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
@@ -33,6 +34,7 @@ from ftctl.providers.base import (
     retry_after_seconds,
 )
 from ftctl.providers.keys import clip, redact
+from ftctl.providers.lifecycle import MISTRAL as MISTRAL_LIFECYCLE
 from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 
 HYPERPARAMETERS = {k: k for k in ("training_steps", "learning_rate", "weight_decay", "warmup_fraction", "epochs",
@@ -344,6 +346,12 @@ class MistralProvider:
             content = "".join(getattr(c, "text", "") or "" for c in content)
         return content or ""
 
+    def delete_model(self, model: str) -> bool:
+        return deleted(lambda: self._call(self.client.models.delete, model_id=model))
+
+    def delete_file(self, file_id: str) -> bool:
+        return deleted(lambda: self._call(self.client.files.delete, file_id=file_id))
+
     def find_by_token(self, token: str) -> list[ProviderJob]:
         res = self._call(self.client.fine_tuning.jobs.list, suffix=token, page_size=PAGE_SIZE)
         return [self._to_job(j) for j in (res.data or []) if not getattr(j, "is_unknown", False)]
@@ -392,7 +400,10 @@ class MistralKind(ProviderKind):
     file_weights = True
     training_log = True
     chat = True
+    deletes_models = True
+    deletes_files = True
     sdk = "mistralai"
+    lifecycle = MISTRAL_LIFECYCLE
     install_hint = "pip install . from a checkout"
 
     def client(self, name: str, section: MistralSection, env: BuildEnv) -> MistralProvider:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from ftctl.providers.base import deleted
 from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
@@ -35,6 +36,7 @@ from ftctl.providers.base import (
     retry_after_seconds,
 )
 from ftctl.providers.keys import clip, redact
+from ftctl.providers.lifecycle import OPENAI as OPENAI_LIFECYCLE
 from ftctl.providers.kind import BuildEnv, ProviderKind, RemoteSection
 
 TOKEN_KEY = "ftctl_token"
@@ -170,6 +172,12 @@ class OpenAIProvider:
         reply = self._call(self.client.chat.completions.create, model=model, messages=messages, **kwargs)
         return (reply.choices[0].message.content if reply.choices else None) or ""
 
+    def delete_model(self, model: str) -> bool:
+        return deleted(lambda: self._call(self.client.models.delete, model))
+
+    def delete_file(self, file_id: str) -> bool:
+        return deleted(lambda: self._call(self.client.files.delete, file_id))
+
     def find_by_token(self, token: str) -> list[ProviderJob]:
         page = self._call(self.client.fine_tuning.jobs.list, metadata={TOKEN_KEY: token}, limit=PAGE_SIZE)
         return [self._to_job(j) for j in page.data]
@@ -272,8 +280,11 @@ class OpenAIKind(ProviderKind):
     example_keys = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
     chat = True
     checkpoint_models = True  # ft:...:ckpt-step-N answers chat like the final model
+    deletes_models = True
+    deletes_files = True
     sdk = "openai"
     install_hint = "pip install '.[openai]' from a checkout"
+    lifecycle = OPENAI_LIFECYCLE
 
     def client(self, name: str, section: OpenAISection, env: BuildEnv) -> OpenAIProvider:
         return OpenAIProvider(name, section.api_key(name), base_url=section.base_url, timeout=section.timeout)

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from ftctl.providers.base import deleted
 from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
@@ -196,6 +197,10 @@ class TogetherProvider:
     def cancel_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.cancel, job_id))
 
+    def delete_file(self, file_id: str) -> bool:
+        # Together's SDK deletes files; a fine-tuned model has no delete of its own there
+        return deleted(lambda: self._call(self.client.files.delete, file_id))
+
     def find_by_token(self, token: str) -> list[ProviderJob]:
         return [j for j in self.list_jobs() if j.client_token == token]
 
@@ -342,6 +347,7 @@ class TogetherKind(ProviderKind):
     chat = True
     training_log = True
     chaining = True
+    deletes_files = True
     methods = ("sft", "dpo")
     method_key = "training_method"
     sdk = "together"

@@ -178,7 +178,7 @@ class Ftctl(Delivery, Rehoming):
                                      agent=adhoc.get("agent"), file=adhoc.get("file"), model=adhoc.get("model"),
                                      provider=adhoc.get("provider"),
                                      hyperparameters=adhoc.get("hyperparameters") or {}, allow_pii=allow_pii,
-                                     quote=quote, phone_region=phone_region)
+                                     quote=quote, phone_region=phone_region, force=force)
         except SubmitError as exc:
             raise BadInput(str(exc)) from None
         with self._writing():

@@ -7,6 +7,7 @@ import sys
 
 from ftctl.controller.cli import jobs as _jobs  # noqa: F401  (registers its commands)
 from ftctl.controller.cli import observe as _observe  # noqa: F401
+from ftctl.controller.cli import gc as _gc  # noqa: F401
 from ftctl.controller.cli import preflight as _preflight  # noqa: F401
 from ftctl.controller.cli import rehome as _rehome  # noqa: F401
 from ftctl.controller.cli import service as _service  # noqa: F401

@@ -35,6 +35,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "logs": [("a job's training log and loss curve", "ftctl logs 3"),
              ("as it trains, until it is done", "ftctl logs 3 --follow"),
              ("the points, for scripts", "ftctl logs 3 --json")],
+    "dashboard": [("open the daemon's dashboard ([dashboard] listen) in a browser", "ftctl dashboard"),
+                  ("serve it from the database alone, on a standby or a laptop", "ftctl dashboard --serve"),
+                  ("on another address (a token is needed off loopback)",
+                   "ftctl dashboard --serve --listen 127.0.0.1:9467")],
     "validate": [("a file, with the model's own tokenizer", "ftctl validate data/qa.jsonl --provider mistral "
                                                             "--model open-mistral-7b"),
                  ("a preference (DPO) file", "ftctl validate pairs.jsonl --provider together --method dpo"),
@@ -46,7 +50,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "prepare": [("a cleaned copy with personal data scrubbed", "ftctl prepare raw.jsonl ready.jsonl --strip-extra "
                                                               "--scrub-pii"),
                 ("a sample of 200 examples, the same each time", "ftctl prepare raw.jsonl sample.jsonl "
-                                                                 "--max-examples 200 --seed 7")],
+                                                                 "--max-examples 200 --seed 7"),
+                ("5000 examples, 30% easy, 45% medium, 25% hard", "ftctl prepare raw.jsonl mix.jsonl --stratify "
+                 "difficulty --target easy=0.30,medium=0.45,hard=0.25 --max-examples 5000")],
     "budget": [("spent, committed and left", "ftctl budget"),
                ("the same, for scripts", "ftctl budget --json")],
     "emulator": [("Mistral's API on port 8089", "ftctl emulator --kind mistral --port 8089"),
@@ -58,6 +64,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "doctor": [("check everything, one line each", "ftctl doctor"),
                ("the same, for scripts", "ftctl doctor --json")],
     "tick": [("one reconcile pass (cron, debugging)", "ftctl tick")],
+    "gc": [("what [retention] would delete, and the storage fee it saves a month", "ftctl gc --dry-run"),
+           ("delete it now (the daemon does it on its own)", "ftctl gc")],
     "daemon": [("the reconcile loop (systemd runs this)", "ftctl daemon"),
                ("in CI: exit once every job is done", "ftctl daemon --until-done")],
     "demo": [("five agents on a simulated provider, in a temporary folder", "ftctl demo"),

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ftctl.controller.preflight.closing import header_lines
 from ftctl.controller.cli.app import (DURATION, EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, die,
                                       duration, emit_json, note, out, stdout_is_terminal)
 
@@ -60,14 +61,15 @@ def submit(
     with api() as ft:
         results = ft.submit(agents or [], all_agents=all_agents, adhoc=adhoc, force=force, allow_pii=allow_pii,
                             quote=quote, phone_region=phone_region)
+    [note(f"warning: {w}") for w in dict.fromkeys(w for r in results for w in r.warnings)]  # what ends soon
     if as_json:
         emit_json([r.as_dict() for r in results])
         return
     for r in results:
         if r.created:
             cost = f", estimate ${r.estimated_cost:,.2f}" if r.estimated_cost is not None else ""
-            note = f" ({r.note})" if r.note else ""
-            out.print(f"submitted job {r.job_id} ({r.agent} on {r.provider}, {r.model}{cost}): prepared{note}",
+            more = f" ({r.note})" if r.note else ""
+            out.print(f"submitted job {r.job_id} ({r.agent} on {r.provider}, {r.model}{cost}): prepared{more}",
                       markup=False)
         else:
             out.print(f"skipped {r.agent}: {r.note}", markup=False)
@@ -163,6 +165,7 @@ def status(
         watch_status(query, fmt, no_headers, interval, _print_jobs)
         return
     with api() as ft:
+        [note(f"warning: {w}") for w in header_lines(ft.config, query["agents"])]  # what ends soon
         found = ft.listing(**query)
         shown = _print_jobs(found, fmt, no_headers)
         if fmt in ("json", "name"):

@@ -6,6 +6,8 @@ happen and reads the providers' training logs), and both can follow.
 
 from __future__ import annotations
 
+import textwrap
+
 import json
 import time
 from enum import Enum
@@ -13,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.cli.app import DURATION, _job_id, api, app, duration, emit_json, out
+from ftctl.controller.cli.app import DURATION, _job_id, api, app, duration, emit_json, get_config, out
 from ftctl.controller.engine.states import EVENTS
 
 # how far back `--follow` looks again for events committed out of order
@@ -38,9 +40,11 @@ def _print_event(e: dict, fmt: Output) -> None:
 
 
 # what a hook may ask for is every kind listed here (one list: states.EVENTS)
+# (the kinds in a paragraph of their own that click does not wrap again: it would break
+# a name such as model-deleted at its hyphen)
 _EVENTS_HELP = ("Every transition and promotion (and note) of the jobs, one line each, with its stable event id."
-                "\n\nHooks (\\[\\[hooks]] on = [...], or \"*\" for all) can ask for each kind shown here: "
-                f"{', '.join(EVENTS)}.")
+                "\n\nHooks (\\[\\[hooks]] on = [...], or \"*\" for all) can ask for each kind shown here:\n\n\b\n"
+                + "\n".join(textwrap.wrap(", ".join(EVENTS) + ".", 72, break_on_hyphens=False)))
 
 
 @app.command(help=_EVENTS_HELP)
@@ -140,3 +144,58 @@ def logs(
         if line:
             out.print(line, markup=False, highlight=False)
 
+
+
+@app.command()
+def dashboard(
+    serve: Annotated[bool, typer.Option("--serve", help="serve the pages here, from the database alone (no daemon "
+                                        "needed), until Ctrl-C")] = False,
+    listen: Annotated[Optional[str], typer.Option("--listen", metavar="HOST:PORT", help="with --serve: another "
+                                                  "address than [dashboard] listen (port 0: any free one)")] = None,
+) -> None:
+    """Open the read-only web dashboard in a browser (print its URL in a pipe); --serve serves it."""
+    import signal
+    import threading
+
+    from ftctl.controller.cli.app import die, setup_logging, stdout_is_terminal
+    from ftctl.controller.config import ConfigError
+    from pydantic import ValidationError
+
+    from ftctl.controller.service.settings import DashboardSection
+
+    config = get_config()
+    if listen is not None and not serve:
+        die("--listen goes with --serve")
+    if not serve:
+        if not config.dashboard.listen:
+            die(f"{config.path}: dashboard.listen is not set: add [dashboard] listen = \"127.0.0.1:9466\" "
+                "(the daemon serves it), or run `ftctl dashboard --serve`")
+        host, _, port = config.dashboard.listen.rpartition(":")
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host}:{port}/"
+        print(url)
+        if stdout_is_terminal():
+            import webbrowser
+
+            webbrowser.open(url)
+        return
+    if listen is not None:
+        try:
+            DashboardSection.model_validate({**config.dashboard.model_dump(), "listen": listen})
+        except ValidationError as exc:
+            die(f"--listen: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+    from ftctl.controller.service.dashboard.server import start_dashboard
+
+    setup_logging(config)
+    try:
+        server = start_dashboard(config, listen=listen or config.dashboard.listen or "127.0.0.1:9466")
+    except ConfigError as exc:
+        die(str(exc))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"serving {server.url} (Ctrl-C stops)", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.close()

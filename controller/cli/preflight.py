@@ -210,6 +210,10 @@ def prepare(
                                                   "the messages and, where given, the target agent)")] = False,
     split_by: Annotated[Optional[SplitBy], typer.Option("--split-by", help="weight: one file per weight value "
                                                         "in the OUTPUT folder, and their training_files")] = None,
+    stratify: Annotated[Optional[str], typer.Option("--stratify", metavar="FIELD", help="sample so that FIELD's "
+                                                    "values have the --target shares")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", metavar="VALUE=SHARE,...", help="with --stratify, "
+                                                  "e.g. easy=0.30,medium=0.45,hard=0.25 (shares add up to 1)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write a provider-ready file: cleaned, optionally scrubbed, optionally a stratified sample or split by weight."""
@@ -222,8 +226,16 @@ def prepare(
     from ftctl.providers.registry import kind as kind_of
     from ftctl.providers.tokenizers import TokenizerUnavailable
 
+    from ftctl.controller.preflight.stratify import StratifyError, parse_target, shortfall_lines
+
     if not source.is_file():
         die(f"{source}: no such file")
+    if (stratify is None) != (target is None):
+        die("--stratify FIELD and --target VALUE=SHARE,... go together")
+    try:
+        shares = parse_target(target) if target is not None else None
+    except StratifyError as exc:
+        die(str(exc))
     config = maybe_config()
     kind, _ = _kind(config, provider, model)
     try:
@@ -244,7 +256,8 @@ def prepare(
                                  max_examples=max_examples, max_cost=max_cost, strip_extra=strip_extra,
                                  scrub_pii=scrub_pii, seed=seed, phone_region=region, progress=progress,
                                  jobs=jobs or (default_jobs() if size > 8 * 2**20 else 1),
-                                 keep_duplicates=keep_duplicates, split_by=split_by.value if split_by else None)
+                                 keep_duplicates=keep_duplicates, split_by=split_by.value if split_by else None,
+                                 stratify=stratify, target=shares)
     except PrepareError as exc:
         die(str(exc))
     if as_json:
@@ -274,6 +287,12 @@ def prepare(
         out.print("  source agent share in -> out: " + ", ".join(
             f"{k}: {v:.1f}% -> {d['source_agent_share_out'].get(k, 0.0):.1f}%"
             for k, v in d["source_agent_share_in"].items()), markup=False)
+    if d["stratify"]:
+        reached = d["stratify"]["shares_reached"]
+        out.print(f"  {stratify} share reached (target): " + ", ".join(
+            f"{v}: {100 * reached[v]:.1f}% ({100 * s:g}%)" for v, s in result.target.items()), markup=False)
+        for line in shortfall_lines(stratify, result.strata_out, result.short):
+            out.print(f"  short: {line}", markup=False)
     if result.cost is not None:
         out.print(f"  {result.data_tokens:,} data tokens; estimate ${result.cost:,.2f}", markup=False)
     if split_by:
@@ -296,6 +315,7 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     now = utcnow()
     since = now - timedelta(seconds=caps.period)
     storage = store.storage_since(since, now) if store else 0.0
+    kept_fee, saved_fee = store.storage_fees() if store else (0.0, 0.0)
     spent = store.spent_in(since, now) if store else 0.0
     committed = store.committed() if store else 0.0
     waiting = list(store.jobs(states=["prepared"])) if store else []
@@ -307,6 +327,7 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     data = {"per_job_cap": caps.per_job, "total_cap": caps.total, "period_days": round(caps.period / 86400, 2),
             "spent": round(spent, 2), "storage": round(storage, 2), "committed": round(committed, 2),
             "remaining": remaining,
+            "storage_per_month_kept": round(kept_fee, 2), "storage_per_month_saved": round(saved_fee, 2),
             "waiting_estimates": round(sum(j.estimated_cost or 0 for j in waiting), 2),
             "jobs_over_budget": [j.id for j in over]}
     if as_json:
@@ -315,6 +336,8 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"period: the last {data['period_days']:g} days", markup=False)
     out.print(f"spent: ${spent:,.2f} (succeeded jobs, finished evaluations, ${storage:,.2f} keeping their models)"
               f"   committed: ${committed:,.2f} (queued and running jobs, evaluations under way)", markup=False)
+    out.print(f"storage: ${kept_fee:,.2f} a month for the models kept; retention saves ${saved_fee:,.2f} a month"
+              + ("" if config.retention is not None else " (no [retention]: nothing is ever deleted)"), markup=False)
     if caps.total is not None:
         out.print(f"total cap: ${caps.total:,.2f}   remaining: ${remaining:,.2f}", markup=False)
     else:

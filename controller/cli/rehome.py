@@ -62,14 +62,6 @@ def rehome(
     """Train agents' promoted models again on another provider; the new model is promoted only on parity.
 
     Each new job trains the promoted job's data (checked to be the same bytes) with its hyperparameters mapped to the new provider; its gate compares it with the promoted model, asked on its own provider (\\[agents.X.eval] with compare_to = "promoted", or a golden set with --golden N). The export file switches when the new model is promoted; until then the old one stays.
-
-    Examples:
-
-      ftctl rehome --all --to gpu --plan
-
-      ftctl rehome support --to gpu --golden 20 --min-improvement -0.02
-
-      ftctl rehome --all --to gpu --json
     """
     with api() as ft:
         moves = ft.rehome(agents or [], all_agents=all_agents, to=to, model=model, golden=golden,

@@ -14,8 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ftctl.controller.engine.decisions import (UNCHANGED, CancelAtProvider, CancelQuote, Decision, Evaluate,
-                                               ForgetUpload, GateView, JobView, Note, Promote, ProviderUpdate,
+                                               ForgetUpload, GateView, JobView, Move, Note, Promote, ProviderUpdate,
                                                ProviderView, QuoteSettled, Slots, Submit, Transition, UpstreamView)
+from ftctl.controller.engine import fallback
 from ftctl.controller.engine.gate import decide_promotions
 from ftctl.controller.engine.outcomes import after_create, after_upload_error, begin_submit, file_problem
 from ftctl.controller.engine.policy import Budget, Policy, backoff_seconds
@@ -80,7 +81,7 @@ def _upstream(job: JobView) -> tuple[bool, Decision | None]:
         if up.state != SUCCEEDED:
             return True, note_if_changed(job, Reason("upstream", {"agent": up.agent, "job": up.job_id,
                                                                   "state": up.state}))
-    return False, None
+    return fallback.follow(job)  # its upstream's model is where the upstream ran
 
 
 def _submit(job: JobView, token: str | None = None) -> Submit:
@@ -176,8 +177,9 @@ class _ProviderStep:
             self.out.append(pause_for(err, self.pv.name, self.now, self.policy))
         reason = error_reason(err)
         for job in self.jobs:
+            handled, moved = fallback.waiting(job, self.pv, self.now) if job.state == PREPARED else (False, None)
             if job.state != CANCELLED:
-                self.out.append(note_if_changed(job, reason))
+                self.out.append(moved if handled else note_if_changed(job, reason))
         return self.out
 
     # -- jobs that hold a slot --------------------------------------------------
@@ -261,7 +263,8 @@ class _ProviderStep:
                 return
         if job.not_before and self.now < job.not_before:
             return
-        self.out.append(_submit(job, job.client_token))
+        # proven absent: a job that moves on goes now, else it is created again
+        self.out.append(fallback.settled(job, pv, self.now) or _submit(job, job.client_token))
 
     def _retry_or_fail(self, job: JobView, why: str, *, outcome: str, provider_status: str | None = None) -> None:
         self.out.append(retry_or_fail(job, why, self.now, self.policy, self.rng, outcome=outcome,
@@ -290,6 +293,10 @@ class _ProviderStep:
                 self.out.append(Transition(job.id, job.state, "fail",
                                            Reason("attempts_exhausted", {"attempts": job.attempt, "why": why}), {}))
                 continue
+            handled, decision = fallback.waiting(job, pv, self.now)  # closed, or paused too long: moves on
+            if handled:
+                self.out.append(decision)
+                continue
             if job.not_before and self.now < job.not_before:
                 continue  # its reason says until when it backs off
             if paused:
@@ -312,6 +319,6 @@ class _ProviderStep:
 
 
 __all__ = ["UNCHANGED", "Budget", "CancelAtProvider", "CancelQuote", "Decision", "Evaluate", "ForgetUpload",
-           "GateView", "JobState", "JobView", "Note", "Policy", "Promote", "ProviderUpdate", "ProviderView",
+           "GateView", "JobState", "JobView", "Move", "Note", "Policy", "Promote", "ProviderUpdate", "ProviderView",
            "QuoteSettled", "Slots", "Submit", "Transition", "UpstreamView", "after_create", "after_upload_error", "backoff_seconds", "begin_submit", "decide",
            "effective_limit", "error_reason", "file_problem", "pause_for", "retry_or_fail"]

@@ -30,6 +30,7 @@ class UpstreamView:
     state: str  # "gone" when the row no longer exists
     fine_tuned_model: str | None = None
     provider_job_id: str | None = None
+    provider: str | None = None  # where it ran (its model stays there)
 
 
 class JobView(NamedTuple):
@@ -58,12 +59,20 @@ class JobView(NamedTuple):
     model_job_id: int | None = None
     upstream: tuple[UpstreamView, ...] = ()
     promotion: str | None = None
+    # provider = [...]: the providers it may still move to, in order, and how
+    # long its provider may be paused for auth or quota before it does
+    fallbacks: tuple[str, ...] = ()
+    fallback_after: float | None = None
 
     @classmethod
     def of(cls, row: Any, **extra: Any) -> JobView:
         if isinstance(row, Mapping):
-            return cls(**{f: row[f] for f in cls._fields if f in row}, **extra)
-        return cls(**{f: getattr(row, f) for f in cls._fields if f not in extra and hasattr(row, f)}, **extra)
+            view = cls(**{f: row[f] for f in cls._fields if f in row}, **extra)
+        else:
+            view = cls(**{f: getattr(row, f) for f in cls._fields if f not in extra and hasattr(row, f)}, **extra)
+        if not view.fallbacks or isinstance(view.fallbacks[0], str):
+            return view if view.fallbacks is not None else view._replace(fallbacks=())
+        return view._replace(fallbacks=tuple(f["provider"] for f in view.fallbacks))  # a row's: by name
 
     @property
     def reason(self) -> Reason | None:
@@ -85,6 +94,10 @@ class ProviderView:
     paused_why: str | None = None
     paused_message: str | None = None
     paused_until: datetime | None = None
+    paused_since: datetime | None = None
+    # why it takes no new jobs (its date passed, or it refused a create as
+    # closed to the account); None: it takes them
+    closed: str | None = None
     # our provider job ids that the provider says it does not know
     missing: frozenset[str] = frozenset()
     # when the listing in `jobs` was asked for, and how long after a create
@@ -205,6 +218,18 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Move:
+    """Move a job that holds nothing at its provider (no create in flight,
+    or one proven absent) to its next provider: its settings, estimate and
+    cost there, back to `prepared`, with `reason` in its history."""
+
+    job_id: int
+    expect: str
+    to: str
+    reason: Reason
+
+
+@dataclass(frozen=True)
 class CancelAtProvider:
     job_id: int
     provider_job_id: str
@@ -258,5 +283,5 @@ class Slots:
     waiting: int  # prepared jobs told to wait for a slot
 
 
-Decision = (Transition | Note | Submit | CancelAtProvider | CancelQuote | QuoteSettled | ForgetUpload
+Decision = (Transition | Note | Submit | Move | CancelAtProvider | CancelQuote | QuoteSettled | ForgetUpload
             | ProviderUpdate | Slots | Promote | Evaluate)

@@ -62,7 +62,8 @@ def create_job(store: Store, *, agent: str, provider: str, model: str, training_
                content_hash: str, hyperparameters: dict[str, Any], now: datetime | None = None,
                estimated_cost: float | None = None, data_tokens: int | None = None, force: bool = True,
                upstream_job_ids: list[int] | None = None, model_job_id: int | None = None,
-               training_files: list[dict[str, Any]] | None = None, storage_per_month: float | None = None) -> Job:
+               training_files: list[dict[str, Any]] | None = None, storage_per_month: float | None = None,
+               fallbacks: list[dict[str, Any]] | None = None, fallback_after: float | None = None) -> Job:
     """Store a new `prepared` job. Unless `force`, Twin if an identical job
     is live: the check and the insert are one transaction, and a unique
     index on (identity, replica) among live jobs backs it against a
@@ -77,6 +78,7 @@ def create_job(store: Store, *, agent: str, provider: str, model: str, training_
                                   upstream_job_ids=upstream_job_ids, model_job_id=model_job_id,
                                   training_files=training_files)
                 job.storage_per_month = storage_per_month or None
+                job.fallbacks, job.fallback_after = fallbacks or None, fallback_after
                 live = s.exec(select(Job).where(Job.identity == job.identity, Job.state.in_(LIVE_STATES))
                               .order_by(Job.id)).first()
                 if live is not None and not force:

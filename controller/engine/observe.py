@@ -76,7 +76,7 @@ class Observation:
                     if state.learned_limit and state.learned_at else 0)
         base = dict(name=name, configured_limit=conf.concurrency, learned_limit=state.learned_limit,
                     learned_at=state.learned_at, probe_hold=state.probe_hold, finished_since_learned=finished,
-                    paused_why=state.paused_why,
+                    paused_why=state.paused_why, paused_since=state.paused_since, closed=self._closed(name, now),
                     paused_message=state.paused_message, paused_until=state.paused_until,
                     settle=self.settle(name), quote_ids=frozenset(self.store.quote_ids(name)),
                     pending_quotes=tuple(quotes))
@@ -122,6 +122,13 @@ class Observation:
         if room is not None:
             base.update(room=room.jobs, room_need=room.need, room_short=room.short)
         return rc.ProviderView(jobs=tuple(listing), missing=frozenset(missing), listed_at=listed_at, **base)
+
+    def _closed(self, name: str, now: datetime) -> str | None:
+        """Why `name` takes no new jobs today by its date (providers.lifecycle), or None."""
+        from ftctl.controller.preflight.closing import provider_closed, today
+
+        ended = provider_closed(self.config, name, today(now.date()))
+        return ended.line(today(now.date())) if ended is not None else None
 
     def _unobserved(self, name: str, exc: Exception, base: dict[str, Any]) -> rc.ProviderView:
         err = self._as_provider_error(exc)

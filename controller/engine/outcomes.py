@@ -52,6 +52,11 @@ def after_create(job: JobView, token: str, outcome: ProviderJob | ProviderError,
         if active_at_provider is not None:  # refused at the door (Together): learn the limit, as for a failed job
             out.append(ProviderUpdate(job.provider, learned_limit=max(1, active_at_provider), learned_at=arrived_at))
         return out
+    from ftctl.controller.engine.fallback import after_refused
+
+    refused = after_refused(job, err, arrived_at, policy, uncounted)
+    if refused is not None:
+        return refused
     pause = pause_for(err, job.provider, arrived_at, policy)
     if pause is not None:
         reason = Reason("paused", {"why": pause.paused_why, "message": err.message})

@@ -149,6 +149,13 @@ _TEXT: dict[str, Callable[[Mapping[str, Any], Live | None], str]] = {
     "cancelled_provider": lambda a, _: "cancelled at the provider",
     "cancelled_user": lambda a, _: "cancelled by the user",
     "retried": lambda a, _: "retried by the user",
+    # a provider that closed (providers.lifecycle), and the move to the next in an agent's list
+    "provider_closed": lambda a, _: f"provider {a['provider']} is closed to new jobs: {a['message']}",
+    "model_closed": lambda a, _: f"provider {a['provider']} no longer fine-tunes this model: {a['message']}",
+    "moved": lambda a, _: f"moved from {a['from']} to {a['to']}: {a['why']}",
+    "upstream_elsewhere": lambda a, _: (f"upstream {a['agent']} (job {a['job']}) trained on {a['provider']}: its "
+                                        f"model cannot be a base on {a['here']}, and {a['provider']} is not in "
+                                        f"this agent's providers; nothing was sent"),
     # pipelines
     "upstream": lambda a, _: f"waiting for {a['agent']} (job {a['job']}, {a['state']})",
     "upstream_failed": lambda a, _: (f"upstream {a['agent']} (job {a['job']}) is {a['state']}; nothing was sent "

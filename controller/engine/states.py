@@ -39,10 +39,13 @@ UNFINISHED = frozenset({PREPARED, QUEUED, RUNNING})
 # notes: what happened to a job without moving it (a history row named for
 # its trigger, as `ftctl events` shows it)
 NOTES = ("created", "create-failed", "found", "provider-cancel")
+# what `[retention]` deleted at the provider (the job's model, a training
+# file it used, its checkpoints but the one its model is): notes too
+DELETIONS = ("model-deleted", "file-deleted", "checkpoints-deleted")
 # the events a hook may ask for, every kind `ftctl events` shows: the state a
 # transition reached, a promotion's (evaluating, promoted: the job's model
 # became its agent's, rejected), or a note
-EVENTS = (*(s.value for s in STATES), "evaluating", "promoted", "rejected", *NOTES)
+EVENTS = (*(s.value for s in STATES), "evaluating", "promoted", "rejected", *NOTES, *DELETIONS)
 
 TRANSITIONS = (
     # handed to the provider (the intent and client token are stored first)
@@ -59,6 +62,8 @@ TRANSITIONS = (
     {"trigger": "cancel", "source": [PREPARED, QUEUED, RUNNING], "dest": CANCELLED},
     # by the user: run a finished-but-unsuccessful job again
     {"trigger": "retry", "source": [FAILED, CANCELLED], "dest": PREPARED},
+    # to the next provider in its agent's list, holding nothing at the old one
+    {"trigger": "move", "source": [PREPARED, QUEUED], "dest": PREPARED},
 )
 
 TRIGGERS = tuple(sorted({t["trigger"] for t in TRANSITIONS}))

@@ -96,6 +96,7 @@ class Submission:
         else:
             self.log.info("created at provider", job_id=row.id, agent=row.agent, provider=row.provider,
                           state="queued", provider_job_id=outcome.id, client_token=token)
+            self._created_at(row.provider)
         queued = view._replace(state="queued", attempt=view.attempt + (1 if row.client_token != token else 0),
                          client_token=token)
         self._apply_all(rc.after_create(queued, token, outcome, sent_at=sent_at, arrived_at=arrived_at,

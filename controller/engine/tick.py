@@ -28,6 +28,7 @@ from ftctl.controller.engine.policy import Budget, Policy
 from ftctl.controller.engine.states import (PROMOTION_OPEN, STATES, SUCCEEDED, TERMINAL, UNFINISHED,
                                            InvalidTransition)
 from ftctl.controller.engine.observe import LISTING_MARGIN, LISTING_WINDOW, Observation  # noqa: F401
+from ftctl.controller.engine.moving import Moves, pause_clock
 from ftctl.controller.engine.submission import Submission
 from ftctl.models import Job, ProviderState, Store, utcnow
 from ftctl.models.store import TICK_COLUMNS
@@ -73,7 +74,7 @@ def _no_guard() -> None:
     return None
 
 
-class Ticker(Observation, Submission, Evaluations, EvalBatches):
+class Ticker(Observation, Submission, Evaluations, EvalBatches, Moves):
     def __init__(self, config: Config, store: Store, providers: dict[str, Provider] | None = None, *,
                  clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
                  logger: Any = None, should_stop: Callable[[], bool] = _never,
@@ -233,7 +234,8 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches):
         found = self.store.jobs_by_id(sorted({u for i in chained for u in views[i].upstream}))
         for i in chained:
             views[i] = views[i]._replace(upstream=tuple(
-                rc.UpstreamView(u, found[u].agent, found[u].state, found[u].fine_tuned_model, found[u].provider_job_id)
+                rc.UpstreamView(u, found[u].agent, found[u].state, found[u].fine_tuned_model, found[u].provider_job_id,
+                                found[u].provider)
                 if u in found else rc.UpstreamView(u, "?", "gone") for u in views[i].upstream))
         return views
 
@@ -273,6 +275,7 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches):
                 row = s.get(ProviderState, name) or ProviderState(name=name)
                 for key, value in changes.items():
                     setattr(row, key, value)
+                pause_clock(row, now)
                 s.add(row)
         for d in updates:
             self.log.info("provider state", provider=d.name, **{k: str(v) for k, v in d.changes().items()})
@@ -303,6 +306,8 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches):
             row = self.store.get_job(d.job_id)  # the whole row, for the few jobs handed to a provider
             if row is not None:
                 self._submit(row, d, now)
+        elif isinstance(d, rc.Move):
+            self._move(d, now)
         elif isinstance(d, rc.CancelAtProvider):
             self._cancel_at_provider(rows[d.job_id], d.provider_job_id, now)
         elif isinstance(d, rc.CancelQuote):
@@ -369,6 +374,7 @@ class Ticker(Observation, Submission, Evaluations, EvalBatches):
             return
         for key, value in changes.items():
             setattr(state, key, value)
+        pause_clock(state, self.clock())
         self.store.save_provider_state(state)
         self.log.info("provider state", provider=d.name, **{k: str(v) for k, v in changes.items()})
 

@@ -26,6 +26,7 @@ from ftctl.controller.preflight.dataset import PROGRESS_EVERY, conversation_dige
 from ftctl.controller.preflight.report import DigestSet
 from ftctl.controller.preflight.pii import DEFAULT_REGION
 from ftctl.controller.preflight.pricing import Price, estimate
+from ftctl.controller.preflight.stratify import counts, field_values, value_key
 from ftctl.providers.tokenizers import Counter as TokenCounter
 
 # problems prepare can fix (by stripping); every other problem drops the line
@@ -66,6 +67,13 @@ class PrepareResult:
     seed: int = 0
     # --split-by weight: weight -> the file its examples went to
     files: dict[float, str] = field(default_factory=dict)
+    # --stratify FIELD --target: the shares asked for, the examples of each value in and out,
+    # and what each short value wanted
+    stratify: str | None = None
+    target: dict[str, float] = field(default_factory=dict)
+    strata_in: Counter = field(default_factory=Counter)
+    strata_out: Counter = field(default_factory=Counter)
+    short: dict[str, int] = field(default_factory=dict)
 
     @property
     def pii_replaced(self) -> int:
@@ -83,7 +91,19 @@ class PrepareResult:
                 "weight_share_in": shares(self.weights_in), "weight_share_out": shares(self.weights_out),
                 "source_agent_share_in": shares(self.agents_in), "source_agent_share_out": shares(self.agents_out),
                 "data_tokens": self.data_tokens, "estimated_cost": self.cost,
-                "files": {f"{w:g}": path for w, path in sorted(self.files.items())} or None}
+                "files": {f"{w:g}": path for w, path in sorted(self.files.items())} or None,
+                "stratify": self.stratified()}
+
+    def stratified(self) -> dict[str, Any] | None:
+        """--stratify: the field, the target shares, the shares reached (fractions) and the counts."""
+        if self.stratify is None:
+            return None
+        total = sum(self.strata_out.values()) or 1
+        return {"field": self.stratify, "target": self.target, "examples_in": dict(self.strata_in),
+                "examples_out": {v: self.strata_out[v] for v in self.target},
+                "shares_reached": {v: round(self.strata_out[v] / total, 4) for v in self.target},
+                "short": {v: {"wanted": w, "kept": self.strata_out[v], "short": w - self.strata_out[v]}
+                          for v, w in sorted(self.short.items())}}
 
     def training_files_snippet(self) -> str:
         """--split-by weight: the agent's `training_files`, ready to paste."""
@@ -129,12 +149,16 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
             max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
             scrub_pii: bool = False, seed: int = 0, jobs: int = 1,
             phone_region: str = DEFAULT_REGION, keep_duplicates: bool = False,
-            split_by: str | None = None, progress: Callable[[int], Any] | None = None) -> PrepareResult:
+            split_by: str | None = None, progress: Callable[[int], Any] | None = None,
+            stratify: str | None = None, target: dict[str, float] | None = None) -> PrepareResult:
     """`keep_duplicates`: keep exact duplicates (duplicates are judged on the
     messages and, where the data names one, the target agent). `split_by`
     "weight": `output` is a folder that gets one file per weight value, each
     example's `weight` becoming its file's. `progress(bytes)`: how far the two
-    passes over `source` are, 0 to twice its size (checking, then writing)."""
+    passes over `source` are, 0 to twice its size (checking, then writing).
+    `stratify` and `target`: sample FIELD's values to those shares
+    (preflight.stratify), each value's examples spread over its weights and
+    source agents as ever."""
     if max_examples is not None and max_cost is not None:
         raise PrepareError("give --max-examples or --max-cost, not both")
     if max_cost is not None and (price is None or counter is None):
@@ -147,7 +171,12 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
         raise PrepareError(f"--split-by {split_by!r}: only weight is known")
     if split_by and Path(output).exists() and not Path(output).is_dir():
         raise PrepareError(f"{output}: with --split-by weight the output is a folder, and this is a file")
-    result = PrepareResult(str(source), str(output), seed=seed)
+    if (stratify is None) != (target is None):
+        raise PrepareError("--stratify FIELD and --target VALUE=SHARE,... go together")
+    if stratify is not None and max_cost is not None:
+        raise PrepareError("--stratify samples to a number of examples: give --max-examples, not --max-cost")
+    result = PrepareResult(str(source), str(output), seed=seed, stratify=stratify, target=dict(target or {}))
+    codes, values = field_values(source, stratify) if stratify is not None else (None, None)
     strata: dict[tuple, Stratum] = {}
     sensitive = array("I")  # usable lines that hold personal data or secrets, in order
     for ex in iter_examples(source, provider=provider, counter=counter, jobs=jobs, phone_region=phone_region,
@@ -159,9 +188,16 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
         if blocking:
             result.removed[blocking[0]] += 1
             continue
+        key = (_key(ex.weight), _key(ex.source_agent))
+        if codes is not None:
+            value = values[codes[ex.line]] if ex.line < len(codes) else "-"
+            if value not in result.target:
+                result.removed[f"{stratify} not in --target"] += 1
+                continue
+            result.strata_in[value] += 1
+            key = (*key, value)
         if ex.found:
             sensitive.append(ex.line)
-        key = (_key(ex.weight), _key(ex.source_agent))
         stratum = strata.setdefault(key, Stratum())
         stratum.lines.append(ex.line)
         stratum.tokens.append(ex.tokens or 0)
@@ -174,6 +210,15 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
     sizes = {k: len(s.lines) for k, s in strata.items()}
     n = eligible if max_examples is None else min(max_examples, eligible)
     take = allocate(sizes, n)
+    if stratify is not None:
+        missing = [v for v in result.target if not result.strata_in[v]]
+        if missing and max_examples is None:
+            raise PrepareError(f"--stratify {stratify}: no usable example has {stratify} = {missing[0]}, so no "
+                               f"sample has its share (give --max-examples to keep what there is)")
+        per_value, result.short = counts(result.strata_in, result.target, max_examples)
+        take = {}
+        for value, count in per_value.items():
+            take.update(allocate({k: size for k, size in sizes.items() if k[2] == value}, count))
     chosen = _choose(strata, take, seed)
     if max_cost is not None:
         if price.min_fee > max_cost:
@@ -214,7 +259,7 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
                 sink = lambda _weight: one  # noqa: E731
             _write_chosen(src, sink, selected, result, allowed, strip_extra, scrub_pii, counter, sensitive,
                           phone_region, not keep_duplicates, bool(split_by),
-                          None if progress is None else (lambda done: progress(size + done)))
+                          None if progress is None else (lambda done: progress(size + done)), stratify)
     except OSError as exc:
         raise PrepareError(f"{output}: cannot write ({os.strerror(exc.errno) if exc.errno else exc}); "
                            f"nothing was changed there") from None
@@ -282,7 +327,7 @@ class _Split:
 def _write_chosen(src: Any, sink: Any, selected: bytearray, result: PrepareResult, allowed: Any,
                   strip_extra: bool, scrub_pii: bool, counter: TokenCounter | None, sensitive: array,
                   phone_region: str, dedupe: bool = True, split: bool = False,
-                  progress: Callable[[int], Any] | None = None) -> None:
+                  progress: Callable[[int], Any] | None = None, stratify: str | None = None) -> None:
     """The second pass: the chosen lines, stripped and scrubbed as asked,
     each to `sink(weight)`."""
     scrub = detector(phone_region).scrub
@@ -296,6 +341,7 @@ def _write_chosen(src: Any, sink: Any, selected: bytearray, result: PrepareResul
         record = json.loads(raw)
         key = (_key(record.get("weight")), _key(record.get("source_agent")))
         weight = weight_value(record.pop("weight", None)) if split else 1.0
+        stratum_of = record.get(stratify) if stratify is not None else None  # before --strip-extra
         extra = [k for k in record if k not in allowed]
         if strip_extra:
             for k in extra:
@@ -316,6 +362,8 @@ def _write_chosen(src: Any, sink: Any, selected: bytearray, result: PrepareResul
             continue
         result.weights_out[key[0]] += 1
         result.agents_out[key[1]] += 1
+        if stratify is not None:
+            result.strata_out[value_key(stratum_of)] += 1
         if counter is not None:
             result.data_tokens += counter.count(record["messages"])
         sink(weight).write(json.dumps(record, ensure_ascii=False) + "\n")

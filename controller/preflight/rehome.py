@@ -131,10 +131,6 @@ def _move(config: Config, store: Any, job: Any, to: str, *, model: str | None, g
     source, target = kind_of(source_section.kind), kind_of(config.providers[to].kind)
     if not (source.chat or source.chat_batches):
         raise SubmitError(f"{where}: provider {job.provider!r} cannot answer chat, so parity cannot be proved")
-    if source.chat_batches or target.chat_batches:
-        batch = job.provider if source.chat_batches else to
-        raise SubmitError(f"{where}: provider {batch!r} answers only in batches, and the parity gate asks the two "
-                          f"models on two providers, one by one: not supported yet")
     _gate(config, move, golden=golden, min_improvement=min_improvement, metric=metric)
     move.to_model = model or _same_model(config, job, to, where)
     hyperparameters, move.mapping = map_hyperparameters(source, target, dict(job.hyperparameters or {}))

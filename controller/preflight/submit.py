@@ -40,6 +40,14 @@ class Plan:
     # for by name (an upstream agent comes along, reusing an identical job)
     depends_on: tuple[str, ...] = ()
     named: bool = True
+    # provider = [...]: each provider after this one, checked and priced as
+    # this one was (dicts: provider, model, hyperparameters, estimated_cost,
+    # data_tokens, storage_per_month), and how long a pause lasts before the
+    # job moves on
+    fallbacks: tuple[dict[str, Any], ...] = ()
+    fallback_after: float | None = None
+    # what ends soon (providers.lifecycle), and the providers skipped as closed
+    warnings: tuple[str, ...] = ()
 
     @property
     def upstream_model(self) -> str | None:
@@ -56,10 +64,13 @@ class Result:
     note: str = ""
 
     estimated_cost: float | None = None
+    warnings: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()  # the providers it may move to, in order
 
     def as_dict(self) -> dict[str, Any]:
         return {"agent": self.agent, "provider": self.provider, "model": self.model, "job_id": self.job_id,
-                "created": self.created, "estimated_cost": self.estimated_cost, "note": self.note or None}
+                "created": self.created, "estimated_cost": self.estimated_cost, "note": self.note or None,
+                "fallbacks": list(self.fallbacks), "warnings": list(self.warnings)}
 
 
 def _check_file(path: Path, where: str) -> str:
@@ -86,7 +97,8 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
     kind = config.providers[plan.provider].kind
     descriptor = kind_of(kind)
     # a model trained on an upstream agent's: counted and priced as the chain's root
-    model = root_model(config, plan.agent) if plan.upstream_model and plan.agent in config.agents else plan.model
+    model = (root_model(config, plan.agent, plan.provider) if plan.upstream_model and plan.agent in config.agents
+             else plan.model)
     unknown = descriptor.unknown_hyperparameters(plan.hyperparameters)
     hp_where = "--hp" if where == "--file" else f"agents.{plan.agent}.hyperparameters"
     if unknown:
@@ -199,10 +211,17 @@ def _check_data(config: Config, plan: Plan, path: Path, where: str, *, kind: str
 def plan_submissions(config: Config, names: list[str], *, all_agents: bool = False, adhoc: bool = False,
                      agent: str | None = None, file: Path | None = None, model: str | None = None,
                      provider: str | None = None, hyperparameters: dict[str, Any] | None = None,
-                     allow_pii: bool = False, quote: bool = False, phone_region: str | None = None) -> list[Plan]:
+                     allow_pii: bool = False, quote: bool = False, phone_region: str | None = None,
+                     force: bool = False) -> list[Plan]:
+    """Every job checked and priced on each provider it may train on; one
+    whose providers are all closed (providers.lifecycle) refused, unless `force`."""
+    from ftctl.controller.preflight.routes import route_plans
+
     plans = _plan(config, names, all_agents=all_agents, adhoc=adhoc, agent=agent, file=file, model=model,
                   provider=provider, hyperparameters=hyperparameters)
-    checked = [_preflight(config, p, _where(p, adhoc), allow_pii=allow_pii, quote=quote, phone_region=phone_region)
+    checked = [route_plans(config, p, lambda q: _preflight(config, q, _where(q, adhoc), allow_pii=allow_pii,
+                                                           quote=quote, phone_region=phone_region),
+                           force=force, adhoc=adhoc)
                for p in plans]
     for name in dict.fromkeys(p.provider for p in checked):
         _check_fits(config, name, next(p for p in checked if p.provider == name))
@@ -320,15 +339,26 @@ def store_submissions(store: Store, plans: list[Plan], *, force: bool = False) -
                              data_tokens=plan.data_tokens, force=force and plan.named,
                              upstream_job_ids=upstream or None, training_files=files,
                              model_job_id=ids.get(plan.upstream_model or ""),
-                             storage_per_month=plan.storage_per_month)
+                             storage_per_month=plan.storage_per_month, fallbacks=_upstream_ids(plan, ids),
+                             fallback_after=plan.fallback_after)
         except Twin as twin:
             ids[plan.agent] = twin.job_id
             note = (f"{twin} (--force submits it again)" if plan.named else
                     f"upstream: uses job {twin.job_id} ({twin.state}), which has the same data and settings")
-            results.append(Result(plan.agent, plan.provider, plan.model, twin.job_id, False, note))
+            results.append(Result(plan.agent, plan.provider, plan.model, twin.job_id, False, note,
+                                  warnings=plan.warnings))
             continue
         ids[plan.agent] = job.id
         note = "" if plan.named else "upstream of " + ", ".join(p.agent for p in plans if plan.agent in p.depends_on)
         results.append(Result(plan.agent, plan.provider, plan.model, job.id, True, note,
-                              estimated_cost=plan.estimated_cost))
+                              estimated_cost=plan.estimated_cost, warnings=plan.warnings,
+                              fallbacks=tuple(f["provider"] for f in plan.fallbacks)))
     return results
+
+
+def _upstream_ids(plan: Plan, ids: dict[str, int]) -> list[dict[str, Any]] | None:
+    """The plan's fallbacks, each trained on an upstream's model ("@x") naming
+    that upstream's job (a move to it trains on that job's model)."""
+    out = [{**f, "model_job_id": ids.get(f["model"][1:]) if f["model"].startswith("@") else None}
+           for f in plan.fallbacks]
+    return out or None

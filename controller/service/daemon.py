@@ -55,6 +55,7 @@ class Daemon:
         self.store: Store | None = None
         self.leading: Leading | None = None
         self.metrics = None
+        self.dashboard = None
         self.secrets: tuple[str | None, dict[str, str]] = (None, {})
         self.ticks = 0
         # ticks that raised in a row: past [controller] failed_ticks_limit the
@@ -243,6 +244,10 @@ class Daemon:
                 from ftctl.controller.service.metrics import Metrics
 
                 self.metrics = Metrics(self.config.metrics.listen)
+            if self.config.dashboard.listen:  # served on a standby too: it reads the database alone
+                from ftctl.controller.service.dashboard.server import start_dashboard
+
+                self.dashboard = start_dashboard(self.config, logger=self.log)
             handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop, signal.SIGHUP: self._on_hup}
             previous = {s: signal.signal(s, h) for s, h in handlers.items()}
             self.tick_ended = time.monotonic()
@@ -252,7 +257,8 @@ class Daemon:
             self.log.info("daemon started", role=role, database=self.store.url.split("@")[-1],
                           config=str(self.config.path or ""), poll_interval=self.config.controller.poll_interval,
                           providers=sorted(self.config.providers), metrics=self.config.metrics.listen,
-                          webhooks=self.config.webhooks.listen, hooks=len(self.config.hooks))
+                          webhooks=self.config.webhooks.listen, dashboard=self.config.dashboard.listen,
+                          hooks=len(self.config.hooks))
             self.notifier.ready(f"started as {role}; watching {len(self.config.providers)} provider(s)")
             watchdog.start()
             try:
@@ -273,6 +279,8 @@ class Daemon:
                 self.leading.stop()
             if self.metrics is not None:
                 self.metrics.close()
+            if self.dashboard is not None:
+                self.dashboard.close()
             # a clean exit hands the lead over at once, not when the lease runs out
             self.store.fenced = False
             self.store.leadership.release()
@@ -328,6 +336,8 @@ class Daemon:
             return
         with self.tick_lock:  # never in the middle of a tick
             old, self.config, self.secrets = self.config, new, secrets
+            if self.dashboard is not None:  # new agents and providers on the pages; the address stays
+                self.dashboard.config = new
             self.store.leadership.lease = new.controller.lease
             changes = leading.reload(old, new, *secrets, webhooks) if leading is not None else ["standing by"]
         self.log.info("config reloaded", path=str(path), changed=changes or ["nothing"])

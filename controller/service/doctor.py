@@ -214,6 +214,23 @@ def _gates(config: Config) -> list[Check]:
                                                f"{agent.evaluation.min_improvement:+g} over "
                                                f"{agent.evaluation.compare_to}"))
     return out
+def _endings(config: Config) -> list[Check]:
+    """What is known about the end of each configured provider's fine-tuning
+    and its base models in use (providers.lifecycle): a warning when it ends
+    within 30 days or ended, or is deprecated without a date."""
+    from datetime import timedelta
+
+    from ftctl.controller.preflight.closing import WARN_DAYS, endings, today
+
+    on = today()
+    out = []
+    for e in endings(config):
+        soon = e.closes_on is None or e.closes_on <= on + timedelta(days=WARN_DAYS)
+        name = f"end {e.provider}" + (f" {e.model}" if e.model else "")
+        out.append(Check("warn" if soon and (e.agents or e.closes_on is None) else "ok", name, e.line(on)))
+    return out
+
+
 def _unit_paths(config: Config) -> Check:
     """What the unit's sandbox would hide from the service (ProtectHome=, PrivateTmp=)."""
     from ftctl.controller.service.unit import hidden_paths, installed_paths
@@ -234,6 +251,7 @@ def run_checks(explicit_config: str | None) -> list[Check]:
     results.extend(_credentials(config))
     results.extend(_providers(config))
     results.extend(_gates(config))
+    results.extend(_endings(config))
     quotes = _quotes(config)
     if quotes is not None:
         results.append(quotes)

@@ -88,6 +88,7 @@ class Leading:
                                id="reconcile", coalesce=True, max_instances=1, misfire_grace_time=None)
         self.trainlogs = None
         self.retention = None
+        self.gc = None
         self.followed: dict[int, float] = {}  # job id -> when its follower counts as gone (monotonic)
         self.listener = None
         self.threads: list[threading.Thread] = []
@@ -100,6 +101,7 @@ class Leading:
     def start(self) -> None:
         self._start_training_logs()
         self._start_retention()
+        self._start_gc()
         self._listen_for_wakes()
         self.wakes.add(None)  # the first tick, at once
         self.scheduler.start()
@@ -118,7 +120,7 @@ class Leading:
         for thread in self.threads:
             thread.join(timeout=60)
         self.dispatcher.stop()
-        self._close("reconciler", "trainlogs")
+        self._close("reconciler", "trainlogs", "gc")
 
     def _close(self, *parts: str) -> None:
         for name in parts:
@@ -197,7 +199,7 @@ class Leading:
     def reload(self, old: Config, new: Config, webhook_secret: str | None, hook_secrets: dict[str, str],
                webhooks: Any) -> list[str]:
         changes = self.reconciler.reload(new)
-        for section in ("webhooks", "hooks", "events", "logs", "history"):
+        for section in ("webhooks", "hooks", "events", "logs", "history", "retention"):
             if getattr(old, section) != getattr(new, section):
                 changes.append(section)
         if webhooks is not self.webhooks:
@@ -209,6 +211,9 @@ class Leading:
         self.dispatcher.update(new, hook_secrets)
         self.trainlogs.reload(new)
         self.retention.reload(new)
+        self.gc.reload(new)
+        if gc_every(new) != gc_every(old):
+            self.scheduler.reschedule_job("gc", trigger="interval", seconds=gc_every(new))
         if new.controller.poll_interval != old.controller.poll_interval:
             self.scheduler.reschedule_job("reconcile", trigger="interval", seconds=new.controller.poll_interval)
         if new.logs.interval != old.logs.interval:
@@ -291,3 +296,36 @@ class Leading:
 
         self.scheduler.add_job(run, "interval", seconds=EVERY_S, id="history", coalesce=True, max_instances=1,
                                misfire_grace_time=None)
+
+    def _start_gc(self) -> None:
+        """`[retention]`: deletions at the providers, on their own interval,
+        never while a tick runs (a tick may be about to use what a pass deletes)."""
+        from ftctl.controller.service.gc import Collector
+
+        self.gc = Collector(self.daemon.config, self.store, guard=self.store.assert_lock_held)
+
+        def run() -> None:
+            if self.should_stop() or self.daemon.config.retention is None:
+                return
+            try:
+                with self.daemon.tick_lock:
+                    self.store.assert_lock_held()
+                    self.gc.run_once()
+            except LockLost as exc:
+                self.daemon.lose(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a deletion can wait for the next pass
+                self.log.warning("retention pass failed", error=f"{exc.__class__.__name__}: {exc}")
+
+        self.scheduler.add_job(run, "interval", seconds=gc_every(self.daemon.config), id="gc", coalesce=True,
+                               max_instances=1, misfire_grace_time=None, next_run_time=_soon())
+
+
+def gc_every(config: Config) -> float:
+    return config.retention.interval if config.retention is not None else 600.0
+
+
+def _soon() -> Any:
+    """A first pass right after leadership is won (an intent a killed leader left is finished first)."""
+    from datetime import datetime
+
+    return datetime.now(timezone.utc)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -194,6 +194,22 @@ class HistorySection(Section):
     keep_points: int = Field(default=20, ge=0, le=100_000)
 
 
+class RetentionSection(Section):
+    """`[retention]`: what the daemon deletes at the providers, and when.
+    Without the section nothing is ever deleted; a rule left out deletes
+    nothing of its kind. Never deleted: an agent's exported model, a model a
+    pipeline stage that is not done needs as its base, a file a job that may
+    still run or retry needs."""
+
+    rejected_after: Duration | None = Field(default=None, ge=0)  # rejected models, after their rejection
+    superseded_after: Duration | None = Field(default=None, ge=0)  # promoted models a newer promotion replaced
+    files_after: Duration | None = Field(default=None, ge=0)  # uploaded files, after their last job ended
+    # "best": of a self-hosted job's checkpoints, keep only what its model is
+    checkpoints: Literal["all", "best"] = "all"
+    # how often the daemon applies the rules (a bounded batch a pass)
+    interval: bounded_duration(DAY) = Field(default=600.0, gt=0)  # type: ignore[valid-type]
+
+
 class LogsSection(Section):
     """Training logs (events, metrics, checkpoints) read from the providers
     for running jobs, and stored so `ftctl logs` answers from the database."""
@@ -203,3 +219,66 @@ class LogsSection(Section):
     interval: bounded_duration(DAY) = Field(default=30.0, gt=0)  # type: ignore[valid-type]
     # the most jobs read in one pass (a pass every `interval`): a bounded rate
     batch: int = Field(default=10, ge=1, le=1000)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.1, ::1, localhost: only this machine can reach the address."""
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DashboardSection(Section):
+    """`[dashboard] listen = "127.0.0.1:9466"`: read-only pages served by the
+    daemon. Another address than loopback needs a bearer token, read like an
+    API key (`token_env`, `token_file`, `token_credential`)."""
+
+    listen: str | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    token_credential: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        # port 0: any free port (the daemon logs the one it got)
+        if value is not None and value.rpartition(":")[2] == "0":
+            _host_port(value.rpartition(":")[0] + ":1", "127.0.0.1:9466")
+            return value
+        return _host_port(value, "127.0.0.1:9466")
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(value, info)
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self.token_env or self.token_file or self.token_credential)
+
+    @property
+    def loopback(self) -> bool:
+        return self.listen is None or is_loopback(self.listen.rpartition(":")[0])
+
+    @model_validator(mode="after")
+    def _a_token_off_loopback(self) -> "DashboardSection":
+        if not self.loopback and not self.has_token:
+            raise ValueError(f".token_env: listen {self.listen} is not a loopback address: set token_env, "
+                             "token_file or token_credential (the bearer token a browser logs in with)")
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token (None when none is configured); SecretError, one
+        line naming the key, when it cannot be had."""
+        if not self.has_token:
+            return None
+        from ftctl.providers.keys import resolve_secret
+
+        return resolve_secret("dashboard", env=self.token_env, file=self.token_file, credential=self.token_credential,
+                              prefix="token", noun="token")

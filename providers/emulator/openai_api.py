@@ -124,6 +124,26 @@ class OpenAIEmulator(Emulator):
     base_path = "/v1"
     # it can deliver signed webhooks (providers.emulator.webhooks)
     webhook_kind = "openai"
+    # set (close_fine_tuning): every create is refused as an account that
+    # fine-tuning is closed to is refused, while listings, reads and chat go on
+    closed: str | None = None
+
+    def close_fine_tuning(self, message: str | None = None) -> None:
+        """From now on refuse creates as OpenAI refuses an organisation after
+        its self-serve fine-tuning wound down: a 403 (no documented code)."""
+        self.closed = message or ("Fine-tuning is not available for your organization: OpenAI no longer accepts "
+                                  "new self-serve fine-tuning jobs.")
+
+    def _control(self, req: Request) -> Any:
+        # POST /_emulator/close {"message": ...} closes fine-tuning; {"open": true} opens it again
+        if req.path == "/_emulator/close" and req.method == "POST":
+            data = req.json()
+            if data.get("open"):
+                self.closed = None
+            else:
+                self.close_fine_tuning(data.get("message"))
+            return 200, {"closed": self.closed}, {}
+        return super()._control(req)
 
     def routes(self) -> None:
         super().routes()
@@ -158,6 +178,8 @@ class OpenAIEmulator(Emulator):
         return _file(self.engine.get_file(req.params["file_id"]))
 
     def create_job(self, req: Request) -> Any:
+        if self.closed:
+            raise ServiceError(403, self.closed)
         body = req.json()
         if not body.get("training_file"):
             raise ServiceError(400, "training_file is required")

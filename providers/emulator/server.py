@@ -185,6 +185,9 @@ class Emulator:
         self.route("GET", "/v1/fine_tuning/jobs/{job_id}", self.get_job)
         self.route("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job)
         self.route("GET", "/v1/models/{model_id}", self.get_model)
+        # the models list and a fine-tuned model's delete: Mistral's and OpenAI's paths alike
+        self.route("GET", "/v1/models", self.list_models)
+        self.route("DELETE", "/v1/models/{model_id}", self.delete_model)
         self.route("POST", "/v1/chat/completions", self.chat)
 
     def file_json(self, row: dict[str, Any]) -> Any:  # pragma: no cover - overridden
@@ -202,12 +205,20 @@ class Emulator:
         self.engine.delete_file(req.params["file_id"])
         return {"id": req.params["file_id"], "object": "file", "deleted": True}
 
+    def list_models(self, req: Request) -> Any:
+        """The fine-tuned models this service holds (a base model list is not emulated)."""
+        return {"object": "list", "data": [{"id": m["id"], "object": "model", "created": int(m["created"]),
+                                            "owned_by": "emulator", "root": m["root"]}
+                                           for m in self.engine.list_models()]}
+
+    def delete_model(self, req: Request) -> Any:
+        self.engine.delete_model(req.params["model_id"])
+        return {"id": req.params["model_id"], "object": "model", "deleted": True}
+
     def fine_tuned_job(self, model_id: str) -> dict[str, Any] | None:
-        """The job that produced a fine-tuned model, if this service made it."""
-        for job in self.engine.all_jobs():
-            if job["fine_tuned_model"] == model_id:
-                return job
-        return None
+        """The job that produced a fine-tuned model, if this service made it
+        and it was not deleted since."""
+        return self.engine.job_by_model(model_id)
 
     def error_body(self, status: int, message: str) -> Any:
         return {"object": "error", "message": message, "type": "invalid_request_error", "code": str(status)}

@@ -133,6 +133,9 @@ class RayKind(ProviderKind):
     training_log = True
     chaining = True
     resources = True
+    deletes_models = True  # the job's folder in the artifacts folder
+    deletes_files = True
+    prunes_checkpoints = True
     methods = ("sft", "dpo")
     method_key = "training_method"
     sdk = "ray"

@@ -135,6 +135,40 @@ class RayProvider:
                                  f"{exc.__class__.__name__}") from None
         return uri
 
+    # -- what [retention] deletes: the artifacts folder's own parts, never anything outside it
+
+    def _job_dir(self, model: str) -> str:
+        root = self.section.artifacts.rstrip("/") + "/"
+        folder = model[:-len("/model")] if model.endswith("/model") else ""
+        name = folder.rsplit("/", 1)[-1]
+        if not folder.startswith(root) or not name.startswith("job-") or not name[4:].isdigit():
+            raise PermanentError(f"{model} is not a model in the artifacts folder {self.section.artifacts}")
+        return folder
+
+    def _storage(self, action: Any, *args: Any) -> Any:
+        try:
+            return action(*args)
+        except OSError as exc:
+            raise TransientError(f"cannot change the artifacts folder {self.section.artifacts}: "
+                                 f"{exc.__class__.__name__}") from None
+
+    def delete_model(self, model: str) -> bool:
+        """The job's whole folder: artifacts/<agent>/job-<id>/ (model, checkpoints, logs)."""
+        return self._storage(storage.remove, self._job_dir(model))
+
+    def delete_file(self, file_id: str) -> bool:
+        if not file_id.startswith(self.section.artifacts.rstrip("/") + "/files/"):
+            raise PermanentError(f"{file_id} is not a training file in the artifacts folder")
+        return self._storage(storage.remove, file_id)
+
+    def prune_checkpoints(self, model: str) -> int:
+        """Every checkpoint-* of the job but one its model is (the model folder stays)."""
+        gone = 0
+        for uri in self._storage(storage.children, self._job_dir(model) + "/checkpoints"):
+            if uri.rsplit("/", 1)[-1].startswith("checkpoint-") and not model.startswith(uri.rstrip("/") + "/"):
+                gone += bool(self._storage(storage.remove, uri))
+        return gone
+
     # -- jobs ---------------------------------------------------------------------------------
 
     def create_job(self, spec: JobSpec) -> ProviderJob:

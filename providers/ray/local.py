@@ -54,8 +54,14 @@ class LocalHead:
     def start(self, timeout: float = 180.0) -> "LocalHead":
         # a short path: Ray's socket names must fit in 107 bytes
         self.temp = tempfile.mkdtemp(prefix="ftray", dir="/tmp")
-        self.ports = {name: free_port() for name in PORTS}
         low = free_port()
+        workers = range(low, low + 201)
+        self.ports = {}
+        for name in PORTS:  # Ray refuses a component port inside the workers' range
+            port = free_port()
+            while port in workers or port in self.ports.values():
+                port = free_port()
+            self.ports[name] = port
         cmd = [ray_binary(), "start", "--head", "--block", "--disable-usage-stats", f"--num-cpus={self.num_cpus}",
                f"--num-gpus={self.num_gpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp}",

@@ -57,6 +57,8 @@ class SimulatedKind(ProviderKind):
     file_weights = True
     training_log = True
     chat = True
+    deletes_models = True
+    deletes_files = True
 
     def client(self, name: str, section: SimulatedSection, env: BuildEnv):
         from pathlib import Path

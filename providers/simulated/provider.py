@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ftctl.providers.base import deleted
 from ftctl.providers.base import (
     FAIL_CAPACITY,
     FAIL_DATA,
@@ -129,6 +130,12 @@ class SimulatedProvider:
             out.append(LogEntry(f"step:{p['step']}", _utc(p["at"]), "checkpoint" if p["checkpoint"] else "metric",
                                 p["step"], None, metrics))
         return out
+
+    def delete_model(self, model: str) -> bool:
+        return deleted(lambda: self._call(self.engine.delete_model, model))
+
+    def delete_file(self, file_id: str) -> bool:
+        return deleted(lambda: self._call(self.engine.delete_file, file_id))
 
     def complete(self, model: str, messages: list[dict], *, max_tokens: int | None = None,
                  temperature: float | None = None) -> str:

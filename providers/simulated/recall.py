@@ -24,6 +24,10 @@ LESSONS_SCHEMA = """CREATE TABLE IF NOT EXISTS examples (
     answer TEXT NOT NULL,
     PRIMARY KEY (file_id, prompt)
 );
+CREATE TABLE IF NOT EXISTS deleted_models (
+    model TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
 
 
@@ -70,10 +74,12 @@ def checkpoint_steps(job: dict[str, Any]) -> list[int]:
 class Recall:
     """Mixed into SimEngine (its `_conn`, `_decode`, `maybe_fail`)."""
 
-    def job_by_model(self, model: str) -> dict[str, Any] | None:
-        """The succeeded job that made a fine-tuned model, if this service made it."""
-        row = self._conn().execute("SELECT * FROM jobs WHERE fine_tuned_model = ? AND status = 'SUCCESS'",
-                                   (model,)).fetchone()
+    def job_by_model(self, model: str, *, deleted: bool = False) -> dict[str, Any] | None:
+        """The succeeded job that made a fine-tuned model, if this service made
+        it and (unless `deleted`) the model was not deleted since."""
+        row = self._conn().execute("SELECT * FROM jobs WHERE fine_tuned_model = ? AND status = 'SUCCESS'"
+                                   + ("" if deleted else " AND fine_tuned_model NOT IN (SELECT model FROM "
+                                      "deleted_models)"), (model,)).fetchone()
         return self._decode(row) if row is not None else None
 
     def job_by_checkpoint(self, model: str) -> tuple[dict[str, Any], int] | None:
@@ -105,12 +111,32 @@ class Recall:
         digest = hashlib.sha256(prompt_key(messages).encode()).digest()
         return share >= 1.0 or int.from_bytes(digest[:8], "big") / 2 ** 64 < share
 
+    def list_models(self) -> list[dict[str, Any]]:
+        """The fine-tuned models this service holds (made, not deleted), oldest first."""
+        rows = self._conn().execute("SELECT fine_tuned_model, model, id, modified_at FROM jobs WHERE status = "
+                                    "'SUCCESS' AND fine_tuned_model IS NOT NULL AND fine_tuned_model NOT IN "
+                                    "(SELECT model FROM deleted_models) ORDER BY seq").fetchall()
+        return [{"id": r[0], "root": r[1], "job": r[2], "created": r[3]} for r in rows]
+
+    def delete_model(self, model: str) -> None:
+        """Delete a fine-tuned model: ServiceError 404 when there is none
+        (never made here, or deleted already)."""
+        from ftctl.providers.simulated.engine import ServiceError
+
+        self.maybe_fail()
+        with self._tx() as db:
+            made = db.execute("SELECT 1 FROM jobs WHERE fine_tuned_model = ? AND status = 'SUCCESS'",
+                              (model,)).fetchone()
+            if made is None or db.execute("INSERT OR IGNORE INTO deleted_models (model, at) VALUES (?, ?)",
+                                          (model, self.clock())).rowcount == 0:
+                raise ServiceError(404, f"model {model} not found")
+
     def recall(self, job: dict[str, Any], messages: list[Any],
                parent: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> str | None:
         """The answer a model learned for this prompt: from the training files
         of the job that made it, then of the jobs it was trained on (`parent`:
         the job a job continued from; by default the one whose model it named)."""
-        parent = parent or (lambda j: self.job_by_model(j["model"]))
+        parent = parent or (lambda j: self.job_by_model(j["model"], deleted=True))
         key, seen, files = prompt_key(messages), set(), []
         while job is not None and job["id"] not in seen:
             seen.add(job["id"])

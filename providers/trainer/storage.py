@@ -111,3 +111,34 @@ def put_tree(source: Path, uri: str) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target)
+
+
+def remove(uri: str) -> bool:
+    """Delete a file or a folder and all under it; False if nothing was there."""
+    if is_remote(uri):
+        fs, path = _fs(uri)
+        if not fs.exists(path):
+            return False
+        fs.rm(path, recursive=True)
+        return True
+    target = local(uri)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+        return True
+    try:
+        target.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def children(uri: str) -> list[str]:
+    """The URIs right under a folder (none when it is not there)."""
+    if is_remote(uri):
+        fs, path = _fs(uri)
+        if not fs.exists(path):
+            return []
+        protocol = uri.split("://", 1)[0]
+        return sorted(f"{protocol}://{p}" for p in fs.ls(path, detail=False))
+    folder = local(uri)
+    return sorted(str(p) for p in folder.iterdir()) if folder.is_dir() else []

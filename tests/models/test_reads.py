@@ -77,10 +77,13 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
         c.execute("ALTER TABLE evaluations DROP COLUMN compare_provider")  # 0011
         c.execute("DROP TABLE golden_answers")
         c.execute("DROP TABLE rehomes")
+        for table, column in (("jobs", "fallbacks"), ("jobs", "fallback_after"), ("provider_state", "paused_since")):
+            c.execute(f"ALTER TABLE {table} DROP COLUMN {column}")  # 0012
+        c.execute("DROP TABLE deletions")  # 0013
         for column in ("repeats", "temperature", "max_score_stdev", "max_latency_p95", "safety_file", "safety_hash",
-                       "safety_examples", "criteria", "checkpoints", "chosen_model"):  # 0012, 0013
+                       "safety_examples", "criteria", "checkpoints", "chosen_model"):  # 0014, 0015
             c.execute(f"ALTER TABLE evaluations DROP COLUMN {column}")
-        c.execute("DROP TABLE eval_answers")  # 0012 keys answers by part and repeat too: as 0007 made it
+        c.execute("DROP TABLE eval_answers")  # 0014 keys answers by part and repeat too: as 0007 made it
         c.execute("CREATE TABLE eval_answers (id INTEGER NOT NULL PRIMARY KEY, evaluation_id INTEGER NOT NULL "
                   "REFERENCES evaluations (id), example INTEGER NOT NULL, role VARCHAR NOT NULL, answer VARCHAR "
                   "NOT NULL, score FLOAT NOT NULL, at DATETIME NOT NULL, UNIQUE (evaluation_id, example, role))")

@@ -257,3 +257,50 @@ def test_a_job_no_node_can_run_is_refused_at_submit_in_one_line(tmp_path, ray_he
     assert "\n" not in line and "a job needs 1 GPU and the largest node of the Ray cluster" in line, line
     assert "has 0 (providers.gpu.gpus_per_job)" in line
     assert not (config.parent / "ftctl.db").exists() or states(config) == []
+
+
+def test_rehome_onto_ray_promotes_on_parity_with_the_model_it_replaces(tmp_path, ray_head, tiny_base):
+    """A model promoted on a hosted provider (the simulated one) re-homed
+    onto the cluster: the gate asks the candidate on Ray (a batch job) and the
+    promoted model on its own provider (chat), and the export switches only
+    once the new model is promoted."""
+    config = ray_config(tmp_path / "site", ray_head.address, tiny_base, """
+        [providers.sim]
+        kind = "simulated"
+        queue_time = "0.1s"
+        validate_time = "0.1s"
+        train_time = "0.3s"
+
+        [export]
+        path = "agents/models.toml"
+
+        [agents.qa]
+        provider = "sim"
+        model = "open-mistral-7b"
+        training_file = "data/qa.jsonl"
+        hyperparameters = { training_steps = 60, learning_rate = 0.003 }
+
+        [agents.qa.eval]
+        file = "data/qa.jsonl"
+        compare_to = "promoted"
+        metric = "exact"
+        min_improvement = -0.4
+        max_tokens = 12
+        """)
+    submit_jobs(config)
+    assert Daemon(config, "--until-done").wait(timeout=120) == 0
+    export = config.parent / "agents" / "models.toml"
+    old = rows(config)["qa"]["fine_tuned_model"]
+    assert old.startswith("ft:") and old in export.read_text()
+    out = run_ftctl("rehome", "qa", "--to", "gpu", "--model", str(tiny_base), config=config)
+    assert out.returncode == 0, out.stderr
+    d = Daemon(config, "--until-done")
+    assert d.wait(timeout=240) == 0, d.stderr[-3000:]
+    db = sqlite3.connect(config.parent / "ftctl.db")
+    db.row_factory = sqlite3.Row
+    new = dict(db.execute("select * from jobs where provider = 'gpu'").fetchone())
+    db.close()
+    assert new["state"] == "succeeded" and new["promotion"] == "promoted", new
+    assert new["fine_tuned_model"] in export.read_text() and old not in export.read_text()
+    shown = run_ftctl("show", str(new["id"]), config=config)
+    assert "promoted: improvement" in shown.stdout and f"for {old}" in shown.stdout, (shown.stdout, shown.stderr)

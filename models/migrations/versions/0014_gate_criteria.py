@@ -2,16 +2,16 @@
 candidate's p95 latency and a safety file; each answer keyed by its part
 (eval or safety), example, role and repeat, with the seconds it took
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

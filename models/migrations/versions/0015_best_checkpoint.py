@@ -1,16 +1,16 @@
 """the gate's checkpoints = "best": the checkpoints an evaluation asks as
 candidates beside the final model, and the model its verdict chose
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
