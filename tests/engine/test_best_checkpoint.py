@@ -119,3 +119,47 @@ def test_best_checkpoint_where_checkpoints_are_no_models_is_refused_at_submit_in
 def test_the_emulators_chat_settings_refuse_bad_values_in_one_line(flags, message):
     result = run_ftctl("emulator", "--kind", "openai", *flags)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoints_the_provider_cannot_list_yet_make_the_gate_wait_then_go_on(tmp_path, clock, monkeypatch):
+    from ftctl.providers import build_provider
+    from ftctl.providers.base import TransientError
+    from ftctl.providers.simulated import KIND
+
+    monkeypatch.setattr(KIND, "checkpoint_models", True)
+    path = write_site(tmp_path / "site", """
+        [providers.sim]
+        kind = "simulated"
+        queue_time = "1s"
+        validate_time = "1s"
+        train_time = "5s"
+        """, {"qa": ("sim", "open-mistral-7b", "{ training_steps = 10 }", "best")})
+    cfg = load_config(path)
+    store = Store(cfg.database_url)
+    store_submissions(store, plan_submissions(cfg, ["qa"]))
+    inner = build_provider("sim", cfg.providers["sim"], cfg.provider_env(clock.epoch))
+    listed = []
+
+    class Listing:
+        name = "sim"
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def checkpoints(self, job_id):
+            listed.append(job_id)
+            if len(listed) == 1:
+                raise TransientError("HTTP 503: try again")
+            return [(10, "the final step: the final model itself")]
+
+    rec = Ticker(cfg, store, {"sim": Listing()}, clock=clock, rng=random.Random(0))
+    seen = []
+    for _ in range(60):
+        if rec.tick().all_terminal:
+            break
+        seen.append(reason_of(store.get_job(1)))
+        clock.advance(1)
+    assert "evaluation waits: the job's checkpoints could not be listed (HTTP 503: try again)" in seen
+    job = store.get_job(1)
+    assert job.promotion == "promoted" and len(listed) == 2  # asked again once, then remembered
+    assert store.evaluations([1])[1].checkpoints is None  # nothing but the final model to ask
