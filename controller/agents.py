@@ -67,6 +67,21 @@ class EvalConfig(Section):
     compare_to: str = Field(default="base", min_length=1)
     concurrency: int = Field(default=4, ge=1, le=64)
     max_tokens: int = Field(default=512, ge=1, le=32768)
+    # the other criteria; each must pass too. Each example asked `repeats`
+    # times by both models (at `temperature`; the provider's default where unset)
+    repeats: int = Field(default=1, ge=1, le=20)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    # consistency: the standard deviation across repeats of the candidate's score, at most
+    max_score_stdev: float | None = Field(default=None, ge=0, le=1)
+    # latency: the p95 of the candidate's answer times, at most ("2s")
+    max_latency_p95: Duration | None = None
+    # safety: prompts whose answers must not contain what each line names, or
+    # must refuse (engine.eval_files.load_safety_file); one failure rejects
+    safety_file: str | None = Field(default=None, min_length=1)
+    # "best": each checkpoint of the job is a candidate too (where the
+    # provider's checkpoints are models: OpenAI); the best that passes
+    # every criterion is promoted. "last": the final model only
+    checkpoints: Literal["last", "best"] = "last"
 
     @field_validator("command", mode="before")
     @classmethod
@@ -84,6 +99,9 @@ class EvalConfig(Section):
                              '"python3 score.py")')
         if self.metric != "command" and self.command:
             raise ValueError(f'command: only used with metric = "command" (metric is {self.metric!r})')
+        if self.max_score_stdev is not None and self.repeats < 2:
+            raise ValueError(f"max_score_stdev: the spread is measured across repeats: set repeats = 2 or more "
+                             f"(repeats is {self.repeats})")
         return self
 
 

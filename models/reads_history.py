@@ -13,10 +13,13 @@ from datetime import datetime
 from typing import Any
 
 PointRow = namedtuple("PointRow", "id job_id provider_job_id key kind at step message metrics")
-_EVAL_COLUMNS = ("id", "job_id", "metric", "file", "examples", "candidate_model", "compare_model", "min_improvement",
-                 "estimated_cost", "started_at", "finished_at", "candidate_score", "compare_score", "improvement",
-                 "last_error", "error", "compare_provider")
+_EVAL_COLUMNS = ("id", "job_id", "metric", "file", "file_hash", "examples", "candidate_model", "compare_model",
+                 "compare_provider", "min_improvement", "estimated_cost", "started_at", "finished_at",
+                 "candidate_score", "compare_score", "improvement", "last_error", "error", "repeats", "temperature",
+                 "max_score_stdev", "max_latency_p95", "safety_file", "safety_examples", "criteria", "checkpoints",
+                 "chosen_model")
 EvalRow = namedtuple("EvalRow", _EVAL_COLUMNS)
+AnswerRow = namedtuple("AnswerRow", "part example role repeat answer score seconds")
 
 
 def _time(value: Any) -> datetime | None:
@@ -47,5 +50,19 @@ class HistoryReads:
         values = list(raw)
         for i in (_EVAL_COLUMNS.index("started_at"), _EVAL_COLUMNS.index("finished_at")):
             values[i] = _time(values[i])
+        for at in (_EVAL_COLUMNS.index("criteria"), _EVAL_COLUMNS.index("checkpoints")):
+            if isinstance(values[at], (str, bytes)):
+                values[at] = json.loads(values[at])
         answered = self._one("SELECT COUNT(*) FROM eval_answers WHERE evaluation_id = :id", {"id": values[0]})[0]
         return EvalRow(*values), int(answered)
+
+    def eval_answer_rows(self, evaluation_id: int) -> list[AnswerRow]:
+        """An evaluation's answers, by part, example, repeat and role."""
+        return [AnswerRow(*r) for r in self._rows(
+            "SELECT part, example, role, repeat, answer, score, seconds FROM eval_answers WHERE evaluation_id = :id "
+            "ORDER BY part, example, repeat, role", {"id": evaluation_id})]
+
+    def golden_prompts(self, rehome_id: int) -> list[Any]:
+        """A re-home's golden set's prompts, by example."""
+        return [json.loads(r[0]) if isinstance(r[0], (str, bytes)) else r[0] for r in self._rows(
+            "SELECT prompt FROM golden_answers WHERE rehome_id = :id ORDER BY example", {"id": rehome_id})]

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # the Alembic revision this code expects (models/migrations/versions)
-SCHEMA_HEAD = "0014"
+SCHEMA_HEAD = "0016"
 
 # a job in one of these states blocks an identical submission (same agent,
 # provider, model, data and hyperparameters): never pay twice for one job

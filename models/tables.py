@@ -127,6 +127,23 @@ class Evaluation(SQLModel, table=True):
     # (a re-homed model is compared with the promoted one on its old provider)
     compare_provider: Optional[str] = None
     min_improvement: float
+    # the other criteria, as the gate was when it started: each example asked
+    # `repeats` times (at `temperature`); the spread of the candidate's score
+    # across repeats, its answers' p95 seconds, and its safety file's prompts
+    repeats: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    temperature: Optional[float] = None
+    max_score_stdev: Optional[float] = None
+    max_latency_p95: Optional[float] = None
+    safety_file: Optional[str] = None
+    safety_hash: Optional[str] = None
+    safety_examples: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # the verdict's criteria, one record each (engine.gate.criteria)
+    criteria: Optional[list] = Field(default=None, sa_column=Column(JSON))
+    # checkpoints = "best": the job's other checkpoints, each asked as a
+    # candidate ([step, model], by step; their answers' role "ckpt-STEP"),
+    # and the model the verdict chose (the final one or a checkpoint)
+    checkpoints: Optional[list] = Field(default=None, sa_column=Column(JSON))
+    chosen_model: Optional[str] = None
     estimated_cost: float = 0.0
     started_at: datetime = Field(sa_type=DateTime)
     finished_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
@@ -141,17 +158,23 @@ class Evaluation(SQLModel, table=True):
 
 
 class EvalAnswer(SQLModel, table=True):
-    """One model's answer to one example, and its score: never asked twice."""
+    """One model's answer to one question (an example of the eval file, asked
+    once per repeat, or a prompt of the safety file), and its score: never
+    asked twice."""
 
     __tablename__ = "eval_answers"
-    __table_args__ = (UniqueConstraint("evaluation_id", "example", "role"),)
+    __table_args__ = (UniqueConstraint("evaluation_id", "part", "example", "role", "repeat",
+                                       name="uq_eval_answers_question"),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     evaluation_id: int = Field(foreign_key="evaluations.id", index=True)
+    part: str = Field(default="eval", sa_column_kwargs={"server_default": "eval"})  # "eval" or "safety"
     example: int
     role: str  # "candidate" or "compare"
+    repeat: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     answer: str
-    score: float
+    score: float  # safety: 1.0 safe, 0.0 not
+    seconds: Optional[float] = None  # how long the answer took (None: answered in a batch)
     at: datetime = Field(sa_type=DateTime)
 
 

@@ -296,8 +296,13 @@ class Provider(Protocol):
     def quote(self, file_id: str, model: str, hyperparameters: dict[str, Any]) -> Quote:
         """The provider's own price for a job (descriptor.quotes)."""
 
-    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None,
+                 temperature: float | None = None) -> str:
         """One chat completion from `model` (used by the evaluation gate)."""
+
+    def checkpoints(self, job_id: str) -> list[tuple[int, str]]:
+        """(step, model) of each checkpoint of a succeeded job that its chat
+        answers with, by step (descriptor.checkpoint_models)."""
 
     def training_log(self, job_id: str) -> list[LogEntry]:
         """The job's events, metrics and checkpoints as the provider reports

@@ -162,6 +162,9 @@ class ProviderKind:
     # the evaluation gate's answers come in batches the cluster answers (a
     # job per batch: start_answers / answer_batch) instead of chat calls
     chat_batches: ClassVar[bool] = False
+    # a job's checkpoints are models its chat answers with (the client's
+    # `checkpoints(job_id)`): the gate's checkpoints = "best" evaluates each
+    checkpoint_models: ClassVar[bool] = False
     # admission is also bounded by the free resources the provider reports
     # (its client's `room`), and a job that cannot fit anywhere is refused at submit
     resources: ClassVar[bool] = False

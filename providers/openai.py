@@ -158,9 +158,17 @@ class OpenAIProvider:
     def cancel_job(self, job_id: str) -> ProviderJob:
         return self._to_job(self._call(self.client.fine_tuning.jobs.cancel, job_id))
 
-    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+    def warm_chat(self) -> None:
+        """Load the SDK's chat resource (imported on first use, a fraction of
+        a second) before the gate times its answers."""
+        self.client.chat.completions  # noqa: B018
+
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None,
+                 temperature: float | None = None) -> str:
         """One answer from `model` (`chat.completions.create`), for the evaluation gate."""
         kwargs = {"max_tokens": max_tokens} if max_tokens else {}
+        if temperature is not None:
+            kwargs["temperature"] = temperature
         reply = self._call(self.client.chat.completions.create, model=model, messages=messages, **kwargs)
         return (reply.choices[0].message.content if reply.choices else None) or ""
 
@@ -202,6 +210,12 @@ class OpenAIProvider:
             out.append(LogEntry(f"checkpoint:{c.id}", _utc(c.created_at), "checkpoint", c.step_number,
                                 c.fine_tuned_model_checkpoint, _numbers(c.metrics.model_dump()) or None))
         return out
+
+    def checkpoints(self, job_id: str) -> list[tuple[int, str]]:
+        """(step, model) of each checkpoint the job kept, by step: each a model
+        the chat API answers with (OpenAI keeps the last three epochs')."""
+        page = self._call(self.client.fine_tuning.jobs.checkpoints.list, job_id, limit=PAGE_SIZE)
+        return sorted((c.step_number, c.fine_tuned_model_checkpoint) for c in page.data)
 
     def close(self) -> None:
         try:
@@ -265,6 +279,7 @@ class OpenAIKind(ProviderKind):
     roles = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
     example_keys = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
     chat = True
+    checkpoint_models = True  # ft:...:ckpt-step-N answers chat like the final model
     deletes_models = True
     deletes_files = True
     sdk = "openai"

@@ -221,8 +221,16 @@ class TogetherProvider:
         cost = _field(got, "estimated_total_price") if _field(got, "estimation_available") else None
         return Quote(float(cost) if cost is not None else None, None, True)
 
-    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None) -> str:
+    def warm_chat(self) -> None:
+        """Load the SDK's chat resource (imported on first use, a fraction of
+        a second) before the gate times its answers."""
+        self.client.chat.completions  # noqa: B018
+
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None,
+                 temperature: float | None = None) -> str:
         kwargs = {"max_tokens": max_tokens} if max_tokens else {}
+        if temperature is not None:
+            kwargs["temperature"] = temperature
         reply = self._call(self.client.chat.completions.create, model=model, messages=messages, **kwargs)
         return reply.choices[0].message.content or ""
 

@@ -320,8 +320,8 @@ class Ftctl(Delivery, Rehoming):
 
         return job_dict(self._read(job_id), live=self.live())
 
-    def show(self, job_id: int) -> dict[str, Any]:
-        """A job, its history and its attempts."""
+    def show(self, job_id: int, diff: bool = False) -> dict[str, Any]:
+        """A job, its history and its attempts; `diff`: the examples its model did worse on."""
         from ftctl.records import attempt_dict, event_dict, job_dict, training_summary
 
         row = self._read(job_id)
@@ -334,9 +334,11 @@ class Ftctl(Delivery, Rehoming):
             if row.provider_job_id else None
         run = reads.evaluation(job_id) if row.promotion is not None else None
         if run is not None:
-            from ftctl.records import evaluation_dict
+            from ftctl.records import evaluation_dict, evaluation_diff
 
             data["evaluation"] = evaluation_dict(*run)
+            if diff:
+                data["evaluation"]["diff"] = evaluation_diff(reads, run[0])
         return data
 
     def events(self, *, job_id: int | None = None, after: int = 0, limit: int | None = None,

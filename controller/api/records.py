@@ -107,8 +107,22 @@ def job_dict(job: Any, now: datetime | None = None, live: Live | None = None) ->
 
 
 def evaluation_dict(ev: Any, answered: int = 0) -> dict[str, Any]:
-    """The gate's run: both scores, n, and the improvement against what was needed."""
+    """The gate's run: both scores, n, and the improvement against what was
+    needed; its other criteria's thresholds, and once it is over each
+    criterion's value and pass or fail (`criteria`)."""
+    from ftctl.controller.engine.gate import total_questions
+
+    repeats, safety = getattr(ev, "repeats", 1) or 1, getattr(ev, "safety_examples", 0) or 0
+    candidates = 1 + len(getattr(ev, "checkpoints", None) or ())
     return {"metric": ev.metric, "file": ev.file, "n": ev.examples, "answered": answered,
+            "questions": total_questions(ev.examples, repeats, safety, candidates), "repeats": repeats,
+            "temperature": getattr(ev, "temperature", None),
+            "max_score_stdev": getattr(ev, "max_score_stdev", None),
+            "max_latency_p95": getattr(ev, "max_latency_p95", None),
+            "safety_file": getattr(ev, "safety_file", None), "safety_prompts": safety,
+            "criteria": getattr(ev, "criteria", None),
+            # checkpoints = "best": [step, model] of each checkpoint asked besides the final model, and the one chosen
+            "checkpoints": getattr(ev, "checkpoints", None), "chosen_model": getattr(ev, "chosen_model", None),
             "candidate_model": ev.candidate_model, "compare_model": ev.compare_model,
             "compare_provider": ev.compare_provider,  # where the comparison answered, when not the job's provider
             "candidate_score": ev.candidate_score, "compare_score": ev.compare_score,
@@ -196,3 +210,32 @@ def undelivered_text(owed: dict[str, Any], now: datetime, daemon: bool = True) -
     if owed["gave_up"]:
         parts.append(f"{owed['gave_up']} given up")
     return "hooks: " + ", ".join(parts)
+
+
+def evaluation_diff(reads: Any, ev: Any) -> dict[str, Any]:
+    """`show --diff`: the examples where the candidate did worse than the
+    comparison (engine.criteria.regressions), their prompts read from the
+    eval file (or the re-home's golden set); `note` says why a prompt is
+    missing (a file changed or gone since)."""
+    from pathlib import Path
+
+    from ftctl.controller.engine.criteria import regressions
+    from ftctl.controller.engine.eval_files import EvalFileError, load_eval_file
+
+    prompts: list[Any] = []
+    note = None
+    if ev.file.startswith("golden:"):
+        prompts = reads.golden_prompts(int(ev.file.split(":", 1)[1]))
+    else:
+        try:
+            digest, examples = load_eval_file(Path(ev.file))
+        except EvalFileError as exc:
+            note = f"prompts not shown: {exc}"
+        else:
+            if digest == ev.file_hash:
+                prompts = [list(x.prompt) for x in examples]
+            else:
+                note = f"prompts not shown: eval file {ev.file} changed since the evaluation"
+    role = next((f"ckpt-{step}" for step, model in getattr(ev, "checkpoints", None) or ()
+                 if model == getattr(ev, "chosen_model", None)), "candidate")  # the model the verdict chose
+    return {"regressions": regressions(reads.eval_answer_rows(ev.id), prompts, role), "note": note}

@@ -258,25 +258,38 @@ def models(
         plain(rows, headers, sys.stdout.write, no_headers=no_headers)
 
 
+class ShowOutput(str, Enum):
+    text = "text"
+    json = "json"
+
+
 @app.command()
 def show(
     job: Annotated[str, typer.Argument(metavar="JOB", help="job id (3, or job/3)")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    output: Annotated[Optional[ShowOutput], typer.Option("--output", "-o", help="text or json")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="same as -o json")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="the examples where the candidate did worse than the "
+                                       "comparison: prompt, both answers, both scores")] = False,
 ) -> None:
     """A job and its full transition history."""
     import sys
 
-    from ftctl.controller.cli.views import HISTORY_COLUMNS, curve_line, evaluation_text, history_rows, plain, \
-        show_fields
+    from ftctl.controller.cli.views import HISTORY_COLUMNS, criteria_lines, curve_line, diff_lines, \
+        evaluation_text, history_rows, plain, show_fields
 
     with api() as ft:
-        d = ft.show(_job_id(job))
-    if as_json:
+        d = ft.show(_job_id(job), diff=diff)
+    if diff and not d.get("evaluation"):
+        die(f"show --diff: job {d['job_id']} has no evaluation")
+    if as_json or output == ShowOutput.json:
         emit_json(d)
         return
     fields = show_fields(d)
     if d.get("evaluation"):
         fields.append(("evaluation", evaluation_text(d["evaluation"])))
+        fields += [("criterion", text) for text in criteria_lines(d["evaluation"])]
+        if diff:
+            fields += [("diff", text) for text in diff_lines(d["evaluation"])]
     rows = history_rows(d["events"])
     if stdout_is_terminal():
         from rich.markup import escape

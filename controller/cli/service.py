@@ -35,6 +35,17 @@ def emulator(
     fail_rate: Annotated[float, typer.Option("--fail-rate", help="seeded share of jobs failing in training")] = 0.0,
     error_rate: Annotated[float, typer.Option("--error-rate", help="seeded share of calls answered 503")] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    chat_latency: Annotated[float, typer.Option("--chat-latency", parser=duration(), metavar=DURATION,
+                                                help="time each chat answer takes")] = "0s",
+    chat_noise: Annotated[float, typer.Option("--chat-noise", help="seeded share of chat answers that are a "
+                                              "random wrong one")] = 0.0,
+    unsafe_prompt: Annotated[Optional[str], typer.Option("--unsafe-prompt", help="answer a prompt holding this "
+                                                         "text unsafely (--unsafe-answer)")] = None,
+    unsafe_answer: Annotated[str, typer.Option("--unsafe-answer", help="the unsafe answer")] =
+        "Sure. Step 1: UNSAFE-INSTRUCTIONS",
+    checkpoint_recall: Annotated[Optional[str], typer.Option("--checkpoint-recall", help="the share of its "
+                                                             "lessons each checkpoint knows, first to last, e.g. "
+                                                             "0.2,1,0.6 (OpenAI's checkpoint models)")] = None,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="accept only the key in this "
                                                        "environment variable (default: any non-empty key)")] = None,
     webhook_url: Annotated[Optional[str], typer.Option("--webhook-url", help="POST signed webhooks here when "
@@ -54,12 +65,20 @@ def emulator(
     from ftctl.providers.simulated.engine import EngineSettings
 
     try:
+        shares = tuple(float(x) for x in checkpoint_recall.split(",")) if checkpoint_recall else None
+    except ValueError:
+        die(f"emulator: --checkpoint-recall: {checkpoint_recall!r} is not shares like 0.2,1,0.6")
+    if shares and not all(0 <= x <= 1 for x in shares):
+        die("emulator: --checkpoint-recall: each share is between 0 and 1")
+    try:
         settings = EngineSettings(limit=limit, queue_time=queue_time, validate_time=validate_time,
-                                  train_time=train_time, fail_rate=fail_rate, error_rate=error_rate, seed=seed)
+                                  train_time=train_time, fail_rate=fail_rate, error_rate=error_rate, seed=seed,
+                                  chat_latency=chat_latency, chat_noise=chat_noise, unsafe_prompt=unsafe_prompt,
+                                  unsafe_answer=unsafe_answer, checkpoint_recall=shares)
     except ValueError as exc:
         die(f"emulator: {exc}")
-    if not 0 <= fail_rate <= 1 or not 0 <= error_rate <= 1:
-        die("emulator: --fail-rate and --error-rate are shares between 0 and 1")
+    if not 0 <= fail_rate <= 1 or not 0 <= error_rate <= 1 or not 0 <= chat_noise <= 1:
+        die("emulator: --fail-rate, --error-rate and --chat-noise are shares between 0 and 1")
     key = None
     if api_key_env:
         key = os.environ.get(api_key_env)

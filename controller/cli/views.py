@@ -59,12 +59,63 @@ def model_text(job: Any) -> str:
 def evaluation_text(ev: dict) -> str:
     """show: both scores, n, and the improvement against what was needed."""
     if ev["improvement"] is None:
-        state = f"error: {ev['error']}" if ev["error"] else f"{ev['answered']}/{2 * ev['n']} answers so far"
+        asked = ev.get("questions") or 2 * ev["n"]
+        state = f"error: {ev['error']}" if ev["error"] else f"{ev['answered']}/{asked} answers so far"
         return f"{ev['metric']} on n={ev['n']} examples, {state} (estimate ${ev['estimated_cost']:.4f})"
     return (f"{ev['metric']} on n={ev['n']} examples: candidate {ev['candidate_score']:.2f}, "
             f"{ev['compare_model']}{' on ' + ev['compare_provider'] if ev.get('compare_provider') else ''} "
             f"{ev['compare_score']:.2f}; improvement {ev['improvement']:+.2f} "
             f"(needed {ev['min_improvement']:+.2f})")
+
+
+def criteria_lines(ev: dict) -> list[str]:
+    """show: one line per criterion of a finished gate (value, threshold,
+    pass or fail); while it runs, the thresholds it will be held to."""
+    from ftctl.controller.engine.criteria import line
+
+    if ev.get("checkpoints") and ev.get("improvement") is not None:
+        steps = ", ".join(str(step) for step, _ in ev["checkpoints"])
+        chosen = next((f"checkpoint step {step} ({model})" for step, model in ev["checkpoints"]
+                       if model == ev.get("chosen_model")), None)
+        head = [f"checkpoints  steps {steps} and the final model asked; "
+                + (f"chose {chosen}" if chosen else "chose the final model" if ev.get("chosen_model")
+                   else "none passed")]
+    else:
+        head = []
+    if ev.get("criteria"):
+        return head + [line(c) for c in ev["criteria"]]
+    if head:
+        return head
+    wanted = []
+    if ev.get("repeats", 1) > 1:
+        wanted.append(f"each example asked {ev['repeats']} times")
+    if ev.get("max_score_stdev") is not None:
+        wanted.append(f"consistency: score stdev at most {ev['max_score_stdev']:.3f}")
+    if ev.get("max_latency_p95") is not None:
+        wanted.append(f"latency: p95 at most {ev['max_latency_p95']:.2f}s")
+    if ev.get("safety_prompts"):
+        wanted.append(f"safety: {ev['safety_prompts']} prompts, none unsafe")
+    return wanted if ev.get("improvement") is None else []
+
+
+def _clip(text: Any, width: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def diff_lines(ev: dict) -> list[str]:
+    """show --diff: each example where the candidate did worse, its prompt
+    (the last turn), both answers and both scores."""
+    diff = ev.get("diff") or {}
+    found = diff.get("regressions") or []
+    out = [f"{len(found)} example{'s' if len(found) != 1 else ''} where the candidate did worse than "
+           f"{ev['compare_model']}" + (f" ({diff['note']})" if diff.get("note") else "")]
+    for r in found:
+        prompt = r["prompt"][-1]["content"] if r.get("prompt") else "(prompt not known)"
+        out += [f"example {r['example']}: {_clip(prompt)}",
+                f"  candidate {r['candidate_score']:.2f}: {_clip(r['candidate_answer'])}",
+                f"  compare   {r['compare_score']:.2f}: {_clip(r['compare_answer'])}"]
+    return out
 
 
 SHOWN_FIELDS = ("job_id", "agent", "provider", "model", "base_model", "upstream_job_ids", "state", "attempt", "reason",

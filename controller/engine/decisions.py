@@ -139,6 +139,7 @@ class GateView:
     started: bool = False
     examples: int = 0
     answered: int = 0  # answers stored, both models together
+    total: int = 0  # the questions there are: each example per repeat by both models, the safety prompts
     candidate_score: float | None = None  # means so far
     compare_score: float | None = None
     min_improvement: float = 0.0
@@ -146,6 +147,18 @@ class GateView:
     compare_model: str = ""
     not_before: datetime | None = None
     error: str | None = None  # the evaluation cannot go on: the gate fails
+    # the other criteria (engine.criteria), and once every question is
+    # answered what the answers measure
+    max_score_stdev: float | None = None
+    max_latency_p95: float | None = None
+    safety_examples: int = 0
+    figures: Mapping[str, Any] | None = None
+    # checkpoints = "best": the final model and each checkpoint's figures
+    # (role "ckpt-STEP" -> {"step", "model", "figures"})
+    candidate_model: str = ""
+    checkpoint_figures: Mapping[str, Mapping[str, Any]] | None = None
+    # a gate that cannot start yet, and why (the provider did not list the checkpoints)
+    pending: str | None = None
     # for a gate not started: the evaluation record to start (metric, file,
     # models, examples, min_improvement)
     start: Mapping[str, Any] | None = None

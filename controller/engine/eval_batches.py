@@ -11,6 +11,11 @@ read, never started again; when it ends its answers are stored, so the
 next batch (for what is left) has a new id. A batch that failed for good
 (a model the cluster cannot load) ends the evaluation, and the gate rejects
 the model; any other failure backs off, then a new batch asks what is left.
+
+A batch answers each question once and says nothing of how long an answer
+took: repeats are not asked here (the evaluation starts with one) and the
+consistency and latency criteria say "not measured on ray"; the safety
+prompts are asked in the same batch as the examples ("s:N" keys).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ftctl.controller.engine.gate import ROLES, score
+from ftctl.controller.engine.gate import ROLES, score, total_questions
 from ftctl.models import Evaluation, Job
 from ftctl.providers.base import FAIL_DATA, P_FAILED, NotFoundError, PermanentError, ProviderError, TransientError
 
@@ -29,18 +34,24 @@ class EvalBatches:
     def _batch_id(self, row: Job, run: Evaluation, answered: int) -> str:
         return f"ev-{row.id}-{run.id}-{answered}-{run.failures}"
 
-    def _evaluate_batches(self, row: Job, run: Evaluation, conf: Any, examples: list, answered: set,
-                          now: datetime, roles: tuple[str, ...] = ROLES, provider_name: str | None = None) -> bool:
+    def _evaluate_batches(self, row: Job, run: Evaluation, conf: Any, examples: list, safety: list,
+                          answered: set, now: datetime, roles: tuple[str, ...] = ROLES,
+                          provider_name: str | None = None) -> bool:
         """The batch of `roles` on `provider_name` (the job's own by default);
         True when that side is done and nothing stopped the evaluation (the
         other side, on a provider that chats, may go on this tick)."""
-        from ftctl.controller.engine.evaluation import ScorerError, run_scorer
+        from ftctl.controller.engine.evaluation import ScorerError, run_scorer, safety_score
 
-        todo = [(i, role) for i in range(len(examples)) for role in roles if (i, role) not in answered]
+        # (part, example, role, repeat) and the key the batch answers it by
+        todo = [(("eval", i, role, 0), f"{i}:{role}") for i in range(len(examples)) for role in roles]
+        if "candidate" in roles:
+            todo += [(("safety", i, "candidate", 0), f"s:{i}") for i in range(len(safety))]
+        todo = [(q, key) for q, key in todo if q not in answered]
         if not todo:
             return True
+        total = total_questions(len(examples), 1, len(safety))
         # numbered by this side's answers only: the other side's, stored meanwhile, never renumber a running batch
-        batch = self._batch_id(row, run, sum(1 for _, role in answered if role in roles))
+        batch = self._batch_id(row, run, sum(1 for q in answered if q[2] in roles))
         try:
             provider = self.provider(provider_name or row.provider)
             try:
@@ -50,26 +61,29 @@ class EvalBatches:
             if status is None:  # not started yet: start it, for every question not answered
                 models = {r: m for r, m in (("candidate", run.candidate_model), ("compare", run.compare_model))
                           if r in roles}
-                questions = [{"key": f"{i}:{role}", "role": role,
-                              "messages": [dict(m) for m in examples[i].prompt]} for i, role in todo]
+                questions = [{"key": key, "role": role, "messages": [dict(m) for m in (
+                    examples[i].prompt if part == "eval" else safety[i].prompt)]} for (part, i, role, _), key in todo]
                 self.guard()
                 provider.start_answers(batch, models, questions, conf.max_tokens)
                 self.log.info("evaluation batch started", job_id=row.id, agent=row.agent, provider=row.provider,
                               state=row.state, batch=batch, questions=len(questions))
-                self._after_slice(row, run, None, len(answered), len(examples), now)
+                self._after_slice(row, run, None, len(answered), total, now)
                 return True
             if status in ("queued", "running"):
-                self._after_slice(row, run, None, len(answered), len(examples), now)
+                self._after_slice(row, run, None, len(answered), total, now)
                 return True
             scored = []
-            for i, role in todo:
-                answer = got.get(f"{i}:{role}")
+            for (part, i, role, repeat), key in todo:
+                answer = got.get(key)
                 if answer is None:
                     continue
-                ex = examples[i]
-                value = (run_scorer(conf.command, self.config.base_dir, ex, answer) if run.metric == "command"
-                         else score(run.metric, ex.expected, answer))
-                scored.append((i, role, answer, value))
+                if part == "safety":
+                    value = safety_score(safety[i], answer)
+                elif run.metric == "command":
+                    value = run_scorer(conf.command, self.config.base_dir, examples[i], answer)
+                else:
+                    value = score(run.metric, examples[i].expected, answer)
+                scored.append((part, i, role, repeat, answer, value, None))
             if scored:
                 self.store.add_eval_answers(run.id, scored, self.clock())
             stop: Exception | None = None
@@ -85,5 +99,5 @@ class EvalBatches:
         except Exception as exc:  # noqa: BLE001 - a surprise in a client: retried later
             stop = self._as_provider_error(exc)
         stored = len(self.store.eval_answers(run.id))
-        self._after_slice(row, run, stop, stored, len(examples), now)
+        self._after_slice(row, run, stop, stored, total, now)
         return stop is None

@@ -1,7 +1,10 @@
 """The evaluation gate's I/O: the eval file, its cost, the chat calls and
 their stored answers. What follows is decided in `engine.gate`.
 
-The chat calls run inside the tick in bounded slices: each tick asks the
+The questions: each example of the eval file `repeats` times by both
+models, then each prompt of the safety file by the candidate; each answer
+is stored by (part, example, role, repeat) with its score and the seconds it
+took. The chat calls run inside the tick in bounded slices: each tick asks the
 evaluations' next questions, `concurrency` at a time, for at most
 `Ticker.eval_slice` seconds over all of them (a call already out is waited
 for; each is bounded by the provider's timeout), and stores every answer
@@ -16,16 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ftctl.controller.engine.criteria import measure
 from ftctl.controller.engine.decisions import GateView, Note
-from ftctl.controller.engine.gate import ROLES, score
+from ftctl.controller.engine.eval_files import (  # noqa: F401 - submit and doctor read the files from here
+    EvalExample, EvalFileError, SafetyPrompt, ScorerError, eval_estimate, load_eval_file, load_safety_file,
+    run_scorer, safety_estimate, safety_score)
+from ftctl.controller.engine.gate import ROLES, checkpoint_role, score, total_questions
 from ftctl.controller.engine.jobs import note_many
 from ftctl.controller.engine.policy import backoff_seconds
 from ftctl.controller.engine.reasons import Reason
@@ -34,120 +39,12 @@ from ftctl.models import Evaluation, Job, Rehome
 from ftctl.providers.base import NotFoundError, PermanentError, ProviderError
 from ftctl.providers.registry import KINDS
 
-SCORER_TIMEOUT = 60.0
 # an evaluation whose examples are a re-home's golden set names it so (not a file)
 GOLDEN = "golden:"
 
 
 def golden_file(rehome_id: int) -> str:
     return f"{GOLDEN}{rehome_id}"
-
-
-class EvalFileError(Exception):
-    """One line naming the eval file, the line and the problem."""
-
-
-class ScorerError(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class EvalExample:
-    prompt: tuple[dict[str, Any], ...]  # the conversation up to the expected answer: roles and contents
-    expected: str
-
-
-_CACHE: dict[tuple[str, int, int], tuple[str, list[EvalExample]]] = {}
-
-
-def load_eval_file(path: Path) -> tuple[str, list[EvalExample]]:
-    """(content hash, examples) of an eval file in the training format: the
-    last assistant message of each line is the expected answer."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-        key = (str(path), stat.st_mtime_ns, stat.st_size)
-        if key in _CACHE:
-            return _CACHE[key]
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise EvalFileError(f"eval file {path} does not exist") from None
-    except OSError as exc:
-        raise EvalFileError(f"eval file {path} cannot be read ({exc.__class__.__name__})") from None
-    examples = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        examples.append(_example(path, number, raw))
-    if not examples:
-        raise EvalFileError(f"eval file {path} has no examples")
-    found = (hashlib.sha256(data).hexdigest(), examples)
-    _CACHE.clear()  # one file a gate; a few gates: keep it small
-    _CACHE[key] = found
-    return found
-
-
-def _example(path: Path, number: int, raw: bytes) -> EvalExample:
-    where = f"eval file {path} line {number}"
-    try:
-        record = json.loads(raw)
-    except ValueError as exc:
-        raise EvalFileError(f"{where}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
-    messages = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages):
-        raise EvalFileError(f"{where}: no conversation (\"messages\" with a prompt and the expected answer)")
-    last = messages[-1]
-    if last.get("role") != "assistant" or not isinstance(last.get("content"), str) or not last["content"].strip():
-        raise EvalFileError(f"{where}: the last message must be the assistant's expected answer")
-    prompt = tuple({"role": m.get("role"), "content": m.get("content")} for m in messages[:-1])
-    if any(not isinstance(m["role"], str) or m["content"] in (None, "") for m in prompt):
-        raise EvalFileError(f"{where}: a message has no role or no content")
-    return EvalExample(prompt, last["content"])
-
-
-def eval_estimate(examples: list[EvalExample], kind: str, model: str, overrides: dict | None,
-                  max_tokens: int, section: Any = None) -> float:
-    """What asking both models every example costs, at most: the prompts'
-    tokens plus up to twice the expected answer's (within max_tokens), twice,
-    at the model's chat price (its training price where none is known)."""
-    from ftctl.controller.preflight.pricing import PriceUnknown, price_for
-    from ftctl.providers.registry import kind as kind_of
-
-    try:
-        counter = kind_of(kind).counter(model)
-    except Exception:  # noqa: BLE001 - no tokenizer here: about four characters a token
-        counter = None
-    tokens = 0
-    for ex in examples:
-        convo = [*ex.prompt, {"role": "assistant", "content": ex.expected}]
-        try:
-            whole = counter.count(convo) if counter else len(json.dumps(convo)) // 4
-        except Exception:  # noqa: BLE001
-            whole = len(json.dumps(convo)) // 4
-        answer = max(1, len(ex.expected) // 4)
-        tokens += whole + min(max_tokens, 2 * answer + 16)
-    try:
-        rate = price_for(kind, model, overrides, section=section).chat_rate
-    except PriceUnknown:
-        return 0.0
-    return round(len(ROLES) * tokens / 1e6 * rate, 4)
-
-
-def run_scorer(command: list[str], cwd: Path, example: EvalExample, answer: str) -> float:
-    """metric = "command": the example and the answer as JSON on stdin, a score
-    from 0 to 1 on stdout."""
-    payload = json.dumps({"prompt": list(example.prompt), "expected": example.expected, "answer": answer})
-    try:
-        p = subprocess.run(command, input=payload, capture_output=True, text=True, timeout=SCORER_TIMEOUT, cwd=cwd)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ScorerError(f"scorer {command[0]}: {exc.__class__.__name__}") from None
-    if p.returncode != 0:
-        raise ScorerError(f"scorer {command[0]} exited {p.returncode}")
-    try:
-        value = float(p.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise ScorerError(f"scorer {command[0]} printed no score (a number from 0 to 1)") from None
-    return min(1.0, max(0.0, value))
 
 
 class Evaluations:
@@ -222,10 +119,35 @@ class Evaluations:
             return GateView(row.id, started=False)
         mine = progress.get(run.id, {})
         means = {role: (mine[role][1] / mine[role][0]) if role in mine and mine[role][0] else None for role in ROLES}
+        answered = sum(n for n, _ in mine.values())
+        checkpoints = run.checkpoints or []
+        total = total_questions(run.examples, run.repeats, run.safety_examples, 1 + len(checkpoints))
+        figures = others = None
+        if answered >= total and not run.error:  # every question answered: what the answers measure
+            batch_kind, answers = self._batch_kind(row, run), self.store.eval_answers(run.id)
+            figures = measure(answers, run.repeats, batch_kind)
+            others = {checkpoint_role(step): {"step": step, "model": model, "figures": measure(
+                answers, run.repeats, batch_kind, role=checkpoint_role(step))} for step, model in checkpoints}
         return GateView(row.id, estimate=run.estimated_cost, started=True, examples=run.examples,
-                        answered=sum(n for n, _ in mine.values()), candidate_score=means["candidate"],
+                        answered=answered, total=total, candidate_score=means["candidate"],
                         compare_score=means["compare"], min_improvement=run.min_improvement, metric=run.metric,
-                        compare_model=run.compare_model, not_before=run.not_before, error=run.error)
+                        compare_model=run.compare_model, not_before=run.not_before, error=run.error,
+                        max_score_stdev=run.max_score_stdev, max_latency_p95=run.max_latency_p95,
+                        safety_examples=run.safety_examples, figures=figures,
+                        candidate_model=run.candidate_model, checkpoint_figures=others)
+
+    def _batch_kind(self, row: Job, run: Evaluation) -> str | None:
+        """The kind of the provider that answers in batches, where one does (ray)."""
+        for name in {row.provider, run.compare_provider or row.provider}:
+            section = self.config.providers.get(name)
+            if section is not None and KINDS[section.kind].chat_batches:
+                return section.kind
+        return None
+
+    def _safety(self, conf: Any) -> tuple[str | None, list[SafetyPrompt]]:
+        if not getattr(conf, "safety_file", None):
+            return None, []
+        return load_safety_file(self.config.resolve(conf.safety_file))
 
     def _new_gate(self, row: Job, conf: Any, rehome: Rehome | None = None) -> GateView:
         path = conf.file if conf.file.startswith(GOLDEN) else str(self.config.resolve(conf.file))
@@ -239,21 +161,60 @@ class Evaluations:
         for name in (row.provider, compare_provider):
             if name is not None and name not in self.config.providers:
                 return GateView(row.id, problem=f"provider {name!r} is not in the config")
+        try:
+            safety_hash, safety = self._safety(conf)
+        except EvalFileError as exc:
+            return GateView(row.id, problem=str(exc))
         kind = self.config.providers[row.provider].kind
-        key = (digest, kind, row.fine_tuned_model, conf.max_tokens, compare_provider)
+        checkpoints: list = []
+        if getattr(conf, "checkpoints", "last") == "best" and KINDS[kind].checkpoint_models:
+            try:
+                checkpoints = self._checkpoints(row)
+            except Exception as exc:  # noqa: BLE001 - the provider did not answer: the next tick asks again
+                return GateView(row.id, pending=f"the job's checkpoints could not be listed "
+                                                f"({getattr(exc, 'message', None) or exc.__class__.__name__})")
+        # a provider that answers in batches (ray) answers each question once: no repeats
+        batches = any(KINDS[self.config.providers[n].kind].chat_batches for n in {row.provider, compare_provider}
+                      if n is not None)
+        repeats = 1 if batches else conf.repeats
+        key = (digest, kind, row.fine_tuned_model, conf.max_tokens, compare_provider, repeats, safety_hash,
+               len(checkpoints))
         estimates = self._eval_estimates
         if key not in estimates:  # a candidate waiting for money is not counted again every tick
             if len(estimates) > 256:
                 estimates.clear()
             sides = [(row.provider, row.fine_tuned_model), (compare_provider or row.provider, compare)]
-            estimates[key] = round(sum(eval_estimate(examples, self.config.providers[name].kind, model,
-                                                     self.config.price_overrides, conf.max_tokens,
-                                                     self.config.providers[name]) for name, model in sides) / 2, 4)
+            asked = sum(weight * eval_estimate(examples, self.config.providers[name].kind, model,
+                                               self.config.price_overrides, conf.max_tokens,
+                                               self.config.providers[name], repeats=repeats)
+                        for (name, model), weight in zip(sides, (1 + len(checkpoints), 1))) / 2
+            asked += (1 + len(checkpoints)) * safety_estimate(safety, kind, row.fine_tuned_model,
+                                                              self.config.price_overrides, conf.max_tokens,
+                                                              self.config.providers[row.provider])
+            estimates[key] = round(asked, 4)
         estimate = estimates[key]
         start = {"metric": conf.metric, "file": path, "file_hash": digest, "examples": len(examples),
                  "candidate_model": row.fine_tuned_model, "compare_model": compare,
-                 "compare_provider": compare_provider, "min_improvement": conf.min_improvement}
-        return GateView(row.id, estimate=estimate, examples=len(examples), start=start)
+                 "compare_provider": compare_provider, "min_improvement": conf.min_improvement,
+                 "repeats": repeats, "temperature": getattr(conf, "temperature", None),
+                 "max_score_stdev": getattr(conf, "max_score_stdev", None),
+                 "max_latency_p95": getattr(conf, "max_latency_p95", None),
+                 "safety_file": str(self.config.resolve(conf.safety_file)) if safety_hash else None,
+                 "safety_hash": safety_hash, "safety_examples": len(safety), "checkpoints": checkpoints or None}
+        total = total_questions(len(examples), repeats, len(safety), 1 + len(checkpoints))
+        return GateView(row.id, estimate=estimate, examples=len(examples), total=total, start=start)
+
+    def _checkpoints(self, row: Job) -> list[list]:
+        """[step, model] of each checkpoint of the job but its last (the final
+        model itself), by step; asked of the provider once a job."""
+        found = self._eval_checkpoints.get(row.id)
+        if found is None:
+            listed = sorted(self.provider(row.provider).checkpoints(row.provider_job_id))
+            found = [[step, model] for step, model in listed[:-1] if model and model != row.fine_tuned_model]
+            if len(self._eval_checkpoints) > 256:
+                self._eval_checkpoints.clear()
+            self._eval_checkpoints[row.id] = found
+        return found
 
     def _compare_with(self, row: Job, conf: Any, rehome: Rehome | None) -> tuple[str, str | None]:
         """(the model the candidate is compared with, the provider it answers
@@ -285,10 +246,20 @@ class Evaluations:
         except EvalFileError as exc:
             self.store.update_evaluation(run.id, error=str(exc))
             return
-        if digest != run.file_hash:  # changed under a running evaluation: start over, on the new file
-            self.store.reset_evaluation(run.id, file_hash=digest, examples=len(examples))
+        try:
+            safety_hash, safety = (load_safety_file(Path(run.safety_file)) if run.safety_file else (None, []))
+        except EvalFileError as exc:
+            self.store.update_evaluation(run.id, error=str(exc))
+            return
+        if (digest, safety_hash) != (run.file_hash, run.safety_hash):
+            # changed under a running evaluation: start over, on the new files
+            self.store.reset_evaluation(run.id, file_hash=digest, examples=len(examples), safety_hash=safety_hash,
+                                        safety_examples=len(safety))
             self.log.warning("eval file changed; evaluation started over", job_id=row.id, agent=row.agent,
                              provider=row.provider, state=row.state)
+            run = self.store.evaluations([row.id])[row.id]
+        checkpoints = run.checkpoints or []
+        total = total_questions(len(examples), run.repeats, len(safety), 1 + len(checkpoints))
         sides = {"candidate": row.provider, "compare": run.compare_provider or row.provider}
         quiet = max((q for q in (self._chat_quiet().get(n) for n in set(sides.values())) if q is not None),
                     default=None)
@@ -297,36 +268,55 @@ class Evaluations:
             note_many(self.store, [Note(row.id, "succeeded", Reason("eval_backoff", {
                 "until": quiet.isoformat(), "why": run.last_error or "the provider asked to wait"}).stored())], now)
             return
-        answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
+        answered = {(a.part, a.example, a.role, a.repeat) for a in self.store.eval_answers(run.id)}
         # a model on a cluster that answers in batches (ray) answers there; the other, on a provider
         # that chats, in this tick's slice (a model re-homed onto ray, compared with its promoted one)
         batched = tuple(r for r in ROLES if KINDS[self.config.providers[sides[r]].kind].chat_batches)
         if batched:
-            going = self._evaluate_batches(row, run, conf, examples, answered, now, roles=batched,
+            going = self._evaluate_batches(row, run, conf, examples, safety, answered, now, roles=batched,
                                            provider_name=sides[batched[0]])
             if not going or len(batched) == len(ROLES):
                 return
-            answered = {(a.example, a.role) for a in self.store.eval_answers(run.id)}
-        todo = [(i, role) for i in range(len(examples)) for role in ROLES
-                if (i, role) not in answered and role not in batched]
+            answered = {(a.part, a.example, a.role, a.repeat) for a in self.store.eval_answers(run.id)}
+        # (part, example, role, repeat): every example per repeat by the comparison and each candidate
+        # (the final model; with checkpoints = "best" each checkpoint, on the job's provider), then the
+        # safety prompts of each candidate
         models = {"candidate": run.candidate_model, "compare": run.compare_model}
+        for step, model in checkpoints:
+            models[checkpoint_role(step)] = model
+            sides[checkpoint_role(step)] = row.provider
+        candidates = [r for r in models if r != "compare" and r not in batched]
+        todo = [("eval", i, role, r) for r in range(run.repeats) for i in range(len(examples)) for role in models
+                if role not in batched]
+        todo += [("safety", i, role, 0) for role in candidates for i in range(len(safety))]
+        todo = [q for q in todo if q not in answered]
         try:  # each model answers on its own provider
             providers = {role: self.provider(name) for role, name in sides.items()}
+            for provider in providers.values():  # what the SDK loads on first use is not the model's latency
+                getattr(provider, "warm_chat", lambda: None)()
         except Exception as exc:  # noqa: BLE001 - no client (a key gone, an SDK missing): later, not a failed tick
-            self._after_slice(row, run, self._as_provider_error(exc), len(answered), len(examples), now)
+            self._after_slice(row, run, self._as_provider_error(exc), len(answered), total, now)
             return
+        options = {"max_tokens": conf.max_tokens}
+        if run.temperature is not None:
+            options["temperature"] = run.temperature
 
-        def ask(i: int, role: str) -> tuple[int, str, str, float]:
-            ex = examples[i]
+        def ask(part: str, i: int, role: str, repeat: int) -> tuple:
+            messages = [dict(m) for m in (examples[i].prompt if part == "eval" else safety[i].prompt)]
+            began = time.monotonic()
             try:
-                answer = providers[role].complete(models[role], [dict(m) for m in ex.prompt],
-                                                  max_tokens=conf.max_tokens)
+                answer = providers[role].complete(models[role], messages, **options)
             except ProviderError as exc:
                 exc.provider_name = sides[role]  # whose Retry-After it is
                 raise
-            if run.metric == "command":
-                return i, role, answer, run_scorer(conf.command, self.config.base_dir, ex, answer)
-            return i, role, answer, score(run.metric, ex.expected, answer)
+            seconds = round(time.monotonic() - began, 4)
+            if part == "safety":
+                value = safety_score(safety[i], answer)
+            elif run.metric == "command":
+                value = run_scorer(conf.command, self.config.base_dir, examples[i], answer)
+            else:
+                value = score(run.metric, examples[i].expected, answer)
+            return part, i, role, repeat, answer, value, seconds
 
         stop: Exception | None = None
         deadline = self._eval_deadline()
@@ -357,11 +347,10 @@ class Evaluations:
                 if batch:
                     self.store.add_eval_answers(run.id, batch, self.clock())
                     stored += len(batch)
-        self._after_slice(row, run, stop, stored, len(examples), now)
+        self._after_slice(row, run, stop, stored, total, now)
 
-    def _after_slice(self, row: Job, run: Evaluation, stop: Exception | None, stored: int, n: int,
+    def _after_slice(self, row: Job, run: Evaluation, stop: Exception | None, stored: int, total: int,
                      now: datetime) -> None:
-        total = len(ROLES) * n
         reason = Reason("evaluating", {"done": stored, "total": total})
         if isinstance(stop, (ScorerError, PermanentError, NotFoundError)):
             message = stop.message if isinstance(stop, ProviderError) else str(stop)

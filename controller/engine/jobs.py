@@ -205,6 +205,9 @@ def fire_promotion(store: Store, job_id: int, trigger: str, *, reason: Reason | 
             raise InvalidTransition(trigger, job.state)
         if expect is not None and job.promotion != expect:
             raise StaleState(f"job {job_id}'s model is {job.promotion}, not {expect}")
+        chosen = (evaluation or {}).get("chosen_model")
+        if trigger == "accept" and chosen and chosen != job.fine_tuned_model:
+            job.fine_tuned_model = chosen  # checkpoints = "best" chose a checkpoint: that is the agent's model
         before = _promote_in(s, job, trigger, reason, now)
         job.reason_code, job.reason_args = (reason.code, dict(reason.args)) if reason else (None, None)
         row = s.exec(select(Evaluation).where(Evaluation.job_id == job_id)).first()

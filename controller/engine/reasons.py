@@ -136,11 +136,32 @@ def _eval_budget(a: Mapping[str, Any], live: Live | None) -> str:
 
 
 def _verdict(a: Mapping[str, Any], live: Live | None) -> str:
+    text = _verdict_text(a)
+    chosen = a.get("chosen") or {}
+    if chosen.get("step") is not None:  # checkpoints = "best" chose a checkpoint over the final model
+        return text.replace("promoted: ", f"promoted checkpoint step {chosen['step']} ({chosen['model']}): ", 1)
+    if a.get("checkpoints") and not a["passed"]:
+        others = len(a["checkpoints"]) - 1
+        return text.replace("rejected: ", f"rejected (nor did any of its {others} checkpoints pass): ", 1)
+    return text
+
+
+def _verdict_text(a: Mapping[str, Any]) -> str:
     scores = (f"{a['metric']} {a['candidate']:.2f} vs {a['compare']:.2f} for {a['compare_model']}, "
               f"n={a['n']}")
+    checks = a.get("criteria")
+    if not checks:  # the score alone
+        if a["passed"]:
+            return f"promoted: improvement {a['improvement']:+.2f} >= {a['min']:+.2f} ({scores})"
+        return f"rejected: improvement {a['improvement']:+.2f} < {a['min']:+.2f} ({scores})"
+    from ftctl.controller.engine.criteria import short_text
+
+    texts = [(c, short_text(c, f" ({scores})")) for c in checks]
     if a["passed"]:
-        return f"promoted: improvement {a['improvement']:+.2f} >= {a['min']:+.2f} ({scores})"
-    return f"rejected: improvement {a['improvement']:+.2f} < {a['min']:+.2f} ({scores})"
+        return "promoted: " + "; ".join(t for _, t in texts)
+    failed = "; ".join(t for c, t in texts if not c["passed"])
+    passed = ", ".join(c["name"] for c, _ in texts if c["passed"])
+    return f"rejected: {failed}" + (f" (passed: {passed})" if passed else "")
 
 
 _TEXT: dict[str, Callable[[Mapping[str, Any], Live | None], str]] = {

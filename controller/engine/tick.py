@@ -97,6 +97,7 @@ class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
         # the same for the evaluation gate's chat calls, and its cost estimates (engine.evaluation)
         self._quiet_chat: dict[str, datetime] = {}
         self._eval_estimates: dict[tuple, float] = {}
+        self._eval_checkpoints: dict[int, list] = {}  # checkpoints = "best": each job's, listed once
         self._eval_until: float | None = None
         self._result: TickResult | None = None
         self._active: dict[str, int] = {}

@@ -151,12 +151,25 @@ def _check_eval(config: Config, agent: str) -> None:
     conf = config.agents.get(agent)
     if conf is None or conf.evaluation is None:
         return
-    from ftctl.controller.engine.evaluation import EvalFileError, load_eval_file
+    from ftctl.controller.engine.eval_files import EvalFileError, load_eval_file, load_safety_file
 
     try:
         load_eval_file(config.resolve(conf.evaluation.file))
     except EvalFileError as exc:
         raise SubmitError(f"agents.{agent}.eval.file: {exc}") from None
+    if conf.evaluation.checkpoints == "best":
+        from ftctl.providers.registry import KINDS
+
+        kind = config.providers[conf.provider].kind
+        if not KINDS[kind].checkpoint_models:
+            able = ", ".join(sorted(k for k, d in KINDS.items() if d.checkpoint_models))
+            raise SubmitError(f"agents.{agent}.eval.checkpoints: \"best\" needs checkpoints that are models, and "
+                              f"provider {conf.provider!r} ({kind}) has none (only: {able})")
+    if conf.evaluation.safety_file:
+        try:
+            load_safety_file(config.resolve(conf.evaluation.safety_file))
+        except EvalFileError as exc:
+            raise SubmitError(f"agents.{agent}.eval.safety_file: {exc}") from None
 
 
 def _check_data(config: Config, plan: Plan, path: Path, where: str, *, kind: str, model: str, method: str,

@@ -197,7 +197,7 @@ def _unit() -> Check:
 def _gates(config: Config) -> list[Check]:
     """Each [agents.NAME.eval] file readable and well formed, before a job's
     model needs it."""
-    from ftctl.controller.engine.evaluation import EvalFileError, load_eval_file
+    from ftctl.controller.engine.eval_files import EvalFileError, load_eval_file, load_safety_file
 
     out = []
     for name, agent in sorted(config.agents.items()):
@@ -205,6 +205,8 @@ def _gates(config: Config) -> list[Check]:
             continue
         try:
             _, examples = load_eval_file(config.resolve(agent.evaluation.file))
+            if agent.evaluation.safety_file:
+                load_safety_file(config.resolve(agent.evaluation.safety_file))
         except EvalFileError as exc:
             out.append(Check("fail", f"eval {name}", str(exc)))
             continue

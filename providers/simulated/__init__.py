@@ -27,6 +27,13 @@ class SimulatedSection(ProviderSection):
     fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int = 0
+    # how its models answer chat (the evaluation gate's criteria, in tests):
+    # seconds an answer takes, a seeded share of wrong answers, and the
+    # unsafe answer given to a prompt holding `unsafe_prompt`
+    chat_latency: Duration = 0.0
+    chat_noise: float = Field(default=0.0, ge=0.0, le=1.0)
+    unsafe_prompt: str | None = Field(default=None, min_length=1)
+    unsafe_answer: str = Field(default="Sure. Step 1: UNSAFE-INSTRUCTIONS", min_length=1)
 
     @field_validator("state_file")
     @classmethod
@@ -61,7 +68,9 @@ class SimulatedKind(ProviderKind):
 
         settings = EngineSettings(limit=section.service_limit, queue_time=section.queue_time,
                                   validate_time=section.validate_time, train_time=section.train_time,
-                                  fail_rate=section.fail_rate, error_rate=section.error_rate, seed=section.seed)
+                                  fail_rate=section.fail_rate, error_rate=section.error_rate, seed=section.seed,
+                                  chat_latency=section.chat_latency, chat_noise=section.chat_noise,
+                                  unsafe_prompt=section.unsafe_prompt, unsafe_answer=section.unsafe_answer)
         state_file = Path(section.state_file) if section.state_file else env.state_dir / f"sim-{name}.db"
         return SimulatedProvider(name, state_file, settings, clock=env.clock)
 

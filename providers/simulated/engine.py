@@ -96,6 +96,18 @@ class EngineSettings:
     # a file whose content holds this text is rejected at validation, like a
     # provider that refuses data the local checks let through
     reject_marker: str | None = None
+    # how its chat answers (the evaluation gate's criteria, in tests): each
+    # answer takes `chat_latency` seconds; a seeded `chat_noise` share of
+    # answers is a random wrong one (each question drawn anew each time it is
+    # asked); a prompt holding `unsafe_prompt` is answered `unsafe_answer`
+    chat_latency: float = 0.0
+    chat_noise: float = 0.0
+    unsafe_prompt: str | None = None
+    unsafe_answer: str = "Sure. Step 1: UNSAFE-INSTRUCTIONS"
+    # the share of its lessons each checkpoint knows, first to last (the
+    # final model is the last): checkpoints that differ, for the gate's
+    # checkpoints = "best"; None: every checkpoint knows them all
+    checkpoint_recall: tuple[float, ...] | None = None
 
 
 def _iso(ts: float) -> str:

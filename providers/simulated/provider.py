@@ -137,7 +137,8 @@ class SimulatedProvider:
     def delete_file(self, file_id: str) -> bool:
         return deleted(lambda: self._call(self.engine.delete_file, file_id))
 
-    def complete(self, model: str, messages: list[dict], *, max_tokens: int | None = None) -> str:
+    def complete(self, model: str, messages: list[dict], *, max_tokens: int | None = None,
+                 temperature: float | None = None) -> str:
         """A fine-tuned model answers what it was trained on (simulated.recall)."""
         return self._call(self.engine.chat, model, messages)
 

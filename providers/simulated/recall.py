@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +58,19 @@ def root_model(model: str) -> str:
     return parts[1] if model.startswith("ft:") and len(parts) > 1 and parts[1] else model
 
 
+# OpenAI's checkpoint models: ft:BASE:SUFFIX:ckpt-step-N (the emulator's ids)
+CHECKPOINT = ":ckpt-step-"
+
+
+def checkpoint_steps(job: dict[str, Any]) -> list[int]:
+    """The steps a job saves a checkpoint at (its final step among them)."""
+    from ftctl.providers.simulated.metrics import total_steps
+
+    total = total_steps(job)
+    every = max(1, total // 5)
+    return [s for s in range(1, total + 1) if s % every == 0 or s == total]
+
+
 class Recall:
     """Mixed into SimEngine (its `_conn`, `_decode`, `maybe_fail`)."""
 
@@ -65,6 +81,35 @@ class Recall:
                                    + ("" if deleted else " AND fine_tuned_model NOT IN (SELECT model FROM "
                                       "deleted_models)"), (model,)).fetchone()
         return self._decode(row) if row is not None else None
+
+    def job_by_checkpoint(self, model: str) -> tuple[dict[str, Any], int] | None:
+        """(the succeeded job, the step) of a checkpoint model this service made."""
+        head, _, step = model.rpartition(CHECKPOINT)
+        parts = head.split(":")
+        if not head or not step.isdigit() or len(parts) < 3 or parts[0] != "ft":
+            return None
+        suffix, base = parts[-1], ":".join(parts[1:-1])
+        row = self._conn().execute(
+            "SELECT * FROM jobs WHERE model = ? AND status = 'SUCCESS' AND "
+            + ("suffix IS NULL" if suffix == "model" else "suffix = ?") + " ORDER BY created_at DESC LIMIT 1",
+            (base,) if suffix == "model" else (base, suffix)).fetchone()
+        if row is None or int(step) not in checkpoint_steps(self._decode(row)):
+            return None
+        return self._decode(row), int(step)
+
+    def _knows(self, job: dict[str, Any], step: int | None, messages: list[Any]) -> bool:
+        """Whether the checkpoint at `step` (None: the final model) learned
+        this prompt: `checkpoint_recall` is the share of its lessons each
+        checkpoint knows, first to last (the last share for any later one,
+        the final model's included); none set: every one knows them all."""
+        shares = self.settings.checkpoint_recall
+        if not shares:
+            return True
+        steps = checkpoint_steps(job)
+        at = steps.index(step) if step in steps else len(steps) - 1
+        share = shares[min(at, len(shares) - 1)]
+        digest = hashlib.sha256(prompt_key(messages).encode()).digest()
+        return share >= 1.0 or int.from_bytes(digest[:8], "big") / 2 ** 64 < share
 
     def list_models(self) -> list[dict[str, Any]]:
         """The fine-tuned models this service holds (made, not deleted), oldest first."""
@@ -111,14 +156,37 @@ class Recall:
         a prompt it was trained on with the answer it was taught; any other
         prompt, and any base model, gets an echo that answers nothing."""
         self.maybe_fail()
-        job = job or self.job_by_model(model)
+        settings = self.settings
+        if settings.chat_latency:
+            time.sleep(settings.chat_latency)  # a slow model: the gate's latency criterion measures it
+        job, step = job or self.job_by_model(model), None
+        if job is None and CHECKPOINT in model:  # a checkpoint answers as what it had learned by then
+            job, step = self.job_by_checkpoint(model) or (None, None)
         if job is None and model.startswith("ft:"):
             from ftctl.providers.simulated.engine import ServiceError
 
             raise ServiceError(404, f"model {model} not found")
-        learned = self.recall(job, messages, parent) if job is not None else None
-        if learned is not None:
-            return learned
         last = next((m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
                     "")
+        if settings.unsafe_prompt and settings.unsafe_prompt in str(last):
+            return settings.unsafe_answer
+        if settings.chat_noise and self._noisy(model, messages):
+            return f"(emulated {model}) a guess"
+        learned = self.recall(job, messages, parent) if job is not None else None
+        if learned is not None and self._knows(job, step, messages):
+            return learned
         return f"(emulated {model}) you said: {last}"
+
+    def _noisy(self, model: str, messages: list[Any]) -> bool:
+        """Whether this asking of this question gets a wrong answer: drawn from
+        the seed, the prompt and how many times this model was asked it
+        before, so a run answers the same whatever the order of its calls and
+        whatever ids its models got."""
+        key = (model, prompt_key(messages))
+        lock = self.__dict__.setdefault("_asked_lock", threading.Lock())
+        with lock:
+            asked = self.__dict__.setdefault("_asked", Counter())
+            n = asked[key]
+            asked[key] += 1
+        digest = hashlib.sha256(f"{self.settings.seed}|{key[1]}|{n}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64 < self.settings.chat_noise

@@ -82,6 +82,14 @@ def test_an_older_schema_is_migrated_before_it_is_read(db, tmp_path):
         c.execute("DROP TABLE deletions")  # 0013
         for column in ("line_code", "line_args"):  # 0014
             c.execute(f"ALTER TABLE provider_state DROP COLUMN {column}")
+        for column in ("repeats", "temperature", "max_score_stdev", "max_latency_p95", "safety_file", "safety_hash",
+                       "safety_examples", "criteria", "checkpoints", "chosen_model"):  # 0015, 0016
+            c.execute(f"ALTER TABLE evaluations DROP COLUMN {column}")
+        c.execute("DROP TABLE eval_answers")  # 0015 keys answers by part and repeat too: as 0007 made it
+        c.execute("CREATE TABLE eval_answers (id INTEGER NOT NULL PRIMARY KEY, evaluation_id INTEGER NOT NULL "
+                  "REFERENCES evaluations (id), example INTEGER NOT NULL, role VARCHAR NOT NULL, answer VARCHAR "
+                  "NOT NULL, score FLOAT NOT NULL, at DATETIME NOT NULL, UNIQUE (evaluation_id, example, role))")
+        c.execute("CREATE INDEX ix_eval_answers_evaluation_id ON eval_answers (evaluation_id)")
         c.execute("UPDATE alembic_version SET version_num = '0008'")
     reads = open_reads(db)
     assert len(reads.promoted_models()) == 40
