@@ -16,7 +16,8 @@ class Rehoming:
 
     def rehome(self, agents: Sequence[str] = (), *, all_agents: bool = False, to: str | None = None,
                model: str | None = None, golden: int | None = None, min_improvement: float | None = None,
-               metric: str | None = None, plan: bool = False, allow_pii: bool = False) -> list[dict[str, Any]]:
+               metric: str | None = None, plan: bool = False, allow_pii: bool = False,
+               hyperparameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Train each agent's promoted spec on provider `to` as a new job,
         promoted only on parity with the model it replaces (`golden`: first
         record that model's answers to N prompts of its training data, and
@@ -28,7 +29,8 @@ class Rehoming:
 
         try:
             moves = plan_rehomes(self.config, self.store(), list(agents), all_agents=all_agents, to=to, model=model,
-                                 golden=golden, min_improvement=min_improvement, metric=metric, allow_pii=allow_pii)
+                                 golden=golden, min_improvement=min_improvement, metric=metric, allow_pii=allow_pii,
+                                 hyperparameters=hyperparameters)
         except SubmitError as exc:
             raise BadInput(str(exc)) from None
         if plan:

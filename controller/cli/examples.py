@@ -78,6 +78,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                 "ftctl rehome --all --to gpu --plan"),
                ("re-home one agent, promoted only if at most 2 points worse on 20 recorded answers",
                 "ftctl rehome support --to gpu --model Qwen/Qwen2.5-7B-Instruct --golden 20 --min-improvement -0.02"),
+               ("full fine-tuning on the cluster instead of the mapped settings",
+                "ftctl rehome support --to gpu --model Qwen/Qwen2.5-7B-Instruct --hp lora=false"),
                ("the same for every agent, for scripts", "ftctl rehome --all --to gpu --json")],
 }
 

@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ftctl.controller.cli.jobs import _parse_hp
+
 from ftctl.controller.cli.app import api, app, emit_json, out
 
 
@@ -57,6 +59,8 @@ def rehome(
                       "json (default exact)")] = None,
     allow_pii: Annotated[bool, typer.Option("--allow-pii", help="the training data holds personal data, "
                          "allowed (a secret never is)")] = False,
+    hp: Annotated[Optional[list[str]], typer.Option("--hp", help="a hyperparameter KEY=VALUE for the new "
+                                                    "provider, over the mapped ones (lora=false)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Train agents' promoted models again on another provider; the new model is promoted only on parity.
@@ -65,7 +69,8 @@ def rehome(
     """
     with api() as ft:
         moves = ft.rehome(agents or [], all_agents=all_agents, to=to, model=model, golden=golden,
-                          min_improvement=min_improvement, metric=metric, plan=plan, allow_pii=allow_pii)
+                          min_improvement=min_improvement, metric=metric, plan=plan, allow_pii=allow_pii,
+                          hyperparameters=_parse_hp(hp or []))
     if as_json:
         emit_json(moves)
         return

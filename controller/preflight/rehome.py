@@ -75,7 +75,8 @@ class Move:
 
 def plan_rehomes(config: Config, store: Any, names: list[str], *, all_agents: bool, to: str | None,
                  model: str | None = None, golden: int | None = None, min_improvement: float | None = None,
-                 metric: str | None = None, allow_pii: bool = False) -> list[Move]:
+                 metric: str | None = None, allow_pii: bool = False,
+                 hyperparameters: dict[str, Any] | None = None) -> list[Move]:
     """Each named agent's (or, with `all_agents`, every agent's) promoted
     model and its move to `to`; SubmitError, in one line, at the first problem."""
     from ftctl.controller.agents import agent_name_error
@@ -107,12 +108,13 @@ def plan_rehomes(config: Config, store: Any, names: list[str], *, all_agents: bo
             raise SubmitError(f"agent {name!r} has no promoted model to re-home (see `ftctl models`)")
     chosen = list(dict.fromkeys(names)) if names else sorted(promoted)
     moves = [_move(config, store, promoted[a], to, model=model, golden=golden, min_improvement=min_improvement,
-                   metric=metric, allow_pii=allow_pii) for a in chosen]
+                   metric=metric, allow_pii=allow_pii, overrides=hyperparameters) for a in chosen]
     return moves
 
 
 def _move(config: Config, store: Any, job: Any, to: str, *, model: str | None, golden: int | None,
-          min_improvement: float | None, metric: str | None, allow_pii: bool) -> Move:
+          min_improvement: float | None, metric: str | None, allow_pii: bool,
+          overrides: dict[str, Any] | None = None) -> Move:
     from ftctl.providers.moves import map_hyperparameters, stops_answering
     from ftctl.providers.registry import kind as kind_of
 
@@ -134,6 +136,13 @@ def _move(config: Config, store: Any, job: Any, to: str, *, model: str | None, g
     _gate(config, move, golden=golden, min_improvement=min_improvement, metric=metric)
     move.to_model = model or _same_model(config, job, to, where)
     hyperparameters, move.mapping = map_hyperparameters(source, target, dict(job.hyperparameters or {}))
+    if overrides:  # --hp: what the new provider takes beyond the mapping (lora = false on a cluster, say)
+        unknown = target.unknown_hyperparameters(overrides)
+        if unknown:
+            raise SubmitError(f"--hp: {', '.join(unknown)} not known to {target.kind} "
+                              f"(known: {', '.join(sorted(target.hyperparameters))})")
+        hyperparameters = {**hyperparameters, **overrides}
+        move.mapping += f"; set {', '.join(f'{k} = {v!r}' for k, v in overrides.items())} (--hp)"
     move.plan = _spec(config, job, to, move.to_model, hyperparameters, where)
     move.plan = _preflight(config, move.plan, where, allow_pii=allow_pii, quote=False, phone_region=None)
     move.estimated_cost = move.plan.estimated_cost

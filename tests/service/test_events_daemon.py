@@ -94,7 +94,10 @@ def test_a_5m_poll_still_reacts_at_once_to_submit_sighup_and_a_signed_webhook(tm
     assert any(p["kind"] == "checkpoint" and "valid_loss" in p["metrics"] for p in points)
     assert re.search(r"^train_loss +[▁▂▃▄▅▆▇█]+ +\d", show.stdout, re.M), show.stdout
     lines = [json.loads(line) for line in events.stdout.splitlines()]
-    assert [e["event"] for e in lines if e["from"] != e["to"]] == ["prepared", "queued", "succeeded", "promoted"]
+    # `running` shows only where a tick happened to fall while it trained (a busy machine's ticks are slow)
+    moves = [e["event"] for e in lines if e["from"] != e["to"]]
+    assert [m for m in moves if m != "running"] == ["prepared", "queued", "succeeded", "promoted"], moves
+    assert moves.count("running") <= 1 and ("running" not in moves or moves.index("running") == 2), moves
     assert lines[-1]["event"] == "promoted" and all(e["id"].startswith("evt_") for e in lines)
     assert_no_key(daemon.stderr + log.stdout + show.stdout, key=secret)
 
