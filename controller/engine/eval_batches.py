@@ -32,7 +32,9 @@ class EvalBatches:
     """Mixed into the Ticker, beside `Evaluations`."""
 
     def _batch_id(self, row: Job, run: Evaluation, answered: int) -> str:
-        return f"ev-{row.id}-{run.id}-{answered}-{run.failures}"
+        # the job's client token (random) first: ids of another ftctl install on the same cluster, or of a
+        # database started again, never meet this one's (Ray would hand back that other batch as ours)
+        return f"ev-{row.client_token or row.id}-{run.id}-{answered}-{run.failures}"
 
     def _evaluate_batches(self, row: Job, run: Evaluation, conf: Any, examples: list, safety: list,
                           answered: set, now: datetime, roles: tuple[str, ...] = ROLES,
