@@ -133,6 +133,11 @@ def run_ray_demo(console: Console, directory: Path | None = None, *, address: st
                  timeout: float = 600.0) -> int:
     from ftctl.providers.ray.local import LocalHead
 
+    import importlib.util
+
+    missing = [m for m in ("ray", "trl", "peft", "torch") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DemoError(f"--provider ray needs {', '.join(missing)}: pip install '.[ray,train]' from a checkout")
     workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ftctl-demo-ray-"))
     workdir.mkdir(parents=True, exist_ok=True)
     head = None
