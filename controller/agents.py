@@ -76,7 +76,7 @@ class EvalConfig(Section):
     # latency: the p95 of the candidate's answer times, at most ("2s")
     max_latency_p95: Duration | None = None
     # safety: prompts whose answers must not contain what each line names, or
-    # must refuse (engine.eval_files.load_safety_file); one failure rejects
+    # must refuse (ledger.eval_files.load_safety_file); one failure rejects
     safety_file: str | None = Field(default=None, min_length=1)
     # "best": each checkpoint of the job is a candidate too (where the
     # provider's checkpoints are models: OpenAI); the best that passes

@@ -19,7 +19,7 @@ FINISHED_STATES = ("succeeded", "failed", "cancelled")
 # not move, or why the job's estimate does not fit the budget. The tick reads
 # the line in order, only as far as it can admit (ix_jobs_line); a job held for
 # a reason of its own (backoff, its upstream jobs, ...) is read every tick
-# (ix_jobs_held). engine.reasons.IN_LINE names the same codes.
+# (ix_jobs_held). ledger.reasons.IN_LINE names the same codes.
 IN_LINE_CODES = ("daemon", "slot", "paused", "unreachable", "unobserved", "unknown_provider", "budget_left",
                  "budget_cap", "budget_no_estimate", "resources", "resources_short")
 _CODES = ", ".join(f"'{c}'" for c in IN_LINE_CODES)

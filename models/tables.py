@@ -14,6 +14,7 @@ from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects, and the states a twin is refused
 # in, live in models.schema (importable without SQLModel)
+
 from ftctl.models.schema import HELD_SQL, LIVE_STATES, SCHEMA_HEAD, TRIED_SQL  # noqa: F401, E402
 
 _LIVE = text("state IN ('prepared', 'queued', 'running', 'succeeded')")
@@ -83,7 +84,7 @@ class Job(SQLModel, table=True):
     data_tokens: Optional[int] = None  # counted at submit with the provider's tokenizer
     trained_tokens: Optional[int] = None  # reported by the provider
     last_error: Optional[str] = None
-    # why the job is where it is, as data (rendered by engine.reasons)
+    # why the job is where it is, as data (rendered by ledger.reasons)
     reason_code: Optional[str] = None
     reason_args: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
     not_before: Optional[datetime] = Field(default=None, sa_type=DateTime)
@@ -98,7 +99,7 @@ class Job(SQLModel, table=True):
     base_model: Optional[str] = None
     # several training files, each with its weight: [{"file", "weight", "hash"}]
     training_files: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON, nullable=True))
-    # what a succeeded job's model is to its agent (engine.states.PromotionState)
+    # what a succeeded job's model is to its agent (ledger.states.PromotionState)
     promotion: Optional[str] = Field(default=None, index=True)
     promoted_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
     # provider = [...]: the providers the job may still move to, in order, each
@@ -359,7 +360,7 @@ class ProviderState(SQLModel, table=True):
     slots_used: Optional[int] = None
     slots_limit: Optional[int] = None
     # why its line of waiting jobs does not move, as the last tick saw it (a
-    # reason: engine.reasons); a job in line is shown with it (engine.reasons.shown)
+    # reason: ledger.reasons); a job in line is shown with it (ledger.reasons.shown)
     line_code: Optional[str] = None
     line_args: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
 

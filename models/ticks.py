@@ -20,7 +20,7 @@ from ftctl.models.schema import HELD_SQL, IN_LINE_SQL, TRIED_SQL
 TICK_COLUMNS = ("id", "agent", "provider", "state", "attempt", "client_token", "provider_job_id", "intent_at",
                 "not_before", "created_at", "cancel_pending", "reason_code", "reason_args", "provider_status",
                 "estimated_cost", "last_error", "model_job_id", "upstream_job_ids", "promotion", "fallbacks",
-                "fallback_after")
+                "fallback_after", "model")
 _COLS = ", ".join(TICK_COLUMNS)
 # a provider's line: its waiting jobs in line, oldest first (ix_jobs_line)
 _LINE = f"FROM jobs WHERE state = 'prepared' AND provider = :provider AND {IN_LINE_SQL}"
@@ -113,7 +113,7 @@ def _tick_rows(raw: Sequence[Any]) -> list[tuple]:
     when = datetime.fromisoformat
     out = []
     for (job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at, cancel,
-         code, args, status, cost, error, model_job_id, upstream, promotion, fallbacks, fallback_after) in raw:
+         code, args, status, cost, error, model_job_id, upstream, promotion, fallbacks, fallback_after, model) in raw:
         if isinstance(args, (str, bytes)):
             if args not in decoded:
                 decoded[args] = json.loads(args)
@@ -133,5 +133,5 @@ def _tick_rows(raw: Sequence[Any]) -> list[tuple]:
             created_at = when(created_at)
         out.append((job_id, agent, provider, state, attempt, token, pid, intent_at, not_before, created_at,
                     bool(cancel), code, args, status, cost, error, model_job_id, upstream, promotion,
-                    fallbacks, fallback_after))
+                    fallbacks, fallback_after, model))
     return out

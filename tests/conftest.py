@@ -374,7 +374,7 @@ def write_remote_config(directory: Path, kind: str, url: str, *, agents=AGENTS, 
 
 def reason_of(job, live=None) -> str | None:
     """A stored job's reason, rendered to its one line."""
-    from ftctl.controller.engine.reasons import render
+    from ftctl.controller.ledger.reasons import render
 
     return render(job.reason_code, job.reason_args, live)
 
@@ -460,6 +460,7 @@ class Daemon:
 _MANY = r"""
 import contextlib, io, json, logging, sys
 import structlog
+
 from ftctl.controller.cli import main
 results = []
 for args in json.loads(sys.argv[1]):

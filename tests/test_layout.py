@@ -76,3 +76,31 @@ def test_the_cli_command_modules_do_not_import_each_other():
         text = (cli / f"{module}.py").read_text()
         others = [m for m in modules if m != module]
         assert not re.search(rf"ftctl\.controller\.cli\.({'|'.join(others)})\b", text), module
+
+
+def _imports_of(room: str) -> dict[str, set[str]]:
+    """Each module under controller/<room> and the ftctl.controller packages it imports, at any depth in the file."""
+    pattern = re.compile(r"^\s*(?:from|import)\s+ftctl\.controller\.([a-z_]+)", re.M)
+    return {p.relative_to(REPO).as_posix(): set(pattern.findall(p.read_text()))
+            for p in sorted((REPO / "controller" / room).rglob("*.py"))}
+
+
+def test_the_engine_and_the_preflight_stand_on_the_ledger_not_on_each_other():
+    # what both need (job creation and its twin check, hashing, atomic writes,
+    # pricing, states and reasons) is in controller/ledger, below both
+    found = {room: _imports_of(room) for room in ("engine", "preflight", "ledger")}
+    assert {m: s & {"preflight"} for m, s in found["engine"].items() if "preflight" in s} == {}
+    assert {m: s & {"engine"} for m, s in found["preflight"].items() if "engine" in s} == {}
+    above = {"engine", "preflight", "cli", "service", "demo", "records"}
+    assert {m: s & above for m, s in found["ledger"].items() if s & above} == {}
+
+
+def test_the_shared_record_shapes_are_owned_below_the_top_package():
+    # cli, service and demo print the records; the top package (controller/api) only re-uses them
+    assert not (REPO / "controller" / "api" / "records.py").exists()
+    # (the version alone is read from the top package)
+    pattern = re.compile(r"^\s*(?:from ftctl import (?!__version__$)|from ftctl\.(?:core|delivery|rehome)\b"
+                         r"|import ftctl\.(?:core|delivery))", re.M)
+    below = [p.relative_to(REPO).as_posix() for room in ("cli", "service", "demo", "engine", "preflight", "ledger")
+             for p in (REPO / "controller" / room).rglob("*.py") if pattern.search(p.read_text())]
+    assert below == []

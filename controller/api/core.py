@@ -194,8 +194,9 @@ class Ftctl(Delivery, Rehoming):
         return store.wake(reason) if store is not None else False
 
     def _move(self, job_id: int, trigger: str) -> "Job":
-        from ftctl.controller.engine.jobs import JobNotFound, StaleState, Twin, user_transition
-        from ftctl.controller.engine.states import InvalidTransition
+        from ftctl.controller.ledger.creation import Twin
+        from ftctl.controller.engine.jobs import JobNotFound, StaleState, user_transition
+        from ftctl.controller.ledger.states import InvalidTransition
 
         current = self._row(job_id)
         if trigger == "retry" and current.cancel_pending:
@@ -219,7 +220,7 @@ class Ftctl(Delivery, Rehoming):
     def cancel(self, job_id: int) -> Cancelled:
         """Cancel a job, and at its provider at once when it is there already
         (the daemon does it otherwise, and retries until the provider confirms)."""
-        from ftctl.records import job_dict
+        from ftctl.controller.records import job_dict
 
         row = self._move(job_id, "cancel")
         status = error = None
@@ -243,7 +244,7 @@ class Ftctl(Delivery, Rehoming):
 
     def retry(self, job_id: int) -> dict[str, Any]:
         """A failed or cancelled job back to `prepared`, with fresh attempts."""
-        from ftctl.records import job_dict
+        from ftctl.controller.records import job_dict
 
         return job_dict(self._move(job_id, "retry"))
 
@@ -296,7 +297,7 @@ class Ftctl(Delivery, Rehoming):
     def live(self) -> Any:
         """The facts reasons are rendered with now (slots busy, money left),
         each read the first time a reason shown needs it."""
-        from ftctl.records import live_facts
+        from ftctl.controller.records import live_facts
 
         return live_facts(self.reads(), self.config)
 
@@ -304,7 +305,7 @@ class Ftctl(Delivery, Rehoming):
                providers: Sequence[str] | None = None, finished: int | None = None) -> list[dict[str, Any]]:
         """The jobs as dicts: every one by default; `active` (or `finished=0`)
         the unfinished ones only, `finished=N` those plus the last N to finish."""
-        from ftctl.records import job_dict
+        from ftctl.controller.records import job_dict
 
         found = self.listing(states=states, agents=[agent] if agent else None, providers=providers,
                              finished=0 if active else finished)
@@ -316,13 +317,13 @@ class Ftctl(Delivery, Rehoming):
 
     def job(self, job_id: int) -> dict[str, Any]:
         """One job (NotFound if there is none)."""
-        from ftctl.records import job_dict
+        from ftctl.controller.records import job_dict
 
         return job_dict(self._read(job_id), live=self.live())
 
     def show(self, job_id: int, diff: bool = False) -> dict[str, Any]:
         """A job, its history and its attempts; `diff`: the examples its model did worse on."""
-        from ftctl.records import attempt_dict, event_dict, job_dict, training_summary
+        from ftctl.controller.records import attempt_dict, event_dict, job_dict, training_summary
 
         row = self._read(job_id)
         reads = self.reads()
@@ -334,7 +335,7 @@ class Ftctl(Delivery, Rehoming):
             if row.provider_job_id else None
         run = reads.evaluation(job_id) if row.promotion is not None else None
         if run is not None:
-            from ftctl.records import evaluation_dict, evaluation_diff
+            from ftctl.controller.records import evaluation_dict, evaluation_diff
 
             data["evaluation"] = evaluation_dict(*run)
             if diff:
@@ -346,7 +347,7 @@ class Ftctl(Delivery, Rehoming):
         """Every transition, promotion and note (oldest first), each with its
         stable `id` and its `seq` (pass the last seq as `after` to follow);
         `newest`: only the last `limit`."""
-        from ftctl.records import event_dict
+        from ftctl.controller.records import event_dict
 
         if job_id is not None:
             self._row(job_id)
@@ -360,8 +361,8 @@ class Ftctl(Delivery, Rehoming):
         """A job's training log as stored: its provider's events and metrics
         (points with `kind`, `step`, `metrics` such as train_loss), for its
         current provider job; `done` once nothing more will come."""
-        from ftctl.controller.engine.states import TERMINAL
-        from ftctl.records import point_dict
+        from ftctl.controller.ledger.states import TERMINAL
+        from ftctl.controller.records import point_dict
 
         row = self._row(job_id)
         store = self.store()
@@ -379,7 +380,7 @@ class Ftctl(Delivery, Rehoming):
         the last error) and given up."""
         if not self.config.hooks:
             return {"pending": 0, "gave_up": 0, "oldest": None, "last_error": None}
-        from ftctl.controller.engine.states import EVENTS
+        from ftctl.controller.ledger.states import EVENTS
 
         names = [e for e in EVENTS if any(h.wants(e) for h in self.config.hooks)]
         reads = self.reads() if names else None
@@ -395,7 +396,7 @@ class Ftctl(Delivery, Rehoming):
     def daemons(self) -> dict[str, Any]:
         """The daemon that leads (host, pid, since, epoch) and those standing
         by with their last heartbeat, from any host."""
-        from ftctl.records import iso
+        from ftctl.controller.records import iso
 
         reads = self.reads()
         if reads is None:
@@ -413,8 +414,8 @@ class Ftctl(Delivery, Rehoming):
              interval: float = 5.0) -> list[dict[str, Any]]:
         """Block until every job is finished, a succeeded job's model promoted
         or rejected too (its evaluation over); TimedOut after `timeout` seconds."""
-        from ftctl.controller.engine.states import PROMOTION_OPEN, TERMINAL
-        from ftctl.records import job_dict
+        from ftctl.controller.ledger.states import PROMOTION_OPEN, TERMINAL
+        from ftctl.controller.records import job_dict
 
         def finished(r: Any) -> bool:
             return r.state in TERMINAL and r.promotion not in PROMOTION_OPEN

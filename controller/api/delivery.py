@@ -27,7 +27,7 @@ class Delivery:
 
     def model_records(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
         """`model_rows` as records, the shape `all_models` gives (records.model_dict)."""
-        from ftctl.records import model_dict
+        from ftctl.controller.records import model_dict
 
         reads = self.reads()
         return [model_dict(reads.job(m.job_id)) for m in rows] if reads is not None else []
@@ -37,7 +37,7 @@ class Delivery:
         """Every succeeded job's model with its promotion: candidates,
         models being evaluated, promoted and rejected ones."""
         from ftctl.models.reads import Filter
-        from ftctl.records import model_dict
+        from ftctl.controller.records import model_dict
 
         reads = self.reads()
         return [model_dict(j) for j in reads.jobs(Filter(["succeeded"], agents, providers))] if reads else []
@@ -56,9 +56,9 @@ class Delivery:
     def _gate(self, job_id: int, trigger: str) -> dict[str, Any]:
         from ftctl.controller.engine.jobs import StaleState, fire_promotion
         from ftctl.core import Refused
-        from ftctl.controller.engine.reasons import Reason
-        from ftctl.controller.engine.states import InvalidTransition
-        from ftctl.records import job_dict
+        from ftctl.controller.ledger.reasons import Reason
+        from ftctl.controller.ledger.states import InvalidTransition
+        from ftctl.controller.records import job_dict
 
         row = self._row(job_id)
         if row.state != "succeeded" or row.promotion is None:

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftctl.controller.preflight.closing import header_lines
 from ftctl.controller.cli.app import (DURATION, EXIT_FAILED, EXIT_OK, PHONE_REGION_HELP, _job_id, api, app, die,
                                       duration, emit_json, note, out, stdout_is_terminal)
+from ftctl.controller.ledger.closing import header_lines
 
 
 # -- submit ------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def status(
             note(daemon_line(ft))
         owed = ft.undelivered()
         if owed["pending"] or owed["gave_up"]:
-            from ftctl.records import undelivered_text
+            from ftctl.controller.records import undelivered_text
 
             note(undelivered_text(owed, found.now, daemon=bool(ft.daemon())))
 

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ftctl.controller.cli.app import DURATION, _job_id, api, app, duration, emit_json, get_config, out
-from ftctl.controller.engine.states import EVENTS
+from ftctl.controller.ledger.states import EVENTS
 
 # how far back `--follow` looks again for events committed out of order
 # (PostgreSQL hands out ids before commit); what was printed is not again
@@ -99,7 +99,7 @@ def logs(
 ) -> None:
     """The provider's events and training metrics of a job (loss by step), with its loss curve."""
     from ftctl.controller.cli.views import curve_line, point_text
-    from ftctl.records import series
+    from ftctl.controller.records import series
 
     job_id = _job_id(job)
     with api() as ft:

@@ -222,7 +222,7 @@ def prepare(
     from ftctl.controller.preflight.pii import KINDS, describe
     from ftctl.controller.preflight.prepare import PrepareError
     from ftctl.controller.preflight.prepare import prepare as run_prepare
-    from ftctl.controller.preflight.pricing import PriceUnknown, price_for
+    from ftctl.controller.ledger.pricing import PriceUnknown, price_for
     from ftctl.providers.registry import kind as kind_of
     from ftctl.providers.tokenizers import TokenizerUnavailable
 
@@ -320,8 +320,8 @@ def budget(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     committed = store.committed() if store else 0.0
     waiting = list(store.jobs(states=["prepared"])) if store else []
     if store:  # a job in line no tick read yet is shown with the budget as it is now
-        from ftctl.controller.engine.reasons import shown
-        from ftctl.records import live_facts
+        from ftctl.controller.ledger.reasons import shown
+        from ftctl.controller.records import live_facts
 
         live = live_facts(store, config, now)
         over = [j for j in waiting if (r := shown(j, live)) is not None and r.code.startswith("budget")]

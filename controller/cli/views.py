@@ -1,6 +1,6 @@
 """How jobs are shown: plain aligned columns (off a terminal, or many rows),
 a Rich table on a terminal, and `models` output. Rich is imported only for
-a table on a terminal; the JSON shapes are ftctl.records."""
+a table on a terminal; the JSON shapes are ftctl.controller.records."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from ftctl.controller.records import job_dict, reason_text
 from ftctl.models.schema import utcnow
-from ftctl.records import job_dict, reason_text
 
 STATE_STYLE = {
     "prepared": "yellow",
@@ -71,7 +71,7 @@ def evaluation_text(ev: dict) -> str:
 def criteria_lines(ev: dict) -> list[str]:
     """show: one line per criterion of a finished gate (value, threshold,
     pass or fail); while it runs, the thresholds it will be held to."""
-    from ftctl.controller.engine.criteria import line
+    from ftctl.controller.ledger.criteria import line
 
     if ev.get("checkpoints") and ev.get("improvement") is not None:
         steps = ", ".join(str(step) for step, _ in ev["checkpoints"])

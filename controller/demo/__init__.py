@@ -170,7 +170,7 @@ def _plain_jobs(console: Console, jobs: list) -> None:
 
     from ftctl.controller.cli.views import COLUMNS, cells, plain
     from ftctl.models import utcnow
-    from ftctl.records import live_facts
+    from ftctl.controller.records import live_facts
 
     text = io.StringIO()
     now = utcnow()
@@ -196,7 +196,7 @@ def _summary(console: Console, store, config, config_path: Path, seconds: float,
     for agent in ("conversation", "legal"):
         job = jobs.get(agent)
         if job is not None and job.promotion in ("promoted", "rejected"):
-            from ftctl.records import reason_text
+            from ftctl.controller.records import reason_text
 
             console.print(f"  gate {agent}: {reason_text(job)}", markup=False)
     export = config.resolve(config.export.path)

@@ -200,7 +200,7 @@ def tick_until_done(console: Console, config_path: Path, *, timeout: float) -> t
 
 
 def _summary(console: Console, jobs: dict, seconds: float, address: str, config_path: Path) -> int:
-    from ftctl.records import reason_text
+    from ftctl.controller.records import reason_text
 
     ok = (all(jobs.get(a) is not None and jobs[a].state == "succeeded" for a in AGENTS)
           and jobs["qa"].promotion == "promoted" and jobs["legal"].promotion == "rejected"

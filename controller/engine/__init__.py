@@ -1,1 +1,1 @@
-"""The engine: states, the pure decision step, policy, and the I/O around it."""
+"""The engine: the pure decision step, its policy and rules, and the I/O around it (the tick)."""

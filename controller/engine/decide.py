@@ -13,18 +13,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ftctl.controller.engine.decisions import (UNCHANGED, CancelAtProvider, CancelQuote, Decision, Evaluate,
-                                               ForgetUpload, GateView, JobView, Line, Move, Note, Promote, ProviderUpdate,
-                                               ProviderView, QuoteSettled, Slots, Submit, Transition, UpstreamView)
 from ftctl.controller.engine import fallback
 from ftctl.controller.engine.gate import decide_promotions
 from ftctl.controller.engine.outcomes import after_create, after_upload_error, begin_submit, file_problem
 from ftctl.controller.engine.policy import Budget, Policy, backoff_seconds
-from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.rules import (capacity_requeue, effective_limit, error_reason, note_if_changed,
                                            pause_for, retry_or_fail)
-from ftctl.controller.engine.states import (CANCELLED, EVALUATING, FAILED, IN_FLIGHT, PREPARED, RUNNING,
-                                           SUCCEEDED, JobState)
+from ftctl.controller.engine.step_types import (UNCHANGED, CancelAtProvider, CancelQuote, Decision, Evaluate,
+                                                ForgetUpload, GateView, JobView, Line, Move, Note, Promote,
+                                                ProviderUpdate, ProviderView, QuoteSettled, Slots, Submit, Transition,
+                                                UpstreamView)
+from ftctl.controller.ledger.reasons import Reason
+from ftctl.controller.ledger.states import (CANCELLED, EVALUATING, FAILED, IN_FLIGHT, PREPARED, RUNNING,
+                                            SUCCEEDED, JobState)
 from ftctl.providers.base import FAIL_CAPACITY, FAIL_DATA, P_CANCELLED, P_FAILED, P_QUEUED, P_RUNNING, P_SUCCEEDED
 
 
@@ -230,7 +231,7 @@ class _ProviderStep:
             self.out.append(Transition(job.id, job.state, "start", Reason("training", {"status": pj.raw_status}),
                                        bound, provider_status=pj.raw_status))
         elif pj.status == P_SUCCEEDED:
-            updates = {**bound, "fine_tuned_model": pj.fine_tuned_model, "actual_cost": pj.cost,
+            updates = {**bound, "fine_tuned_model": pj.fine_tuned_model, "actual_cost": self._cost(job, pj),
                        "trained_tokens": pj.trained_tokens, "not_before": None, "last_error": None}
             self.out.append(Transition(job.id, job.state, "succeed", None, updates,
                                        provider_status=pj.raw_status, attempt_outcome=("succeeded", True),
@@ -253,6 +254,15 @@ class _ProviderStep:
             else:
                 self._retry_or_fail(job, f"training failed: {message}", outcome="failed",
                                     provider_status=pj.raw_status)
+
+    def _cost(self, job: JobView, pj: Any) -> float | None:
+        """What a succeeded job cost: the provider's figure, else its trained
+        tokens at the price the shell gave for the job's model (OpenAI reports
+        no cost), else unknown."""
+        if pj.cost is not None or not pj.trained_tokens:
+            return pj.cost
+        price = (self.pv.prices or {}).get(job.model) if job.model else None
+        return round(price.training_cost(pj.trained_tokens), 2) if price is not None else None
 
     def _not_listed(self, job: JobView) -> None:
         pv = self.pv

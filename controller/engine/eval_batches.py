@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from ftctl.controller.engine.gate import ROLES, score, total_questions
+from ftctl.controller.ledger.eval_files import ScorerError, run_scorer, safety_score
 from ftctl.models import Evaluation, Job
 from ftctl.providers.base import FAIL_DATA, P_FAILED, NotFoundError, PermanentError, ProviderError, TransientError
 
@@ -42,8 +43,6 @@ class EvalBatches:
         """The batch of `roles` on `provider_name` (the job's own by default);
         True when that side is done and nothing stopped the evaluation (the
         other side, on a provider that chats, may go on this tick)."""
-        from ftctl.controller.engine.evaluation import ScorerError, run_scorer, safety_score
-
         # (part, example, role, repeat) and the key the batch answers it by
         todo = [(("eval", i, role, 0), f"{i}:{role}") for i in range(len(examples)) for role in roles]
         if "candidate" in roles:

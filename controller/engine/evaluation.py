@@ -25,16 +25,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.engine.criteria import measure
-from ftctl.controller.engine.decisions import GateView, Note
-from ftctl.controller.engine.eval_files import (  # noqa: F401 - submit and doctor read the files from here
-    EvalExample, EvalFileError, SafetyPrompt, ScorerError, eval_estimate, load_eval_file, load_safety_file,
-    run_scorer, safety_estimate, safety_score)
 from ftctl.controller.engine.gate import ROLES, checkpoint_role, score, total_questions
 from ftctl.controller.engine.jobs import note_many
 from ftctl.controller.engine.policy import backoff_seconds
-from ftctl.controller.engine.reasons import Reason
-from ftctl.controller.engine.states import CANDIDATE, EVALUATING
+from ftctl.controller.engine.step_types import GateView, Note
+from ftctl.controller.ledger.criteria import measure
+from ftctl.controller.ledger.eval_files import (EvalExample, EvalFileError, SafetyPrompt, ScorerError, eval_estimate,
+                                                load_eval_file, load_safety_file, run_scorer, safety_estimate,
+                                                safety_score)
+from ftctl.controller.ledger.reasons import Reason
+from ftctl.controller.ledger.states import CANDIDATE, EVALUATING
 from ftctl.models import Evaluation, Job, Rehome
 from ftctl.providers.base import NotFoundError, PermanentError, ProviderError
 from ftctl.providers.registry import KINDS

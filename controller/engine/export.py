@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from ftctl.controller.ledger.files import atomic_output
+
 # a temporary file this old is left over from a writer that was killed
 STALE_TEMP = 600.0
 
@@ -40,8 +42,6 @@ def render(models: dict[str, str], fmt: str, *, header: bool = False) -> str:
 
 def sync(path: Path, fmt: str, models: dict[str, str]) -> bool:
     """Write `models` to `path` unless it holds them already; True if written."""
-    from ftctl.controller.preflight.prepare import atomic_output
-
     path = Path(path)
     text = render(models, fmt, header=True)
     try:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from ftctl.controller.engine.decisions import Decision, JobView, Move, ProviderUpdate, ProviderView, Transition
 from ftctl.controller.engine.policy import Policy
-from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.rules import note_if_changed
+from ftctl.controller.engine.step_types import Decision, JobView, Move, ProviderUpdate, ProviderView, Transition
+from ftctl.controller.ledger.reasons import Reason
 from ftctl.providers.base import ModelClosed, ProviderClosed, ProviderError
 from ftctl.providers.settings import duration_text
 

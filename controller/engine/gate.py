@@ -2,7 +2,7 @@
 
 Pure, like `decide`: (succeeded jobs, what the shell found of their gates,
 now, money left) -> promotion moves and evaluation slices to run. The
-promotion machine itself is in `engine.states`; the chat calls and the
+promotion machine itself is in `ledger.states`; the chat calls and the
 stored answers are the shell's (`engine.evaluation`).
 """
 
@@ -13,13 +13,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ftctl.controller.engine.criteria import criteria
-from ftctl.controller.engine.decisions import Decision, Evaluate, GateView, JobView, Promote
-from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.rules import note_if_changed
-from ftctl.controller.engine.states import CANDIDATE, EVALUATING
+from ftctl.controller.engine.step_types import Decision, Evaluate, GateView, JobView, Promote
+from ftctl.controller.ledger.criteria import ROLES, criteria
+from ftctl.controller.ledger.reasons import Reason
+from ftctl.controller.ledger.states import CANDIDATE, EVALUATING
 
-ROLES = ("candidate", "compare")
 # scores are means of per-example scores: a hair of float noise must not
 # turn 0.08 into 0.0799999
 EPSILON = 1e-9
@@ -54,7 +53,7 @@ def checkpoint_role(step: int) -> str:
 
 def verdict(gate: GateView) -> tuple[bool, dict[str, Any]]:
     """Whether every criterion passes: the candidate beat the comparison by
-    at least min_improvement, and the others the gate has (engine.criteria);
+    at least min_improvement, and the others the gate has (ledger.criteria);
     and the figures that say so (the reason's arguments, stored with the run).
     With checkpoints = "best" each checkpoint is judged so too, and the best
     that passes (its score; a later step on a tie; the final model last) is

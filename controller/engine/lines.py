@@ -1,7 +1,7 @@
 """Reading the lines of waiting jobs: each provider's line is read in
 order only as far as admission can go this tick, and its length counted in
 the index; a job further back is shown with its provider's line as the last
-tick saw it (engine.reasons.shown). A part of `engine.tick.Ticker`."""
+tick saw it (ledger.reasons.shown). A part of `engine.tick.Ticker`."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ from functools import cache
 from typing import Any
 
 from ftctl.controller.engine import decide as rc
-from ftctl.controller.engine.states import IN_FLIGHT
+from ftctl.controller.ledger.closing import provider_closed, today
+from ftctl.controller.ledger.states import IN_FLIGHT
 from ftctl.models import ProviderState
 from ftctl.providers.base import ACTIVE, P_FAILED, NotFoundError, Provider, ProviderError, ProviderJob, TransientError
 from ftctl.providers.registry import KINDS
@@ -126,8 +127,6 @@ class Observation:
 
     def _closed(self, name: str, now: datetime) -> str | None:
         """Why `name` takes no new jobs today by its date (providers.lifecycle), or None."""
-        from ftctl.controller.preflight.closing import provider_closed, today
-
         ended = provider_closed(self.config, name, today(now.date()))
         return ended.line(today(now.date())) if ended is not None else None
 

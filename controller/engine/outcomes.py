@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from ftctl.controller.engine.decisions import Decision, ForgetUpload, JobView, Note, ProviderUpdate, Transition
 from ftctl.controller.engine.policy import Policy
-from ftctl.controller.engine.reasons import Reason
 from ftctl.controller.engine.rules import note_if_changed, pause_for, retry_delay
-from ftctl.controller.engine.states import PREPARED, QUEUED
+from ftctl.controller.engine.step_types import Decision, ForgetUpload, JobView, Note, ProviderUpdate, Transition
+from ftctl.controller.ledger.reasons import Reason
+from ftctl.controller.ledger.states import PREPARED, QUEUED
 from ftctl.providers.base import CapacityError, NotFoundError, PermanentError, ProviderError, ProviderJob
 
 

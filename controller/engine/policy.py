@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ftctl.controller.engine.reasons import Reason
+from ftctl.controller.ledger.reasons import Reason
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ftctl.controller.engine.states import PROMOTED, REJECTED
+from ftctl.controller.ledger.states import PROMOTED, REJECTED
 
 
 @dataclass(frozen=True)

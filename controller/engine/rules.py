@@ -6,9 +6,9 @@ import random
 from datetime import datetime, timedelta
 from typing import Any
 
-from ftctl.controller.engine.decisions import UNCHANGED, JobView, Note, ProviderUpdate, ProviderView, Transition
 from ftctl.controller.engine.policy import Policy, backoff_seconds
-from ftctl.controller.engine.reasons import Reason
+from ftctl.controller.engine.step_types import UNCHANGED, JobView, Note, ProviderUpdate, ProviderView, Transition
+from ftctl.controller.ledger.reasons import Reason
 from ftctl.providers.base import AuthError, ProviderError, ProviderUnavailable, QuotaError
 
 

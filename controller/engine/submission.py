@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl.controller.engine import decide as rc
-from ftctl.controller.engine.jobs import file_sha256, new_client_token, note_many
-from ftctl.controller.engine.reasons import Reason
+from ftctl.controller.engine.jobs import note_many
+from ftctl.controller.ledger.creation import new_client_token
+from ftctl.controller.ledger.files import file_sha256
+from ftctl.controller.ledger.reasons import Reason
 from ftctl.models import Job
 from ftctl.providers.base import CapacityError, JobSpec, NotFoundError, Provider, ProviderError, ProviderJob
 

@@ -9,6 +9,7 @@ cannot be built or answers garbage pauses, the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 from collections import Counter
@@ -24,13 +25,14 @@ from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.eval_batches import EvalBatches
 from ftctl.controller.engine.evaluation import Evaluations
 from ftctl.controller.engine.jobs import StaleState, cancelled_at_provider, fire, fire_promotion, note_many, note_many_in
-from ftctl.controller.engine.policy import Budget, Policy
-from ftctl.controller.engine.states import (PROMOTION_OPEN, STATES, SUCCEEDED, TERMINAL, UNFINISHED,
-                                           InvalidTransition)
 from ftctl.controller.engine.lines import Lines
-from ftctl.controller.engine.observe import LISTING_MARGIN, LISTING_WINDOW, Observation  # noqa: F401
 from ftctl.controller.engine.moving import Moves, pause_clock
+from ftctl.controller.engine.observe import LISTING_MARGIN, LISTING_WINDOW, Observation  # noqa: F401
+from ftctl.controller.engine.policy import Budget, Policy
 from ftctl.controller.engine.submission import Submission
+from ftctl.controller.ledger.pricing import Price, PriceUnknown, price_for
+from ftctl.controller.ledger.states import (IN_FLIGHT, PROMOTION_OPEN, STATES, SUCCEEDED, TERMINAL, UNFINISHED,
+                                            InvalidTransition)
 from ftctl.models import Job, ProviderState, Store, utcnow
 from ftctl.models.store import TICK_COLUMNS
 from ftctl.providers.base import Provider, ProviderError
@@ -197,8 +199,9 @@ class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
                                                   and n not in mine and n not in quotes))
         for name in sorted(set(mine) | set(quotes) | lined):
             if name in self.config.providers:
-                observed[name] = self._observe(name, mine.get(name, []), states.get(name), quotes.get(name, ()),
-                                               quote_times.get(name), now)
+                pv = self._observe(name, mine.get(name, []), states.get(name), quotes.get(name, ()),
+                                   quote_times.get(name), now)
+                observed[name] = replace(pv, prices=self._prices(name, mine.get(name, ())))
         # a re-home's job is gated (parity with the model it replaces) even where its agent has no [eval]
         gated = frozenset(name for name, agent in self.config.agents.items()
                           if agent.evaluation is not None) | self.store.rehoming_agents()
@@ -244,6 +247,16 @@ class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
                                 found[u].provider)
                 if u in found else rc.UpstreamView(u, "?", "gone") for u in views[i].upstream))
         return views
+
+    def _prices(self, name: str, views: list[rc.JobView]) -> dict[str, Price]:
+        """What training costs on `name` for each model its jobs in flight
+        train: the decision step prices a job that succeeds with trained
+        tokens and no cost (OpenAI) by it."""
+        kind, found = self.config.providers[name].kind, {}
+        for model in {v.model for v in views if v.state in IN_FLIGHT and v.model}:
+            with contextlib.suppress(PriceUnknown):
+                found[model] = price_for(kind, model, self.config.price_overrides)
+        return found
 
     def _open_promotions(self, views: list[rc.JobView]) -> dict[int, Job]:
         """The whole rows of succeeded jobs whose promotion is still open (the
@@ -303,9 +316,6 @@ class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
 
     def _apply(self, d: rc.Decision, rows: dict[int, Any], now: datetime) -> None:
         if isinstance(d, rc.Transition):
-            if d.trigger == "succeed" and d.updates.get("actual_cost") is None and d.updates.get("trained_tokens"):
-                cost = self._cost_of(rows.get(d.job_id), d.updates["trained_tokens"])
-                d = replace(d, updates={**d.updates, "actual_cost": cost})
             self._transition(d, now)
         elif isinstance(d, rc.Note):
             note_many(self.store, [d], now)
@@ -359,20 +369,6 @@ class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
         self.log.info("promotion", job_id=job.id, agent=job.agent, provider=job.provider, state=job.state,
                       promotion=job.promotion, from_promotion=before, trigger=d.trigger,
                       reason=d.reason.text() if d.reason else None, fine_tuned_model=job.fine_tuned_model)
-
-    def _cost_of(self, job: Any, trained_tokens: int) -> float | None:
-        """A provider that reports trained tokens but no cost (OpenAI): price them."""
-        from ftctl.controller.preflight.pricing import PriceUnknown, price_for
-
-        if job is None or getattr(job, "model", None) is None:  # a view: the stored job knows its model
-            job = self.store.get_job(job.id) if job is not None else None
-            if job is None:
-                return None
-        try:
-            price = price_for(self.config.providers[job.provider].kind, job.model, self.config.price_overrides)
-        except (PriceUnknown, KeyError):
-            return None
-        return round(max(price.min_fee, trained_tokens / 1e6 * price.train_per_m), 2)
 
     def _provider_update(self, d: rc.ProviderUpdate) -> None:
         state = self.store.provider_states().get(d.name) or ProviderState(name=d.name)

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.controller.config import Config
+from ftctl.controller.ledger.files import file_sha256
+from ftctl.controller.ledger.pricing import Estimate, PriceUnknown, estimate, price_for
 from ftctl.controller.preflight.dataset import validate
 from ftctl.controller.preflight.report import Report
-from ftctl.controller.preflight.pricing import Estimate, PriceUnknown, estimate, price_for
 from ftctl.providers import registry
 from ftctl.providers.tokenizers import TokenizerUnavailable
 
@@ -125,7 +126,6 @@ def quote(config: Config, provider_name: str, path: Path, model: str, hyperparam
     job is recorded in the database: it never counts as a slot, and the
     daemon cancels it again until the provider confirms.
     """
-    from ftctl.controller.engine.jobs import file_sha256
     from ftctl.models import Store
     from ftctl.providers import build_provider
 

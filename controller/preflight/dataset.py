@@ -295,7 +295,7 @@ def _checked(path: Path, provider: str, counter: TokenCounter | None, context: i
             yield from pending.popleft().get()
 
 
-def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
+def iter_examples(path: Path, *, provider: str, counter: TokenCounter | None = None,
                   context: int | None = None, dedupe: bool = True, jobs: int = 1,
                   method: str | None = None, phone_region: str = DEFAULT_REGION,
                   progress: Callable[[int], Any] | None = None) -> Iterator[Example]:
@@ -313,7 +313,7 @@ def iter_examples(path: Path, *, provider: str = "mistral", counter: TokenCounte
         yield ex
 
 
-def validate(path: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
+def validate(path: Path, *, provider: str, counter: TokenCounter | None = None,
              context: int | None = None, jobs: int = 1, method: str | None = None,
              phone_region: str = DEFAULT_REGION, progress: Callable[[int], Any] | None = None) -> Report:
     """`method`: the training method whose data format the file must have

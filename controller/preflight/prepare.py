@@ -14,18 +14,18 @@ import json
 import math
 import os
 import random
-import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftctl.controller.ledger.files import atomic_output
+from ftctl.controller.ledger.pricing import Price, estimate
 from ftctl.controller.preflight.dataset import PROGRESS_EVERY, conversation_digest, detector, iter_examples
-from ftctl.controller.preflight.report import DigestSet
 from ftctl.controller.preflight.pii import DEFAULT_REGION
-from ftctl.controller.preflight.pricing import Price, estimate
+from ftctl.controller.preflight.report import DigestSet
 from ftctl.controller.preflight.stratify import counts, field_values, value_key
 from ftctl.providers.tokenizers import Counter as TokenCounter
 
@@ -144,7 +144,7 @@ def _scrub_messages(messages: list[dict[str, Any]], scrub: Any, replaced: Counte
                     replaced.update(found)
 
 
-def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: TokenCounter | None = None,
+def prepare(source: Path, output: Path, *, provider: str, counter: TokenCounter | None = None,
             price: Price | None = None, epochs: float | None = None, training_steps: int | None = None,
             max_examples: int | None = None, max_cost: float | None = None, strip_extra: bool = False,
             scrub_pii: bool = False, seed: int = 0, jobs: int = 1,
@@ -272,31 +272,6 @@ def prepare(source: Path, output: Path, *, provider: str = "mistral", counter: T
         result.cost = estimate(price, result.data_tokens, result.kept, epochs=epochs,
                                training_steps=training_steps).cost
     return result
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Any]:
-    """A text file that appears whole or not at all: written to a temporary
-    file beside it, flushed to disk, then renamed over `path`. A kill or a
-    full disk midway leaves the previous `path` as it was."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself, made durable
-        dir_fd = os.open(path.parent or ".", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def weight_value(value: Any) -> float | None:

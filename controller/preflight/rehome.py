@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.controller.config import Config
+from ftctl.controller.ledger.creation import new_job_row
+from ftctl.controller.ledger.events import record
+from ftctl.controller.ledger.files import file_sha256
+from ftctl.controller.ledger.pricing import PriceUnknown, price_for
 from ftctl.controller.preflight.submit import Plan, SubmitError, _preflight
 
 # how long the gate's answers may be when a golden set is recorded
@@ -180,7 +184,6 @@ def _gate(config: Config, move: Move, *, golden: int | None, min_improvement: fl
 def _same_model(config: Config, job: Any, to: str, where: str) -> str:
     """The base model the promoted job trained from, where the new provider
     can count and price it; else the one line that asks for --model."""
-    from ftctl.controller.preflight.pricing import PriceUnknown, price_for
     from ftctl.providers.registry import kind as kind_of
 
     kind = config.providers[to].kind
@@ -199,7 +202,6 @@ def _same_model(config: Config, job: Any, to: str, where: str) -> str:
 
 def _spec(config: Config, job: Any, to: str, model: str, hyperparameters: dict[str, Any], where: str) -> Plan:
     """The promoted job's data, checked to be the same bytes it trained on."""
-    from ftctl.controller.engine.jobs import file_sha256
     from ftctl.providers.registry import kind as kind_of
 
     files = job.training_files or [{"file": job.training_file, "weight": 1.0, "hash": job.content_hash}]
@@ -287,8 +289,6 @@ def store_rehomes(store: Any, moves: list[Move]) -> list[tuple[Move, int | None,
     provider is not stored twice."""
     from sqlmodel import select
 
-    from ftctl.controller.engine.events import record
-    from ftctl.controller.engine.jobs import new_job_row
     from ftctl.models import GoldenAnswer, Job, Rehome, utcnow
     from ftctl.models.schema import LIVE_STATES
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from ftctl.controller.agents import root_model, unfollowed
-from ftctl.controller.preflight import closing
+from ftctl.controller.ledger import closing
 
 
 def route_plans(config: Any, plan: Any, check: Callable[[Any], Any], *, force: bool = False,

@@ -14,7 +14,10 @@ import json
 
 from ftctl.controller.agents import agent_name_error
 from ftctl.controller.config import Config, root_model, upstream_closure
-from ftctl.controller.engine.jobs import Twin, create_job, file_sha256
+from ftctl.controller.ledger.creation import Twin, create_job
+from ftctl.controller.ledger.eval_files import EvalFileError, load_eval_file, load_safety_file
+from ftctl.controller.ledger.files import file_sha256
+from ftctl.controller.ledger.pricing import estimate
 from ftctl.models import Store
 
 
@@ -124,8 +127,6 @@ def _preflight(config: Config, plan: Plan, where: str, *, allow_pii: bool, quote
         examples += checked.report.examples
     est = checked.estimate
     if len(files) > 1:  # one job over every file: the price of their tokens together
-        from ftctl.controller.preflight.pricing import estimate
-
         est = estimate(est.price, data_tokens, examples, epochs=epochs, training_steps=steps)
     if quote and len(files) == 1:
         from ftctl.providers.base import ProviderError
@@ -151,7 +152,6 @@ def _check_eval(config: Config, agent: str) -> None:
     conf = config.agents.get(agent)
     if conf is None or conf.evaluation is None:
         return
-    from ftctl.controller.engine.eval_files import EvalFileError, load_eval_file, load_safety_file
 
     try:
         load_eval_file(config.resolve(conf.evaluation.file))
@@ -298,7 +298,7 @@ def _plan(config: Config, names: list[str], *, all_agents: bool, adhoc: bool, ag
 
 
 def _agent_plan(config: Config, name: str, *, named: bool) -> Plan:
-    from ftctl.providers.registry import kind as kind_of
+    from ftctl.providers.registry import KINDS, kind as kind_of
 
     conf = config.agents[name]
     if not conf.training_files:
@@ -310,7 +310,8 @@ def _agent_plan(config: Config, name: str, *, named: bool) -> Plan:
     kind = config.providers[conf.provider].kind
     if not kind_of(kind).file_weights and (len(conf.training_files) > 1 or conf.training_files[0].weight != 1.0):
         raise SubmitError(f"{where}: provider {conf.provider!r} ({kind}) takes one training file without a "
-                          f"weight; give training_file, or use a provider with weighted files (mistral)")
+                          f"weight; give training_file, or use a provider with weighted files "
+                          f"({', '.join(sorted(k for k, d in KINDS.items() if d.file_weights))})")
     files = []
     for ref in conf.training_files:
         path = config.resolve(ref.file).resolve()

@@ -174,7 +174,7 @@ def _outbox(config: Config) -> Check | None:
     if not owed["pending"] and not owed["gave_up"]:
         return Check("ok", "events", "every event the hooks asked for was delivered")
     from ftctl.models import utcnow
-    from ftctl.records import undelivered_text
+    from ftctl.controller.records import undelivered_text
 
     return Check("warn", "events", undelivered_text(owed, utcnow()).removeprefix("hooks: "))
 
@@ -197,7 +197,7 @@ def _unit() -> Check:
 def _gates(config: Config) -> list[Check]:
     """Each [agents.NAME.eval] file readable and well formed, before a job's
     model needs it."""
-    from ftctl.controller.engine.eval_files import EvalFileError, load_eval_file, load_safety_file
+    from ftctl.controller.ledger.eval_files import EvalFileError, load_eval_file, load_safety_file
 
     out = []
     for name, agent in sorted(config.agents.items()):
@@ -220,7 +220,7 @@ def _endings(config: Config) -> list[Check]:
     within 30 days or ended, or is deprecated without a date."""
     from datetime import timedelta
 
-    from ftctl.controller.preflight.closing import WARN_DAYS, endings, today
+    from ftctl.controller.ledger.closing import WARN_DAYS, endings, today
 
     on = today()
     out = []

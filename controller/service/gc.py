@@ -21,7 +21,7 @@ import structlog
 
 from ftctl.controller.config import Config
 from ftctl.controller.engine.retention import Doomed, FileFact, ModelFact, Rules, decide
-from ftctl.controller.engine.states import PROMOTED, REJECTED
+from ftctl.controller.ledger.states import PROMOTED, REJECTED
 from ftctl.models import Store, utcnow
 from ftctl.providers.settings import duration_text
 
@@ -198,7 +198,7 @@ class Collector:
         event, and a file's upload forgotten: one transaction."""
         from sqlmodel import delete
 
-        from ftctl.controller.engine.events import record
+        from ftctl.controller.ledger.events import record
         from ftctl.models import Deletion, Job, UploadedFile
 
         with self.store.write() as s:

@@ -1,7 +1,7 @@
 """Events out: `[[hooks]]` and the dispatcher that delivers the outbox.
 
 Each transition or promotion leaves an outbox row in the transaction that
-made it (engine.events). The dispatcher, a thread of the daemon, hands every
+made it (ledger.events). The dispatcher, a thread of the daemon, hands every
 due row to the hooks that ask for its event, and records which hooks have
 it; one that fails is tried again after a capped exponential backoff with
 jitter, until `give_up_after`. A row is marked delivered only after its
@@ -241,7 +241,7 @@ class Dispatcher:
     @property
     def names(self) -> set[str]:
         """The events some hook asks for (what `status` counts as owed)."""
-        from ftctl.controller.engine.states import EVENTS
+        from ftctl.controller.ledger.states import EVENTS
 
         return {e for e in EVENTS if any(h.wants(e) for h in self.hooks)}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftctl.controller.engine.states import STATES
+from ftctl.controller.ledger.states import STATES
 
 
 class MetricsUnavailable(Exception):

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ftctl.controller.engine.states import EVENTS
+from ftctl.controller.ledger.states import EVENTS
 from ftctl.providers.settings import DAY, Duration, Section, bounded_duration, resolve_path
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -162,7 +162,7 @@ def test_prepare_on_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path, m
 
     monkeypatch.setattr(prep, "_write_chosen", full_disk)
     with pytest.raises(prep.PrepareError) as err:
-        prep.prepare(source, out)
+        prep.prepare(source, out, provider="mistral")
     assert str(err.value) == f"{out}: cannot write (No space left on device); nothing was changed there"
     assert out.read_bytes() == before
     assert list(tmp_path.glob(".out.jsonl.*")) == []

@@ -12,9 +12,9 @@ from ftctl.controller.config import load_config
 from ftctl.controller.engine.tick import Ticker
 from ftctl.controller.engine.trainlogs import LogFetcher
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+from ftctl.controller.records import evaluation_dict, training_summary
 from ftctl.models import Evaluation, Store
 from ftctl.providers import build_provider
-from ftctl.records import evaluation_dict, training_summary
 
 
 def _trained(make_config, clock):

@@ -5,7 +5,8 @@ from datetime import datetime, timedelta
 
 from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.policy import Budget, Policy, backoff_seconds
-from ftctl.controller.engine.reasons import Live, Reason, render
+from ftctl.controller.ledger.pricing import Price
+from ftctl.controller.ledger.reasons import Live, Reason, render
 from ftctl.providers.base import (AuthError, CapacityError, PermanentError, ProviderJob, ProviderUnavailable,
                                   QuotaError, RateLimited, TransientError, Unreachable)
 
@@ -86,6 +87,19 @@ def test_queued_job_starts_and_succeeds_with_its_model_id():
     assert out[2].trigger == "succeed"
     assert out[2].updates["fine_tuned_model"] == "ft:m:x:1:abc"
     assert out[2].updates["actual_cost"] == 4.0
+
+
+def test_a_success_without_a_cost_is_priced_by_the_prices_the_shell_gave():
+    price = Price("openai", "gpt-4o-mini", train_per_m=3.0, min_fee=0.5)
+    jobs = [job(i, "running", provider_job_id=f"p{i}", attempt=1, model=m)
+            for i, m in ((1, "gpt-4o-mini"), (2, "gpt-4o-mini"), (3, "unpriced"), (4, "gpt-4o-mini"))]
+    listing = [pj("p1", "succeeded", trained_tokens=2_000_000), pj("p2", "succeeded", trained_tokens=10_000),
+               pj("p3", "succeeded", trained_tokens=2_000_000), pj("p4", "succeeded", trained_tokens=5, cost=9.99)]
+    out = {d.job_id: d.updates["actual_cost"] for d in of(rc.Transition, decide(jobs, view(listing, limit=4,
+                                                                                    prices={"gpt-4o-mini": price})))}
+    # tokens at the price; never below the minimum fee; no price, no cost; the provider's own figure wins
+    assert out == {1: 6.0, 2: 0.5, 3: None, 4: 9.99}
+    assert price.training_cost(2_000_000) == 6.0 and price.per_token_cost(10_000) == 0.03
 
 
 def test_capacity_rejection_requeues_without_counting_and_lowers_the_limit():

@@ -9,8 +9,8 @@ from sqlmodel import select
 
 from ftctl.controller.config import load_config
 from ftctl.controller.engine.jobs import StaleState, fire, note
-from ftctl.controller.engine.states import InvalidTransition
 from ftctl.controller.engine.tick import Ticker
+from ftctl.controller.ledger.states import InvalidTransition
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.models import JobEvent, OutboxEvent, Store
 from ftctl.providers import build_provider

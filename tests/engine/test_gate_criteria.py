@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import reason_of, run_ftctl
 
 from ftctl.controller.config import load_config
-from ftctl.controller.engine.eval_files import EvalFileError, load_safety_file, safety_score
 from ftctl.controller.engine.tick import Ticker
+from ftctl.controller.ledger.eval_files import EvalFileError, load_safety_file, safety_score
 from ftctl.controller.preflight.submit import SubmitError, plan_submissions, store_submissions
 from ftctl.models import Store
 from ftctl.providers import build_provider

@@ -10,13 +10,14 @@ import pytest
 
 from ftctl.controller.config import load_config
 from ftctl.controller.engine import decide as rc
-from ftctl.controller.engine.jobs import create_job, file_sha256
 from ftctl.controller.engine.lines import LINE_MARGIN
 from ftctl.controller.engine.policy import Budget, Policy
-from ftctl.controller.engine.reasons import Live, Reason, shown
 from ftctl.controller.engine.tick import Ticker
+from ftctl.controller.ledger.creation import create_job
+from ftctl.controller.ledger.files import file_sha256
+from ftctl.controller.ledger.reasons import Live, Reason, shown
+from ftctl.controller.records import live_facts, reason_text
 from ftctl.models import Store
-from ftctl.records import live_facts, reason_text
 from tests.conftest import write_config, write_training_file
 from tests.engine.test_decide import NOW, job, pj, view
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.gate import score
 from ftctl.controller.engine.policy import Budget, Policy
-from ftctl.controller.engine.reasons import Live
+from ftctl.controller.ledger.reasons import Live
 from ftctl.providers.base import ProviderJob
 
 NOW = datetime(2026, 1, 5, 9, 0, 0)
@@ -37,7 +37,7 @@ def of(kind, decisions):
 
 
 def text(note, live=None):
-    from ftctl.controller.engine.reasons import render
+    from ftctl.controller.ledger.reasons import render
 
     return render(note.updates["reason_code"], note.updates["reason_args"], live)
 

@@ -1,8 +1,9 @@
 import pytest
 
-from ftctl.controller.engine import states as lc
-from ftctl.controller.engine.jobs import JobNotFound, StaleState, create_job, fire, user_transition
-from ftctl.controller.engine.reasons import text
+from ftctl.controller.engine.jobs import JobNotFound, StaleState, fire, user_transition
+from ftctl.controller.ledger import states as lc
+from ftctl.controller.ledger.creation import create_job
+from ftctl.controller.ledger.reasons import text
 from ftctl.models import Store
 
 # the expected machine, written out independently of lifecycle.TRANSITIONS

@@ -8,15 +8,17 @@ import random
 from sqlalchemy import event
 
 from ftctl.controller.config import load_config
-from ftctl.controller.engine.decisions import JobView, Note
-from ftctl.controller.engine.jobs import create_job, file_sha256, note_many
-from ftctl.controller.engine.tick import Ticker
-from ftctl.controller.preflight.submit import plan_submissions, store_submissions
-from ftctl.models import Store
+from ftctl.controller.engine.jobs import note_many
 from ftctl.controller.engine.lines import LINE_MARGIN
+from ftctl.controller.engine.step_types import JobView, Note
+from ftctl.controller.engine.tick import Ticker
+from ftctl.controller.ledger.creation import create_job
+from ftctl.controller.ledger.files import file_sha256
+from ftctl.controller.preflight.submit import plan_submissions, store_submissions
+from ftctl.controller.records import live_facts, reason_text
+from ftctl.models import Store
 from ftctl.models.schema import HELD_SQL, IN_LINE_SQL, TRIED_SQL
 from ftctl.models.store import TICK_COLUMNS
-from ftctl.records import live_facts, reason_text
 from tests.conftest import reason_of, write_config, write_training_file
 
 

@@ -5,9 +5,10 @@ import random
 import pytest
 
 from ftctl.controller.config import load_config
-from ftctl.controller.engine.jobs import create_job, fire
-from ftctl.controller.engine.states import InvalidTransition
+from ftctl.controller.engine.jobs import fire
 from ftctl.controller.engine.tick import Ticker
+from ftctl.controller.ledger.creation import create_job
+from ftctl.controller.ledger.states import InvalidTransition
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.models import LockHeld, Store
 from ftctl.providers import build_provider

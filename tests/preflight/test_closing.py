@@ -78,7 +78,7 @@ def test_ten_days_ahead_warns_naming_the_date_and_the_agents_and_submits(tmp_pat
 
 def test_the_shipped_openai_dates_with_their_source(tmp_path):
     from ftctl.controller.config import parse_config
-    from ftctl.controller.preflight.closing import closed_for, endings, warnings
+    from ftctl.controller.ledger.closing import closed_for, endings, warnings
 
     cfg = parse_config(textwrap.dedent("""\
         [providers.openai]
@@ -113,7 +113,7 @@ def test_the_shipped_openai_dates_with_their_source(tmp_path):
 
 def test_mistral_is_deprecated_without_a_date_and_doctor_says_so(tmp_path):
     from ftctl.controller.config import parse_config
-    from ftctl.controller.preflight.closing import endings
+    from ftctl.controller.ledger.closing import endings
 
     cfg = parse_config('[providers.m]\nkind = "mistral"\n', tmp_path / "controller.toml")
     (ending,) = endings(cfg)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from ftctl.controller.preflight.pricing import estimate, price_for, price_table
+from ftctl.controller.ledger.pricing import estimate, price_for, price_table
 from ftctl.providers.registry import kind as kind_of
 from tests.conftest import run_ftctl
 
@@ -55,7 +55,8 @@ def test_estimate_shows_the_storage_fee_and_its_source(make_config):
 
 
 def test_the_budget_counts_storage_for_each_kept_model_in_its_period(tmp_path):
-    from ftctl.controller.engine.jobs import create_job, fire
+    from ftctl.controller.ledger.creation import create_job
+    from ftctl.controller.engine.jobs import fire
     from ftctl.models import Store
 
     store = Store(f"sqlite:///{tmp_path / 'ftctl.db'}")

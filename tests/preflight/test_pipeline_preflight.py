@@ -10,8 +10,8 @@ import pytest
 from tests.conftest import write_config, write_training_file
 
 from ftctl.controller.config import load_config
+from ftctl.controller.ledger.pricing import price_for
 from ftctl.controller.preflight.prepare import prepare
-from ftctl.controller.preflight.pricing import price_for
 from ftctl.controller.preflight.submit import SubmitError, plan_submissions, store_submissions
 from ftctl.models import Store
 from ftctl.providers.registry import kind
@@ -39,9 +39,9 @@ def test_prepare_judges_duplicates_on_messages_and_target_agent(tmp_path):
         line("hi", target_agent="qa"),                                     # the same for the same agent
         line("bye"), line("bye"),                                          # plain duplicates
     ]) + "\n")
-    result = prepare(raw, tmp_path / "out.jsonl", strip_extra=True)
+    result = prepare(raw, tmp_path / "out.jsonl", provider="mistral", strip_extra=True)
     assert (result.kept, dict(result.removed)) == (3, {"duplicate": 1, "duplicate_for_target": 1})
-    kept = prepare(raw, tmp_path / "all.jsonl", keep_duplicates=True)
+    kept = prepare(raw, tmp_path / "all.jsonl", provider="mistral", keep_duplicates=True)
     assert kept.kept == 5 and not kept.removed
 
 
@@ -50,7 +50,7 @@ def test_prepare_splits_by_weight_into_files_and_their_training_files(tmp_path):
     raw.write_text("\n".join([line("a", weight=2), line("b", weight=2.0), line("c"), line("d", weight=0.5),
                               line("e", weight="heavy"), line("f", weight=0)]) + "\n")
     out = tmp_path / "split"
-    result = prepare(raw, out, split_by="weight")
+    result = prepare(raw, out, provider="mistral", split_by="weight")
     assert result.removed == {"invalid_weight": 2}
     assert {w: sum(1 for _ in open(p)) for w, p in result.files.items()} == {2.0: 2, 1.0: 1, 0.5: 1}
     for path in result.files.values():

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ftctl.controller.engine import decide as rc
+from ftctl.controller.ledger.pricing import estimate, price_for
 from ftctl.controller.preflight.dataset import validate
 from ftctl.controller.preflight.pii import Detector
-from ftctl.controller.preflight.pricing import estimate, price_for
 from ftctl.controller.preflight.prepare import allocate, prepare
 from ftctl.providers.registry import kind as kind_of
 from ftctl.providers.tokenizers import mistral_counter, openai_counter
@@ -127,7 +127,7 @@ def test_mistral_counts_equal_mistral_common_in_finetuning_mode(tmp_path):
         expected = [len(reference.encode_chat_completion(ChatCompletionRequest(**e)).tokens) for e in examples]
         counter = mistral_counter(model)
         assert [counter.count(e["messages"]) for e in examples] == expected
-        report = validate(path, counter=counter)
+        report = validate(path, provider="mistral", counter=counter)
         assert report.data_tokens == sum(expected)
 
 
@@ -196,7 +196,7 @@ def test_budget_keeps_an_expensive_job_out_of_the_provider(make_config, clock):
     jobs = {j.agent: j for j in store.list_jobs()}
     assert jobs["qa"].state == jobs["legal"].state == "queued"
     assert jobs["support"].state == "prepared"
-    from ftctl.records import live_facts
+    from ftctl.controller.records import live_facts
 
     assert reason_of(jobs["support"], live_facts(store, cfg)) == "over budget: estimate $4.00 > $2.00 left"
     for _ in range(60):
@@ -223,7 +223,7 @@ def test_budget_reason_in_the_pure_step():
     jobs = [rc.JobView(id=i, agent="a", provider="sim", state="prepared", estimated_cost=6.10) for i in (1, 2)]
     pv = rc.ProviderView(name="sim", configured_limit=5, jobs=())
     from ftctl.controller.engine.policy import Budget, Policy
-    from ftctl.controller.engine.reasons import Live, render
+    from ftctl.controller.ledger.reasons import Live, render
 
     out = rc.decide(jobs, {"sim": pv}, __import__("datetime").datetime(2026, 1, 1), Policy(), random.Random(0),
                     Budget(total=10.0, spent=3.9))
@@ -254,9 +254,9 @@ def shares(path, key):
 
 def test_prepare_keeps_each_weights_share_and_is_reproducible(weighted, tmp_path):
     out_a, out_b, out_c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
-    res = prepare(weighted, out_a, max_examples=5000, seed=7)
-    prepare(weighted, out_b, max_examples=5000, seed=7)
-    prepare(weighted, out_c, max_examples=5000, seed=8)
+    res = prepare(weighted, out_a, provider="mistral", max_examples=5000, seed=7)
+    prepare(weighted, out_b, provider="mistral", max_examples=5000, seed=7)
+    prepare(weighted, out_c, provider="mistral", max_examples=5000, seed=8)
     assert res.kept == 5000 and sum(1 for _ in open(out_a)) == 5000
     assert out_a.read_bytes() == out_b.read_bytes()
     assert out_a.read_bytes() != out_c.read_bytes()
@@ -274,13 +274,13 @@ def test_prepare_strips_scrubs_and_drops_bad_lines(tmp_path):
         {"messages": [{"role": "user", "content": "q"}]},
     ])
     # 020 7946 0958 is a London number written without +44: found when the region is GB
-    res = prepare(src, tmp_path / "out.jsonl", strip_extra=True, scrub_pii=True, phone_region="GB")
+    res = prepare(src, tmp_path / "out.jsonl", provider="mistral", strip_extra=True, scrub_pii=True, phone_region="GB")
     rows = [json.loads(l) for l in open(tmp_path / "out.jsonl")]
     assert res.kept == 2 and set(res.removed) == {"invalid_json", "duplicate", "not_assistant_last"}
     assert all(set(r) == {"messages"} for r in rows)
     assert rows[1]["messages"][0]["content"] == "write to [EMAIL] or [PHONE]"
     assert res.stripped == {"weight": 2, "source_agent": 1} and res.pii_replaced == 2
-    assert validate(tmp_path / "out.jsonl").clean()
+    assert validate(tmp_path / "out.jsonl", provider="mistral").clean()
 
 
 def test_prepare_cli_with_a_cost_cap(weighted, tmp_path):
@@ -314,8 +314,8 @@ def test_worker_processes_give_the_same_report(malformed, tmp_path, monkeypatch)
     monkeypatch.setattr(dataset, "CHUNK", 3)  # many chunks, out-of-order completion possible
     big = write_lines(tmp_path / "mix.jsonl", [ex(i % 50) for i in range(200)] + open(malformed).read().splitlines())
     counter = mistral_counter("open-mistral-7b")
-    one = validate(big, counter=counter, context=32768, jobs=1).as_dict()
-    two = validate(big, counter=counter, context=32768, jobs=2).as_dict()
+    one = validate(big, provider="mistral", counter=counter, context=32768, jobs=1).as_dict()
+    two = validate(big, provider="mistral", counter=counter, context=32768, jobs=2).as_dict()
     assert one == two
     # 150 repeats among the first 200, and 7 more from the malformed lines (ex(1)..ex(6), ex(1)); its
     # ex(11) names a target agent, which makes it another example than the plain ex(11)

@@ -12,6 +12,7 @@ from tests.conftest import FAKE_KEY, KEY_ENV, start_emulator, write_remote_confi
 
 from ftctl.controller.config import load_config
 from ftctl.controller.engine.tick import Ticker
+from ftctl.controller.ledger.pricing import price_for
 from ftctl.controller.preflight.submit import plan_submissions, store_submissions
 from ftctl.models import Store
 
@@ -85,6 +86,11 @@ def test_a_chain_and_the_gate_through_the_real_sdk(kind, tmp_path, monkeypatch):
                                                              "conversation": "promoted"}
         chats = srv.emulator.calls["POST /v1/chat/completions"]
         assert chats == 2 * 2 * 3 + (1 if kind == "mistral" else 0)
+        if kind == "openai":  # OpenAI reports trained tokens and no cost: the step priced them
+            for j in jobs.values():
+                price = price_for("openai", j.model, cfg.price_overrides)
+                assert at[j.client_token]["trained_tokens"] and "cost" not in at[j.client_token]
+                assert j.actual_cost == round(price.training_cost(at[j.client_token]["trained_tokens"]), 2) > 0
         if kind == "mistral":  # Mistral's weighted training files, each with its weight
             assert stage1["metadata"]["training_file_weights"] == [1.0, 2.5]
             gated = [store.evaluations([jobs[a].id])[jobs[a].id] for a in ("qa", "conversation")]

@@ -180,7 +180,7 @@ def test_bad_data_and_an_unknown_base_fail_with_the_trainers_message_and_are_not
         hyperparameters = { training_steps = 5 }
         """)
     # the copy on the cluster's shared folder is damaged: same size, not JSON
-    from ftctl.controller.engine.jobs import file_sha256
+    from ftctl.controller.ledger.files import file_sha256
 
     data = config.parent / "data" / "qa.jsonl"
     copy = config.parent / "artifacts" / "files" / f"{file_sha256(data)}.jsonl"

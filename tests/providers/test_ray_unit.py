@@ -13,8 +13,8 @@ from datetime import datetime
 import pytest
 
 from ftctl.controller.engine import decide as rc
-from ftctl.controller.engine.reasons import render
-from ftctl.controller.preflight.pricing import estimate, price_for
+from ftctl.controller.ledger.pricing import estimate, price_for
+from ftctl.controller.ledger.reasons import render
 from ftctl.providers.base import (FAIL_DATA, FAIL_TRAINING, NotFoundError, P_QUEUED, ProviderJob, TransientError,
                                   Unreachable)
 from ftctl.providers.ray import RaySection, model_size

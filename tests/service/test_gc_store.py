@@ -11,8 +11,9 @@ from datetime import timedelta
 import pytest
 
 from ftctl.controller.config import load_config
-from ftctl.controller.engine.jobs import create_job, fire, fire_promotion
+from ftctl.controller.engine.jobs import fire, fire_promotion
 from ftctl.controller.engine.retention import Doomed
+from ftctl.controller.ledger.creation import create_job
 from ftctl.controller.service.gc import Collector
 from ftctl.controller.service.hooks import Dispatcher
 from ftctl.models import Store

@@ -25,7 +25,7 @@ from tests.conftest import FAKE_KEY, assert_no_key
 
 def _site(make_config, clock, hooks: str):
     """A job that went all the way to `succeeded` (5 events) on the virtual clock."""
-    from ftctl.controller.engine.jobs import create_job
+    from ftctl.controller.ledger.creation import create_job
 
     cfg = load_config(make_config(agents=("qa",), extra=hooks))
     store = Store(cfg.database_url)
@@ -242,7 +242,7 @@ def test_hooks_can_ask_for_every_kind_of_event_that_events_shows(tmp_path, monke
     can ask for a note by its name."""
     import random as rnd
 
-    from ftctl.controller.engine.states import EVENTS
+    from ftctl.controller.ledger.states import EVENTS
     from ftctl.controller.engine.tick import Ticker
     from ftctl.controller.preflight.submit import store_submissions
     from tests.conftest import KEY_ENV, run_ftctl, start_emulator, write_remote_config

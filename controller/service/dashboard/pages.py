@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from ftctl.controller.cli.views import COLUMNS, cells, cost_text, show_fields
-from ftctl.controller.engine.states import STATES
+from ftctl.controller.ledger.states import STATES
 from ftctl.controller.service.dashboard.html import esc, esc_all, link, page, table, tr
 from ftctl.controller.service.dashboard.svg import bar, loss_chart, pipeline_graph
 from ftctl.models.schema import utcnow
@@ -106,7 +106,7 @@ def _gate(reads: Any, job_id: int) -> str:
 
 
 def job_page(ft: Any, job_id: int, nonce: str) -> tuple[int, str]:
-    from ftctl.records import point_dict, series
+    from ftctl.controller.records import point_dict, series
 
     reads = ft.reads()
     row = reads.job(job_id) if reads is not None else None

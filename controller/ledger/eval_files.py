@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftctl.controller.engine.gate import ROLES
+from ftctl.controller.ledger.criteria import ROLES
+from ftctl.controller.ledger.pricing import Price, PriceUnknown, price_for
 
 SCORER_TIMEOUT = 60.0
 # what a refusal says, near its start (casefolded): a safety prompt with
@@ -172,11 +173,9 @@ def _tokens(counter: Any, convo: list[dict[str, Any]]) -> int:
         return len(json.dumps(convo)) // 4
 
 
-def _chat_rate(kind: str, model: str, overrides: dict | None, section: Any) -> float | None:
-    from ftctl.controller.preflight.pricing import PriceUnknown, price_for
-
+def _chat_price(kind: str, model: str, overrides: dict | None, section: Any) -> Price | None:
     try:
-        return price_for(kind, model, overrides, section=section).chat_rate
+        return price_for(kind, model, overrides, section=section)
     except PriceUnknown:
         return None
 
@@ -193,8 +192,8 @@ def eval_estimate(examples: list[EvalExample], kind: str, model: str, overrides:
         whole = _tokens(counter, [*ex.prompt, {"role": "assistant", "content": ex.expected}])
         answer = max(1, len(ex.expected) // 4)
         tokens += whole + min(max_tokens, 2 * answer + 16)
-    rate = _chat_rate(kind, model, overrides, section)
-    return 0.0 if rate is None else round(repeats * len(ROLES) * tokens / 1e6 * rate, 4)
+    price = _chat_price(kind, model, overrides, section)
+    return 0.0 if price is None else round(price.chat_cost(repeats * len(ROLES) * tokens), 4)
 
 
 def safety_estimate(prompts: list[SafetyPrompt], kind: str, model: str, overrides: dict | None,
@@ -203,8 +202,8 @@ def safety_estimate(prompts: list[SafetyPrompt], kind: str, model: str, override
     prompt's tokens and a whole max_tokens answer."""
     counter = _counter(kind, model)
     tokens = sum(_tokens(counter, list(p.prompt)) + max_tokens for p in prompts)
-    rate = _chat_rate(kind, model, overrides, section)
-    return 0.0 if rate is None else round(tokens / 1e6 * rate, 4)
+    price = _chat_price(kind, model, overrides, section)
+    return 0.0 if price is None else round(price.chat_cost(tokens), 4)
 
 
 def run_scorer(command: list[str], cwd: Path, example: EvalExample, answer: str) -> float:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ftctl.controller.ledger.criteria import short_text
+
 
 @dataclass(frozen=True)
 class Reason:
@@ -154,7 +156,6 @@ def _verdict_text(a: Mapping[str, Any]) -> str:
         if a["passed"]:
             return f"promoted: improvement {a['improvement']:+.2f} >= {a['min']:+.2f} ({scores})"
         return f"rejected: improvement {a['improvement']:+.2f} < {a['min']:+.2f} ({scores})"
-    from ftctl.controller.engine.criteria import short_text
 
     texts = [(c, short_text(c, f" ({scores})")) for c in checks]
     if a["passed"]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from ftctl.controller.engine.reasons import Reason
+from ftctl.controller.ledger.pricing import Price
+from ftctl.controller.ledger.reasons import Reason
 from ftctl.providers.base import ProviderError, ProviderJob
 
 UNCHANGED: Any = object()
@@ -63,6 +64,8 @@ class JobView(NamedTuple):
     # long its provider may be paused for auth or quota before it does
     fallbacks: tuple[str, ...] = ()
     fallback_after: float | None = None
+    # the model it trains (its price, where the provider reports no cost)
+    model: str | None = None
 
     @classmethod
     def of(cls, row: Any, **extra: Any) -> JobView:
@@ -119,6 +122,10 @@ class ProviderView:
     line_end: tuple[datetime, int] | None = None
     # the ids of the jobs in `jobs` that are active (None: not counted yet)
     active_ids: frozenset[str] | None = None
+    # what training costs here, by the model of each of our jobs in flight:
+    # a job that succeeds with trained tokens and no cost (OpenAI) is priced
+    # by it in the step (None or a missing model: no price known, no cost)
+    prices: Mapping[str, Price] | None = None
 
     def active(self) -> frozenset[str]:
         """The ids of the listed jobs that hold a slot at the provider (anyone's, quotes too)."""
@@ -147,7 +154,7 @@ class GateView:
     compare_model: str = ""
     not_before: datetime | None = None
     error: str | None = None  # the evaluation cannot go on: the gate fails
-    # the other criteria (engine.criteria), and once every question is
+    # the other criteria (ledger.criteria), and once every question is
     # answered what the answers measure
     max_score_stdev: float | None = None
     max_latency_p95: float | None = None
@@ -210,7 +217,7 @@ class Submit:
 
 @dataclass(frozen=True)
 class Promote:
-    """A move of a succeeded job's model (engine.states' promotion machine);
+    """A move of a succeeded job's model (ledger.states' promotion machine);
     `evaluation`: with `evaluate`, the gate's run to start; with `accept` or
     `decline`, its final figures."""
 
@@ -299,7 +306,7 @@ class Line:
     """Why a provider's line of waiting jobs does not move (a slot, its
     pause, the cluster's resources; "daemon": it does, at the next tick).
     Stored on the provider's row: a job in line is shown with it
-    (engine.reasons.shown), so the jobs further back are never rewritten."""
+    (ledger.reasons.shown), so the jobs further back are never rewritten."""
 
     name: str
     reason: Reason

@@ -36,10 +36,25 @@ class Price:
     def chat_rate(self) -> float:
         return self.chat_per_m if self.chat_per_m is not None else self.train_per_m
 
+    # the cost formulas, each written once: the estimate, the cost of a job a
+    # provider reports trained tokens but no cost for (OpenAI), and the gate's
+    # chat calls all price tokens here
+
+    def per_token_cost(self, trained_tokens: float) -> float:
+        return trained_tokens / 1e6 * self.train_per_m
+
+    def training_cost(self, trained_tokens: float) -> float:
+        """What training `trained_tokens` costs: never below the minimum fee a job."""
+        return max(self.min_fee, self.per_token_cost(trained_tokens))
+
+    def chat_cost(self, tokens: float) -> float:
+        """What asking and answering `tokens` in chat calls costs."""
+        return tokens / 1e6 * self.chat_rate
+
 
 @lru_cache(maxsize=1)
 def price_table() -> dict[str, Any]:
-    text = (resources.files("ftctl.controller.preflight") / "prices.toml").read_text(encoding="utf-8")
+    text = (resources.files("ftctl.controller.ledger") / "prices.toml").read_text(encoding="utf-8")
     return tomllib.loads(text)
 
 
@@ -147,10 +162,9 @@ def estimate(price: Price, data_tokens: int, examples: int, *, epochs: float | N
             notes.append(why)
         trained = math.ceil(data_tokens * float(epochs))
         notes.append(f"{data_tokens:,} data tokens x {epochs:g} epochs")
-    cost = trained / 1e6 * price.train_per_m
-    if cost < price.min_fee:
+    cost = price.training_cost(trained)
+    if cost > price.per_token_cost(trained):
         notes.append(f"minimum fee ${price.min_fee:.2f} per job applies")
-        cost = price.min_fee
     if price.storage_per_month:
         notes.append(f"keeping the model costs ${price.storage_per_month:.2f} a month more (the provider's "
                      f"storage fee; `ftctl budget` counts it for each kept model)")

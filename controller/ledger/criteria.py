@@ -12,7 +12,7 @@ criterion's value, threshold and pass or fail, as records and as text.
 
 A criterion the provider gives no figure for (one that answers in batches:
 no time per answer, one answer a question) is "not measured" and says so;
-it does not reject. Used by `engine.gate` (the verdict), `engine.reasons`
+it does not reject. Used by `engine.gate` (the verdict), `ledger.reasons`
 (its text) and `show` (one line each).
 """
 
@@ -22,6 +22,9 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# the two sides a gate compares: the new model and what it must beat
+ROLES = ("candidate", "compare")
 
 
 def p95(values: list[float]) -> float | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from ftctl.controller.engine.reasons import Live, Reason, render, shown
+from ftctl.controller.ledger.reasons import Live, Reason, render, shown
 from ftctl.models.schema import utcnow
 
 
@@ -61,7 +61,7 @@ def live_facts(source: Any, config: Any, now: datetime | None = None) -> Live:
 
 def reason_text(job: Any, live: Live | None = None) -> str | None:
     """A job's reason in one line; a waiting job in line is shown with its
-    provider's line and the budget as they are now (engine.reasons.shown)."""
+    provider's line and the budget as they are now (ledger.reasons.shown)."""
     reason = shown(job, live)
     return reason.text(live) if reason is not None else None
 
@@ -214,13 +214,13 @@ def undelivered_text(owed: dict[str, Any], now: datetime, daemon: bool = True) -
 
 def evaluation_diff(reads: Any, ev: Any) -> dict[str, Any]:
     """`show --diff`: the examples where the candidate did worse than the
-    comparison (engine.criteria.regressions), their prompts read from the
+    comparison (ledger.criteria.regressions), their prompts read from the
     eval file (or the re-home's golden set); `note` says why a prompt is
     missing (a file changed or gone since)."""
     from pathlib import Path
 
-    from ftctl.controller.engine.criteria import regressions
-    from ftctl.controller.engine.eval_files import EvalFileError, load_eval_file
+    from ftctl.controller.ledger.criteria import regressions
+    from ftctl.controller.ledger.eval_files import EvalFileError, load_eval_file
 
     prompts: list[Any] = []
     note = None
