@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from ftctl.controller.agents import root_model
 from ftctl.controller.config import Config
 from ftctl.controller.engine import decide as rc
 from ftctl.controller.engine.eval_batches import EvalBatches
@@ -254,8 +255,10 @@ class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
         tokens and no cost (OpenAI) by it."""
         kind, found = self.config.providers[name].kind, {}
         for model in {v.model for v in views if v.state in IN_FLIGHT and v.model}:
-            with contextlib.suppress(PriceUnknown):
-                found[model] = price_for(kind, model, self.config.price_overrides)
+            # a chain's stage ("@upstream") is priced as its root base model, as submit priced it
+            root = root_model(self.config, model[1:], name) if model[1:] in self.config.agents else model
+            with contextlib.suppress(PriceUnknown, KeyError):
+                found[model] = price_for(kind, root, self.config.price_overrides)
         return found
 
     def _open_promotions(self, views: list[rc.JobView]) -> dict[int, Job]:

@@ -157,12 +157,12 @@ def test_estimate_multiplies_tokens_by_epochs():
     assert over.train_per_m == 2.5 and over.min_fee == 4.0 and "controller.toml" in over.source
 
 
-def test_estimate_cli_for_20000_examples(tmp_path):
-    path = write_lines(tmp_path / "big.jsonl", [ex(i) for i in range(20_000)])
+def test_estimate_cli_for_5000_examples(tmp_path):
+    path = write_lines(tmp_path / "big.jsonl", [ex(i) for i in range(5_000)])
     one, three = (json.loads(p.stdout) for p in run_ftctl_many(
         *[["estimate", str(path), "--provider", "openai", "--model", "gpt-4o-mini", "--epochs", n, "--json"]
           for n in ("1", "3")], timeout=180))
-    assert one["examples"] == three["examples"] == 20_000
+    assert one["examples"] == three["examples"] == 5_000
     assert three["trained_tokens"] == 3 * one["trained_tokens"] == 3 * three["data_tokens"]
     assert abs(three["total"] - 3 * one["total"]) <= 0.02  # both rounded to cents
 
@@ -333,23 +333,26 @@ def test_digest_set_finds_every_repeat_across_growth():
     assert len(seen) == len(values)
 
 
-def test_20000_examples_x_3_epochs_over_the_total_budget_stay_out_of_the_provider(tmp_path):
+def test_examples_x_3_epochs_over_the_total_budget_stay_out_of_the_provider(tmp_path):
     from tests.conftest import write_config
 
     site = tmp_path / "site"
-    cfg = write_config(site, agents=("qa",), extra='\n[budget]\ntotal = 5.0\n')
+    # 2,000 long examples at $10 a million trained tokens: their tokens x 3 epochs, not the minimum
+    # fee, put the job over the budget (the count is the same code at 20,000; the test checks the rule)
+    cfg = write_config(site, agents=("qa",), extra='\n[budget]\ntotal = 5.0\n\n[prices."simulated/open-mistral-7b"]\n'
+                                                   'train_per_m = 10.0\n')
     cfg.write_text(cfg.read_text().replace("{ training_steps = 10, learning_rate = 0.0001 }", "{ epochs = 3 }"))
     rows = [{"messages": [{"role": "user", "content": f"question {i}: " + "please explain the refund policy " * 20},
                           {"role": "assistant", "content": f"answer {i}: " + "refunds take five days " * 20}]}
-            for i in range(20_000)]
+            for i in range(2_000)]
     write_lines(site / "data" / "qa.jsonl", rows)
     est, sub, tick, status = run_ftctl_many(
         ["estimate", str(site / "data" / "qa.jsonl"), "--provider", "sim", "--model", "open-mistral-7b", "--epochs",
          "3", "--no-quote", "--json"], ["submit", "qa", "--json"], ["tick"], ["status", "--json"], config=cfg,
         timeout=240)
     est = json.loads(est.stdout)
-    assert est["examples"] == 20_000 and est["trained_tokens"] == 3 * est["data_tokens"]
-    assert est["total"] > 5.0
+    assert est["examples"] == 2_000 and est["trained_tokens"] == 3 * est["data_tokens"]
+    assert est["total"] == pytest.approx(est["trained_tokens"] / 1e6 * 10.0, abs=0.01) and est["total"] > 5.0
     assert sub.returncode == 0, sub.stderr
     assert json.loads(sub.stdout)[0]["estimated_cost"] == pytest.approx(est["total"], abs=0.01)
     assert tick.returncode == 0

@@ -135,5 +135,6 @@ def test_the_rules_over_the_store_on_sqlite(make_config, tmp_path, clock):
 
 
 @pytest.mark.postgres
-def test_the_rules_over_the_store_on_postgres(make_config, tmp_path, clock, postgres_url):
-    run(make_config, tmp_path, clock, postgres_url)
+def test_the_rules_over_the_store_on_postgres(make_config, tmp_path, clock, postgres_server):
+    # a database of its own: the shared one holds other tests' promoted models
+    run(make_config, tmp_path, clock, postgres_server.database("ftctl_gc"))

@@ -30,8 +30,9 @@ def site(tmp_path, url, emulator_url, agents, **kw):
 
 def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgres_server):
     url = postgres_server.database("ftctl_ha")
-    # ten agents and ten kills (one a freeze past the lease) prove what twenty did: every kill lands
-    # mid-campaign (asserted below), and each restart costs a daemon's start-up on a busy machine
+    # ten agents and six kills (one a freeze past the lease) prove what twenty did: every kill lands
+    # mid-campaign (asserted below), each a takeover by a standby, and each restart costs a daemon's
+    # start-up on a busy machine
     agents = tuple(f"a{i:02d}" for i in range(10))
     env = ftctl_env(**{KEY_ENV: FAKE_KEY})
     rng = random.Random(14)
@@ -47,10 +48,10 @@ def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgr
                 "host ") == 3 and "standing by: host" in line)(run_ftctl("status", config=cfg, env=env).stderr), 10)
             assert shown, run_ftctl("status", config=cfg, env=env).stderr
             kills, paused, takeovers = 0, False, []
-            while kills < 9 or not paused:
+            while kills < 5 or not paused:
                 leader = wait_until(lambda: leader_of(daemons), 15)
                 assert leader is not None, "no daemon took over"
-                if kills == 4 and not paused:
+                if kills == 2 and not paused:
                     # a leader frozen for longer than its lease must not act once it thaws
                     leader.proc.send_signal(signal.SIGSTOP)
                     time.sleep(LEASE * 3)
@@ -82,7 +83,7 @@ def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgr
                 if d.proc.poll() is None:
                     d.proc.send_signal(signal.SIGCONT)
                     d.kill()
-        assert kills >= 9 and paused
+        assert kills >= 5 and paused
         # exactly one provider job per submission
         jobs = srv.emulator.engine.all_jobs()
         per_token = Counter(j["suffix"] for j in jobs)
