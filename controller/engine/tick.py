@@ -256,7 +256,8 @@ class Ticker(Observation, Lines, Submission, Evaluations, EvalBatches, Moves):
         kind, found = self.config.providers[name].kind, {}
         for model in {v.model for v in views if v.state in IN_FLIGHT and v.model}:
             # a chain's stage ("@upstream") is priced as its root base model, as submit priced it
-            root = root_model(self.config, model[1:], name) if model[1:] in self.config.agents else model
+            upstream = model[1:] if model.startswith("@") else None
+            root = root_model(self.config, upstream, name) if upstream in self.config.agents else model
             with contextlib.suppress(PriceUnknown, KeyError):
                 found[model] = price_for(kind, root, self.config.price_overrides)
         return found
