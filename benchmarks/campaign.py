@@ -151,8 +151,8 @@ class Campaign:
         self._run_until(lambda s: s.get("succeeded", 0) == self.jobs - self.running, train_time="1s",
                         limit_s=limit_s)
         # the last ones stay running: the same service, training for ever
-        self._submit(self.running, "1000h")
-        self._run_until(lambda s: s.get("running", 0) == self.running, train_time="1000h", limit_s=limit_s)
+        self._submit(self.running, "7d")
+        self._run_until(lambda s: s.get("running", 0) == self.running, train_time="7d", limit_s=limit_s)
         self.seconds = time.monotonic() - started
         return self
 
@@ -162,7 +162,7 @@ class Campaign:
         import os
 
         os.environ[KEY_ENV] = KEY
-        self.emulator = Emulator(self.state_file, train_time="1000h")
+        self.emulator = Emulator(self.state_file, train_time="7d")
         return self
 
     def counts(self) -> dict[str, int]:

@@ -91,9 +91,9 @@ def backlog(root: Path, repeats: int, row, jobs: int = 100_000, slots: int = 50,
         print(f"a backlog of {jobs:,} jobs bulk-submitted behind {slots} busy slots (submit + the Ticker on the "
               "simulated service)", flush=True)
         started = time.monotonic()
-        c._submit(slots, "1000h")
-        c._run_until(lambda s: s.get("running", 0) == slots, train_time="1000h", limit_s=600)
-        c._submit(min(jobs, SUBMITTED), "1000h")
+        c._submit(slots, "7d")
+        c._run_until(lambda s: s.get("running", 0) == slots, train_time="7d", limit_s=600)
+        c._submit(min(jobs, SUBMITTED), "7d")
         _copies(where / "ftctl.db", jobs - SUBMITTED)
         shutil.copy(where / "ftctl.db", built)
         print(f"  built in {time.monotonic() - started:.0f} s: {c.counts()}", flush=True)

@@ -155,8 +155,8 @@ class EmulatorProcess:
     def __init__(self, state_file: Path, *, limit: int = 100_000):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ftctl", "emulator", "--kind", "mistral", "--port", "0", "--state-file",
-             str(state_file), "--limit", str(limit), "--queue-time", "1000h", "--validate-time", "1000h",
-             "--train-time", "1000h"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             str(state_file), "--limit", str(limit), "--queue-time", "7d", "--validate-time", "7d",
+             "--train-time", "7d"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         found = re.search(r"on (http://\S+)", line)
         if not found:
