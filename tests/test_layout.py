@@ -104,3 +104,22 @@ def test_the_shared_record_shapes_are_owned_below_the_top_package():
     below = [p.relative_to(REPO).as_posix() for room in ("cli", "service", "demo", "engine", "preflight", "ledger")
              for p in (REPO / "controller" / room).rglob("*.py") if pattern.search(p.read_text())]
     assert below == []
+
+
+def test_no_function_under_the_controller_defaults_to_a_provider_kind():
+    # which provider a file is checked for is the caller's to say; facts about a kind live in providers/
+    # (the command line's own documented defaults, like `ftctl demo --provider simulated`, aside)
+    import ast
+
+    from ftctl.providers.registry import KINDS
+
+    found = []
+    for p in _modules("controller"):
+        if p.parent.name in ("cli", "demo"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for d in [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]:
+                    if isinstance(d, ast.Constant) and d.value in KINDS:
+                        found.append(f"{p.relative_to(REPO).as_posix()}:{node.lineno} {node.name}={d.value!r}")
+    assert found == []
