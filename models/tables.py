@@ -14,7 +14,6 @@ from sqlmodel import Field, SQLModel
 
 # the Alembic revision this code expects, and the states a twin is refused
 # in, live in models.schema (importable without SQLModel)
-
 from ftctl.models.schema import HELD_SQL, LIVE_STATES, SCHEMA_HEAD, TRIED_SQL  # noqa: F401, E402
 
 _LIVE = text("state IN ('prepared', 'queued', 'running', 'succeeded')")

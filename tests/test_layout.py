@@ -80,8 +80,9 @@ def test_the_cli_command_modules_do_not_import_each_other():
 
 def _imports_of(room: str) -> dict[str, set[str]]:
     """Each module under controller/<room> and the ftctl.controller packages it imports, at any depth in the file."""
-    pattern = re.compile(r"^\s*(?:from|import)\s+ftctl\.controller\.([a-z_]+)", re.M)
-    return {p.relative_to(REPO).as_posix(): set(pattern.findall(p.read_text()))
+    pattern = re.compile(r"^\s*(?:(?:from|import)\s+ftctl\.controller\.([a-z_]+)"
+                         r"|from\s+ftctl\.controller\s+import\s+\(?\s*([a-z_]+))", re.M)
+    return {p.relative_to(REPO).as_posix(): {a or b for a, b in pattern.findall(p.read_text())}
             for p in sorted((REPO / "controller" / room).rglob("*.py"))}
 
 

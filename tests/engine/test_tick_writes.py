@@ -136,3 +136,16 @@ def test_the_tick_loads_plain_columns_without_finished_jobs(tmp_path, clock):
     assert "COVERING INDEX ix_jobs_line" in str(plans[-1])  # the line is counted in the index alone
     ticker.close()
     store.close()
+
+
+def test_the_prices_handed_to_the_step_follow_a_chain_to_its_root_and_only_an_at_names_one(tmp_path, clock):
+    config, store, ticker = _site(tmp_path, clock)
+    views = [JobView(id=i, agent="x", provider="sim", state=state, model=model)
+             for i, (state, model) in enumerate((("running", "@qa"), ("queued", "open-mistral-7b"),
+                                                 ("running", "xqa"), ("prepared", "open-mistral-7b-v2")), 1)]
+    prices = ticker._prices("sim", views)
+    # a stage on qa is priced as qa's base model; "xqa" is a model name, not a reference to the agent
+    # qa; a job not in flight cannot succeed this tick and needs no price
+    assert set(prices) == {"@qa", "open-mistral-7b"}
+    assert prices["@qa"] == prices["open-mistral-7b"] and prices["@qa"].train_per_m > 0
+    store.close()

@@ -44,7 +44,9 @@ def train_jobs(address: str) -> list:
 def test_campaign_with_daemon_kills_one_ray_job_per_job_and_the_gate_on_both_sides(tmp_path, ray_head, tiny_base):
     """The Ray demo's three agents (a gated full fine-tune that is promoted,
     a gated LoRA run that is rejected, a pipeline stage on the first), run
-    by a daemon SIGKILLed at three moments; then `ftctl demo --provider ray`
+    by a daemon SIGKILLed at up to three moments (the third at the gate,
+    unless a busy machine's slow start-ups let the second daemon finish the
+    gates first); then `ftctl demo --provider ray`
     on the same folder finds every job done and trains nothing again."""
     from ftctl.controller.demo.ray_demo import write_ray_demo
 
@@ -64,17 +66,21 @@ def test_campaign_with_daemon_kills_one_ray_job_per_job_and_the_gate_on_both_sid
                       lambda ln: ln.get("event") == "transition" and ln.get("state") == "running",
                       # the gate: a batch started or a verdict; or, where a busy machine's slow start-ups let
                       # the last daemon finish the gates, the pipeline stage's own success
-                      lambda ln: ln.get("event") in ("evaluation batch started", "promotion", "transition")):
+                      lambda ln: ln.get("event") in ("evaluation batch started", "promotion") or (
+                          ln.get("event") == "transition" and ln.get("agent") == "conversation"
+                          and ln.get("state") == "succeeded")):
         if not unfinished({a: (j["state"], j["promotion"]) for a, j in rows(config).items()}):
             break  # the campaign ran out before this kill: nothing left to land in
         d = Daemon(config)
-        assert line_where(d, signal_of, timeout=180), d.stderr[-3000:]
+        seen = line_where(d, signal_of, timeout=180)
+        assert seen, d.stderr[-3000:]
         time.sleep(rng.uniform(0.0, 0.4))
         d.kill()
-        kills.append({a: (j["state"], j["promotion"]) for a, j in rows(config).items()})
-    # the kills landed mid-campaign (three on an idle machine; the first two always, asserted)
-    landed = [unfinished(k) for k in kills]
-    assert landed[:2] == [True, True] and sum(landed) >= 2, kills
+        kills.append(({a: (j["state"], j["promotion"]) for a, j in rows(config).items()}, seen["event"]))
+    # every kill landed mid-campaign, the one at the gate too; only one that followed the campaign's
+    # last success (the gates already done) may find nothing left
+    assert len(kills) >= 2 and all(unfinished(k) for k, event in kills if event != "transition"), kills
+    assert unfinished(kills[0][0]) and unfinished(kills[1][0]), kills
     final = Daemon(config, "--until-done")
     assert final.wait(timeout=300) == 0, final.stderr[-3000:]
     jobs = rows(config)

@@ -31,8 +31,8 @@ def site(tmp_path, url, emulator_url, agents, **kw):
 def test_three_daemons_survive_kills_and_a_pause_without_a_twin(tmp_path, postgres_server):
     url = postgres_server.database("ftctl_ha")
     # ten agents and six kills (one a freeze past the lease) prove what twenty did: every kill lands
-    # mid-campaign (asserted below), each a takeover by a standby, and each restart costs a daemon's
-    # start-up on a busy machine
+    # mid-campaign (asserted below), a standby takes over after each (asserted at the next kill), and
+    # each restart costs a daemon's start-up on a busy machine
     agents = tuple(f"a{i:02d}" for i in range(10))
     env = ftctl_env(**{KEY_ENV: FAKE_KEY})
     rng = random.Random(14)
