@@ -23,8 +23,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ftctl.controller.engine.gate import ROLES, score, total_questions
-from ftctl.controller.ledger.eval_files import ScorerError, run_scorer, safety_score
+from ftctl.controller.engine.gate import ROLES, total_questions
+from ftctl.controller.ledger.eval_files import ScorerError
 from ftctl.models import Evaluation, Job
 from ftctl.providers.base import FAIL_DATA, P_FAILED, NotFoundError, PermanentError, ProviderError, TransientError
 
@@ -78,13 +78,8 @@ class EvalBatches:
                 answer = got.get(key)
                 if answer is None:
                     continue
-                if part == "safety":
-                    value = safety_score(safety[i], answer)
-                elif run.metric == "command":
-                    value = run_scorer(conf.command, self.config.base_dir, examples[i], answer)
-                else:
-                    value = score(run.metric, examples[i].expected, answer)
-                scored.append((part, i, role, repeat, answer, value, None))
+                scored.append((part, i, role, repeat, answer, self._score(run, conf, examples, safety, part, i, answer),
+                               None))
             if scored:
                 self.store.add_eval_answers(run.id, scored, self.clock())
             stop: Exception | None = None

@@ -53,6 +53,16 @@ class Evaluations:
     # seconds of chat calls one tick may spend, over all evaluations
     eval_slice: float = 2.0
 
+    def _score(self, run: Evaluation, conf: Any, examples: list, safety: list, part: str, i: int,
+               answer: str) -> float:
+        """One answer's score: a safety prompt's by its rule, an example's by the gate's metric (or its
+        scorer command). Asked by chat or answered in a batch, an answer is scored here."""
+        if part == "safety":
+            return safety_score(safety[i], answer)
+        if run.metric == "command":
+            return run_scorer(conf.command, self.config.base_dir, examples[i], answer)
+        return score(run.metric, examples[i].expected, answer)
+
     def _eval_deadline(self) -> float:
         """When this tick stops asking questions (monotonic): `eval_slice`
         seconds from its first question, over all its evaluations."""
@@ -310,13 +320,7 @@ class Evaluations:
                 exc.provider_name = sides[role]  # whose Retry-After it is
                 raise
             seconds = round(time.monotonic() - began, 4)
-            if part == "safety":
-                value = safety_score(safety[i], answer)
-            elif run.metric == "command":
-                value = run_scorer(conf.command, self.config.base_dir, examples[i], answer)
-            else:
-                value = score(run.metric, examples[i].expected, answer)
-            return part, i, role, repeat, answer, value, seconds
+            return part, i, role, repeat, answer, self._score(run, conf, examples, safety, part, i, answer), seconds
 
         stop: Exception | None = None
         deadline = self._eval_deadline()
